@@ -1,0 +1,38 @@
+# Everything a fresh Debian/Ubuntu machine (as root) needs is installed by these targets.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+APT_PACKAGES := fuse3 libfuse3-dev pkg-config e2fsprogs fdisk attr
+STAMP := $(VENV)/.installed
+
+.PHONY: deps venv test lint demo bench clean
+
+deps:
+	@missing=""; for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	@touch $(STAMP)
+
+venv: deps $(STAMP)
+
+lint: venv
+	$(VENV)/bin/ruff check ebsfs tests bench
+	$(VENV)/bin/mypy
+
+test: venv lint
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+bench: venv
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

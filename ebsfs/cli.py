@@ -1,0 +1,62 @@
+"""The ``ebsfs`` command: parses arguments and hands each sub-command to its module.
+
+Each module in ``ebsfs.commands`` provides ``register(subparsers)``, which adds its parser and
+sets ``func`` to a function taking the parsed arguments and returning the exit code. Errors
+derived from ``EbsfsError`` become one line on stderr and their documented exit code.
+"""
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from ebsfs import __version__
+from ebsfs.errors import EbsfsError
+
+log = logging.getLogger(__name__)
+
+#: Sub-command modules under ``ebsfs.commands``, in the order ``--help`` lists them.
+COMMANDS: tuple[str, ...] = ()
+
+
+def add_aws_options(parser: argparse.ArgumentParser) -> None:
+    """The options every command that talks to AWS takes."""
+    group = parser.add_argument_group("AWS selection")
+    group.add_argument(
+        "--endpoint-url",
+        metavar="URL",
+        help="endpoint for both the ebs and ec2 clients (default: AWS_ENDPOINT_URL_EBS/_EC2, "
+        "else AWS when a region is configured, else the local server)",
+    )
+    group.add_argument("--region", help="AWS region (default: from the environment or profile)")
+    group.add_argument("--profile", help="AWS profile from ~/.aws/config")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ebsfs",
+        description="Amazon EBS snapshots as files, through the EBS direct APIs.",
+    )
+    parser.add_argument("--version", action="version", version=f"ebsfs {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(f"ebsfs.commands.{name}").register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return int(args.func(args))
+    except EbsfsError as exc:
+        print(f"ebsfs: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("ebsfs: interrupted", file=sys.stderr)
+        return 130

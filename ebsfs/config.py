@@ -1,0 +1,72 @@
+"""Frozen configuration records, built once from the command line, environment and file.
+
+Sizes are parsed to bytes before they get here; nothing below the CLI parses text.
+"""
+
+from dataclasses import dataclass, field
+
+#: Where ``ebsfs server`` listens by default, and where ebsfs looks for it when neither an
+#: endpoint nor a region is configured (docs/server.md).
+DEFAULT_SERVER_HOST = "127.0.0.1"
+DEFAULT_SERVER_PORT = 9537
+DEFAULT_LOCAL_ENDPOINT = f"http://{DEFAULT_SERVER_HOST}:{DEFAULT_SERVER_PORT}"
+#: The development key pair the local server accepts on loopback when given no other.
+DEV_ACCESS_KEY_ID = "AKIAEBSFSLOCALDEV000"
+DEV_SECRET_ACCESS_KEY = "ebsfs-local-development-secret-key"
+#: The region used with the local server when none is configured.
+DEFAULT_LOCAL_REGION = "us-east-1"
+
+
+@dataclass(frozen=True)
+class AwsConfig:
+    """Which AWS (or local server) to talk to, and how patiently."""
+
+    endpoint_url: str | None = None
+    region: str | None = None
+    profile: str | None = None
+    connect_timeout: float = 5.0
+    read_timeout: float = 30.0
+    max_attempts: int = 6
+    max_pool_connections: int = 32
+
+
+@dataclass(frozen=True)
+class MountConfig:
+    """Everything ``ebsfs mount`` needs."""
+
+    mountpoint: str
+    aws: AwsConfig = field(default_factory=AwsConfig)
+    snapshots: tuple[str, ...] = ()
+    filters: tuple[tuple[str, str], ...] = ()
+    owner: str = "self"
+    cache_size: int = 256 << 20
+    read_ahead: int = 8 << 20
+    max_concurrency: int = 32
+    spool_dir: str = "/var/lib/ebsfs/spool"
+    dirty_limit: int = 128 << 20
+    writeback_delay: float = 0.5
+    read_only: bool = False
+    allow_other: bool = False
+    allow_delete: bool = False
+    refresh: float = 60.0
+    foreground: bool = False
+    log_level: str = "info"
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything ``ebsfs server`` needs; fault rates are shares between 0 and 1."""
+
+    data_dir: str
+    host: str = DEFAULT_SERVER_HOST
+    port: int = DEFAULT_SERVER_PORT
+    access_key_id: str | None = None
+    secret_access_key: str | None = None
+    latency_ms: float = 0.0
+    throttle_rate: float = 0.0
+    error_rate: float = 0.0
+    drop_rate: float = 0.0
+    corrupt_rate: float = 0.0
+    token_ttl: float | None = None
+    complete_delay: float = 0.0
+    log_level: str = "info"

@@ -1,0 +1,38 @@
+"""The one interface of the block stack.
+
+Every layer (remote, cache, read-ahead, write-back, spool) implements it on top of the layer
+below it and knows nothing of the layers above. Blocks are always ``BLOCK_SIZE`` bytes;
+``None`` stands for a block the snapshot does not hold, which reads as zeros.
+
+Concurrency contract: layers run on the trio thread of the mount, so code between two
+``await`` points is atomic; blocking work (network, disk, hashing of many blocks) goes to
+``trio.to_thread.run_sync`` under the mount's CapacityLimiter.
+"""
+
+from typing import Protocol
+
+from ebsfs.types import BlockIndex
+
+
+class BlockReader(Protocol):
+    """A snapshot's blocks, for reading."""
+
+    async def read_block(self, index: BlockIndex) -> bytes | None:
+        """The block's ``BLOCK_SIZE`` bytes, or None when it is a hole (reads as zeros)."""
+        ...
+
+    def stats(self) -> dict[str, int]:
+        """This layer's counters, merged into ``ebsfs stats``."""
+        ...
+
+
+class BlockDevice(BlockReader, Protocol):
+    """A pending snapshot's blocks, for reading and writing."""
+
+    async def write_block(self, index: BlockIndex, data: bytes) -> None:
+        """Store ``BLOCK_SIZE`` bytes at ``index`` (durable only after ``flush``)."""
+        ...
+
+    async def flush(self) -> None:
+        """Return when everything written before the call is stored below."""
+        ...
