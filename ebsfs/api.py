@@ -1,0 +1,498 @@
+"""The EBS direct APIs and the EC2 snapshot calls, as plain synchronous methods.
+
+This is the only module that imports boto3 and botocore. Every botocore exception is converted
+here to an ``ebsfs.errors`` class (``raise ... from exc``), so the layers above never see
+botocore. Retries of throttling, 5xx answers and dropped connections are botocore's own
+("standard" mode, bounded by ``AwsConfig.max_attempts``); every request has connect and read
+timeouts. Methods block: the mount runs them in worker threads under one trio CapacityLimiter.
+
+Endpoint resolution, in this order (documented in docs/usage.md):
+
+1. an explicit ``endpoint_url`` is used for both the ebs and the ec2 client;
+2. else botocore's own configuration (``AWS_ENDPOINT_URL_EBS``, ``AWS_ENDPOINT_URL_EC2``,
+   ``AWS_ENDPOINT_URL``, ``endpoint_url`` in the profile);
+3. else, when a region is configured (flag, ``AWS_REGION``/``AWS_DEFAULT_REGION``, profile), AWS;
+4. else the local server at ``DEFAULT_LOCAL_ENDPOINT`` in ``us-east-1``.
+
+When the endpoint is not AWS (cases 1, 2 and 4) and no credentials are found, the local
+server's development key pair is used.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
+
+import boto3
+import botocore.config
+import botocore.exceptions
+
+from ebsfs import checksum
+from ebsfs.config import (
+    DEFAULT_LOCAL_ENDPOINT,
+    DEFAULT_LOCAL_REGION,
+    DEV_ACCESS_KEY_ID,
+    DEV_SECRET_ACCESS_KEY,
+    AwsConfig,
+)
+from ebsfs.errors import (
+    AccessDeniedError,
+    ApiError,
+    BackendUnavailableError,
+    ChecksumError,
+    EbsfsError,
+    InvalidTokenError,
+    InvalidValueError,
+    NotFoundError,
+    UsageError,
+)
+from ebsfs.types import BLOCK_SIZE
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Api", "BlockPage", "ChangedPage", "SnapshotInfo", "resolve_endpoints"]
+
+#: AWS bounds for ListSnapshotBlocks / ListChangedBlocks MaxResults.
+MIN_LIST_RESULTS = 100
+MAX_LIST_RESULTS = 10000
+
+_ACCESS_CODES = frozenset(
+    {
+        "AccessDeniedException",
+        "AccessDenied",
+        "UnauthorizedOperation",
+        "AuthFailure",
+        "InvalidSignatureException",
+        "SignatureDoesNotMatch",
+        "UnrecognizedClientException",
+        "InvalidClientTokenId",
+        "MissingAuthenticationToken",
+        "MissingAuthenticationTokenException",
+        "IncompleteSignatureException",
+        "ExpiredToken",
+        "ExpiredTokenException",
+        "OptInRequired",
+    }
+)
+_NOT_FOUND_CODES = frozenset({"ResourceNotFoundException", "InvalidSnapshot.NotFound"})
+_TOKEN_REASONS = frozenset({"INVALID_BLOCK_TOKEN", "INVALID_PAGE_TOKEN"})
+_BAD_VALUE_CODES = frozenset({"InvalidParameterValue", "InvalidSnapshot.Malformed"})
+
+
+@dataclass(frozen=True)
+class SnapshotInfo:
+    """One snapshot as EC2 DescribeSnapshots (or StartSnapshot) describes it."""
+
+    snapshot_id: str
+    state: str  # pending | completed | error
+    volume_size: int  # GiB
+    start_time: float  # epoch seconds
+    description: str = ""
+    tags: dict[str, str] = field(default_factory=dict)
+    progress: str = ""
+    owner_id: str = ""
+    state_message: str = ""
+    encrypted: bool = False
+    parent: str = ""  # ParentSnapshotId when known (StartSnapshot answers carry it)
+
+    @property
+    def name(self) -> str:
+        """The Name tag, or ""."""
+        return self.tags.get("Name", "")
+
+
+@dataclass(frozen=True)
+class BlockPage:
+    """One page of ListSnapshotBlocks: ``(index, token)`` pairs in ascending index order."""
+
+    blocks: list[tuple[int, str]]
+    expiry: float  # epoch seconds; for an empty page AWS answers about "now"
+    next_token: str | None
+    volume_size: int  # GiB
+
+
+@dataclass(frozen=True)
+class ChangedPage:
+    """One page of ListChangedBlocks: ``(index, first_token, second_token)``; may be empty
+    while ``next_token`` is set."""
+
+    changed: list[tuple[int, str | None, str | None]]
+    expiry: float
+    next_token: str | None
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """Where the two clients go, as resolved by ``resolve_endpoints``."""
+
+    ebs: str | None  # None: botocore decides (its env/config, or AWS)
+    ec2: str | None
+    region: str
+    local: bool  # not AWS: the dev key pair may stand in for missing credentials
+
+
+def _botocore_endpoint_configured(session: boto3.Session) -> bool:
+    env = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_EBS", "AWS_ENDPOINT_URL_EC2")
+    if any(os.environ.get(name) for name in env):
+        return True
+    try:
+        scoped = session._session.get_scoped_config()
+    except botocore.exceptions.ProfileNotFound:
+        return False
+    return bool(scoped.get("endpoint_url") or scoped.get("services"))
+
+
+def resolve_endpoints(aws: AwsConfig, session: boto3.Session) -> Endpoints:
+    """Apply the endpoint resolution order of the module docstring."""
+    region = aws.region or session.region_name
+    if aws.endpoint_url:
+        return Endpoints(aws.endpoint_url, aws.endpoint_url, region or DEFAULT_LOCAL_REGION, True)
+    if _botocore_endpoint_configured(session):
+        return Endpoints(None, None, region or DEFAULT_LOCAL_REGION, True)
+    if region:
+        return Endpoints(None, None, region, False)
+    return Endpoints(DEFAULT_LOCAL_ENDPOINT, DEFAULT_LOCAL_ENDPOINT, DEFAULT_LOCAL_REGION, True)
+
+
+def _error_fields(exc: botocore.exceptions.ClientError) -> tuple[str, str, str, int]:
+    response: Any = exc.response or {}
+    error = response.get("Error") or {}
+    code = str(error.get("Code") or "")
+    message = str(error.get("Message") or "")
+    reason = str(response.get("Reason") or error.get("Reason") or "")
+    status = int((response.get("ResponseMetadata") or {}).get("HTTPStatusCode") or 0)
+    return code, reason, message, status
+
+
+def _convert(exc: Exception, what: str) -> EbsfsError:
+    """The ``ebsfs.errors`` equivalent of a botocore/boto3 exception raised by ``what``."""
+    if isinstance(exc, botocore.exceptions.ClientError):
+        code, reason, message, status = _error_fields(exc)
+        text = f"{what}: {code}{' ' + reason if reason else ''}: {message or 'no message'}"
+        if code in _ACCESS_CODES or status == 403:
+            if code == "InvalidSignatureException" and "checksum" in message.lower():
+                return ChecksumError(text)
+            return AccessDeniedError(text)
+        if code in _NOT_FOUND_CODES or status == 404:
+            return NotFoundError(text)
+        if reason in _TOKEN_REASONS:
+            return InvalidTokenError(text, code, reason, status)
+        if code in _BAD_VALUE_CODES:
+            return InvalidValueError(text)
+        return ApiError(text, code, reason, status)
+    if isinstance(
+        exc, botocore.exceptions.NoCredentialsError | botocore.exceptions.PartialCredentialsError
+    ):
+        return AccessDeniedError(f"{what}: no usable AWS credentials ({exc})")
+    if isinstance(exc, botocore.exceptions.ProfileNotFound | botocore.exceptions.NoRegionError):
+        return UsageError(str(exc))
+    if isinstance(exc, botocore.exceptions.ParamValidationError):
+        return InvalidValueError(f"{what}: {exc}")
+    if isinstance(
+        exc,
+        botocore.exceptions.HTTPClientError
+        | botocore.exceptions.ConnectionError
+        | botocore.exceptions.IncompleteReadError
+        | botocore.exceptions.ResponseStreamingError,
+    ):
+        return BackendUnavailableError(f"{what}: {exc}")
+    if isinstance(exc, botocore.exceptions.BotoCoreError):
+        return ApiError(f"{what}: {exc}", type(exc).__name__)
+    if isinstance(exc, OSError):
+        return BackendUnavailableError(f"{what}: {exc}")
+    return ApiError(f"{what}: {type(exc).__name__}: {exc}", type(exc).__name__)
+
+
+@contextmanager
+def _converted(what: str) -> Iterator[None]:
+    try:
+        yield
+    except EbsfsError:
+        raise
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, OSError) as exc:
+        raise _convert(exc, what) from exc
+
+
+def _raise(exc: Exception, what: str) -> NoReturn:
+    raise _convert(exc, what) from exc
+
+
+def _epoch(value: Any) -> float:
+    if value is None:
+        return 0.0
+    if hasattr(value, "timestamp"):
+        return float(value.timestamp())
+    return float(value)
+
+
+def _tags(items: Iterable[dict[str, str]] | None) -> dict[str, str]:
+    return {t["Key"]: t.get("Value", "") for t in items or ()}
+
+
+def _ec2_info(item: dict[str, Any]) -> SnapshotInfo:
+    return SnapshotInfo(
+        snapshot_id=item["SnapshotId"],
+        state=str(item.get("State", "")),
+        volume_size=int(item.get("VolumeSize", 0)),
+        start_time=_epoch(item.get("StartTime")),
+        description=str(item.get("Description", "")),
+        tags=_tags(item.get("Tags")),
+        progress=str(item.get("Progress", "")),
+        owner_id=str(item.get("OwnerId", "")),
+        state_message=str(item.get("StateMessage", "")),
+        encrypted=bool(item.get("Encrypted", False)),
+    )
+
+
+def _group_filters(filters: Iterable[tuple[str, str]]) -> list[dict[str, Any]]:
+    grouped: dict[str, list[str]] = {}
+    for name, value in filters:
+        grouped.setdefault(name, []).append(value)
+    return [{"Name": n, "Values": v} for n, v in grouped.items()]
+
+
+class Api:
+    """boto3 ``ebs`` and ``ec2`` clients behind methods that raise only ``ebsfs.errors``."""
+
+    def __init__(self, aws: AwsConfig) -> None:
+        with _converted("AWS configuration"):
+            session = boto3.Session(profile_name=aws.profile, region_name=aws.region)
+            self.endpoints = resolve_endpoints(aws, session)
+            key_id: str | None = None
+            secret: str | None = None
+            if self.endpoints.local and session.get_credentials() is None:
+                key_id, secret = DEV_ACCESS_KEY_ID, DEV_SECRET_ACCESS_KEY
+            config = botocore.config.Config(
+                region_name=self.endpoints.region,
+                retries={"mode": "standard", "max_attempts": aws.max_attempts},
+                connect_timeout=aws.connect_timeout,
+                read_timeout=aws.read_timeout,
+                max_pool_connections=aws.max_pool_connections,
+                user_agent_extra="ebsfs",
+            )
+            self.ebs: Any = session.client(
+                "ebs",
+                endpoint_url=self.endpoints.ebs,
+                config=config,
+                aws_access_key_id=key_id,
+                aws_secret_access_key=secret,
+            )
+            self.ec2: Any = session.client(
+                "ec2",
+                endpoint_url=self.endpoints.ec2,
+                config=config,
+                aws_access_key_id=key_id,
+                aws_secret_access_key=secret,
+            )
+
+    # ---- EC2 -------------------------------------------------------------------------------
+
+    def describe_snapshots(
+        self,
+        snapshot_ids: Iterable[str] = (),
+        owner: str = "self",
+        filters: Iterable[tuple[str, str]] = (),
+    ) -> list[SnapshotInfo]:
+        """Every matching snapshot, all pages followed (filtered pages may be empty)."""
+        kwargs: dict[str, Any] = {}
+        ids = list(snapshot_ids)
+        if ids:
+            kwargs["SnapshotIds"] = ids
+        else:
+            kwargs["MaxResults"] = 1000
+        if owner:
+            kwargs["OwnerIds"] = [owner]
+        flt = _group_filters(filters)
+        if flt:
+            kwargs["Filters"] = flt
+        out: list[SnapshotInfo] = []
+        with _converted("DescribeSnapshots"):
+            for page in self.ec2.get_paginator("describe_snapshots").paginate(**kwargs):
+                out.extend(_ec2_info(item) for item in page.get("Snapshots", ()))
+        return out
+
+    def describe_snapshot(self, snapshot_id: str) -> SnapshotInfo:
+        """One snapshot; NotFoundError if EC2 does not know it."""
+        found = self.describe_snapshots([snapshot_id], owner="")
+        if not found:
+            raise NotFoundError(f"DescribeSnapshots: snapshot {snapshot_id} does not exist")
+        return found[0]
+
+    def delete_snapshot(self, snapshot_id: str) -> None:
+        """EC2 DeleteSnapshot."""
+        with _converted(f"DeleteSnapshot {snapshot_id}"):
+            self.ec2.delete_snapshot(SnapshotId=snapshot_id)
+
+    def create_tags(self, snapshot_id: str, tags: dict[str, str]) -> None:
+        """EC2 CreateTags (existing keys are overwritten)."""
+        with _converted(f"CreateTags {snapshot_id}"):
+            self.ec2.create_tags(
+                Resources=[snapshot_id], Tags=[{"Key": k, "Value": v} for k, v in tags.items()]
+            )
+
+    # ---- EBS read ----------------------------------------------------------------------------
+
+    def list_blocks(
+        self,
+        snapshot_id: str,
+        start_index: int = 0,
+        max_results: int = MAX_LIST_RESULTS,
+        next_token: str | None = None,
+    ) -> BlockPage:
+        """One page of ListSnapshotBlocks from ``start_index`` (or ``next_token``)."""
+        kwargs: dict[str, Any] = {
+            "SnapshotId": snapshot_id,
+            "MaxResults": max(MIN_LIST_RESULTS, min(MAX_LIST_RESULTS, max_results)),
+            "StartingBlockIndex": start_index,
+        }
+        if next_token:
+            kwargs["NextToken"] = next_token
+        with _converted(f"ListSnapshotBlocks {snapshot_id}"):
+            r = self.ebs.list_snapshot_blocks(**kwargs)
+        return BlockPage(
+            blocks=[(int(b["BlockIndex"]), str(b["BlockToken"])) for b in r.get("Blocks", ())],
+            expiry=_epoch(r.get("ExpiryTime")),
+            next_token=r.get("NextToken") or None,
+            volume_size=int(r.get("VolumeSize", 0)),
+        )
+
+    def get_block(self, snapshot_id: str, index: int, token: str) -> bytes:
+        """The block's bytes, verified against the SHA256 checksum the answer carries."""
+        what = f"GetSnapshotBlock {snapshot_id} block {index}"
+        try:
+            r = self.ebs.get_snapshot_block(
+                SnapshotId=snapshot_id, BlockIndex=index, BlockToken=token
+            )
+            body = r["BlockData"]
+            try:
+                data = body.read()
+            finally:
+                body.close()
+        except EbsfsError:
+            raise
+        except botocore.exceptions.ClientError as exc:
+            _raise(exc, what)
+        except (botocore.exceptions.BotoCoreError, OSError, ValueError) as exc:
+            # The body broke off after the headers: botocore does not retry that itself.
+            raise ApiError(f"{what}: incomplete body: {exc}", "IncompleteBody") from exc
+        expected = r.get("Checksum", "")
+        algorithm = r.get("ChecksumAlgorithm", "SHA256")
+        if algorithm != "SHA256":
+            raise ChecksumError(f"{what}: unsupported checksum algorithm {algorithm!r}")
+        if len(data) != BLOCK_SIZE:
+            raise ChecksumError(f"{what}: {len(data)} bytes instead of {BLOCK_SIZE}")
+        actual = checksum.block_checksum(data)
+        if actual != expected:
+            raise ChecksumError(f"{what}: SHA256 {actual} does not match checksum {expected!r}")
+        return data
+
+    def list_changed_blocks(
+        self,
+        first_id: str,
+        second_id: str,
+        start_index: int = 0,
+        next_token: str | None = None,
+        max_results: int = MAX_LIST_RESULTS,
+    ) -> ChangedPage:
+        """One page of ListChangedBlocks between two snapshots of one lineage."""
+        kwargs: dict[str, Any] = {
+            "FirstSnapshotId": first_id,
+            "SecondSnapshotId": second_id,
+            "MaxResults": max(MIN_LIST_RESULTS, min(MAX_LIST_RESULTS, max_results)),
+            "StartingBlockIndex": start_index,
+        }
+        if next_token:
+            kwargs["NextToken"] = next_token
+        with _converted(f"ListChangedBlocks {first_id} {second_id}"):
+            r = self.ebs.list_changed_blocks(**kwargs)
+        return ChangedPage(
+            changed=[
+                (int(b["BlockIndex"]), b.get("FirstBlockToken"), b.get("SecondBlockToken"))
+                for b in r.get("ChangedBlocks", ())
+            ],
+            expiry=_epoch(r.get("ExpiryTime")),
+            next_token=r.get("NextToken") or None,
+        )
+
+    # ---- EBS write ---------------------------------------------------------------------------
+
+    def start_snapshot(
+        self,
+        volume_size: int,
+        *,
+        parent: str | None = None,
+        description: str | None = None,
+        tags: dict[str, str] | None = None,
+        client_token: str,
+        timeout_minutes: int | None = None,
+        encrypted: bool = False,
+    ) -> SnapshotInfo:
+        """StartSnapshot; the same ``client_token`` makes a retry safe (idempotent)."""
+        kwargs: dict[str, Any] = {"VolumeSize": volume_size, "ClientToken": client_token}
+        if parent:
+            kwargs["ParentSnapshotId"] = parent
+        if description:
+            kwargs["Description"] = description
+        if tags:
+            kwargs["Tags"] = [{"Key": k, "Value": v} for k, v in tags.items()]
+        if timeout_minutes is not None:
+            kwargs["Timeout"] = timeout_minutes
+        if encrypted:
+            kwargs["Encrypted"] = True
+        with _converted("StartSnapshot"):
+            r = self.ebs.start_snapshot(**kwargs)
+        return SnapshotInfo(
+            snapshot_id=r["SnapshotId"],
+            state=str(r.get("Status", "pending")),
+            volume_size=int(r.get("VolumeSize", volume_size)),
+            start_time=_epoch(r.get("StartTime")),
+            description=str(r.get("Description") or ""),
+            tags=_tags(r.get("Tags")),
+            owner_id=str(r.get("OwnerId", "")),
+            encrypted=bool(r.get("KmsKeyArn")),
+            parent=str(r.get("ParentSnapshotId") or ""),
+        )
+
+    def put_block(self, snapshot_id: str, index: int, data: bytes, checksum_b64: str) -> None:
+        """PutSnapshotBlock of one full block (ChecksumError if AWS computed another SHA256)."""
+        with _converted(f"PutSnapshotBlock {snapshot_id} block {index}"):
+            self.ebs.put_snapshot_block(
+                SnapshotId=snapshot_id,
+                BlockIndex=index,
+                BlockData=data,
+                DataLength=len(data),
+                Checksum=checksum_b64,
+                ChecksumAlgorithm="SHA256",
+            )
+
+    def complete_snapshot(
+        self, snapshot_id: str, changed_blocks_count: int, aggregate_b64: str | None
+    ) -> str:
+        """CompleteSnapshot; returns the status AWS answers (usually "pending")."""
+        kwargs: dict[str, Any] = {
+            "SnapshotId": snapshot_id,
+            "ChangedBlocksCount": changed_blocks_count,
+        }
+        if aggregate_b64:
+            kwargs.update(
+                Checksum=aggregate_b64,
+                ChecksumAlgorithm="SHA256",
+                ChecksumAggregationMethod="LINEAR",
+            )
+        with _converted(f"CompleteSnapshot {snapshot_id}"):
+            r = self.ebs.complete_snapshot(**kwargs)
+        return str(r.get("Status", "pending"))
+
+
+def new_client_token() -> str:
+    """A fresh StartSnapshot ClientToken."""
+    return str(uuid.uuid4())
+
+
+#: A factory the mount and commands use, replaceable in tests.
+ApiFactory = Callable[[AwsConfig], Api]
