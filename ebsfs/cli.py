@@ -11,7 +11,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from ebsfs import __version__
+from ebsfs import __version__, fstab
 from ebsfs.errors import EbsfsError
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if fstab.is_helper_call(argv, COMMANDS):
+        # mount.fuse3 (mount -t fuse.ebsfs, /etc/fstab) runs ``ebsfs SOURCE MOUNTPOINT -o ...``.
+        try:
+            argv = fstab.translate(argv)
+        except EbsfsError as exc:
+            print(f"ebsfs: {exc}", file=sys.stderr)
+            return exc.exit_code
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
