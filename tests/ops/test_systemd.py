@@ -1,0 +1,81 @@
+"""The unit files pass ``systemd-analyze verify``; the example configuration is valid."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ebsfs import settings
+
+SYSTEMD = Path(__file__).resolve().parents[2] / "systemd"
+INSTALLED_PATH = "/usr/local/bin/ebsfs"
+
+
+def _ebsfs_binary() -> str:
+    found = Path(sys.executable).parent / "ebsfs"
+    assert found.exists(), f"console script not installed beside {sys.executable}"
+    return str(found)
+
+
+def _verify(unit: Path) -> subprocess.CompletedProcess[str]:
+    analyze = shutil.which("systemd-analyze")
+    assert analyze, "systemd-analyze is missing: make deps installs the systemd package"
+    return subprocess.run(
+        [analyze, "verify", str(unit)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=unit.parent,
+    )
+
+
+@pytest.mark.parametrize(
+    ("source", "instance"),
+    [
+        ("ebsfs@.service", "ebsfs@mnt-snapshots.service"),
+        ("ebsfs@.service", "ebsfs@.service"),
+        ("ebsfs-server.service", "ebsfs-server.service"),
+    ],
+)
+def test_units_verify_cleanly(tmp_path: Path, source: str, instance: str) -> None:
+    text = (SYSTEMD / source).read_text()
+    assert INSTALLED_PATH in text
+    # verify checks that ExecStart= exists: point it at this checkout's console script.
+    unit = tmp_path / instance
+    unit.write_text(text.replace(INSTALLED_PATH, _ebsfs_binary()))
+    result = _verify(unit)
+    assert result.returncode == 0, result.stderr
+    # Unknown keys and bad values are only warnings to systemd: treat them as failures.
+    assert result.stderr.strip() == "", result.stderr
+
+
+def test_verify_catches_a_bad_unit(tmp_path: Path) -> None:
+    text = (SYSTEMD / "ebsfs@.service").read_text().replace("Type=notify", "Tipe=notify")
+    unit = tmp_path / "ebsfs@mnt-x.service"
+    unit.write_text(text.replace(INSTALLED_PATH, _ebsfs_binary()))
+    assert "Unknown key" in _verify(unit).stderr
+
+
+def test_mount_unit_is_notify_and_flushes_on_stop() -> None:
+    text = (SYSTEMD / "ebsfs@.service").read_text()
+    lines = {
+        line.split("=", 1)[0]: line.split("=", 1)[1]
+        for line in text.splitlines()
+        if "=" in line and not line.startswith("#")
+    }
+    assert lines["Type"] == "notify"
+    assert lines["Restart"] == "on-failure"
+    assert lines["ExecStart"].endswith("mount %f --foreground")
+    assert lines["ExecStop"].endswith("umount %f")
+    assert lines["TimeoutStopSec"] == "15min"
+    # A private mount namespace would hide the FUSE mount from the host.
+    for key in ("ProtectSystem", "PrivateTmp", "ProtectHome", "PrivateMounts"):
+        assert key not in lines
+
+
+def test_example_configuration_is_valid() -> None:
+    config = settings.load_config(str(SYSTEMD / "ebsfs.toml"), {})
+    assert config.sections["mount"]["cache_size"] == 256 << 20
+    assert "/mnt/backups" in config.mounts
