@@ -1,0 +1,59 @@
+"""Byte ranges over a block reader: what a file read turns into."""
+
+from __future__ import annotations
+
+import trio
+
+from ebsfs.errors import EbsfsError
+from ebsfs.store.base import BlockReader
+from ebsfs.types import BLOCK_SIZE, ZERO_BLOCK, BlockIndex
+
+
+def _leaf(group: BaseExceptionGroup) -> BaseException:
+    """One error of a group, ebsfs errors first, so callers see what they expect."""
+    leaves: list[BaseException] = []
+
+    def walk(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for sub in exc.exceptions:
+                walk(sub)
+        else:
+            leaves.append(exc)
+
+    walk(group)
+    for exc in leaves:
+        if isinstance(exc, EbsfsError):
+            return exc
+    return leaves[0]
+
+
+async def read_range(reader: BlockReader, offset: int, length: int, size: int) -> bytes:
+    """Bytes ``[offset, offset+length)`` of a file of ``size`` bytes (short at its end).
+
+    A range over several blocks reads them concurrently; holes are zeros.
+    """
+    end = min(offset + length, size)
+    if offset >= end:
+        return b""
+    first, last = offset // BLOCK_SIZE, (end - 1) // BLOCK_SIZE
+    blocks: dict[int, bytes | None] = {}
+    if first == last:
+        blocks[first] = await reader.read_block(BlockIndex(first))
+    else:
+
+        async def one(i: int) -> None:
+            blocks[i] = await reader.read_block(BlockIndex(i))
+
+        try:
+            async with trio.open_nursery() as nursery:
+                for i in range(first, last + 1):
+                    nursery.start_soon(one, i)
+        except BaseExceptionGroup as group:
+            raise _leaf(group) from None
+    parts = []
+    for i in range(first, last + 1):
+        data = blocks[i] or ZERO_BLOCK
+        lo = offset - i * BLOCK_SIZE if i == first else 0
+        hi = end - i * BLOCK_SIZE if i == last else BLOCK_SIZE
+        parts.append(data[lo:hi] if (lo, hi) != (0, BLOCK_SIZE) else data)
+    return parts[0] if len(parts) == 1 else b"".join(parts)

@@ -1,0 +1,325 @@
+"""The bottom read layer: a completed snapshot's blocks, fetched with GetSnapshotBlock.
+
+Block tokens come from ListSnapshotBlocks in *windows* of block indexes fetched lazily around
+what is read, so a 64 TiB volume needs no full listing before its first read. Windows are kept
+up to a total token count shared by the snapshots of a mount (``TokenWindows``, least recently
+used dropped), which bounds memory whatever the volume size. An index a window does not list
+is a hole: it reads as zeros with no request.
+
+A window whose tokens near their ExpiryTime is fetched again before use, and a token that AWS
+refuses (INVALID_BLOCK_TOKEN) drops its window and is retried once re-listed. A block failing
+its SHA256 check is fetched again, a bounded number of times, then the read fails with
+ChecksumError and one log line. A snapshot that completed moments ago may answer 404 for up to
+a minute (ebs-direct-api.md §4.4): such answers are retried until ``not_found_grace`` seconds
+after this layer was created. Connection failures and 5xx answers were already retried by
+botocore (bounded); what it gives up on is retried here with back-off until the read has
+lasted ``io_timeout`` seconds, then the read fails (EIO at the FUSE edge): nothing hangs.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Protocol, TypeVar
+
+import trio
+
+from ebsfs.api import BlockPage
+from ebsfs.errors import (
+    ApiError,
+    BackendUnavailableError,
+    ChecksumError,
+    EbsfsError,
+    InvalidTokenError,
+    NotFoundError,
+)
+from ebsfs.types import BLOCK_SIZE, BlockIndex
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class BlockApi(Protocol):
+    """The part of ``ebsfs.api.Api`` this layer uses (a fake in unit tests)."""
+
+    def list_blocks(
+        self,
+        snapshot_id: str,
+        start_index: int = 0,
+        max_results: int = ...,
+        next_token: str | None = None,
+    ) -> BlockPage: ...
+
+    def get_block(self, snapshot_id: str, index: int, token: str) -> bytes: ...
+
+
+class Calls:
+    """Runs blocking API calls in worker threads, at most ``limiter.total_tokens`` at once."""
+
+    def __init__(self, limiter: trio.CapacityLimiter) -> None:
+        self.limiter = limiter
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        # abandon_on_cancel: a cancelled read must not wait for a stuck socket; the thread
+        # finishes on its own within botocore's timeouts.
+        return await trio.to_thread.run_sync(
+            partial(fn, *args), limiter=self.limiter, abandon_on_cancel=True
+        )
+
+
+@dataclass(frozen=True)
+class RemoteTuning:
+    """Knobs of the remote layer; the defaults suit AWS."""
+
+    window_blocks: int = 8192  # 4 GiB of index range per ListSnapshotBlocks window
+    renew_fraction: float = 0.8  # re-list after this share of a token lifetime
+    checksum_attempts: int = 3
+    token_attempts: int = 3
+    # Failures botocore gave up on (its retry quota drains under heavy faults), bodies cut
+    # short, a stopped endpoint: retried with back-off until a read has lasted this long.
+    io_timeout: float = 30.0
+    not_found_grace: float = 60.0
+    backoff: float = 0.2  # first pause between our own retries; doubles, capped at 5 s
+
+
+@dataclass
+class _Window:
+    start: int  # first index covered
+    end: int  # one past the last index covered
+    tokens: dict[int, str]
+    renew_at: float  # trio.current_time() after which the tokens are renewed
+
+
+class TokenWindows:
+    """Block-token windows of every snapshot of a mount, bounded by a total token count.
+
+    Least recently used windows are dropped first, so memory stays bounded whatever the
+    volume sizes and the number of snapshots read (a token costs about 250 bytes).
+    """
+
+    def __init__(self, max_tokens: int = 200_000) -> None:
+        self.max_tokens = max_tokens
+        self._lru: OrderedDict[tuple[str, int], _Window] = OrderedDict()
+        self._by_snapshot: dict[str, dict[int, _Window]] = {}
+        self.tokens = 0
+
+    def find(self, snapshot_id: str, index: int) -> _Window | None:
+        for w in self._by_snapshot.get(snapshot_id, {}).values():
+            if w.start <= index < w.end:
+                self._lru.move_to_end((snapshot_id, w.start))
+                return w
+        return None
+
+    def add(self, snapshot_id: str, new: _Window) -> None:
+        mine = self._by_snapshot.setdefault(snapshot_id, {})
+        for old in [w for w in mine.values() if w.start < new.end and new.start < w.end]:
+            self._drop(snapshot_id, old.start)
+        mine = self._by_snapshot.setdefault(snapshot_id, {})
+        mine[new.start] = new
+        self._lru[(snapshot_id, new.start)] = new
+        self.tokens += len(new.tokens)
+        while self.tokens > self.max_tokens and len(self._lru) > 1:
+            (snap, start), _ = next(iter(self._lru.items()))
+            self._drop(snap, start)
+
+    def _drop(self, snapshot_id: str, start: int) -> None:
+        w = self._lru.pop((snapshot_id, start))
+        mine = self._by_snapshot[snapshot_id]
+        del mine[start]
+        if not mine:
+            del self._by_snapshot[snapshot_id]
+        self.tokens -= len(w.tokens)
+
+    def __len__(self) -> int:
+        return len(self._lru)
+
+
+def _retryable(exc: EbsfsError) -> bool:
+    if isinstance(exc, BackendUnavailableError):
+        return True
+    if isinstance(exc, ApiError) and not isinstance(exc, InvalidTokenError):
+        return exc.code == "IncompleteBody" or exc.status >= 500 or "Throttl" in exc.code
+    return False
+
+
+class RemoteBlocks:
+    """``BlockReader`` over the EBS direct APIs for one completed snapshot."""
+
+    def __init__(
+        self,
+        api: BlockApi,
+        calls: Calls,
+        snapshot_id: str,
+        volume_blocks: int,
+        counters: Counter[str] | None = None,
+        tuning: RemoteTuning | None = None,
+        windows: TokenWindows | None = None,
+    ) -> None:
+        self.api = api
+        self.calls = calls
+        self.snapshot_id = snapshot_id
+        self.volume_blocks = volume_blocks
+        self.counters: Counter[str] = counters if counters is not None else Counter()
+        self.tuning = tuning or RemoteTuning()
+        self._windows = windows if windows is not None else TokenWindows()
+        self._listing: dict[int, trio.Event] = {}
+        self._created = trio.current_time()
+
+    def stats(self) -> dict[str, int]:
+        """Requests by API and outcome, bytes fetched, retries (shared between snapshots)."""
+        return dict(self.counters)
+
+    # ---- windows of block tokens ------------------------------------------------------------
+
+    def _window_start(self, index: int) -> int:
+        return index - index % self.tuning.window_blocks
+
+    async def _window_for(self, index: int, *, fresh: bool = False) -> _Window:
+        """The window covering ``index``, listed now if missing, stale or ``fresh``."""
+        while True:
+            w = self._windows.find(self.snapshot_id, index)
+            now = trio.current_time()
+            if w is not None and not fresh and (index not in w.tokens or now < w.renew_at):
+                return w
+            fresh = False
+            start = w.start if w is not None else self._window_start(index)
+            if start in self._listing:
+                await self._listing[start].wait()
+                continue
+            done = self._listing[start] = trio.Event()
+            try:
+                new = await self._list_window(start)
+            finally:
+                del self._listing[start]
+                done.set()
+            self._windows.add(self.snapshot_id, new)
+            if new.start <= index < new.end:
+                return new
+
+    async def _list_window(self, start: int) -> _Window:
+        """List blocks from ``start`` until the window's end is passed or the listing ends."""
+        want_end = min(start + self.tuning.window_blocks, self.volume_blocks)
+        tokens: dict[int, str] = {}
+        token: str | None = None
+        expiry = math.inf
+        covered = want_end
+        page_restarts = 0
+        started = trio.current_time()
+        wall = time.time()
+        while True:
+            try:
+                page = await self._call(
+                    "ListSnapshotBlocks",
+                    self.api.list_blocks,
+                    self.snapshot_id,
+                    start,
+                    self.tuning.window_blocks,
+                    token,
+                )
+            except InvalidTokenError:
+                # A page token expired halfway: list the window again from its start.
+                page_restarts += 1
+                if page_restarts > self.tuning.token_attempts:
+                    raise
+                tokens.clear()
+                token = None
+                expiry = math.inf
+                continue
+            if page.blocks:
+                expiry = min(expiry, page.expiry)
+            tokens.update(page.blocks)
+            if page.next_token is None:
+                covered = max(want_end, self.volume_blocks)
+                break
+            last = page.blocks[-1][0] if page.blocks else start - 1
+            if last >= want_end - 1:
+                covered = last + 1
+                break
+            token = page.next_token
+        lifetime = expiry - wall
+        renew_at = started + lifetime * self.tuning.renew_fraction if tokens else math.inf
+        self.counters["list_windows"] += 1
+        return _Window(start, covered, tokens, renew_at)
+
+    # ---- blocks -----------------------------------------------------------------------------
+
+    async def read_block(self, index: BlockIndex) -> bytes | None:
+        """The verified block, or None for a hole."""
+        if not 0 <= index < self.volume_blocks:
+            return None
+        t = self.tuning
+        checksum_failures = token_failures = 0
+        deadline = trio.current_time() + t.io_timeout
+        fresh = False
+        pause = t.backoff
+        while True:
+            try:
+                w = await self._window_for(index, fresh=fresh)
+                fresh = False
+                block_token = w.tokens.get(index)
+                if block_token is None:
+                    self.counters["holes"] += 1
+                    return None
+                data = await self._call(
+                    "GetSnapshotBlock", self.api.get_block, self.snapshot_id, index, block_token
+                )
+                self.counters["bytes_fetched"] += len(data)
+                return data
+            except ChecksumError as exc:
+                checksum_failures += 1
+                if checksum_failures >= t.checksum_attempts:
+                    log.error(
+                        "snapshot %s block %d unreadable: checksum mismatch after %d attempts (%s)",
+                        self.snapshot_id,
+                        index,
+                        checksum_failures,
+                        exc,
+                    )
+                    raise
+            except InvalidTokenError as exc:
+                token_failures += 1
+                if token_failures >= t.token_attempts:
+                    log.error(
+                        "snapshot %s block %d unreadable: token refused after re-listing (%s)",
+                        self.snapshot_id,
+                        index,
+                        exc,
+                    )
+                    raise
+                fresh = True
+                continue
+            except NotFoundError as exc:
+                if trio.current_time() - self._created >= t.not_found_grace:
+                    log.error("snapshot %s block %d unreadable: %s", self.snapshot_id, index, exc)
+                    raise EbsfsError(f"snapshot {self.snapshot_id} not readable: {exc}") from exc
+                fresh = True
+            except (BackendUnavailableError, ApiError) as exc:
+                if not _retryable(exc) or trio.current_time() + pause >= deadline:
+                    log.error("snapshot %s block %d unreadable: %s", self.snapshot_id, index, exc)
+                    raise
+            self.counters["retries"] += 1
+            await trio.sleep(pause)
+            pause = min(pause * 2, 5.0)
+
+    async def _call(self, api_name: str, fn: Callable[..., T], *args: Any) -> T:
+        try:
+            result = await self.calls.run(fn, *args)
+        except EbsfsError as exc:
+            self.counters[f"{api_name}.{type(exc).__name__}"] += 1
+            raise
+        self.counters[f"{api_name}.ok"] += 1
+        return result
+
+
+def blocks_for(volume_gib: int) -> int:
+    """Number of block indexes in a volume of ``volume_gib`` GiB."""
+    return volume_gib * ((1 << 30) // BLOCK_SIZE)
+
+
+__all__ = ["BlockApi", "Calls", "RemoteBlocks", "RemoteTuning", "TokenWindows", "blocks_for"]

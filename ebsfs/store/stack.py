@@ -1,0 +1,96 @@
+"""Builds the read stack of each completed snapshot: read-ahead over cache over remote.
+
+::
+
+    ReadAhead      (per snapshot)  sequential detection, parallel prefetch
+      CachedBlocks (per snapshot)  over the mount's one BlockCache; single-flight
+        RemoteBlocks (per snapshot) token windows (the mount's one TokenWindows), GetSnapshotBlock
+          Calls    (per mount)     worker threads under one CapacityLimiter(max_concurrency)
+            Api    (per mount)     boto3 clients, botocore retries and timeouts
+
+Stacks are made on first use and kept for the most recently used ``max_stacks`` snapshots; a
+dropped stack loses only its small per-snapshot state (the cache and windows are shared and
+bounded on their own), so memory is bounded whatever the number of snapshots.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, OrderedDict
+from dataclasses import dataclass
+
+import trio
+
+from ebsfs.store.base import BlockReader
+from ebsfs.store.cache import BlockCache, CachedBlocks
+from ebsfs.store.readahead import ReadAhead
+from ebsfs.store.remote import BlockApi, Calls, RemoteBlocks, RemoteTuning, TokenWindows
+from ebsfs.types import BLOCK_SIZE, BLOCKS_PER_GIB
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    """The mount options that shape the read stack."""
+
+    cache_size: int
+    read_ahead: int  # bytes; 0 turns read-ahead off
+    max_concurrency: int
+    io_timeout: float = 30.0
+    not_found_grace: float = 60.0
+    max_stacks: int = 256
+
+
+class ReadStacks:
+    """One read stack per completed snapshot, sharing the mount's cache, windows and limiter."""
+
+    def __init__(self, api: BlockApi, config: StackConfig, nursery: trio.Nursery) -> None:
+        self.api = api
+        self.config = config
+        self.nursery = nursery
+        self.calls = Calls(trio.CapacityLimiter(config.max_concurrency))
+        self.cache = BlockCache(config.cache_size)
+        self.windows = TokenWindows()
+        self.remote_counters: Counter[str] = Counter()
+        self.readahead_counters: Counter[str] = Counter()
+        self.tuning = RemoteTuning(
+            io_timeout=config.io_timeout, not_found_grace=config.not_found_grace
+        )
+        # Read-ahead past half the cache would evict what it fetched before it is read.
+        ahead = min(config.read_ahead, config.cache_size // 2) // BLOCK_SIZE
+        self.read_ahead_blocks = max(ahead, 0)
+        self._stacks: OrderedDict[str, BlockReader] = OrderedDict()
+
+    def get(self, snapshot_id: str, volume_gib: int) -> BlockReader:
+        """The stack of ``snapshot_id`` (made now if it is not held)."""
+        stack = self._stacks.get(snapshot_id)
+        if stack is not None:
+            self._stacks.move_to_end(snapshot_id)
+            return stack
+        blocks = volume_gib * BLOCKS_PER_GIB
+        remote = RemoteBlocks(
+            self.api,
+            self.calls,
+            snapshot_id,
+            blocks,
+            counters=self.remote_counters,
+            tuning=self.tuning,
+            windows=self.windows,
+        )
+        cached = CachedBlocks(remote, self.cache, snapshot_id)
+        stack = ReadAhead(
+            cached, self.nursery, self.read_ahead_blocks, blocks, self.readahead_counters
+        )
+        self._stacks[snapshot_id] = stack
+        while len(self._stacks) > self.config.max_stacks:
+            self._stacks.popitem(last=False)
+        return stack
+
+    def stats(self) -> dict[str, int]:
+        """Every layer's counters, merged."""
+        return {
+            **self.remote_counters,
+            **self.readahead_counters,
+            **self.cache.stats(),
+            "token_windows": len(self.windows),
+            "tokens_held": self.windows.tokens,
+            "threads_busy": int(self.calls.limiter.borrowed_tokens),
+        }

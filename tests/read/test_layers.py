@@ -1,0 +1,297 @@
+"""Unit tests of the read layers (remote, cache, read-ahead, ranges) against a fake API."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+import pytest
+import trio
+
+from ebsfs import errors
+from ebsfs.store.cache import BlockCache, CachedBlocks
+from ebsfs.store.ranges import read_range
+from ebsfs.store.readahead import ReadAhead
+from ebsfs.store.remote import Calls, RemoteBlocks, RemoteTuning, TokenWindows
+from ebsfs.store.stack import ReadStacks, StackConfig
+from ebsfs.types import BLOCK_SIZE, BlockIndex
+from tests.read.fakes import FakeBlockApi, block_of
+
+pytestmark = pytest.mark.timeout(60)
+SNAP = "snap-0123456789abcdef0"
+
+
+def run(fn: Callable[[], Awaitable[None]]) -> None:
+    trio.run(fn)
+
+
+def remote(api: FakeBlockApi, limit: int = 8, **tuning: float) -> RemoteBlocks:
+    return RemoteBlocks(
+        api,
+        Calls(trio.CapacityLimiter(limit)),
+        SNAP,
+        api.volume_gib * 2048,
+        tuning=RemoteTuning(backoff=0.01, **tuning),  # type: ignore[arg-type]
+    )
+
+
+def test_blocks_and_holes() -> None:
+    api = FakeBlockApi({0: block_of(0), 5: block_of(5), 2047: block_of(2047)})
+
+    async def main() -> None:
+        r = remote(api)
+        assert await r.read_block(BlockIndex(5)) == block_of(5)
+        assert await r.read_block(BlockIndex(2047)) == block_of(2047)
+        assert await r.read_block(BlockIndex(6)) is None
+        assert await r.read_block(BlockIndex(1)) is None
+
+    run(main)
+    # one listing for the whole (small) volume, one GET per block, no request for holes
+    assert api.calls == {"list": 1, "get": 2}
+
+
+def test_huge_sparse_volume_lists_lazily() -> None:
+    last = 65536 * 2048 - 1
+    api = FakeBlockApi({0: block_of(0), last: block_of(last)}, volume_gib=65536)
+
+    async def main() -> None:
+        r = remote(api)
+        assert await r.read_block(BlockIndex(0)) == block_of(0)
+        assert await r.read_block(BlockIndex(last)) == block_of(last)
+        assert await r.read_block(BlockIndex(last - 1)) is None
+
+    run(main)
+    assert api.calls["list"] <= 2
+
+
+def test_windows_are_bounded_in_tokens() -> None:
+    api = FakeBlockApi({i: b"" for i in range(0, 40000)}, volume_gib=20)
+    windows = TokenWindows(max_tokens=10000)
+
+    async def main() -> None:
+        r = RemoteBlocks(
+            api,
+            Calls(trio.CapacityLimiter(4)),
+            SNAP,
+            40960,
+            tuning=RemoteTuning(window_blocks=4096),
+            windows=windows,
+        )
+        for i in range(0, 40000, 4096):
+            await r._window_for(i)
+        assert windows.tokens <= 10000 + 4096
+        assert len(windows) <= 3
+
+    run(main)
+
+
+def test_expired_tokens_are_renewed() -> None:
+    api = FakeBlockApi({i: block_of(i) for i in range(4)}, ttl=0.5)
+
+    async def main() -> None:
+        r = remote(api)
+        assert await r.read_block(BlockIndex(0)) == block_of(0)
+        await trio.sleep(0.6)
+        assert await r.read_block(BlockIndex(1)) == block_of(1)
+
+    run(main)
+    assert api.calls["list"] == 2
+
+
+def test_refused_token_relists_once() -> None:
+    api = FakeBlockApi({0: block_of(0)})
+
+    async def main() -> None:
+        r = remote(api)
+        w = await r._window_for(0)
+        w.tokens[0] = "0:1"  # expired long ago, though the window thinks it fresh
+        assert await r.read_block(BlockIndex(0)) == block_of(0)
+
+    run(main)
+    assert api.calls["list"] == 2
+
+
+def test_checksum_failures_retry_then_fail_with_log(caplog: pytest.LogCaptureFixture) -> None:
+    api = FakeBlockApi({0: block_of(0), 1: block_of(1)})
+    api.corrupt_once.add(0)
+    api.corrupt.add(1)
+
+    async def main() -> None:
+        r = remote(api)
+        assert await r.read_block(BlockIndex(0)) == block_of(0)
+        with pytest.raises(errors.ChecksumError):
+            await r.read_block(BlockIndex(1))
+
+    with caplog.at_level(logging.ERROR):
+        run(main)
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(lines) == 1
+    assert SNAP in lines[0] and "block 1" in lines[0] and "checksum" in lines[0]
+
+
+def test_not_found_right_after_completion_is_retried() -> None:
+    api = FakeBlockApi({0: block_of(0)})
+    api.not_found_until = time.time() + 0.3
+
+    async def main() -> None:
+        assert await remote(api).read_block(BlockIndex(0)) == block_of(0)
+
+    run(main)
+
+
+def test_not_found_past_the_grace_is_an_error() -> None:
+    api = FakeBlockApi({0: block_of(0)})
+    api.not_found_until = time.time() + 100
+
+    async def main() -> None:
+        with pytest.raises(errors.EbsfsError, match="not readable"):
+            await remote(api, not_found_grace=0.2).read_block(BlockIndex(0))
+
+    run(main)
+
+
+def test_unavailable_backend_fails_within_io_timeout() -> None:
+    api = FakeBlockApi({0: block_of(0)})
+    api.unavailable = True
+
+    async def main() -> None:
+        r = remote(api, io_timeout=0.5)
+        start = trio.current_time()
+        with pytest.raises(errors.BackendUnavailableError):
+            await r.read_block(BlockIndex(0))
+        assert trio.current_time() - start < 3
+        api.unavailable = False
+        assert await r.read_block(BlockIndex(0)) == block_of(0)
+
+    run(main)
+
+
+def test_concurrent_misses_cost_one_fetch() -> None:
+    api = FakeBlockApi({3: block_of(3)})
+    api.delay = 0.1
+
+    async def main() -> None:
+        cached = CachedBlocks(remote(api), BlockCache(8 * BLOCK_SIZE), SNAP)
+        results = []
+
+        async def reader() -> None:
+            results.append(await cached.read_block(BlockIndex(3)))
+
+        async with trio.open_nursery() as n:
+            for _ in range(10):
+                n.start_soon(reader)
+        assert results == [block_of(3)] * 10
+        assert await cached.read_block(BlockIndex(3)) == block_of(3)
+        stats = cached.stats()
+        assert stats["cache_misses"] == 1 and stats["cache_hits"] == 1
+
+    run(main)
+    assert api.calls["get"] == 1
+
+
+def test_cache_is_bounded_in_bytes() -> None:
+    api = FakeBlockApi({i: block_of(i) for i in range(20)})
+
+    async def main() -> None:
+        cache = BlockCache(4 * BLOCK_SIZE)
+        cached = CachedBlocks(remote(api), cache, SNAP)
+        for i in range(20):
+            assert await cached.read_block(BlockIndex(i)) == block_of(i)
+        s = cache.stats()
+        assert s["cache_bytes"] <= 4 * BLOCK_SIZE and s["cache_blocks"] == 4
+        assert s["cache_evictions"] == 16
+
+    run(main)
+
+
+def test_failed_fetch_reaches_every_waiter_and_is_not_cached() -> None:
+    api = FakeBlockApi({0: block_of(0)})
+    api.corrupt.add(0)
+    api.delay = 0.05
+
+    async def main() -> None:
+        cached = CachedBlocks(remote(api), BlockCache(8 * BLOCK_SIZE), SNAP)
+        failures = []
+
+        async def reader() -> None:
+            try:
+                await cached.read_block(BlockIndex(0))
+            except errors.ChecksumError:
+                failures.append(1)
+
+        async with trio.open_nursery() as n:
+            for _ in range(3):
+                n.start_soon(reader)
+        assert len(failures) == 3
+        api.corrupt.clear()
+        assert await cached.read_block(BlockIndex(0)) == block_of(0)
+
+    run(main)
+
+
+def test_sequential_reads_prefetch_in_parallel() -> None:
+    api = FakeBlockApi({i: block_of(i) for i in range(64)})
+    api.delay = 0.05
+
+    async def main() -> None:
+        async with trio.open_nursery() as n:
+            cached = CachedBlocks(remote(api, limit=16), BlockCache(64 * BLOCK_SIZE), SNAP)
+            ra = ReadAhead(cached, n, 16, 2048)
+            for i in range(48):
+                assert await ra.read_block(BlockIndex(i)) == block_of(i)
+            assert ra.stats()["readahead_blocks"] >= 16
+
+    run(main)
+    assert api.max_in_flight >= 8
+    assert api.calls["get"] <= 64  # nothing fetched twice, nothing past the volume end
+
+
+def test_random_reads_do_not_prefetch() -> None:
+    api = FakeBlockApi({i: block_of(i) for i in range(200)})
+
+    async def main() -> None:
+        async with trio.open_nursery() as n:
+            cached = CachedBlocks(remote(api), BlockCache(64 * BLOCK_SIZE), SNAP)
+            ra = ReadAhead(cached, n, 16, 2048)
+            for i in (100, 7, 150, 30, 180, 60):
+                await ra.read_block(BlockIndex(i))
+
+    run(main)
+    assert api.calls["get"] == 6
+
+
+def test_read_range_spans_blocks_and_holes() -> None:
+    api = FakeBlockApi({0: block_of(0), 2: block_of(2)})
+    image = block_of(0) + bytes(BLOCK_SIZE) + block_of(2) + bytes(BLOCK_SIZE)
+
+    async def main() -> None:
+        async with trio.open_nursery() as n:
+            stacks = ReadStacks(api, StackConfig(8 * BLOCK_SIZE, 0, 4), n)
+            stack = stacks.get(SNAP, 1)
+            for off, length in [
+                (0, 10),
+                (BLOCK_SIZE - 5, 10),
+                (100, 3 * BLOCK_SIZE),
+                (0, 4 * BLOCK_SIZE),
+            ]:
+                assert await read_range(stack, off, length, len(image)) == image[off : off + length]
+            assert await read_range(stack, len(image) - 3, 100, len(image)) == image[-3:]
+            assert await read_range(stack, len(image), 100, len(image)) == b""
+            n.cancel_scope.cancel()
+
+    run(main)
+
+
+def test_read_range_error_is_unwrapped() -> None:
+    api = FakeBlockApi({0: block_of(0), 1: block_of(1)})
+    api.corrupt.add(1)
+
+    async def main() -> None:
+        async with trio.open_nursery() as n:
+            stack = ReadStacks(api, StackConfig(8 * BLOCK_SIZE, 0, 4), n).get(SNAP, 1)
+            with pytest.raises(errors.ChecksumError):
+                await read_range(stack, 0, 2 * BLOCK_SIZE, 2048 * BLOCK_SIZE)
+            n.cancel_scope.cancel()
+
+    run(main)
