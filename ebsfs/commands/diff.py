@@ -1,0 +1,230 @@
+"""``ebsfs diff SNAP_A SNAP_B``: the block ranges that differ between two snapshots.
+
+ListChangedBlocks reports every index whose block version differs (written in one and not
+the other, or written in both). Runs of consecutive indexes are merged into ranges and shown
+with byte offsets and sizes; ``--json`` gives the same as exact numbers for scripts.
+"""
+
+import argparse
+import json
+import re
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol, TextIO
+
+from ebsfs import settings
+from ebsfs.api import Api
+from ebsfs.cli import add_aws_options
+from ebsfs.errors import ApiError, EbsfsError, InvalidTokenError, NotFoundError, UsageError
+from ebsfs.sizes import format_size
+from ebsfs.types import BLOCK_SIZE
+
+SNAPSHOT_ID = re.compile(r"^snap-[0-9a-f]{8,17}$")
+
+#: How long a 404 from two snapshots EC2 calls completed is treated as AWS's read-readiness
+#: lag (reads can fail for up to about a minute after completion) rather than an answer.
+READINESS_WAIT = 75.0
+#: Times an expired page token is replaced by restarting after the last index seen.
+TOKEN_RESTARTS = 3
+
+EXAMPLES = """\
+examples:
+  ebsfs diff snap-0a1b2c3d4e5f60718 snap-0f1e2d3c4b5a69788
+  ebsfs diff --json snap-0a1b2c3d4e5f60718 snap-0f1e2d3c4b5a69788 | jq .changed_bytes
+  ebsfs diff --endpoint-url http://127.0.0.1:9537 snap-0a1b2c3d4e5f60718 snap-0f1e2d3c4b5a69788
+
+Both snapshots must be completed and of one lineage (one the ancestor of the other, or
+siblings). Exit codes: 0 listed, 2 bad arguments, 3 no such (completed) snapshot,
+4 access denied, 5 endpoint unreachable, 1 other AWS errors (docs/errors.md).
+"""
+
+
+class ChangedBlocksApi(Protocol):
+    """The part of ``ebsfs.api.Api`` that diff uses."""
+
+    def list_changed_blocks(
+        self,
+        first_id: str,
+        second_id: str,
+        start_index: int = 0,
+        next_token: str | None = None,
+    ) -> Any: ...
+
+    def describe_snapshot(self, snapshot_id: str) -> Any: ...
+
+
+@dataclass(frozen=True)
+class BlockRange:
+    """Blocks ``first`` to ``last`` inclusive."""
+
+    first: int
+    last: int
+
+    @property
+    def blocks(self) -> int:
+        return self.last - self.first + 1
+
+    @property
+    def offset(self) -> int:
+        return self.first * BLOCK_SIZE
+
+    @property
+    def size(self) -> int:
+        return self.blocks * BLOCK_SIZE
+
+    def label(self) -> str:
+        return str(self.first) if self.first == self.last else f"{self.first}-{self.last}"
+
+
+def merge_runs(indexes: Iterable[int]) -> Iterator[BlockRange]:
+    """Consecutive ascending indexes as ranges; ApiError if the answer is out of order."""
+    start = prev = -1
+    for index in indexes:
+        if index <= prev:
+            raise ApiError(f"ListChangedBlocks answered block {index} after block {prev}")
+        if start < 0:
+            start = index
+        elif index != prev + 1:
+            yield BlockRange(start, prev)
+            start = index
+        prev = index
+    if start >= 0:
+        yield BlockRange(start, prev)
+
+
+def changed_indexes(
+    api: ChangedBlocksApi,
+    first: str,
+    second: str,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Iterator[int]:
+    """Every changed index in order, following NextToken through empty pages."""
+    page = _first_page(api, first, second, sleep)
+    token: str | None = None
+    last_seen = -1
+    restarts = 0
+    while True:
+        for index, _first_token, _second_token in page.changed:
+            last_seen = index
+            yield index
+        if not page.next_token:
+            return
+        if page.next_token == token:
+            raise ApiError("ListChangedBlocks returned the same page token twice")
+        token = page.next_token
+        try:
+            page = api.list_changed_blocks(first, second, next_token=token)
+        except InvalidTokenError:
+            # Page tokens live about an hour: resume after the last index already reported.
+            if restarts >= TOKEN_RESTARTS:
+                raise
+            restarts += 1
+            token = None
+            page = api.list_changed_blocks(first, second, start_index=last_seen + 1)
+
+
+def _first_page(
+    api: ChangedBlocksApi, first: str, second: str, sleep: Callable[[float], None]
+) -> Any:
+    deadline = time.monotonic() + READINESS_WAIT
+    delay = 2.0
+    while True:
+        try:
+            return api.list_changed_blocks(first, second, start_index=0, next_token=None)
+        except NotFoundError as exc:
+            if not _both_completed(api, (first, second), exc) or time.monotonic() >= deadline:
+                raise
+            sleep(delay)
+            delay = min(delay * 2, 15.0)
+
+
+def _both_completed(api: ChangedBlocksApi, ids: Iterable[str], original: NotFoundError) -> bool:
+    """True if EC2 says both are completed (so the 404 is AWS's read lag); else a clear error."""
+    for snapshot_id in ids:
+        try:
+            info = api.describe_snapshot(snapshot_id)
+        except NotFoundError:
+            raise NotFoundError(f"no such snapshot: {snapshot_id}") from original
+        except EbsfsError:
+            return False  # no ec2:DescribeSnapshots permission, say: keep EBS's answer
+        if info.state != "completed":
+            raise NotFoundError(
+                f"snapshot {snapshot_id} is {info.state}: only completed snapshots can be compared"
+            ) from original
+    return True
+
+
+def register(subparsers: Any) -> None:
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "diff",
+        help="changed block ranges between two snapshots",
+        description="List the block ranges that differ between two snapshots of one lineage "
+        "(EBS ListChangedBlocks), merged into runs, with a total.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("first", metavar="SNAP_A", help="the older snapshot (say, the parent)")
+    parser.add_argument("second", metavar="SNAP_B", help="the newer snapshot (say, the child)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    add_aws_options(parser)
+    settings.add_config_option(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    out = out if out is not None else sys.stdout
+    for snapshot_id in (args.first, args.second):
+        if not SNAPSHOT_ID.match(snapshot_id):
+            raise UsageError(f"not a snapshot id: {snapshot_id!r} (expected snap-<hex>)")
+    api = Api(settings.aws_config(args))
+    ranges = merge_runs(changed_indexes(api, args.first, args.second))
+    if args.json:
+        _print_json(args.first, args.second, list(ranges), out)
+    else:
+        _print_table(ranges, out)
+    return 0
+
+
+def _print_table(ranges: Iterable[BlockRange], out: TextIO) -> None:
+    row = "{:<24} {:>12} {:>12}"
+    count = blocks = 0
+    for r in ranges:
+        if count == 0:
+            print(row.format("BLOCKS", "OFFSET", "SIZE"), file=out)
+        print(row.format(r.label(), format_size(r.offset), format_size(r.size)), file=out)
+        count += 1
+        blocks += r.blocks
+    if count == 0:
+        print("no changed blocks", file=out)
+        return
+    noun = "range" if count == 1 else "ranges"
+    block_noun = "block" if blocks == 1 else "blocks"
+    print(
+        f"total: {blocks} {block_noun} ({format_size(blocks * BLOCK_SIZE)}) in {count} {noun}",
+        file=out,
+    )
+
+
+def _print_json(first: str, second: str, ranges: list[BlockRange], out: TextIO) -> None:
+    blocks = sum(r.blocks for r in ranges)
+    document = {
+        "first_snapshot": first,
+        "second_snapshot": second,
+        "block_size": BLOCK_SIZE,
+        "ranges": [
+            {
+                "first_block": r.first,
+                "last_block": r.last,
+                "blocks": r.blocks,
+                "offset": r.offset,
+                "size": r.size,
+            }
+            for r in ranges
+        ],
+        "changed_blocks": blocks,
+        "changed_bytes": blocks * BLOCK_SIZE,
+    }
+    json.dump(document, out, indent=2)
+    out.write("\n")
