@@ -70,3 +70,7 @@ class ServerConfig:
     token_ttl: float | None = None
     complete_delay: float = 0.0
     log_level: str = "info"
+    #: Seconds one StartSnapshot ``Timeout`` minute lasts (60; tests shorten it).
+    timeout_unit: float = 60.0
+    #: Seed of the fault injector's random choices, for reproducible runs.
+    fault_seed: int | None = None
