@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 APT_PACKAGES := fuse3 libfuse3-dev pkg-config e2fsprogs fdisk attr systemd
 STAMP := $(VENV)/.installed
 
-.PHONY: deps venv test lint demo bench clean
+.PHONY: deps venv test lint demo bench clean install
 
 deps:
 	@missing=""; for p in $(APT_PACKAGES); do \
@@ -30,6 +30,19 @@ lint: venv
 
 test: venv lint
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+demo: venv
+	scripts/demo.sh
+
+# For a server: ebsfs on PATH (mount.fuse3 and the units run /usr/local/bin/ebsfs), the systemd
+# units, and an example /etc/ebsfs/ebsfs.toml unless one exists (docs/operations.md).
+PREFIX ?= /usr/local
+install: venv
+	ln -sfn $(abspath $(VENV))/bin/ebsfs $(PREFIX)/bin/ebsfs
+	install -m 0644 systemd/ebsfs@.service systemd/ebsfs-server.service /etc/systemd/system/
+	install -d -m 0755 /etc/ebsfs
+	test -e /etc/ebsfs/ebsfs.toml || install -m 0600 systemd/ebsfs.toml /etc/ebsfs/ebsfs.toml
+	-systemctl daemon-reload 2>/dev/null
 
 bench: venv
 	$(PY) -m bench
