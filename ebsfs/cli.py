@@ -17,7 +17,7 @@ from ebsfs.errors import EbsfsError
 log = logging.getLogger(__name__)
 
 #: Sub-command modules under ``ebsfs.commands``, in the order ``--help`` lists them.
-COMMANDS: tuple[str, ...] = ("diff",)
+COMMANDS: tuple[str, ...] = ("diff", "server")
 
 
 def add_aws_options(parser: argparse.ArgumentParser) -> None:
