@@ -1,0 +1,115 @@
+"""One request through the server: SigV4 check, faults, routing to the EBS or EC2 handlers,
+and every error turned into the family's wire shape."""
+
+import hashlib
+import logging
+
+from ebsfs.server import ebs as ebs_mod
+from ebsfs.server.ec2 import Ec2Service
+from ebsfs.server.errors import EbsError, Ec2Error, coral
+from ebsfs.server.faults import Faults
+from ebsfs.server.sigv4 import AuthFailure, Verifier
+from ebsfs.server.storage import Store
+from ebsfs.server.wire import Request, Response, ebs_error_response, ec2_error_response
+
+log = logging.getLogger(__name__)
+
+_EBS_AUTH_CODES = {
+    "missing": "MissingAuthenticationTokenException",
+    "incomplete": "IncompleteSignatureException",
+    "unknown_key": "UnrecognizedClientException",
+    "signature": "InvalidSignatureException",
+    "expired": "InvalidSignatureException",
+    "scope": "InvalidSignatureException",
+}
+_EC2_AUTH_CODES = {
+    "missing": "MissingAuthenticationToken",
+    "incomplete": "IncompleteSignature",
+    "unknown_key": "AuthFailure",
+    "signature": "SignatureDoesNotMatch",
+    "expired": "RequestExpired",
+    "scope": "SignatureDoesNotMatch",
+}
+
+
+class App:
+    """The server's request handling, independent of the HTTP transport."""
+
+    def __init__(
+        self, store: Store, verifier: Verifier, faults: Faults, timing: ebs_mod.Timing
+    ) -> None:
+        self.store = store
+        self.verifier = verifier
+        self.faults = faults
+        self.ebs = ebs_mod.EbsService(store, timing)
+        self.ec2 = Ec2Service(store, ebs_mod.ACCOUNT_ID, self.ebs.state, self.ebs.mint)
+
+    def _auth(self, req: Request, service: str) -> None:
+        digest: list[str] = []
+
+        def body_sha256() -> str:
+            if not digest:
+                digest.append(hashlib.sha256(req.body).hexdigest())
+            return digest[0]
+
+        self.verifier.verify(
+            req.method, req.raw_path, req.raw_query, req.headers, body_sha256, service
+        )
+
+    def handle(self, req: Request) -> Response:
+        """Answer one request; never raises."""
+        self.faults.delay()
+        is_ec2 = req.raw_path in ("/", "")
+        try:
+            if is_ec2:
+                return self._handle_ec2(req)
+            return self._handle_ebs(req)
+        except Exception:
+            log.exception("internal error answering %s %s", req.method, req.raw_path)
+            if is_ec2:
+                return ec2_error_response(
+                    Ec2Error("InternalError", "An internal error has occurred.", 500),
+                    req.request_id,
+                )
+            return ebs_error_response(
+                EbsError(500, "InternalServerException", "An internal error occurred."),
+                req.request_id,
+            )
+
+    def _handle_ebs(self, req: Request) -> Response:
+        try:
+            try:
+                self._auth(req, "ebs")
+            except AuthFailure as exc:
+                raise coral(403, _EBS_AUTH_CODES[exc.kind], exc.message) from None
+            operation, params = ebs_mod.route(req)
+            req.operation = operation
+            self.faults.before_ebs()
+            resp = self.ebs.handle(req, operation, params)
+        except EbsError as err:
+            return ebs_error_response(err, req.request_id)
+        if operation == "GetSnapshotBlock" and resp.file is not None:
+            altered = self.faults.corrupt(resp.file.read_bytes())
+            if altered is not None:
+                log.debug("corrupting %s", req.raw_path)
+                resp.body, resp.file = altered, None
+        return self._maybe_drop(resp)
+
+    def _handle_ec2(self, req: Request) -> Response:
+        try:
+            try:
+                self._auth(req, "ec2")
+            except AuthFailure as exc:
+                raise Ec2Error(_EC2_AUTH_CODES[exc.kind], exc.message, 403) from None
+            params = self.ec2.params(req)
+            req.operation = params.get("Action", "-")
+            self.faults.before_ec2()
+            resp = self.ec2.handle(req, params)
+        except Ec2Error as err:
+            return ec2_error_response(err, req.request_id)
+        return self._maybe_drop(resp)
+
+    def _maybe_drop(self, resp: Response) -> Response:
+        if self.faults.drop():
+            resp.drop = True
+        return resp

@@ -1,0 +1,504 @@
+"""The six EBS direct APIs (rest-json), as ebs-direct-api.md §3–§6 describes AWS.
+
+Checks run in AWS's order: framework validation of every member first, then the snapshot's
+existence and state, then tokens and semantic checks. Nothing is stored until every check
+has passed.
+"""
+
+import base64
+import hashlib
+import json
+import logging
+import os
+import re
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from ebsfs import checksum
+from ebsfs.server import tokens
+from ebsfs.server.errors import EbsError, coral, not_found, validation
+from ebsfs.server.storage import COMPLETED, ERROR, PENDING, Snapshot, Store
+from ebsfs.server.validate import (
+    ANY_TEXT_PATTERN,
+    CHECKSUM_PATTERN,
+    CLIENT_TOKEN_PATTERN,
+    KMS_ARN_PATTERN,
+    TOKEN_PATTERN,
+    Checks,
+    serialization,
+    to_int,
+)
+from ebsfs.server.wire import Request, Response, json_response
+from ebsfs.types import BLOCK_SIZE, MAX_VOLUME_GIB
+
+log = logging.getLogger(__name__)
+
+ACCOUNT_ID = "000000000000"
+BLOCK_TOKEN_TTL = 7 * 24 * 3600.0
+PAGE_TOKEN_TTL = 3600.0
+DEFAULT_MAX_RESULTS = 100
+COUNT_MISMATCH = "Changed blocks count mismatch for snapshot"
+CHECKSUM_MISMATCH = "Checksum mismatch for snapshot"
+
+_ROUTES = [
+    ("POST", re.compile(r"^/snapshots$"), "StartSnapshot"),
+    ("PUT", re.compile(r"^/snapshots/([^/]*)/blocks/([^/]*)$"), "PutSnapshotBlock"),
+    ("GET", re.compile(r"^/snapshots/([^/]*)/blocks/([^/]*)$"), "GetSnapshotBlock"),
+    ("GET", re.compile(r"^/snapshots/([^/]*)/blocks$"), "ListSnapshotBlocks"),
+    ("GET", re.compile(r"^/snapshots/([^/]*)/changedblocks$"), "ListChangedBlocks"),
+    ("POST", re.compile(r"^/snapshots/completion/([^/]*)$"), "CompleteSnapshot"),
+]
+
+
+def route(req: Request) -> tuple[str, tuple[str, ...]]:
+    """The operation a request names and its path parameters; UnknownOperation otherwise."""
+    path = req.path
+    for method, pattern, name in _ROUTES:
+        m = pattern.match(path)
+        if m and req.method == method:
+            return name, m.groups()
+    raise coral(404, "UnknownOperationException", f"No operation matches {req.method} {path}")
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Clock-related settings: token lifetimes, completion delay, length of a Timeout minute."""
+
+    block_token_ttl: float = BLOCK_TOKEN_TTL
+    page_token_ttl: float = PAGE_TOKEN_TTL
+    complete_delay: float = 0.0
+    minute: float = 60.0
+
+
+class EbsService:
+    """Handlers of the EBS direct APIs over a Store."""
+
+    def __init__(self, store: Store, timing: Timing) -> None:
+        self.store = store
+        self.timing = timing
+        self.mint = tokens.TokenMint(store.token_key)
+        self._start_lock = threading.Lock()
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def state(self, snap: Snapshot) -> tuple[str, str]:
+        return snap.state(time.time(), self.timing.minute)
+
+    def _readable(self, snapshot_id: str) -> Snapshot:
+        """A completed snapshot; anything else reads as 404, as on AWS."""
+        snap = self.store.get(snapshot_id)
+        if snap is None or self.state(snap)[0] != COMPLETED:
+            raise not_found(snapshot_id)
+        return snap
+
+    def handle(self, req: Request, operation: str, params: tuple[str, ...]) -> Response:
+        handler = getattr(self, "op_" + operation)
+        result: Response = handler(req, *params)
+        return result
+
+    # -- StartSnapshot --------------------------------------------------------------------------
+
+    def op_StartSnapshot(self, req: Request) -> Response:
+        try:
+            doc = json.loads(req.body or b"{}")
+        except (ValueError, UnicodeDecodeError):
+            raise serialization("Start of structure or map found where not expected.") from None
+        if not isinstance(doc, dict):
+            raise serialization("Start of structure or map found where not expected.")
+        volume_size = _typed(doc, "VolumeSize", int)
+        timeout = _typed(doc, "Timeout", int)
+        client_token = _typed(doc, "ClientToken", str)
+        description = _typed(doc, "Description", str)
+        parent_id = _typed(doc, "ParentSnapshotId", str)
+        encrypted = _typed(doc, "Encrypted", bool)
+        kms = _typed(doc, "KmsKeyArn", str)
+        raw_tags = doc.get("Tags")
+        if raw_tags is not None and not isinstance(raw_tags, list):
+            raise serialization("Expected list or null for 'Tags'.")
+        tags: list[tuple[str, str]] = []
+        c = Checks()
+        if c.required(volume_size, "volumeSize"):
+            c.at_least(volume_size, "volumeSize", 1)
+        c.between(timeout, "timeout", 10, 4320)
+        c.length(client_token, "clientToken", 1, 255)
+        c.pattern(client_token, "clientToken", CLIENT_TOKEN_PATTERN)
+        c.length(description, "description", 0, 255)
+        c.pattern(description, "description", ANY_TEXT_PATTERN)
+        c.snapshot_id(parent_id, "parentSnapshotId")
+        c.length(kms, "kmsKeyArn", 1, 2048)
+        c.pattern(kms, "kmsKeyArn", KMS_ARN_PATTERN)
+        for n, item in enumerate(raw_tags or [], 1):
+            if not isinstance(item, dict):
+                raise serialization("Expected a structure for a member of 'Tags'.")
+            key, value = _typed(item, "Key", str), _typed(item, "Value", str)
+            c.length(key, f"tags.{n}.member.key", 0, 127)
+            c.pattern(key, f"tags.{n}.member.key", ANY_TEXT_PATTERN)
+            c.length(value, f"tags.{n}.member.value", 0, 255)
+            c.pattern(value, f"tags.{n}.member.value", ANY_TEXT_PATTERN)
+            tags.append((key or "", value or ""))
+        c.done()
+        assert volume_size is not None
+        if len(tags) > 50:
+            raise validation("INVALID_TAG", "The number of tags exceeds the limit of 50.")
+        for key, _ in tags:
+            if not key or key.lower().startswith("aws:"):
+                raise validation("INVALID_TAG", f"The tag key '{key}' is not valid.")
+        if volume_size > MAX_VOLUME_GIB:
+            raise validation(
+                "INVALID_VOLUME_SIZE",
+                f"Volume size {volume_size} GiB exceeds the maximum of {MAX_VOLUME_GIB} GiB.",
+            )
+        if parent_id is not None and encrypted:
+            raise validation(
+                "INVALID_PARAMETER_VALUE",
+                "Encrypted cannot be specified together with ParentSnapshotId; the snapshot "
+                "inherits the parent's encryption.",
+            )
+        fingerprint = json.dumps(
+            [volume_size, timeout, description, parent_id, encrypted, kms, tags]
+        )
+        with self._start_lock:
+            if client_token is not None:
+                known = self.store.client_token(client_token)
+                if known is not None:
+                    if known[0] != fingerprint:
+                        raise EbsError(
+                            409,
+                            "ConflictException",
+                            "Current request does not match request stored with this token.",
+                        )
+                    return json_response(201, json.loads(known[1]), req.request_id)
+            parent = None
+            if parent_id is not None:
+                parent = self.store.get(parent_id)
+                if parent is None or self.state(parent)[0] == ERROR:
+                    raise not_found(parent_id)
+                if self.state(parent)[0] != COMPLETED:
+                    raise validation(
+                        "INVALID_SNAPSHOT_ID", f"Source snapshot ({parent_id}) is not complete."
+                    )
+                if volume_size < parent.volume_size:
+                    raise validation(
+                        "INVALID_VOLUME_SIZE",
+                        f"Volume size {volume_size} GiB is smaller than the size of the "
+                        f"parent snapshot ({parent.volume_size} GiB).",
+                    )
+            now = time.time()
+            snap = Snapshot(
+                snapshot_id="snap-" + secrets.token_hex(9)[:17],
+                volume_size=volume_size,
+                owner_id=ACCOUNT_ID,
+                start_time=round(now, 3),
+                timeout_minutes=timeout if timeout is not None else 60,
+                last_activity=now,
+                description=description,
+                tags=tags,
+                parent_id=parent_id,
+                root_id=parent.root_id if parent is not None else "",
+                encrypted=bool(encrypted) or bool(parent and parent.encrypted),
+                kms_key_arn=kms if kms is not None else (parent.kms_key_arn if parent else None),
+            )
+            if not snap.root_id:
+                snap.root_id = snap.snapshot_id
+            body = {
+                "BlockSize": BLOCK_SIZE,
+                "Description": description,
+                "KmsKeyArn": snap.kms_key_arn,
+                "OwnerId": ACCOUNT_ID,
+                "ParentSnapshotId": parent_id,
+                "SnapshotId": snap.snapshot_id,
+                "SseType": "sse-kms" if snap.encrypted else None,
+                "StartTime": snap.start_time,
+                "Status": PENDING,
+                "Tags": [{"Key": k, "Value": v} for k, v in tags] if tags else None,
+                "VolumeSize": volume_size,
+            }
+            self.store.create(snap, client_token, fingerprint, json.dumps(body))
+        log.info("started %s (%d GiB, parent %s)", snap.snapshot_id, volume_size, parent_id)
+        return json_response(201, body, req.request_id)
+
+    # -- PutSnapshotBlock -----------------------------------------------------------------------
+
+    def op_PutSnapshotBlock(self, req: Request, snapshot_id: str, raw_index: str) -> Response:
+        h = req.headers
+        index = to_int(raw_index, "blockIndex")
+        data_length = to_int(h.get("x-amz-data-length"), "dataLength")
+        progress = to_int(h.get("x-amz-progress"), "progress")
+        sent = h.get("x-amz-checksum")
+        algorithm = h.get("x-amz-checksum-algorithm")
+        c = Checks()
+        c.snapshot_id(snapshot_id, "snapshotId")
+        if c.required(index, "blockIndex"):
+            c.at_least(index, "blockIndex", 0)
+        c.required(data_length, "dataLength")
+        if c.required(sent, "checksum"):
+            c.length(sent, "checksum", 0, 64)
+            c.pattern(sent, "checksum", CHECKSUM_PATTERN)
+        c.required(algorithm, "checksumAlgorithm")
+        c.between(progress, "progress", 0, 100)
+        c.done()
+        assert index is not None and data_length is not None and sent is not None
+        snap = self.store.get(snapshot_id)
+        if snap is None:
+            raise not_found(snapshot_id)
+        status = self.state(snap)[0]
+        if status == ERROR:
+            raise not_found(snapshot_id)
+        if snap.sealed:
+            raise validation("INVALID_SNAPSHOT_ID", "Snapshot is already completed")
+        if index >= snap.block_count:
+            raise validation(
+                "INVALID_BLOCK", f"Block index {index} is beyond the volume size extent"
+            )
+        if not req.body_complete or len(req.body) < BLOCK_SIZE:
+            raise validation("INVALID_PARAMETER_VALUE", "Failed to read block data")
+        if data_length != BLOCK_SIZE or len(req.body) != BLOCK_SIZE:
+            shown = data_length if data_length != BLOCK_SIZE else len(req.body)
+            raise validation(
+                "INVALID_BLOCK", f"Block data length {shown} is not valid, expected {BLOCK_SIZE}"
+            )
+        if algorithm != "SHA256":
+            raise validation(
+                "INVALID_PARAMETER_VALUE",
+                f"Unsupported Checksum Algorithm '{algorithm}', supported algorithms are SHA256",
+            )
+        raw = hashlib.sha256(req.body).digest()
+        computed = base64.b64encode(raw).decode()
+        if computed != sent:
+            raise coral(
+                403,
+                "InvalidSignatureException",
+                "The value passed in as x-amz-Checksum does not match the computed checksum. "
+                f"Computed checksum: {computed} expected checksum: {sent}",
+            )
+        self.store.put_block(snap, index, req.body, raw)
+        resp = json_response(201, {}, req.request_id)
+        resp.headers += [("x-amz-Checksum", computed), ("x-amz-Checksum-Algorithm", "SHA256")]
+        return resp
+
+    # -- CompleteSnapshot -----------------------------------------------------------------------
+
+    def op_CompleteSnapshot(self, req: Request, snapshot_id: str) -> Response:
+        h = req.headers
+        count = to_int(h.get("x-amz-changedblockscount"), "changedBlocksCount")
+        sent = h.get("x-amz-checksum")
+        algorithm = h.get("x-amz-checksum-algorithm")
+        method = h.get("x-amz-checksum-aggregation-method")
+        c = Checks()
+        c.snapshot_id(snapshot_id, "snapshotId")
+        if c.required(count, "changedBlocksCount"):
+            c.at_least(count, "changedBlocksCount", 0)
+        c.length(sent, "checksum", 0, 64)
+        c.pattern(sent, "checksum", CHECKSUM_PATTERN)
+        c.enum(algorithm, "checksumAlgorithm", ["SHA256"])
+        c.enum(method, "checksumAggregationMethod", ["LINEAR"])
+        c.done()
+        snap = self.store.get(snapshot_id)
+        if snap is None:
+            raise not_found(snapshot_id)
+        status = self.state(snap)[0]
+        if status == ERROR or snap.sealed:
+            return json_response(202, {"Status": status}, req.request_id)
+        if sent is not None and algorithm is None:
+            raise validation(
+                "INVALID_PARAMETER_VALUE",
+                "Invalid parameter combination. Checksum algorithm is missing.",
+            )
+        if sent is None and (algorithm is not None or method is not None):
+            raise validation(
+                "INVALID_PARAMETER_VALUE", "Invalid parameter combination. Snapshot checksum is "
+                "missing."
+            )
+        own = self.store.own_blocks(snapshot_id)
+        final, message = COMPLETED, ""
+        if sent is not None and checksum.linear_aggregate(d for _, d in own) != sent:
+            final, message = ERROR, CHECKSUM_MISMATCH
+        elif count != len(own):
+            final, message = ERROR, COUNT_MISMATCH
+        now = time.time()
+        snap.sealed_at = now
+        snap.complete_at = now + self.timing.complete_delay
+        snap.final_status = final
+        snap.final_message = message
+        snap.full_blocks = self.store.count_view(snap) if final == COMPLETED else 0
+        self.store.save(snap)
+        log.info("sealed %s: %s %s", snapshot_id, final, message)
+        return json_response(202, {"Status": PENDING}, req.request_id)
+
+    # -- ListSnapshotBlocks ---------------------------------------------------------------------
+
+    def _page_args(self, req: Request) -> tuple[int, int, str | None, Checks]:
+        q = req.query()
+        max_results = to_int(q.get("maxResults"), "maxResults")
+        start = to_int(q.get("startingBlockIndex"), "startingBlockIndex")
+        token = q.get("pageToken")
+        c = Checks()
+        c.between(max_results, "maxResults", 100, 10000)
+        c.at_least(start, "startingBlockIndex", 0)
+        c.length(token, "nextToken", 0, 256)
+        c.pattern(token, "nextToken", TOKEN_PATTERN)
+        return (
+            DEFAULT_MAX_RESULTS if max_results is None else max_results,
+            0 if start is None else start,
+            token,
+            c,
+        )
+
+    def _cursor(self, token: str | None, kind: str, binding: str, start: int) -> int:
+        if token is None:
+            return start
+        value = self.mint.verify(token, kind, binding)
+        if value is None:
+            raise validation("INVALID_PAGE_TOKEN", f"The pagination token {token} is invalid.")
+        return value
+
+    def op_ListSnapshotBlocks(self, req: Request, snapshot_id: str) -> Response:
+        max_results, start, token, c = self._page_args(req)
+        c.snapshot_id(snapshot_id, "snapshotId")
+        c.done()
+        snap = self._readable(snapshot_id)
+        cursor = self._cursor(token, tokens.PAGE_BLOCKS, snapshot_id, start)
+        rows = self.store.view(snap, cursor, max_results + 1) if cursor < snap.block_count else []
+        now = time.time()
+        expiry = now + self.timing.block_token_ttl
+        blocks = [
+            {
+                "BlockIndex": i,
+                "BlockToken": self.mint.mint(tokens.BLOCK, f"{snapshot_id}:{i}", i, expiry),
+            }
+            for i, _, _ in rows[:max_results]
+        ]
+        next_token = None
+        if len(rows) > max_results:
+            next_token = self.mint.mint(
+                tokens.PAGE_BLOCKS, snapshot_id, rows[max_results][0],
+                now + self.timing.page_token_ttl,
+            )
+        body = {
+            "BlockSize": BLOCK_SIZE,
+            "Blocks": blocks,
+            # An empty answer carries no tokens; AWS then reports the request time.
+            "ExpiryTime": round(expiry if blocks else now, 3),
+            "NextToken": next_token,
+            "VolumeSize": snap.volume_size,
+        }
+        return json_response(200, body, req.request_id)
+
+    # -- ListChangedBlocks ----------------------------------------------------------------------
+
+    def op_ListChangedBlocks(self, req: Request, second_id: str) -> Response:
+        max_results, start, token, c = self._page_args(req)
+        first_id = req.query().get("firstSnapshotId")
+        c.snapshot_id(first_id, "firstSnapshotId")
+        c.snapshot_id(second_id, "secondSnapshotId")
+        c.done()
+        if not first_id:
+            raise validation("INVALID_SNAPSHOT_ID", "First snapshot should not be empty or null")
+        first = self._readable(first_id)
+        second = self._readable(second_id)
+        if first.root_id != second.root_id:
+            raise validation(
+                "UNRELATED_SNAPSHOTS",
+                f"The snapshots {first_id} and {second_id} are not from the same lineage.",
+            )
+        binding = f"{first_id}:{second_id}"
+        cursor = self._cursor(token, tokens.PAGE_CHANGED, binding, start)
+        a = {i: o for i, o, _ in self.store.view(first, cursor, max_results + 1)}
+        b = {i: o for i, o, _ in self.store.view(second, cursor, max_results + 1)}
+        candidates = sorted(set(a) | set(b))
+        now = time.time()
+        expiry = now + self.timing.block_token_ttl
+        changed: list[dict[str, Any]] = []
+        for i in candidates[:max_results]:
+            if a.get(i) == b.get(i):
+                continue
+            entry: dict[str, Any] = {"BlockIndex": i}
+            if i in a:
+                entry["FirstBlockToken"] = self.mint.mint(
+                    tokens.BLOCK, f"{first_id}:{i}", i, expiry)
+            if i in b:
+                entry["SecondBlockToken"] = self.mint.mint(
+                    tokens.BLOCK, f"{second_id}:{i}", i, expiry)
+            changed.append(entry)
+        next_token = None
+        if len(candidates) > max_results:
+            next_token = self.mint.mint(
+                tokens.PAGE_CHANGED, binding, candidates[max_results],
+                now + self.timing.page_token_ttl,
+            )
+        if not changed and next_token is None:
+            # AWS's terminal empty page carries nothing but the empty list.
+            body: dict[str, Any] = {
+                "BlockSize": None, "ChangedBlocks": [], "ExpiryTime": None,
+                "LastEvaluatedBlockIndex": None, "NextToken": None, "VolumeSize": None,
+            }
+        else:
+            body = {
+                "BlockSize": BLOCK_SIZE,
+                "ChangedBlocks": changed,
+                "ExpiryTime": round(expiry, 3),
+                "LastEvaluatedBlockIndex": None,
+                "NextToken": next_token,
+                "VolumeSize": second.volume_size,
+            }
+        return json_response(200, body, req.request_id)
+
+    # -- GetSnapshotBlock -----------------------------------------------------------------------
+
+    def op_GetSnapshotBlock(self, req: Request, snapshot_id: str, raw_index: str) -> Response:
+        index = to_int(raw_index, "blockIndex")
+        token = req.query().get("blockToken")
+        c = Checks()
+        c.snapshot_id(snapshot_id, "snapshotId")
+        if c.required(index, "blockIndex"):
+            c.at_least(index, "blockIndex", 0)
+        if c.required(token, "blockToken"):
+            c.length(token, "blockToken", 0, 256)
+            c.pattern(token, "blockToken", TOKEN_PATTERN)
+        c.done()
+        assert token is not None
+        snap = self._readable(snapshot_id)
+        found = None
+        if self.mint.verify(token, tokens.BLOCK, f"{snapshot_id}:{index}") == index:
+            assert index is not None
+            found = self.store.lookup(snap, index)
+        if found is None:
+            raise validation("INVALID_BLOCK_TOKEN", f"The block token {token} is invalid.")
+        digest = found[1]
+        path = self.store.block_path(digest)
+        try:
+            size = os.stat(path).st_size
+        except FileNotFoundError:
+            log.error("block file of %s[%d] is missing: %s", snapshot_id, index, path)
+            raise EbsError(500, "InternalServerException", "Block data unavailable.") from None
+        if size != BLOCK_SIZE:
+            log.error("block file of %s[%d] has %d bytes: %s", snapshot_id, index, size, path)
+            raise EbsError(500, "InternalServerException", "Block data unavailable.")
+        return Response(
+            200,
+            [
+                ("Content-Type", "application/octet-stream"),
+                ("x-amzn-RequestId", req.request_id),
+                ("x-amz-Data-Length", str(BLOCK_SIZE)),
+                ("x-amz-Checksum", base64.b64encode(digest).decode()),
+                ("x-amz-Checksum-Algorithm", "SHA256"),
+            ],
+            file=path,
+            file_length=BLOCK_SIZE,
+        )
+
+
+def _typed(doc: dict[str, Any], key: str, kind: type) -> Any:
+    """A JSON member of the given type, or None; another type cannot be deserialised."""
+    value = doc.get(key)
+    if value is None:
+        return None
+    if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise serialization(f"Expected an integer for '{key}'.")
+    if not isinstance(value, kind):
+        raise serialization(f"Expected a {kind.__name__} for '{key}'.")
+    return value
+

@@ -1,0 +1,340 @@
+"""The EC2 snapshot calls (query protocol): DescribeSnapshots, DeleteSnapshot, CreateTags,
+DeleteTags, answering in EC2's XML as ebs-direct-api.md §7 describes."""
+
+import re
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from urllib.parse import parse_qsl
+
+from ebsfs.server import tokens
+from ebsfs.server.errors import Ec2Error
+from ebsfs.server.storage import COMPLETED, ERROR, Snapshot, Store
+from ebsfs.server.wire import Request, Response, xml_escape
+from ebsfs.types import BLOCK_SIZE
+
+XMLNS = "http://ec2.amazonaws.com/doc/2016-11-15/"
+VOLUME_ID = "vol-ffffffff"
+_SNAP_ID = re.compile(r"^snap-(?:[0-9a-f]{8}|[0-9a-f]{17})$")
+_INDEXED = re.compile(r"^(\w+)\.(\d+)$")
+_FILTER = re.compile(r"^Filter\.(\d+)\.(Name|Value\.(\d+))$")
+_TAG = re.compile(r"^Tag\.(\d+)\.(Key|Value)$")
+_FILTER_NAMES = {
+    "description", "encrypted", "owner-alias", "owner-id", "progress", "snapshot-id",
+    "start-time", "status", "storage-tier", "tag-key", "volume-id", "volume-size",
+}
+MAX_TAGS = 50
+DESCRIBE_TOKEN_TTL = 3600.0
+
+
+class Ec2Service:
+    """Handlers of the EC2 snapshot calls over the same Store the EBS side uses."""
+
+    def __init__(
+        self,
+        store: Store,
+        account_id: str,
+        state: Callable[[Snapshot], tuple[str, str]],
+        mint: tokens.TokenMint,
+    ) -> None:
+        self.store = store
+        self.account_id = account_id
+        self.state = state
+        self.mint = mint
+
+    @staticmethod
+    def params(req: Request) -> dict[str, str]:
+        """The query string and the form body together."""
+        out = dict(parse_qsl(req.raw_query, keep_blank_values=True))
+        if req.body:
+            try:
+                out.update(parse_qsl(req.body.decode("utf-8"), keep_blank_values=True,
+                                     strict_parsing=False))
+            except UnicodeDecodeError:
+                raise Ec2Error("InvalidParameterValue", "The request body is not UTF-8.") from None
+        return out
+
+    def handle(self, req: Request, params: dict[str, str]) -> Response:
+        action = params.get("Action")
+        if not action:
+            raise Ec2Error("MissingParameter", "The request must contain the parameter Action")
+        handler = getattr(self, "op_" + action, None)
+        if handler is None:
+            raise Ec2Error(
+                "InvalidAction", f"The action {action} is not valid for this web service."
+            )
+        body: str = handler(params)
+        xml = (
+            f'<?xml version="1.0" encoding="UTF-8"?>\n<{action}Response xmlns="{XMLNS}">'
+            f"<requestId>{req.request_id}</requestId>{body}</{action}Response>"
+        )
+        return Response(200, [("Content-Type", "text/xml;charset=UTF-8")], xml.encode())
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def _snapshot(self, snapshot_id: str) -> Snapshot:
+        if not _SNAP_ID.match(snapshot_id):
+            raise Ec2Error(
+                "InvalidParameterValue",
+                f"Value ({snapshot_id}) for parameter snapshotId is invalid. "
+                "Expected: 'snap-...'.",
+            )
+        snap = self.store.get(snapshot_id)
+        if snap is None:
+            raise Ec2Error(
+                "InvalidSnapshot.NotFound", f"The snapshot '{snapshot_id}' does not exist."
+            )
+        return snap
+
+    @staticmethod
+    def _dry_run(params: dict[str, str]) -> None:
+        if params.get("DryRun", "").lower() == "true":
+            raise Ec2Error(
+                "DryRunOperation", "Request would have succeeded, but DryRun flag is set.", 412
+            )
+
+    def _item(self, snap: Snapshot) -> str:
+        status, message = self.state(snap)
+        parts = [
+            f"<snapshotId>{snap.snapshot_id}</snapshotId>",
+            f"<volumeId>{VOLUME_ID}</volumeId>",
+            f"<status>{status}</status>",
+        ]
+        if status == ERROR:
+            parts.append(f"<statusMessage>{xml_escape(message)}</statusMessage>")
+        parts += [
+            f"<startTime>{_iso(snap.start_time)}</startTime>",
+            f"<progress>{'100%' if status == COMPLETED else '0%'}</progress>",
+            f"<ownerId>{snap.owner_id}</ownerId>",
+            f"<volumeSize>{snap.volume_size}</volumeSize>",
+        ]
+        if snap.description is not None:
+            parts.append(f"<description>{xml_escape(snap.description)}</description>")
+        parts.append(f"<encrypted>{'true' if snap.encrypted else 'false'}</encrypted>")
+        if snap.kms_key_arn:
+            parts.append(f"<kmsKeyId>{xml_escape(snap.kms_key_arn)}</kmsKeyId>")
+        if snap.tags:
+            tags = "".join(
+                f"<item><key>{xml_escape(k)}</key><value>{xml_escape(v)}</value></item>"
+                for k, v in snap.tags
+            )
+            parts.append(f"<tagSet>{tags}</tagSet>")
+        parts.append("<storageTier>standard</storageTier>")
+        if status == COMPLETED:
+            done = snap.completion_time()
+            if done is not None:
+                parts.append(f"<completionTime>{_iso(done)}</completionTime>")
+            parts.append(
+                f"<fullSnapshotSizeInBytes>{snap.full_blocks * BLOCK_SIZE}"
+                "</fullSnapshotSizeInBytes>"
+            )
+        return "<item>" + "".join(parts) + "</item>"
+
+    def _field(self, snap: Snapshot, name: str) -> list[str]:
+        """The values a filter name compares against for this snapshot."""
+        status = self.state(snap)[0]
+        if name.startswith("tag:"):
+            key = name[4:]
+            return [v for k, v in snap.tags if k == key]
+        return {
+            "description": [snap.description or ""],
+            "encrypted": ["true" if snap.encrypted else "false"],
+            "owner-alias": [],
+            "owner-id": [snap.owner_id],
+            "progress": ["100%" if status == COMPLETED else "0%"],
+            "snapshot-id": [snap.snapshot_id],
+            "start-time": [_iso(snap.start_time)],
+            "status": [status],
+            "storage-tier": ["standard"],
+            "tag-key": [k for k, _ in snap.tags],
+            "volume-id": [VOLUME_ID],
+            "volume-size": [str(snap.volume_size)],
+        }[name]
+
+    # -- DescribeSnapshots ----------------------------------------------------------------------
+
+    def op_DescribeSnapshots(self, params: dict[str, str]) -> str:
+        owners = _indexed(params, "Owner")
+        ids = _indexed(params, "SnapshotId")
+        restorable = _indexed(params, "RestorableBy")
+        filters = _filters(params)
+        for name, _ in filters:
+            if name not in _FILTER_NAMES and not (name.startswith("tag:") and len(name) > 4):
+                raise Ec2Error("InvalidParameterValue", f"The filter '{name}' is invalid")
+        raw_max = params.get("MaxResults")
+        max_results = None
+        if raw_max is not None:
+            if ids:
+                raise Ec2Error(
+                    "InvalidParameterCombination",
+                    "The parameter SnapshotIds cannot be used with the parameter MaxResults",
+                )
+            try:
+                max_results = int(raw_max)
+            except ValueError:
+                raise Ec2Error(
+                    "InvalidParameterValue", f"Value ({raw_max}) for parameter maxResults is "
+                    "invalid. Expecting an integer."
+                ) from None
+            if max_results < 5:
+                raise Ec2Error(
+                    "InvalidParameterValue",
+                    f"Value ( {max_results} ) for parameter maxResults is invalid. "
+                    "Expecting a value greater than 5.",
+                )
+            max_results = min(max_results, 1000)
+        wanted = [self._snapshot(i) for i in ids]
+        self._dry_run(params)
+        if ids:
+            candidates = wanted
+        else:
+            mine = not owners or any(o in ("self", self.account_id) for o in owners)
+            candidates = self.store.live() if mine else []
+        if restorable and not any(r in ("self", "all", self.account_id) for r in restorable):
+            candidates = []
+        candidates.sort(key=lambda s: (s.start_time, s.snapshot_id))
+        token = params.get("NextToken")
+        if token:
+            pos = self.mint.verify(token, tokens.PAGE_EC2, "DescribeSnapshots")
+            if pos is None:
+                raise Ec2Error("InvalidParameterValue", f"The token '{token}' is invalid.")
+            candidates = candidates[pos:]
+            offset = pos
+        else:
+            offset = 0
+        next_token = ""
+        if max_results is not None and len(candidates) > max_results:
+            # Like EC2, a page scans MaxResults snapshots and then filters them, so a page
+            # may hold fewer matches (even none) while a NextToken is present.
+            candidates = candidates[:max_results]
+            next_token = self.mint.mint(
+                tokens.PAGE_EC2, "DescribeSnapshots", offset + max_results,
+                time.time() + DESCRIBE_TOKEN_TTL,
+            )
+        matches = [s for s in candidates if self._matches(s, filters)]
+        items = "".join(self._item(s) for s in matches)
+        out = f"<snapshotSet>{items}</snapshotSet>" if items else "<snapshotSet/>"
+        if next_token:
+            out += f"<nextToken>{next_token}</nextToken>"
+        return out
+
+    def _matches(self, snap: Snapshot, filters: list[tuple[str, list[str]]]) -> bool:
+        for name, values in filters:
+            have = self._field(snap, name)
+            if not any(_wildcard(v).fullmatch(h) for v in values for h in have):
+                return False
+        return True
+
+    # -- DeleteSnapshot -------------------------------------------------------------------------
+
+    def op_DeleteSnapshot(self, params: dict[str, str]) -> str:
+        snapshot_id = params.get("SnapshotId")
+        if not snapshot_id:
+            raise Ec2Error("MissingParameter", "The request must contain the parameter SnapshotId")
+        snap = self._snapshot(snapshot_id)
+        self._dry_run(params)
+        self.store.delete(snap)
+        return "<return>true</return>"
+
+    # -- CreateTags / DeleteTags ----------------------------------------------------------------
+
+    def _resources(self, params: dict[str, str]) -> list[Snapshot]:
+        ids = _indexed(params, "ResourceId")
+        if not ids:
+            raise Ec2Error("MissingParameter", "The request must contain the parameter ResourceId")
+        for rid in ids:
+            if not rid.startswith("snap-"):
+                raise Ec2Error("InvalidID", f"The ID '{rid}' is not valid")
+        return [self._snapshot(rid) for rid in ids]
+
+    def op_CreateTags(self, params: dict[str, str]) -> str:
+        snaps = self._resources(params)
+        tags = _tags(params)
+        if not tags:
+            raise Ec2Error("MissingParameter", "The request must contain the parameter Tag")
+        for key, value in tags:
+            value = value or ""
+            if not key or len(key) > 128:
+                raise Ec2Error("InvalidParameterValue", f"Tag key '{key}' must be 1 to 128 "
+                               "characters long.")
+            if len(value) > 256:
+                raise Ec2Error("InvalidParameterValue", f"Tag value for key '{key}' exceeds "
+                               "256 characters.")
+            if key.lower().startswith("aws:"):
+                raise Ec2Error("InvalidParameterValue", "Tag keys starting with 'aws:' are "
+                               "reserved for internal use")
+        merged = {}
+        for snap in snaps:
+            new = dict(snap.tags)
+            new.update((k, v or "") for k, v in tags)
+            if len(new) > MAX_TAGS:
+                raise Ec2Error("TagLimitExceeded", "The maximum number of Tags for a resource "
+                               "has been reached.")
+            merged[snap.snapshot_id] = list(new.items())
+        self._dry_run(params)
+        for snap in snaps:
+            snap.tags = merged[snap.snapshot_id]
+            self.store.save(snap)
+        return "<return>true</return>"
+
+    def op_DeleteTags(self, params: dict[str, str]) -> str:
+        snaps = self._resources(params)
+        tags = _tags(params)
+        self._dry_run(params)
+        for snap in snaps:
+            if not tags:
+                snap.tags = []
+            else:
+                snap.tags = [
+                    (k, v) for k, v in snap.tags
+                    if not any(k == dk and (dv is None or dv == v) for dk, dv in tags)
+                ]
+            self.store.save(snap)
+        return "<return>true</return>"
+
+
+def _iso(epoch: float) -> str:
+    stamp = datetime.fromtimestamp(epoch, UTC)
+    return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z"
+
+
+def _indexed(params: dict[str, str], name: str) -> list[str]:
+    """Values of ``Name.1``, ``Name.2``... in index order."""
+    found = []
+    for key, value in params.items():
+        m = _INDEXED.match(key)
+        if m and m.group(1) == name:
+            found.append((int(m.group(2)), value))
+    return [v for _, v in sorted(found)]
+
+
+def _filters(params: dict[str, str]) -> list[tuple[str, list[str]]]:
+    names: dict[int, str] = {}
+    values: dict[int, list[tuple[int, str]]] = {}
+    for key, value in params.items():
+        m = _FILTER.match(key)
+        if not m:
+            continue
+        n = int(m.group(1))
+        if m.group(2) == "Name":
+            names[n] = value
+        else:
+            values.setdefault(n, []).append((int(m.group(3)), value))
+    return [(names[n], [v for _, v in sorted(values.get(n, []))]) for n in sorted(names)]
+
+
+def _tags(params: dict[str, str]) -> list[tuple[str, str | None]]:
+    keys: dict[int, str] = {}
+    vals: dict[int, str] = {}
+    for key, value in params.items():
+        m = _TAG.match(key)
+        if m:
+            (keys if m.group(2) == "Key" else vals)[int(m.group(1))] = value
+    return [(keys[n], vals.get(n)) for n in sorted(keys)]
+
+
+def _wildcard(pattern: str) -> re.Pattern[str]:
+    """EC2 filter values: ``*`` matches any run of characters, ``?`` any one, case-sensitive."""
+    return re.compile("".join(
+        ".*" if ch == "*" else "." if ch == "?" else re.escape(ch) for ch in pattern
+    ), re.DOTALL)

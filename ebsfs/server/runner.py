@@ -1,0 +1,131 @@
+"""Starting and stopping the server: credentials, the listening socket, the sweeper thread."""
+
+import ipaddress
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from types import FrameType
+
+from ebsfs.config import DEV_ACCESS_KEY_ID, DEV_SECRET_ACCESS_KEY, ServerConfig
+from ebsfs.errors import UsageError
+from ebsfs.server.app import App
+from ebsfs.server.ebs import BLOCK_TOKEN_TTL, PAGE_TOKEN_TTL, Timing
+from ebsfs.server.faults import Faults
+from ebsfs.server.httpd import Server
+from ebsfs.server.sigv4 import Verifier
+from ebsfs.server.storage import ERROR, Store
+
+log = logging.getLogger(__name__)
+
+SWEEP_INTERVAL = 2.0
+
+
+def resolve_credentials(config: ServerConfig) -> tuple[str, str, bool]:
+    """(access key id, secret, explicit): flags, else the environment, else the dev pair."""
+    if config.access_key_id or config.secret_access_key:
+        if not (config.access_key_id and config.secret_access_key):
+            raise UsageError("--access-key-id and --secret-access-key must be given together")
+        return config.access_key_id, config.secret_access_key, True
+    env_id = os.environ.get("AWS_ACCESS_KEY_ID")
+    env_secret = os.environ.get("AWS_SECRET_ACCESS_KEY")
+    if env_id and env_secret:
+        return env_id, env_secret, True
+    return DEV_ACCESS_KEY_ID, DEV_SECRET_ACCESS_KEY, False
+
+
+def is_loopback(host: str) -> bool:
+    """Whether every address ``host`` resolves to is a loopback address."""
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except socket.gaierror as exc:
+        raise UsageError(f"cannot resolve listen address {host!r}: {exc}") from None
+    return all(ipaddress.ip_address(str(info[4][0]).split("%")[0]).is_loopback for info in infos)
+
+
+def build(config: ServerConfig) -> tuple[Server, Store]:
+    """The bound server (port accepting) and its store, not yet serving."""
+    key_id, secret, explicit = resolve_credentials(config)
+    if not explicit and not is_loopback(config.host):
+        raise UsageError(
+            f"refusing to listen on non-loopback {config.host} with the development key pair; "
+            "give --access-key-id and --secret-access-key (or AWS_ACCESS_KEY_ID/"
+            "AWS_SECRET_ACCESS_KEY)"
+        )
+    for name in ("throttle_rate", "error_rate", "drop_rate", "corrupt_rate"):
+        rate = getattr(config, name)
+        if not 0.0 <= rate <= 1.0:
+            raise UsageError(f"--{name.replace('_', '-')} must be between 0 and 1, not {rate}")
+    try:
+        store = Store(config.data_dir)
+    except OSError as exc:
+        raise UsageError(f"cannot use data directory {config.data_dir}: {exc}") from None
+    ttl = config.token_ttl
+    timing = Timing(
+        block_token_ttl=BLOCK_TOKEN_TTL if ttl is None else ttl,
+        page_token_ttl=PAGE_TOKEN_TTL if ttl is None else ttl,
+        complete_delay=config.complete_delay,
+        minute=config.timeout_unit,
+    )
+    faults = Faults(
+        latency_ms=config.latency_ms,
+        throttle_rate=config.throttle_rate,
+        error_rate=config.error_rate,
+        drop_rate=config.drop_rate,
+        corrupt_rate=config.corrupt_rate,
+        seed=config.fault_seed,
+    )
+    app = App(store, Verifier(key_id, secret), faults, timing)
+    try:
+        server = Server((config.host, config.port), app)
+    except OSError as exc:
+        store.close()
+        raise UsageError(f"cannot listen on {config.host}:{config.port}: {exc}") from None
+    return server, store
+
+
+def sweep(app: App) -> None:
+    """Forget the blocks of snapshots that reached ``error``: they can never be read."""
+    for snap in app.store.live():
+        if not snap.blocks_dropped and app.ebs.state(snap)[0] == ERROR:
+            log.info("snapshot %s is in error (%s); dropping its blocks",
+                     snap.snapshot_id, app.ebs.state(snap)[1])
+            app.store.drop_blocks(snap.snapshot_id)
+            snap.blocks_dropped = True
+            app.store.save(snap)
+
+
+def run(config: ServerConfig) -> int:
+    """Serve until SIGTERM or SIGINT; returns the exit code."""
+    server, store = build(config)
+    stop = threading.Event()
+
+    def sweeper() -> None:
+        while not stop.wait(SWEEP_INTERVAL):
+            try:
+                sweep(server.app)
+            except Exception:
+                log.exception("sweep failed")
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        log.info("signal %d: stopping", signum)
+        stop.set()
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    host, port = server.server_address[:2]
+    log.info("ebsfs server listening on %s:%s, data in %s", host, port, config.data_dir)
+    thread = threading.Thread(target=sweeper, name="sweeper", daemon=True)
+    thread.start()
+    started = time.monotonic()
+    try:
+        server.serve_forever(poll_interval=0.5)
+    finally:
+        stop.set()
+        server.server_close()
+        store.close()
+        log.info("ebsfs server stopped after %.0f s", time.monotonic() - started)
+    return 0

@@ -1,0 +1,159 @@
+"""AWS Signature Version 4 verification against the server's one key pair.
+
+Follows ebs-direct-api.md §9: the credential scope must name the expected service and carry
+the date of ``X-Amz-Date``; the canonical request is rebuilt from what the client sent (the
+``Host`` header with its port, the raw path, the re-encoded query); the payload hash is the
+``X-Amz-Content-SHA256`` header (``UNSIGNED-PAYLOAD`` for PutSnapshotBlock) or the body's
+SHA256. Signing keys are cached per (date, region, service).
+"""
+
+import hashlib
+import hmac
+import re
+import time
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from urllib.parse import quote, unquote
+
+ALGORITHM = "AWS4-HMAC-SHA256"
+UNSIGNED = "UNSIGNED-PAYLOAD"
+MAX_SKEW = 15 * 60
+
+_AUTH_RE = re.compile(
+    r"^AWS4-HMAC-SHA256\s+Credential=([^,\s]+),\s*SignedHeaders=([^,\s]+),\s*Signature=([0-9a-f]{64})\s*$"
+)
+_SPACES = re.compile(r"\s+")
+
+
+class AuthFailure(Exception):
+    """A request that is not signed with the server's key. ``kind`` picks the wire code."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind  # missing | incomplete | unknown_key | signature | expired | scope
+        self.message = message
+
+
+class Verifier:
+    """Checks SigV4 ``Authorization`` headers for one access key id and secret."""
+
+    def __init__(self, access_key_id: str, secret_access_key: str) -> None:
+        self.access_key_id = access_key_id
+        self._secret = ("AWS4" + secret_access_key).encode()
+        self._keys: dict[tuple[str, str, str], bytes] = {}
+
+    def _signing_key(self, date: str, region: str, service: str) -> bytes:
+        key = self._keys.get((date, region, service))
+        if key is None:
+            k = hmac.digest(self._secret, date.encode(), "sha256")
+            k = hmac.digest(k, region.encode(), "sha256")
+            k = hmac.digest(k, service.encode(), "sha256")
+            key = hmac.digest(k, b"aws4_request", "sha256")
+            if len(self._keys) > 64:
+                self._keys.clear()
+            self._keys[(date, region, service)] = key
+        return key
+
+    def verify(
+        self,
+        method: str,
+        raw_path: str,
+        raw_query: str,
+        headers: Mapping[str, str],
+        body_sha256: Callable[[], str],
+        service: str,
+        now: float | None = None,
+    ) -> str:
+        """Raise AuthFailure unless the request is signed by our key for ``service``.
+
+        ``headers`` maps lower-case names to values (repeated headers joined by ``,``).
+        Returns the region of the credential scope.
+        """
+        auth = headers.get("authorization")
+        if not auth:
+            raise AuthFailure("missing", "Missing Authentication Token")
+        m = _AUTH_RE.match(auth)
+        if not m:
+            raise AuthFailure(
+                "incomplete",
+                "Authorization header requires 'Credential', 'SignedHeaders' and 'Signature' "
+                f"parameters of the {ALGORITHM} algorithm.",
+            )
+        credential, signed_names, signature = m.groups()
+        parts = credential.split("/")
+        if len(parts) != 5 or parts[4] != "aws4_request":
+            raise AuthFailure("incomplete", f"Credential scope is malformed: '{credential}'.")
+        key_id, date, region, scope_service, _ = parts
+        if key_id != self.access_key_id:
+            raise AuthFailure(
+                "unknown_key", "The security token included in the request is invalid."
+            )
+        if scope_service != service:
+            raise AuthFailure(
+                "scope", f"Credential should be scoped to correct service: '{service}'."
+            )
+        amz_date = headers.get("x-amz-date", "")
+        try:
+            stamp = datetime.strptime(amz_date, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+        except ValueError:
+            raise AuthFailure("incomplete", "Missing or malformed X-Amz-Date header.") from None
+        if amz_date[:8] != date:
+            raise AuthFailure(
+                "scope",
+                f"Date in Credential scope does not match YYYYMMDD from ISO-8601 version of "
+                f"date from HTTP: '{date}' != '{amz_date[:8]}', from '{amz_date}'.",
+            )
+        skew = (time.time() if now is None else now) - stamp.timestamp()
+        if abs(skew) > MAX_SKEW:
+            raise AuthFailure(
+                "expired",
+                f"Signature expired: {amz_date} is now earlier or later than the allowed "
+                "window of 15 minutes around the server's time.",
+            )
+        names = signed_names.split(";")
+        if "host" not in names:
+            raise AuthFailure("incomplete", "'Host' must be a signed header.")
+        canonical_headers = "".join(
+            f"{n}:{_SPACES.sub(' ', headers.get(n, '').strip())}\n" for n in names
+        )
+        payload = headers.get("x-amz-content-sha256")
+        if payload is None:
+            payload = body_sha256()
+        elif payload != UNSIGNED and payload != body_sha256():
+            raise AuthFailure(
+                "signature", "The provided 'x-amz-content-sha256' header does not match "
+                "what was computed."
+            )
+        canonical = "\n".join(
+            (method, raw_path or "/", canonical_query(raw_query), canonical_headers,
+             signed_names, payload)
+        )
+        scope = f"{date}/{region}/{service}/aws4_request"
+        to_sign = "\n".join(
+            (ALGORITHM, amz_date, scope, hashlib.sha256(canonical.encode()).hexdigest())
+        )
+        expected = hmac.new(
+            self._signing_key(date, region, service), to_sign.encode(), hashlib.sha256
+        ).hexdigest()
+        if not hmac.compare_digest(expected, signature):
+            raise AuthFailure(
+                "signature",
+                "The request signature we calculated does not match the signature you "
+                "provided. Check your AWS Secret Access Key and signing method. Consult the "
+                "service documentation for details.",
+            )
+        return region
+
+
+def canonical_query(raw_query: str) -> str:
+    """The query string decoded, re-encoded with the RFC 3986 unreserved set, and sorted."""
+    if not raw_query:
+        return ""
+    pairs = []
+    for item in raw_query.split("&"):
+        if not item:
+            continue
+        k, _, v = item.partition("=")
+        pairs.append((quote(unquote(k), safe="-_.~"), quote(unquote(v), safe="-_.~")))
+    pairs.sort()
+    return "&".join(f"{k}={v}" for k, v in pairs)

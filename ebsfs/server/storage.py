@@ -1,0 +1,424 @@
+"""The server's durable store: SQLite (WAL) for metadata, content-addressed files for blocks.
+
+Layout of the data directory (docs/server.md):
+
+    meta.sqlite3        snapshots, their own block maps, ClientTokens (WAL mode, synchronous=FULL)
+    token.key           the HMAC key of block and page tokens
+    blocks/ab/<sha256>  one file per distinct block content, named by its SHA256
+    tmp/                block files being written; emptied at start-up
+
+A block is acknowledged only after its file was written under a temporary name, fsynced,
+renamed into place (directory fsynced) and its row committed, so a torn write never shows
+up as a block. A child snapshot stores only its own writes; its view is the parent's view
+with its writes overlaid, so inherited blocks are never copied. Files are shared by every
+row with the same content and unlinked when the last row referencing them goes.
+
+Snapshot metadata is small and kept in memory as well; every change is written through.
+"""
+
+import contextlib
+import json
+import logging
+import os
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ebsfs.types import BLOCKS_PER_GIB
+
+log = logging.getLogger(__name__)
+
+PENDING, COMPLETED, ERROR = "pending", "completed", "error"
+TIMED_OUT_MESSAGE = "Snapshot timed out"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS snapshots (
+    id TEXT PRIMARY KEY,
+    doc TEXT NOT NULL,
+    last_activity REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS blocks (
+    snapshot_id TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    digest BLOB NOT NULL,
+    PRIMARY KEY (snapshot_id, idx)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS blocks_by_digest ON blocks (digest);
+CREATE TABLE IF NOT EXISTS client_tokens (
+    token TEXT PRIMARY KEY,
+    fingerprint TEXT NOT NULL,
+    response TEXT NOT NULL
+);
+"""
+
+
+@dataclass
+class Snapshot:
+    """One snapshot's metadata; ``status`` is derived from it and the clock."""
+
+    snapshot_id: str
+    volume_size: int
+    owner_id: str
+    start_time: float
+    timeout_minutes: int
+    last_activity: float
+    description: str | None = None
+    tags: list[tuple[str, str]] = field(default_factory=list)
+    parent_id: str | None = None
+    root_id: str = ""
+    encrypted: bool = False
+    kms_key_arn: str | None = None
+    sealed_at: float | None = None
+    complete_at: float | None = None
+    final_status: str | None = None
+    final_message: str = ""
+    full_blocks: int = 0
+    failed_status_message: str | None = None
+    blocks_dropped: bool = False
+    deleted: bool = False
+
+    @property
+    def block_count(self) -> int:
+        """How many block indexes the volume has."""
+        return self.volume_size * BLOCKS_PER_GIB
+
+    @property
+    def sealed(self) -> bool:
+        return self.sealed_at is not None
+
+    def state(self, now: float, minute: float) -> tuple[str, str]:
+        """(status, state message) at time ``now``; one Timeout minute lasts ``minute`` s."""
+        if self.failed_status_message is not None:
+            return ERROR, self.failed_status_message
+        if self.sealed_at is not None:
+            assert self.complete_at is not None and self.final_status is not None
+            if now >= self.complete_at:
+                return self.final_status, self.final_message
+            return PENDING, ""
+        if now - self.last_activity > self.timeout_minutes * minute:
+            return ERROR, TIMED_OUT_MESSAGE
+        return PENDING, ""
+
+    def completion_time(self) -> float | None:
+        return self.complete_at if self.final_status == COMPLETED else None
+
+    def to_doc(self) -> str:
+        doc = dict(self.__dict__)
+        doc["tags"] = [list(t) for t in self.tags]
+        return json.dumps(doc)
+
+    @classmethod
+    def from_doc(cls, text: str) -> "Snapshot":
+        doc = json.loads(text)
+        doc["tags"] = [tuple(t) for t in doc["tags"]]
+        return cls(**doc)
+
+
+class Store:
+    """Snapshots and their blocks on disk; safe to use from many threads."""
+
+    def __init__(self, data_dir: str | Path) -> None:
+        self.root = Path(data_dir)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._blocks_dir = self.root / "blocks"
+        self._tmp_dir = self.root / "tmp"
+        self._blocks_dir.mkdir(exist_ok=True)
+        self._tmp_dir.mkdir(exist_ok=True)
+        for stale in self._tmp_dir.iterdir():
+            stale.unlink()
+        self._db_path = self.root / "meta.sqlite3"
+        self._wlock = threading.Lock()
+        self._prune_lock = threading.Lock()
+        self._gc_lock = threading.Lock()
+        self._in_flight: dict[bytes, int] = {}
+        self._readers: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
+        self._writer = self._connect()
+        self._writer.executescript(_SCHEMA)
+        self.snapshots: dict[str, Snapshot] = {}
+        for sid, doc, active in self._writer.execute(
+            "SELECT id, doc, last_activity FROM snapshots"
+        ):
+            self.snapshots[sid] = Snapshot.from_doc(doc)
+            self.snapshots[sid].last_activity = active
+        self.token_key = self._load_token_key()
+        self._remove_orphan_files()
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            self._db_path, timeout=30, isolation_level=None, check_same_thread=False
+        )
+        conn.execute("PRAGMA journal_mode=WAL")
+        # FULL: the WAL is fsynced at every commit, so an acknowledged write survives power
+        # loss as well as kill -9.
+        conn.execute("PRAGMA synchronous=FULL")
+        return conn
+
+    @contextlib.contextmanager
+    def _reader(self) -> Iterator[sqlite3.Connection]:
+        try:
+            conn = self._readers.get_nowait()
+        except queue.Empty:
+            conn = self._connect()
+        try:
+            yield conn
+        finally:
+            self._readers.put(conn)
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        with self._wlock:
+            self._writer.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._writer
+            except BaseException:
+                self._writer.execute("ROLLBACK")
+                raise
+            self._writer.execute("COMMIT")
+
+    def _load_token_key(self) -> bytes:
+        path = self.root / "token.key"
+        if not path.exists():
+            tmp = self._tmp_dir / "token.key"
+            tmp.write_bytes(os.urandom(32))
+            _fsync_path(tmp)
+            os.replace(tmp, path)
+            _fsync_path(self.root)
+        return path.read_bytes()
+
+    def close(self) -> None:
+        with self._wlock:
+            self._writer.close()
+        while True:
+            try:
+                self._readers.get_nowait().close()
+            except queue.Empty:
+                break
+
+    # -- snapshots ----------------------------------------------------------------------------
+
+    def get(self, snapshot_id: str) -> Snapshot | None:
+        """The snapshot, or None if it does not exist or was deleted."""
+        snap = self.snapshots.get(snapshot_id)
+        return None if snap is None or snap.deleted else snap
+
+    def live(self) -> list[Snapshot]:
+        return [s for s in list(self.snapshots.values()) if not s.deleted]
+
+    def save(self, snap: Snapshot) -> None:
+        """Write a changed snapshot record through to the database."""
+        with self._write() as db:
+            db.execute("UPDATE snapshots SET doc = ? WHERE id = ?",
+                       (snap.to_doc(), snap.snapshot_id))
+
+    def client_token(self, token: str) -> tuple[str, str] | None:
+        """(fingerprint, response JSON) stored with a StartSnapshot ClientToken."""
+        with self._reader() as db:
+            row = db.execute(
+                "SELECT fingerprint, response FROM client_tokens WHERE token = ?", (token,)
+            ).fetchone()
+        return None if row is None else (row[0], row[1])
+
+    def create(self, snap: Snapshot, token: str | None, fingerprint: str, response: str) -> None:
+        """Store a new snapshot and, atomically with it, its ClientToken's answer."""
+        with self._write() as db:
+            db.execute("INSERT INTO snapshots (id, doc, last_activity) VALUES (?, ?, ?)",
+                       (snap.snapshot_id, snap.to_doc(), snap.last_activity))
+            if token is not None:
+                db.execute(
+                    "INSERT INTO client_tokens (token, fingerprint, response) VALUES (?, ?, ?)",
+                    (token, fingerprint, response),
+                )
+            self.snapshots[snap.snapshot_id] = snap
+
+    def chain(self, snap: Snapshot) -> list[str]:
+        """The snapshot's id followed by its ancestors' ids, nearest first."""
+        out = [snap.snapshot_id]
+        parent = snap.parent_id
+        while parent is not None:
+            out.append(parent)
+            parent = self.snapshots[parent].parent_id
+        return out
+
+    # -- blocks -------------------------------------------------------------------------------
+
+    def block_path(self, digest: bytes) -> Path:
+        h = digest.hex()
+        return self._blocks_dir / h[:2] / h
+
+    def put_block(self, snap: Snapshot, index: int, data: bytes, digest: bytes) -> None:
+        """Durably store one block of a pending snapshot; returns once it is committed."""
+        with self._gc_lock:
+            self._in_flight[digest] = self._in_flight.get(digest, 0) + 1
+        try:
+            path = self.block_path(digest)
+            if not path.exists():
+                self._write_file(path, data)
+            now = time.time()
+            with self._write() as db:
+                row = db.execute(
+                    "SELECT digest FROM blocks WHERE snapshot_id = ? AND idx = ?",
+                    (snap.snapshot_id, index),
+                ).fetchone()
+                db.execute(
+                    "INSERT OR REPLACE INTO blocks (snapshot_id, idx, digest) VALUES (?, ?, ?)",
+                    (snap.snapshot_id, index, digest),
+                )
+                db.execute("UPDATE snapshots SET last_activity = ? WHERE id = ?",
+                           (now, snap.snapshot_id))
+            snap.last_activity = now
+        finally:
+            with self._gc_lock:
+                self._in_flight[digest] -= 1
+                if not self._in_flight[digest]:
+                    del self._in_flight[digest]
+        if row is not None and bytes(row[0]) != digest:
+            self._collect([bytes(row[0])])
+
+    def _write_file(self, path: Path, data: bytes) -> None:
+        fd, tmp = _mkstemp(self._tmp_dir)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        path.parent.mkdir(exist_ok=True)
+        os.replace(tmp, path)
+        _fsync_path(path.parent)
+
+    def own_blocks(self, snapshot_id: str) -> list[tuple[int, bytes]]:
+        """(index, digest) of the blocks written to this snapshot itself, by index."""
+        with self._reader() as db:
+            rows = db.execute(
+                "SELECT idx, digest FROM blocks WHERE snapshot_id = ? ORDER BY idx",
+                (snapshot_id,),
+            ).fetchall()
+        return [(i, bytes(d)) for i, d in rows]
+
+    def lookup(self, snap: Snapshot, index: int) -> tuple[str, bytes] | None:
+        """(owning snapshot id, digest) of block ``index`` in the snapshot's full view."""
+        with self._reader() as db:
+            for sid in self.chain(snap):
+                row = db.execute(
+                    "SELECT digest FROM blocks WHERE snapshot_id = ? AND idx = ?", (sid, index)
+                ).fetchone()
+                if row is not None:
+                    return sid, bytes(row[0])
+        return None
+
+    def view(self, snap: Snapshot, start: int, limit: int) -> list[tuple[int, str, bytes]]:
+        """The first ``limit`` blocks at or after ``start`` of the snapshot's full view.
+
+        Each is (index, owning snapshot id, digest); the nearest ancestor's row wins. The
+        owning id identifies the block *version*: ListChangedBlocks compares these.
+        """
+        end = snap.block_count
+        merged: dict[int, tuple[str, bytes]] = {}
+        with self._reader() as db:
+            for sid in self.chain(snap):
+                rows = db.execute(
+                    "SELECT idx, digest FROM blocks WHERE snapshot_id = ? AND idx >= ? "
+                    "AND idx < ? ORDER BY idx LIMIT ?",
+                    (sid, start, end, limit),
+                ).fetchall()
+                for i, d in rows:
+                    if i not in merged:
+                        merged[i] = (sid, bytes(d))
+        return [(i, *merged[i]) for i in sorted(merged)[:limit]]
+
+    def count_view(self, snap: Snapshot) -> int:
+        """How many blocks the snapshot's full view holds."""
+        chain = self.chain(snap)
+        marks = ",".join("?" * len(chain))
+        with self._reader() as db:
+            row = db.execute(
+                f"SELECT COUNT(DISTINCT idx) FROM blocks WHERE snapshot_id IN ({marks}) "
+                "AND idx < ?",
+                (*chain, snap.block_count),
+            ).fetchone()
+        return int(row[0])
+
+    # -- deletion and garbage -----------------------------------------------------------------
+
+    def delete(self, snap: Snapshot) -> None:
+        """Delete a snapshot; its blocks stay while a live descendant inherits them."""
+        snap.deleted = True
+        self.save(snap)
+        self.prune()
+
+    def drop_blocks(self, snapshot_id: str) -> None:
+        """Forget a snapshot's own blocks (an errored snapshot can never be read)."""
+        with self._write() as db:
+            digests = [bytes(r[0]) for r in db.execute(
+                "SELECT DISTINCT digest FROM blocks WHERE snapshot_id = ?", (snapshot_id,))]
+            db.execute("DELETE FROM blocks WHERE snapshot_id = ?", (snapshot_id,))
+        self._collect(digests)
+
+    def prune(self) -> None:
+        """Remove deleted snapshots nothing inherits from, with their blocks."""
+        with self._prune_lock:
+            while True:
+                needed: set[str] = set()
+                for s in list(self.snapshots.values()):
+                    if not s.deleted and s.parent_id is not None:
+                        needed.update(self.chain(s)[1:])
+                gone = [s for s in list(self.snapshots.values())
+                        if s.deleted and s.snapshot_id not in needed]
+                if not gone:
+                    return
+                for s in gone:
+                    self.drop_blocks(s.snapshot_id)
+                    with self._write() as db:
+                        db.execute("DELETE FROM snapshots WHERE id = ?", (s.snapshot_id,))
+                    del self.snapshots[s.snapshot_id]
+
+    def _collect(self, digests: list[bytes]) -> None:
+        """Unlink the files of these digests that no row references any more."""
+        for digest in digests:
+            with self._gc_lock:
+                if digest in self._in_flight:
+                    continue
+                with self._reader() as db:
+                    used = db.execute(
+                        "SELECT 1 FROM blocks WHERE digest = ? LIMIT 1", (digest,)
+                    ).fetchone()
+                if used is None:
+                    with contextlib.suppress(FileNotFoundError):
+                        self.block_path(digest).unlink()
+
+    def _remove_orphan_files(self) -> None:
+        """Files whose row never got committed (a crash mid-put) are removed at start-up."""
+        with self._reader() as db:
+            known = {bytes(r[0]).hex() for r in db.execute("SELECT DISTINCT digest FROM blocks")}
+        for sub in self._blocks_dir.iterdir():
+            for f in sub.iterdir():
+                if f.name not in known:
+                    log.info("removing unreferenced block file %s", f.name)
+                    f.unlink()
+
+    def stats(self) -> dict[str, int]:
+        """Rows and files, for tests that check nothing changed."""
+        with self._reader() as db:
+            rows = db.execute("SELECT COUNT(*) FROM blocks").fetchone()[0]
+        files = sum(1 for sub in self._blocks_dir.iterdir() for _ in sub.iterdir())
+        return {"rows": int(rows), "files": files, "snapshots": len(self.snapshots)}
+
+
+def _mkstemp(directory: Path) -> tuple[int, str]:
+    name = str(directory / f"{os.getpid()}-{threading.get_ident()}-{time.monotonic_ns()}")
+    return os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), name
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

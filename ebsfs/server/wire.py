@@ -1,0 +1,81 @@
+"""The request and response records passed between the HTTP layer and the handlers."""
+
+import json
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
+
+from ebsfs.server.errors import EbsError, Ec2Error
+
+
+@dataclass
+class Request:
+    """One parsed HTTP request; header names are lower-case."""
+
+    method: str
+    raw_path: str
+    raw_query: str
+    headers: dict[str, str]
+    body: bytes = b""
+    body_complete: bool = True
+    request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    operation: str = "-"
+
+    @property
+    def path(self) -> str:
+        return unquote(self.raw_path)
+
+    def query(self) -> dict[str, str]:
+        """Query parameters, decoded; the last of repeated names wins."""
+        out: dict[str, str] = {}
+        for item in self.raw_query.split("&"):
+            if item:
+                k, _, v = item.partition("=")
+                out[unquote(k.replace("+", " "))] = unquote(v.replace("+", " "))
+        return out
+
+
+@dataclass
+class Response:
+    """What to send back: a body in memory, or ``file_length`` bytes of ``file`` (sendfile)."""
+
+    status: int
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    body: bytes = b""
+    file: Path | None = None
+    file_length: int = 0
+    #: Set by the drop fault: close the connection before the response is complete.
+    drop: bool = False
+
+
+def json_response(status: int, doc: dict[str, Any], request_id: str) -> Response:
+    body = json.dumps(doc, separators=(",", ":")).encode()
+    return Response(
+        status,
+        [("Content-Type", "application/json"), ("x-amzn-RequestId", request_id)],
+        body,
+    )
+
+
+def ebs_error_response(err: EbsError, request_id: str) -> Response:
+    resp = json_response(err.status, err.body(), request_id)
+    resp.headers.append(("x-amzn-ErrorType", err.error_type()))
+    return resp
+
+
+def xml_escape(text: str) -> str:
+    return (
+        text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+        .replace('"', "&quot;")
+    )
+
+
+def ec2_error_response(err: Ec2Error, request_id: str) -> Response:
+    body = (
+        '<?xml version="1.0" encoding="UTF-8"?>\n<Response><Errors><Error>'
+        f"<Code>{xml_escape(err.code)}</Code><Message>{xml_escape(err.message)}</Message>"
+        f"</Error></Errors><RequestID>{request_id}</RequestID></Response>"
+    ).encode()
+    return Response(err.status, [("Content-Type", "text/xml;charset=UTF-8")], body)

@@ -1,0 +1,38 @@
+"""Fixtures shared by every test package: the local server as a real subprocess."""
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.serverproc import LocalServer
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[LocalServer]:
+    """A fresh ``ebsfs server`` with default flags, its data in tmp_path, stopped afterwards."""
+    srv = LocalServer(tmp_path / "server-data")
+    srv.start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture
+def server_factory(tmp_path: Path) -> Iterator[Callable[..., LocalServer]]:
+    """Start servers with given flags: ``server_factory("--latency-ms", "50")``; each gets
+    its own data directory and is stopped at teardown."""
+    started: list[LocalServer] = []
+
+    def make(*flags: str, data_dir: Path | None = None) -> LocalServer:
+        srv = LocalServer(data_dir or tmp_path / f"server-data-{len(started)}", *flags)
+        started.append(srv)
+        srv.start()
+        return srv
+
+    try:
+        yield make
+    finally:
+        for srv in started:
+            srv.stop()
