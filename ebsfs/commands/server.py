@@ -1,10 +1,10 @@
 """``ebsfs server``: the local EBS direct API + EC2 snapshot server (docs/server.md)."""
 
 import argparse
-import logging
 
 from ebsfs.config import DEFAULT_SERVER_HOST, DEFAULT_SERVER_PORT, ServerConfig
 from ebsfs.errors import UsageError
+from ebsfs.logsetup import register_secret, setup_logging
 
 EXAMPLES = f"""\
 examples:
@@ -61,52 +61,111 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--data-dir", metavar="DIR", default="/var/lib/ebsfs/server",
-                   help="where snapshots live (default: %(default)s)")
-    p.add_argument("--listen", metavar="HOST:PORT", type=_listen,
-                   default=(DEFAULT_SERVER_HOST, DEFAULT_SERVER_PORT),
-                   help=f"address to listen on (default: {DEFAULT_SERVER_HOST}:"
-                   f"{DEFAULT_SERVER_PORT}; port 0 picks a free one)")
-    p.add_argument("--access-key-id", metavar="ID",
-                   help="the access key id whose SigV4 signatures are accepted "
-                   "(default: AWS_ACCESS_KEY_ID, else the development pair)")
-    p.add_argument("--secret-access-key", metavar="KEY",
-                   help="its secret (default: AWS_SECRET_ACCESS_KEY, else the development pair)")
+    p.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        default="/var/lib/ebsfs/server",
+        help="where snapshots live (default: %(default)s)",
+    )
+    p.add_argument(
+        "--listen",
+        metavar="HOST:PORT",
+        type=_listen,
+        default=(DEFAULT_SERVER_HOST, DEFAULT_SERVER_PORT),
+        help=f"address to listen on (default: {DEFAULT_SERVER_HOST}:"
+        f"{DEFAULT_SERVER_PORT}; port 0 picks a free one)",
+    )
+    p.add_argument(
+        "--access-key-id",
+        metavar="ID",
+        help="the access key id whose SigV4 signatures are accepted "
+        "(default: AWS_ACCESS_KEY_ID, else the development pair)",
+    )
+    p.add_argument(
+        "--secret-access-key",
+        metavar="KEY",
+        help="its secret (default: AWS_SECRET_ACCESS_KEY, else the development pair)",
+    )
     faults = p.add_argument_group("fault injection")
-    faults.add_argument("--latency-ms", type=_seconds, default=0.0, metavar="MS",
-                        help="added to every request, with ±10%% jitter")
-    faults.add_argument("--throttle-rate", type=_rate, default=0.0, metavar="P",
-                        help="share of requests answered with RequestThrottledException")
-    faults.add_argument("--error-rate", type=_rate, default=0.0, metavar="P",
-                        help="share answered with 500 InternalServerException")
-    faults.add_argument("--drop-rate", type=_rate, default=0.0, metavar="P",
-                        help="share whose connection is closed before the response is complete")
-    faults.add_argument("--corrupt-rate", type=_rate, default=0.0, metavar="P",
-                        help="share of GetSnapshotBlock answers with altered bytes")
-    faults.add_argument("--fault-seed", type=int, default=None, metavar="N",
-                        help="seed for the fault choices (default: random)")
+    faults.add_argument(
+        "--latency-ms",
+        type=_seconds,
+        default=0.0,
+        metavar="MS",
+        help="added to every request, with ±10%% jitter",
+    )
+    faults.add_argument(
+        "--throttle-rate",
+        type=_rate,
+        default=0.0,
+        metavar="P",
+        help="share of requests answered with RequestThrottledException",
+    )
+    faults.add_argument(
+        "--error-rate",
+        type=_rate,
+        default=0.0,
+        metavar="P",
+        help="share answered with 500 InternalServerException",
+    )
+    faults.add_argument(
+        "--drop-rate",
+        type=_rate,
+        default=0.0,
+        metavar="P",
+        help="share whose connection is closed before the response is complete",
+    )
+    faults.add_argument(
+        "--corrupt-rate",
+        type=_rate,
+        default=0.0,
+        metavar="P",
+        help="share of GetSnapshotBlock answers with altered bytes",
+    )
+    faults.add_argument(
+        "--fault-seed",
+        type=int,
+        default=None,
+        metavar="N",
+        help="seed for the fault choices (default: random)",
+    )
     timing = p.add_argument_group("timing")
-    timing.add_argument("--token-ttl", type=_seconds, default=None, metavar="SECONDS",
-                        help="block and page token lifetime (default: as AWS, 7 days and "
-                        "60 minutes)")
-    timing.add_argument("--complete-delay", type=_seconds, default=0.0, metavar="SECONDS",
-                        help="time from CompleteSnapshot to completed (or error)")
-    timing.add_argument("--timeout-unit", type=_seconds, default=60.0, metavar="SECONDS",
-                        help="how long one minute of StartSnapshot's Timeout lasts "
-                        "(default: %(default)s; tests shorten it)")
-    p.add_argument("--log-level", default="info",
-                   choices=["debug", "info", "warning", "error"],
-                   help="debug logs one line per request (default: %(default)s)")
+    timing.add_argument(
+        "--token-ttl",
+        type=_seconds,
+        default=None,
+        metavar="SECONDS",
+        help="block and page token lifetime (default: as AWS, 7 days and 60 minutes)",
+    )
+    timing.add_argument(
+        "--complete-delay",
+        type=_seconds,
+        default=0.0,
+        metavar="SECONDS",
+        help="time from CompleteSnapshot to completed (or error)",
+    )
+    timing.add_argument(
+        "--timeout-unit",
+        type=_seconds,
+        default=60.0,
+        metavar="SECONDS",
+        help="how long one minute of StartSnapshot's Timeout lasts "
+        "(default: %(default)s; tests shorten it)",
+    )
+    p.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="debug logs one line per request (default: %(default)s)",
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ebsfs.server.runner import run as serve
 
-    logging.basicConfig(
-        level=getattr(logging, args.log_level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    setup_logging(args.log_level)
+    register_secret(args.secret_access_key)
     host, port = args.listen
     if args.timeout_unit <= 0:
         raise UsageError("--timeout-unit must be positive")

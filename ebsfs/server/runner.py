@@ -11,6 +11,7 @@ from types import FrameType
 
 from ebsfs.config import DEV_ACCESS_KEY_ID, DEV_SECRET_ACCESS_KEY, ServerConfig
 from ebsfs.errors import UsageError
+from ebsfs.notify import notify_ready, notify_stopping
 from ebsfs.server.app import App
 from ebsfs.server.ebs import BLOCK_TOKEN_TTL, PAGE_TOKEN_TTL, Timing
 from ebsfs.server.faults import Faults
@@ -90,8 +91,11 @@ def sweep(app: App) -> None:
     """Forget the blocks of snapshots that reached ``error``: they can never be read."""
     for snap in app.store.live():
         if not snap.blocks_dropped and app.ebs.state(snap)[0] == ERROR:
-            log.info("snapshot %s is in error (%s); dropping its blocks",
-                     snap.snapshot_id, app.ebs.state(snap)[1])
+            log.info(
+                "snapshot %s is in error (%s); dropping its blocks",
+                snap.snapshot_id,
+                app.ebs.state(snap)[1],
+            )
             app.store.drop_blocks(snap.snapshot_id)
             snap.blocks_dropped = True
             app.store.save(snap)
@@ -111,6 +115,7 @@ def run(config: ServerConfig) -> int:
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         log.info("signal %d: stopping", signum)
+        notify_stopping("stopping")
         stop.set()
         threading.Thread(target=server.shutdown, daemon=True).start()
 
@@ -118,6 +123,7 @@ def run(config: ServerConfig) -> int:
     signal.signal(signal.SIGINT, on_signal)
     host, port = server.server_address[:2]
     log.info("ebsfs server listening on %s:%s, data in %s", host, port, config.data_dir)
+    notify_ready(f"listening on {config.host}:{port}")
     thread = threading.Thread(target=sweeper, name="sweeper", daemon=True)
     thread.start()
     started = time.monotonic()
