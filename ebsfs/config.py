@@ -51,6 +51,8 @@ class MountConfig:
     refresh: float = 60.0
     foreground: bool = False
     log_level: str = "info"
+    #: How long a read keeps retrying a failing backend before it fails with EIO.
+    io_timeout: float = 30.0
 
 
 @dataclass(frozen=True)
