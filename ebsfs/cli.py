@@ -10,6 +10,7 @@ import importlib
 import logging
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from ebsfs import __version__, fstab
 from ebsfs.errors import EbsfsError
@@ -33,8 +34,15 @@ def add_aws_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--profile", help="AWS profile from ~/.aws/config")
 
 
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line, like every other ebsfs error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"ebsfs: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="ebsfs",
         description="Amazon EBS snapshots as files, through the EBS direct APIs.",
     )
