@@ -7,10 +7,11 @@ exists (no file at all is fine). It has three tables, each key optional::
                 max_pool_connections
     [mount]     snapshots, filters, owner, cache_size, read_ahead, max_concurrency, spool_dir,
                 dirty_limit, writeback_delay, read_only, allow_other, allow_delete, refresh,
-                log_level
+                log_level, io_timeout
     [mount."/srv/snapshots"]   the same keys, for the mount at that path only
     [server]    data_dir, listen, access_key_id, secret_access_key, latency_ms, throttle_rate,
-                error_rate, drop_rate, corrupt_rate, token_ttl, complete_delay, log_level
+                error_rate, drop_rate, corrupt_rate, token_ttl, complete_delay, log_level,
+                timeout_unit, fault_seed
 
 The environment layer is ``EBSFS_<KEY>`` for ``[aws]`` and ``[mount]`` keys (``EBSFS_REGION``,
 ``EBSFS_CACHE_SIZE``; lists comma-separated) and ``EBSFS_SERVER_<KEY>`` for ``[server]``; the
@@ -56,6 +57,14 @@ def _int(value: Any) -> int:
     if not isinstance(value, int) or value < 1:
         raise ValueError(f"expected a whole number of at least 1, not {value!r}")
     return value
+
+
+def _seed(value: Any) -> int:
+    if isinstance(value, str) and value.strip() == "0":
+        return 0
+    if value == 0 and not isinstance(value, bool):
+        return 0
+    return _int(value)
 
 
 def _float(value: Any) -> float:
@@ -181,6 +190,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "allow_delete": Key(_bool, ("EBSFS_ALLOW_DELETE",)),
         "refresh": Key(_float, ("EBSFS_REFRESH",)),
         "log_level": Key(_level, ("EBSFS_LOG_LEVEL",)),
+        "io_timeout": Key(_float, ("EBSFS_IO_TIMEOUT",)),
     },
     "server": {
         "data_dir": Key(_str, ("EBSFS_SERVER_DATA_DIR",)),
@@ -195,6 +205,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "token_ttl": Key(_float, ("EBSFS_SERVER_TOKEN_TTL",)),
         "complete_delay": Key(_float, ("EBSFS_SERVER_COMPLETE_DELAY",)),
         "log_level": Key(_level, ("EBSFS_SERVER_LOG_LEVEL",)),
+        "timeout_unit": Key(_float, ("EBSFS_SERVER_TIMEOUT_UNIT",)),
+        "fault_seed": Key(_seed, ("EBSFS_SERVER_FAULT_SEED",)),
     },
 }
 

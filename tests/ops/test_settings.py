@@ -160,3 +160,15 @@ def test_server_values(config_file: Path) -> None:
         {"config": str(config_file)}, environ={"EBSFS_SERVER_LISTEN": "127.0.0.1:1234"}
     )
     assert values["listen"] == "127.0.0.1:1234"
+
+
+def test_every_config_field_can_be_set() -> None:
+    from dataclasses import fields
+
+    from ebsfs.config import AwsConfig, ServerConfig
+
+    mount_fields = {f.name for f in fields(MountConfig)} - {"mountpoint", "aws", "foreground"}
+    assert mount_fields == set(settings.SCHEMA["mount"])
+    assert {f.name for f in fields(AwsConfig)} == set(settings.SCHEMA["aws"])
+    server_fields = {f.name for f in fields(ServerConfig)} - {"host", "port"} | {"listen"}
+    assert server_fields == set(settings.SCHEMA["server"])
