@@ -1,0 +1,649 @@
+"""The ``new/`` directory: drafts of new snapshots, their rules and their life cycle.
+
+A file created in ``new/`` is a *draft*. Its size is declared by ``truncate`` (rounded up to a
+whole GiB, since snapshots are GiB-sized), inherited from a parent set with the
+``user.ebsfs.parent`` attribute, or taken from the data: the end of the highest write, rounded
+up to a GiB at the first ``fsync`` or ``close``. StartSnapshot is called at the first write once
+the size is known (or when it becomes known), with the Name tag set to the file's name, the
+parent, description and tags given as attributes before, and a ClientToken kept in the spool,
+so a retried StartSnapshot, even after a crash, finds the same snapshot.
+
+States (``user.ebsfs.state``)::
+
+    draft ──first write with a known size──▶ pending ──seal──▶ sealing ──▶ completed (leaves new/)
+      │                                         ▲                  │
+      └──────────────seal (fixes size)──────────┘                  └──▶ error (spool kept;
+                                                                         seal again re-uploads)
+
+A failure while sealing that leaves the snapshot pending (the network, say) puts the draft back
+to ``pending`` with ``user.ebsfs.state_message`` saying why; sealing again resumes. If AWS moves
+the snapshot to ``error``, sealing again starts a fresh snapshot and stores everything again
+from the spool.
+
+Errors (errno at the FUSE edge): a write or size past the fixed size or over 64 TiB is
+FileTooLargeError; shrinking a started or written draft is NotPermittedError; a bad attribute
+value is InvalidValueError; an attribute set after the first write, or sealing twice, is
+NotPermittedError; sealing a draft nothing was written to is InvalidValueError; a write to a
+draft that is being sealed, completed or failed is ReadOnlyError.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import time
+from collections import Counter
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+import trio
+
+from ebsfs.errors import (
+    ApiError,
+    EbsfsError,
+    FileTooLargeError,
+    InvalidValueError,
+    NotFoundError,
+    NotPermittedError,
+    ReadOnlyError,
+    SnapshotFailedError,
+)
+from ebsfs.seal import SealTuning, complete_and_wait
+from ebsfs.store.base import BlockReader
+from ebsfs.store.remote_write import PutTuning, RemoteWriter
+from ebsfs.store.spool import Spool
+from ebsfs.store.writeback import WriteBack, WriteTuning
+from ebsfs.types import BLOCK_SIZE, MAX_VOLUME_BYTES, BlockIndex
+
+if TYPE_CHECKING:
+    from ebsfs.fs.newdir import NewDirectory
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+GIB = 1 << 30
+#: StartSnapshot Timeout: a draft may sit idle this long (a filesystem being built by hand).
+TIMEOUT_MINUTES = 1440
+#: Environment variable of a test-only fault: "checksum" or "count" makes CompleteSnapshot
+#: carry a wrong aggregate or ChangedBlocksCount, so the error path can be tested end to end.
+SEAL_FAULT_ENV = "EBSFS_TEST_SEAL_FAULT"
+
+DRAFT, PENDING, SEALING, COMPLETED, ERROR = "draft", "pending", "sealing", "completed", "error"
+XATTR = "user.ebsfs."
+_SNAP_RE = re.compile(r"^snap-[0-9a-f]{8,17}$")
+_MAX_TAGS = 50
+
+
+class DraftApi(Protocol):
+    """The part of ``ebsfs.api.Api`` the drafts use."""
+
+    def start_snapshot(
+        self,
+        volume_size: int,
+        *,
+        parent: str | None = None,
+        description: str | None = None,
+        tags: dict[str, str] | None = None,
+        client_token: str,
+        timeout_minutes: int | None = None,
+        encrypted: bool = False,
+    ) -> Any: ...
+
+    def put_block(self, snapshot_id: str, index: int, data: bytes, checksum_b64: str) -> None: ...
+
+    def complete_snapshot(
+        self, snapshot_id: str, changed_blocks_count: int, aggregate_b64: str | None
+    ) -> str: ...
+
+    def describe_snapshot(self, snapshot_id: str) -> Any: ...
+
+    def delete_snapshot(self, snapshot_id: str) -> None: ...
+
+
+#: Builds the read stack of a completed parent snapshot: ``(snapshot_id, volume_gib)``.
+ParentReaderFactory = Callable[[str, int], BlockReader]
+
+
+def _gib_ceil(size: int) -> int:
+    return -(-size // GIB) * GIB
+
+
+def _new_token() -> str:
+    return os.urandom(16).hex()
+
+
+class SnapshotDraft:
+    """One file in ``new/`` (implements ``ebsfs.fs.newdir.Draft``)."""
+
+    def __init__(self, owner: Drafts, spool: Spool) -> None:
+        self.owner = owner
+        self.spool = spool
+        self.m: dict[str, Any] = dict(spool.manifest)
+        self.name: str = self.m["name"]
+        self.counters: Counter[str] = Counter()
+        parent = self.m.get("parent") or None
+        self.wb = WriteBack(
+            spool,
+            owner.parent_reader(parent, self.m["parent_gib"]) if parent else None,
+            skip_zeros=not parent,
+            tuning=owner.tuning,
+            counters=self.counters,
+        )
+        self.progress = ""
+        self._start_lock = trio.Lock()
+        self._wb_scope = trio.CancelScope()
+        self._seal_scope: trio.CancelScope | None = None
+        self._mtime_ns = int(self.m.get("mtime_ns") or time.time_ns())
+        owner.nursery.start_soon(self._run_writeback)
+
+    async def _run_writeback(self) -> None:
+        with self._wb_scope:
+            await self.wb.run()
+
+    # ---- small accessors ---------------------------------------------------------------------
+
+    @property
+    def state(self) -> str:
+        return str(self.m["state"])
+
+    @property
+    def snapshot_id(self) -> str | None:
+        return self.m.get("snapshot_id") or None
+
+    def _save(self) -> None:
+        self.m["mtime_ns"] = self._mtime_ns
+        self.spool.save_manifest(self.m)
+
+    def _touch(self) -> None:
+        self._mtime_ns = time.time_ns()
+
+    def size(self) -> int:
+        declared = self.m.get("size")
+        return int(declared) if declared is not None else self.spool.max_end
+
+    def mode(self) -> int:
+        return 0o644 if self.state in (DRAFT, PENDING) else 0o444
+
+    def mtime_ns(self) -> int:
+        return self._mtime_ns
+
+    def stats(self) -> dict[str, int]:
+        return self.wb.stats()
+
+    def _writable(self) -> None:
+        if self.state not in (DRAFT, PENDING):
+            raise ReadOnlyError(f"{self.name} is {self.state}: it can no longer be written")
+
+    # ---- data --------------------------------------------------------------------------------
+
+    async def read(self, offset: int, length: int) -> bytes:
+        size = self.size()
+        end = min(offset + length, size)
+        if offset >= end:
+            return b""
+        parts = []
+        pos = offset
+        while pos < end:
+            index = pos // BLOCK_SIZE
+            within = pos - index * BLOCK_SIZE
+            n = min(end - pos, BLOCK_SIZE - within)
+            block = await self.wb.read_block(BlockIndex(index))
+            parts.append(bytes(n) if block is None else block[within : within + n])
+            pos += n
+        return b"".join(parts)
+
+    async def write(self, offset: int, data: bytes) -> int:
+        self._writable()
+        end = offset + len(data)
+        if end > MAX_VOLUME_BYTES:
+            raise FileTooLargeError(f"{self.name}: a snapshot holds at most 64 TiB")
+        declared = self.m.get("size")
+        if declared is not None and end > declared:
+            raise FileTooLargeError(
+                f"{self.name}: write ends at {end}, past the size of {declared} bytes"
+            )
+        if not data:
+            return 0
+        if declared is not None and not self.snapshot_id:
+            await self._start()
+        if not self.m.get("written"):
+            self.m["written"] = True
+            self._save()
+        await self.wb.write(offset, data)
+        self._touch()
+        return len(data)
+
+    async def truncate(self, size: int) -> None:
+        if size > MAX_VOLUME_BYTES:
+            raise FileTooLargeError(f"{self.name}: a snapshot holds at most 64 TiB")
+        self._writable()
+        declared = self.m.get("size")
+        current = self.size()
+        if size == current:
+            return
+        if self.snapshot_id or (self.m.get("written") and declared is not None):
+            if size > current:
+                raise FileTooLargeError(f"{self.name}: the size is fixed at {current} bytes")
+            raise NotPermittedError(f"{self.name}: a started snapshot cannot shrink")
+        if self.m.get("written"):
+            if size < current:
+                raise NotPermittedError(f"{self.name}: cannot shrink below what was written")
+        elif size == 0:
+            # O_TRUNC of a pre-sized, unwritten file (plain dd): the declared size stays.
+            return
+        new = _gib_ceil(size)
+        if self.m.get("parent") and new < self.m["parent_gib"] * GIB:
+            raise NotPermittedError(f"{self.name}: cannot be smaller than its parent")
+        self.m["size"] = new
+        self.m["client_token"] = _new_token()
+        self._touch()
+        self._save()
+
+    async def fsync(self) -> None:
+        if self.state in (DRAFT, PENDING):
+            await self._fix_size()
+        if self.snapshot_id and self.state in (PENDING, SEALING):
+            await self.wb.flush()
+        else:
+            await trio.to_thread.run_sync(self.spool.sync)
+
+    async def release(self) -> None:
+        if self.state in (DRAFT, PENDING):
+            try:
+                await self._fix_size()
+            except EbsfsError as exc:
+                # The data is safe in the spool; fsync or sealing will try again.
+                log.warning("%s: could not start the snapshot at close: %s", self.name, exc)
+
+    async def _fix_size(self) -> None:
+        """Flow B: the first fsync or close fixes the size from the data and starts."""
+        if self.m.get("size") is None and self.m.get("written"):
+            self.m["size"] = _gib_ceil(max(self.spool.max_end, 1))
+            self.m["client_token"] = _new_token()
+            self._save()
+        if self.m.get("size") is not None and self.m.get("written") and not self.snapshot_id:
+            await self._start()
+
+    async def _start(self) -> None:
+        async with self._start_lock:
+            if self.snapshot_id:
+                return
+            owner = self.owner
+            if not self.m.get("client_token"):
+                self.m["client_token"] = _new_token()
+                self._save()
+            tags = {"Name": self.name, **self.m.get("tags", {})}
+            kwargs: dict[str, Any] = dict(
+                parent=self.m.get("parent") or None,
+                description=self.m.get("description") or None,
+                tags=tags,
+                timeout_minutes=TIMEOUT_MINUTES,
+            )
+            gib = int(self.m["size"]) // GIB
+            try:
+                info = await owner.call(
+                    partial(
+                        owner.api.start_snapshot, gib, client_token=self.m["client_token"], **kwargs
+                    )
+                )
+            except ApiError as exc:
+                if exc.code != "ConflictException":
+                    raise
+                # The token was used with other settings (before a crash): take a new one.
+                self.m["client_token"] = _new_token()
+                self._save()
+                info = await owner.call(
+                    partial(
+                        owner.api.start_snapshot, gib, client_token=self.m["client_token"], **kwargs
+                    )
+                )
+            self.m["snapshot_id"] = info.snapshot_id
+            self.m["started_at"] = time.time()
+            if self.state == DRAFT:
+                self.m["state"] = PENDING
+            self._save()
+            log.info("%s: started snapshot %s (%d GiB)", self.name, info.snapshot_id, gib)
+            self._attach()
+
+    def _attach(self) -> None:
+        snapshot_id = self.snapshot_id
+        assert snapshot_id is not None
+        age = max(0.0, time.time() - float(self.m.get("started_at") or time.time()))
+        self.wb.attach(
+            RemoteWriter(
+                self.owner.api,
+                snapshot_id,
+                self.owner.limiter,
+                started_at=trio.current_time() - age,
+                counters=self.counters,
+                tuning=self.owner.put_tuning,
+            )
+        )
+
+    # ---- attributes --------------------------------------------------------------------------
+
+    def xattrs(self) -> dict[str, bytes]:
+        out: dict[str, str] = {"state": self.state}
+        if self.snapshot_id:
+            out["snapshot_id"] = self.snapshot_id
+        if self.m.get("size") is not None:
+            out["volume_size"] = str(int(self.m["size"]) // GIB)
+        if self.m.get("description"):
+            out["description"] = self.m["description"]
+        if self.m.get("parent"):
+            out["parent"] = self.m["parent"]
+        if self.m.get("state_message"):
+            out["state_message"] = self.m["state_message"]
+        if self.state == SEALING and self.progress:
+            out["progress"] = self.progress
+        out["dirty_blocks"] = str(self.wb.dirty_blocks)
+        out["stored_blocks"] = str(self.wb.stored_blocks)
+        for key, value in {"Name": self.name, **self.m.get("tags", {})}.items():
+            out[f"tag.{key}"] = value
+        return {XATTR + k: v.encode() for k, v in out.items()}
+
+    async def setxattr(self, name: str, value: bytes) -> None:
+        if not name.startswith(XATTR):
+            raise NotPermittedError(f"{self.name}: only user.ebsfs.* attributes can be set")
+        key = name[len(XATTR) :]
+        if key not in ("parent", "description") and not key.startswith("tag."):
+            raise NotPermittedError(f"{self.name}: {name} cannot be set")
+        if self.state != DRAFT or self.m.get("written"):
+            raise NotPermittedError(f"{self.name}: {name} can only be set before the first write")
+        try:
+            text = value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidValueError(f"{name}: not UTF-8 text") from None
+        if key == "parent":
+            await self._set_parent(text.strip())
+        elif key == "description":
+            if not text or len(text) > 255:
+                raise InvalidValueError("user.ebsfs.description: 1 to 255 characters")
+            self.m["description"] = text
+        else:
+            self._set_tag(key[len("tag.") :], text)
+        self.m["client_token"] = _new_token()
+        self._touch()
+        self._save()
+
+    def _set_tag(self, key: str, value: str) -> None:
+        tags = dict(self.m.get("tags", {}))
+        if not key or len(key) > 127 or key.lower().startswith("aws:"):
+            raise InvalidValueError(f"tag {key!r}: keys have 1 to 127 characters, not 'aws:...'")
+        if key == "Name":
+            raise InvalidValueError("the Name tag is the file's name: rename the file instead")
+        if len(value) > 255:
+            raise InvalidValueError(f"tag {key}: values have at most 255 characters")
+        tags[key] = value
+        if len(tags) + 1 > _MAX_TAGS:
+            raise InvalidValueError(f"at most {_MAX_TAGS} tags, Name included")
+        self.m["tags"] = tags
+
+    async def _set_parent(self, parent: str) -> None:
+        if not _SNAP_RE.match(parent):
+            raise InvalidValueError(f"user.ebsfs.parent: {parent!r} is not a snapshot id")
+        try:
+            info = await self.owner.call(partial(self.owner.api.describe_snapshot, parent))
+        except NotFoundError:
+            raise InvalidValueError(f"user.ebsfs.parent: no snapshot {parent}") from None
+        if info.state != "completed":
+            raise InvalidValueError(f"user.ebsfs.parent: {parent} is {info.state}, not completed")
+        gib = int(info.volume_size)
+        self.m["parent"] = parent
+        self.m["parent_gib"] = gib
+        declared = self.m.get("size")
+        if declared is None or declared < gib * GIB:
+            self.m["size"] = gib * GIB
+        self.wb.parent = self.owner.parent_reader(parent, gib)
+        self.wb.skip_zeros = False
+
+    # ---- sealing -----------------------------------------------------------------------------
+
+    async def seal(self) -> None:
+        state = self.state
+        if state in (SEALING, COMPLETED):
+            raise NotPermittedError(f"{self.name} is already {state}")
+        if not self.m.get("written"):
+            raise InvalidValueError(f"{self.name}: nothing was written, nothing to seal")
+        if state == ERROR:
+            if self.m.get("aws_error"):
+                # AWS failed the snapshot for good: start a new one from the spool.
+                log.info(
+                    "%s: snapshot %s failed; storing everything again in a new one",
+                    self.name,
+                    self.snapshot_id,
+                )
+                self.wb.restart()
+                for key in ("snapshot_id", "started_at", "aws_error", "complete_called"):
+                    self.m.pop(key, None)
+                self.m["client_token"] = _new_token()
+            self.m["state"] = PENDING if self.snapshot_id else DRAFT
+            self.m["state_message"] = ""
+            self._save()
+        await self._fix_size()
+        self.m["state"] = SEALING
+        self.m["state_message"] = ""
+        self.progress = "storing"
+        self._touch()
+        self._save()
+        self.owner.nursery.start_soon(self._finish)
+
+    async def _finish(self) -> None:
+        snapshot_id = self.snapshot_id
+        assert snapshot_id is not None
+        scope = self._seal_scope = trio.CancelScope()
+        with scope:
+            try:
+                resumed = bool(self.m.get("complete_called"))
+                count, aggregate = 0, ""
+                if not resumed:
+                    self.progress = f"storing {self.wb.dirty_blocks} blocks"
+                    await self.wb.flush()
+                    count, aggregate = self.owner.fault(*self.wb.summary())
+                    self.m["complete_called"] = True
+                    self._save()
+                await complete_and_wait(
+                    self.owner.api,
+                    self.owner.call,
+                    snapshot_id,
+                    count,
+                    aggregate if count else None,
+                    on_progress=self._set_progress,
+                    complete=not resumed,
+                    tuning=self.owner.seal_tuning,
+                )
+            except SnapshotFailedError as exc:
+                self._failed(str(exc), aws=True)
+            except NotFoundError as exc:
+                self._failed(f"snapshot {snapshot_id} is gone: {exc}", aws=True)
+            except EbsfsError as exc:
+                if self.wb.fatal is not None:
+                    self._failed(f"snapshot {snapshot_id} is gone: {exc}", aws=True)
+                else:
+                    self._failed(f"sealing failed, seal again to retry: {exc}", aws=False)
+            else:
+                self._completed(snapshot_id)
+        self._seal_scope = None
+
+    def _set_progress(self, text: str) -> None:
+        self.progress = text
+
+    def _failed(self, message: str, *, aws: bool) -> None:
+        log.error(
+            "%s: %s (the data stays in the spool %s)", self.name, message, self.spool.directory
+        )
+        if aws:
+            self.m["state"] = ERROR
+            self.m["aws_error"] = True
+        else:
+            self.m["state"] = PENDING
+        self.m["state_message"] = message
+        self.progress = ""
+        self._touch()
+        self._save()
+
+    def _completed(self, snapshot_id: str) -> None:
+        log.info("%s: snapshot %s completed", self.name, snapshot_id)
+        self.m["state"] = COMPLETED
+        self._save()
+        self._wb_scope.cancel()
+        self.owner._completed(self, snapshot_id)
+        self.spool.destroy()
+
+    # ---- life cycle --------------------------------------------------------------------------
+
+    def resume(self) -> None:
+        """After a restart: reattach to the started snapshot, resume an interrupted seal."""
+        if self.snapshot_id and self.state in (PENDING, SEALING):
+            self._attach()
+        if self.state == SEALING:
+            self.owner.nursery.start_soon(self._finish)
+
+    async def abandon(self) -> None:
+        """``rm``: delete the snapshot unless it completed, then the spool."""
+        if self._seal_scope is not None:
+            self._seal_scope.cancel()
+        snapshot_id = self.snapshot_id
+        if snapshot_id and self.state != COMPLETED:
+            with contextlib.suppress(NotFoundError):
+                await self.owner.call(partial(self.owner.api.delete_snapshot, snapshot_id))
+            log.info("%s: abandoned snapshot %s", self.name, snapshot_id)
+        self._wb_scope.cancel()
+        self.spool.destroy()
+
+
+class Drafts:
+    """The drafts under ``new/`` (implements ``ebsfs.fs.newdir.NewDirectory``)."""
+
+    def __init__(
+        self,
+        api: DraftApi,
+        spool_root: Path,
+        nursery: trio.Nursery,
+        limiter: trio.CapacityLimiter,
+        parent_reader: ParentReaderFactory,
+        *,
+        tuning: WriteTuning | None = None,
+        put_tuning: PutTuning | None = None,
+        seal_tuning: SealTuning | None = None,
+        seal_fault: str | None = None,
+    ) -> None:
+        self.api = api
+        self.spool_root = Path(spool_root)
+        self.nursery = nursery
+        self.limiter = limiter
+        self.parent_reader = parent_reader
+        self.tuning = tuning or WriteTuning()
+        self.put_tuning = put_tuning or PutTuning()
+        self.seal_tuning = seal_tuning or SealTuning()
+        self.seal_fault = os.environ.get(SEAL_FAULT_ENV, "") if seal_fault is None else seal_fault
+        self._drafts: dict[str, SnapshotDraft] = {}
+        self._callbacks: list[Callable[[str, str], None]] = []
+
+    @classmethod
+    async def open(cls, *args: Any, **kwargs: Any) -> Drafts:
+        """Create the directory and bring back the drafts of an earlier run from the spool."""
+        drafts = cls(*args, **kwargs)
+        drafts.recover()
+        return drafts
+
+    async def call(self, fn: Callable[[], T]) -> T:
+        """Run a blocking API call in a worker thread under the mount's limiter."""
+        return await trio.to_thread.run_sync(fn, limiter=self.limiter)
+
+    def fault(self, count: int, aggregate: str) -> tuple[int, str]:
+        """Apply the test-only seal fault, if one is configured."""
+        if self.seal_fault == "count":
+            return count + 1, aggregate
+        if self.seal_fault == "checksum":
+            return count, "A" * 43 + "="
+        return count, aggregate
+
+    def recover(self) -> None:
+        """Bring back every draft found in the spool directory."""
+        self.spool_root.mkdir(parents=True, exist_ok=True)
+        for directory in Spool.find(self.spool_root):
+            try:
+                spool = Spool.load(directory)
+            except (OSError, ValueError) as exc:
+                log.error("spool %s cannot be read, left alone: %s", directory, exc)
+                continue
+            if spool.manifest.get("state") == COMPLETED:
+                spool.destroy()
+                continue
+            name = spool.manifest["name"]
+            if name in self._drafts:
+                log.error("two spools named %s; %s left alone", name, directory)
+                spool.close()
+                continue
+            draft = SnapshotDraft(self, spool)
+            self._drafts[name] = draft
+            draft.resume()
+            log.info(
+                "%s: brought back from %s (%s, %d bytes written)",
+                name,
+                directory,
+                draft.state,
+                spool.max_end,
+            )
+
+    def stats(self) -> dict[str, int]:
+        """Counters summed over every draft."""
+        total: Counter[str] = Counter()
+        for draft in self._drafts.values():
+            total.update(draft.stats())
+        return dict(total)
+
+    # ---- NewDirectory ------------------------------------------------------------------------
+
+    def names(self) -> list[str]:
+        return sorted(self._drafts)
+
+    def get(self, name: str) -> SnapshotDraft | None:
+        return self._drafts.get(name)
+
+    async def create(self, name: str) -> SnapshotDraft:
+        if name in self._drafts:
+            raise InvalidValueError(f"new/{name} exists already")
+        if not name or "/" in name or len(name.encode()) > 255:
+            raise InvalidValueError(f"{name!r} cannot name a snapshot")
+        manifest = {
+            "version": 1,
+            "name": name,
+            "state": DRAFT,
+            "size": None,
+            "mtime_ns": time.time_ns(),
+        }
+        spool = await trio.to_thread.run_sync(Spool.create, self.spool_root, manifest)
+        draft = SnapshotDraft(self, spool)
+        self._drafts[name] = draft
+        return draft
+
+    async def remove(self, name: str) -> None:
+        draft = self._drafts.get(name)
+        if draft is None:
+            raise NotFoundError(f"new/{name} does not exist")
+        await draft.abandon()
+        self._drafts.pop(name, None)
+
+    def on_completed(self, callback: Callable[[str, str], None]) -> None:
+        self._callbacks.append(callback)
+
+    def _completed(self, draft: SnapshotDraft, snapshot_id: str) -> None:
+        if self._drafts.get(draft.name) is draft:
+            del self._drafts[draft.name]
+        for callback in self._callbacks:
+            try:
+                callback(draft.name, snapshot_id)
+            except Exception:  # a namespace bug must not lose the completion itself
+                log.exception("on_completed callback failed for %s", draft.name)
+
+
+if TYPE_CHECKING:
+
+    def _conforms(drafts: Drafts) -> NewDirectory:
+        return drafts

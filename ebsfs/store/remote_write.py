@@ -1,0 +1,127 @@
+"""The bottom write layer: PutSnapshotBlock for one pending snapshot, with bounded retries.
+
+botocore already retries throttling, 5xx answers and dropped connections (standard mode,
+bounded); this layer adds its own bounded loop for what botocore leaves (ebs-direct-api.md §10):
+
+* 404 SNAPSHOT_NOT_FOUND during the first ``not_found_grace`` seconds after StartSnapshot, which
+  AWS can answer while a new snapshot is not yet writable (linear back-off, as coldsnap does);
+* "Failed to read block data" (a body cut short on the way), which AWS calls retryable;
+* throttling, 5xx and connection failures that outlived botocore's attempts or its retry quota;
+* a checksum AWS computed differently (bytes damaged on the way): the same bytes are sent again.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Protocol
+
+import trio
+
+from ebsfs.errors import ApiError, BackendUnavailableError, ChecksumError, EbsfsError, NotFoundError
+
+log = logging.getLogger(__name__)
+
+
+class PutApi(Protocol):
+    """The part of ``ebsfs.api.Api`` this layer uses."""
+
+    def put_block(self, snapshot_id: str, index: int, data: bytes, checksum_b64: str) -> None: ...
+
+
+class BlockSink(Protocol):
+    """Where the write-back layer stores finished blocks."""
+
+    async def put(self, index: int, data: bytes, checksum_b64: str) -> None:
+        """Store one full block; returns once AWS acknowledged it."""
+        ...
+
+
+@dataclass(frozen=True)
+class PutTuning:
+    """Retry knobs; the defaults suit AWS."""
+
+    transient_attempts: int = 8
+    backoff: float = 0.2  # first pause; doubles, capped at max_backoff
+    max_backoff: float = 5.0
+    not_found_grace: float = 150.0  # coldsnap waits about this long for a new snapshot
+    not_found_step: float = 2.0  # linear back-off step for those 404s
+
+
+def transient(exc: EbsfsError) -> bool:
+    """Whether another attempt of the same PutSnapshotBlock may succeed."""
+    if isinstance(exc, BackendUnavailableError | ChecksumError):
+        return True
+    if isinstance(exc, ApiError):
+        text = str(exc)
+        return (
+            exc.status >= 500
+            or "Throttl" in exc.code
+            or "Failed to read block data" in text
+            or exc.code in ("IncompleteBody", "ConcurrentLimitExceededException")
+        )
+    return False
+
+
+class RemoteWriter:
+    """``BlockSink`` over PutSnapshotBlock for ``snapshot_id``."""
+
+    def __init__(
+        self,
+        api: PutApi,
+        snapshot_id: str,
+        limiter: trio.CapacityLimiter,
+        *,
+        started_at: float | None = None,
+        counters: Counter[str] | None = None,
+        tuning: PutTuning | None = None,
+        clock: Callable[[], float] = trio.current_time,
+    ) -> None:
+        self.api = api
+        self.snapshot_id = snapshot_id
+        self.limiter = limiter
+        self.clock = clock
+        self.started_at = clock() if started_at is None else started_at
+        self.counters: Counter[str] = counters if counters is not None else Counter()
+        self.tuning = tuning or PutTuning()
+
+    async def put(self, index: int, data: bytes, checksum_b64: str) -> None:
+        t = self.tuning
+        failures = 0
+        not_found = 0
+        while True:
+            try:
+                await trio.to_thread.run_sync(
+                    partial(self.api.put_block, self.snapshot_id, index, data, checksum_b64),
+                    limiter=self.limiter,
+                )
+            except NotFoundError as exc:
+                not_found += 1
+                if self.clock() - self.started_at > t.not_found_grace:
+                    raise
+                self.counters["put_retries"] += 1
+                log.info(
+                    "PutSnapshotBlock %s block %d: not found yet, retrying (%s)",
+                    self.snapshot_id,
+                    index,
+                    exc,
+                )
+                await trio.sleep(t.not_found_step * not_found)
+                continue
+            except EbsfsError as exc:
+                failures += 1
+                if not transient(exc) or failures >= t.transient_attempts:
+                    self.counters["put_failures"] += 1
+                    raise
+                self.counters["put_retries"] += 1
+                log.info(
+                    "PutSnapshotBlock %s block %d: retrying after: %s", self.snapshot_id, index, exc
+                )
+                await trio.sleep(min(t.max_backoff, t.backoff * 2 ** (failures - 1)))
+                continue
+            self.counters["puts"] += 1
+            self.counters["bytes_put"] += len(data)
+            return

@@ -1,0 +1,275 @@
+"""The spool: every byte written to a new snapshot, kept on local disk until it is sealed.
+
+AWS cannot read a pending snapshot back, so the spool is the only copy of what was written
+until CompleteSnapshot succeeds; reads of a pending file are served from it, and a restarted
+daemon rebuilds its drafts from it. One directory per draft holds three files:
+
+``manifest.json``
+    The draft's settings and state (name, size, parent, tags, ClientToken, snapshot id...).
+    Replaced atomically (write, fsync, rename, fsync the directory) whenever it changes.
+``data``
+    512 KiB *slots*, one per block index touched, in the order they were first touched, so the
+    file stays dense whatever the volume size (a 64 TiB volume would not fit a sparse file on
+    ext4, whose files end at 16 TiB).
+``journal``
+    Fixed-size records appended with one ``write`` each: ``S`` (block -> slot), ``W`` (bytes
+    ``[start, end)`` of the volume were written), ``P`` (a block was stored with
+    PutSnapshotBlock, with its SHA256 digest, and whether it was still current) and ``R``
+    (the snapshot is started again: nothing is stored any more).
+
+Crash guarantees: a write's bytes go to ``data`` and its ``W`` record to ``journal`` before
+``write()`` returns, both with plain ``pwrite``/``write`` calls, so they are in the kernel's page
+cache: a daemon that dies (even ``kill -9``) loses nothing that ``write()`` accepted. ``sync``
+(run on every ``fsync`` of the file) also flushes both files to the disk, so a machine that
+loses power keeps everything fsynced before. Replay stops at the first torn or corrupt record
+(each carries a CRC32), which can only be the tail that no ``write()`` was acknowledged for.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+import uuid
+import zlib
+from pathlib import Path
+from typing import Any
+
+from ebsfs.types import BLOCK_SIZE
+
+MANIFEST = "manifest.json"
+DATA = "data"
+JOURNAL = "journal"
+
+# kind, crc32 of the rest, a, b, digest
+_RECORD = struct.Struct("<c3xIQQ32s")
+_NO_DIGEST = bytes(32)
+
+Interval = tuple[int, int]
+
+
+def _add_interval(intervals: list[Interval], start: int, end: int) -> list[Interval]:
+    """``intervals`` (sorted, disjoint) with ``[start, end)`` merged in."""
+    out: list[Interval] = []
+    placed = False
+    for s, e in intervals:
+        if e < start:
+            out.append((s, e))
+        elif s > end:
+            if not placed:
+                out.append((start, end))
+                placed = True
+            out.append((s, e))
+        else:
+            start, end = min(s, start), max(e, end)
+    if not placed:
+        out.append((start, end))
+    return out
+
+
+FULL: list[Interval] = [(0, BLOCK_SIZE)]
+
+
+class Spool:
+    """One draft's spool directory. Not thread-safe: used from the mount's trio thread."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        #: Written byte ranges per block index, offsets within the block.
+        self.coverage: dict[int, list[Interval]] = {}
+        self.slots: dict[int, int] = {}
+        #: Raw SHA256 digest of what was last stored at each index (PutSnapshotBlock done).
+        self.stored: dict[int, bytes] = {}
+        #: Indexes written since they were last stored (as replayed from the journal).
+        self.dirty: set[int] = set()
+        #: End of the highest write, in bytes.
+        self.max_end = 0
+        self.manifest: dict[str, Any] = {}
+        self._data_fd = -1
+        self._journal_fd = -1
+
+    # ---- life cycle --------------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, root: Path, manifest: dict[str, Any]) -> Spool:
+        """A new, empty spool directory under ``root``."""
+        root.mkdir(parents=True, exist_ok=True)
+        directory = root / uuid.uuid4().hex
+        directory.mkdir()
+        spool = cls(directory)
+        spool._open()
+        spool.save_manifest(manifest)
+        return spool
+
+    @classmethod
+    def load(cls, directory: Path) -> Spool:
+        """Reopen a spool directory and replay its journal."""
+        spool = cls(directory)
+        with open(directory / MANIFEST, encoding="utf-8") as f:
+            spool.manifest = json.load(f)
+        spool._open()
+        spool._replay()
+        return spool
+
+    @staticmethod
+    def find(root: Path) -> list[Path]:
+        """The spool directories under ``root`` (those with a manifest)."""
+        if not root.is_dir():
+            return []
+        return sorted(p for p in root.iterdir() if (p / MANIFEST).is_file())
+
+    def _open(self) -> None:
+        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+        self._data_fd = os.open(self.directory / DATA, flags, 0o600)
+        self._journal_fd = os.open(self.directory / JOURNAL, flags | os.O_APPEND, 0o600)
+
+    def close(self) -> None:
+        """Close the files (the directory stays)."""
+        for fd in (self._data_fd, self._journal_fd):
+            if fd >= 0:
+                os.close(fd)
+        self._data_fd = self._journal_fd = -1
+
+    def destroy(self) -> None:
+        """Close and delete the whole directory (the snapshot is completed or abandoned)."""
+        self.close()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    # ---- manifest ----------------------------------------------------------------------------
+
+    def save_manifest(self, manifest: dict[str, Any]) -> None:
+        """Replace the manifest atomically and durably."""
+        tmp = self.directory / (MANIFEST + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(manifest, f, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.directory / MANIFEST)
+        dfd = os.open(self.directory, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+        self.manifest = dict(manifest)
+
+    # ---- journal -----------------------------------------------------------------------------
+
+    def _record(self, kind: bytes, a: int, b: int, digest: bytes = _NO_DIGEST) -> bytes:
+        body = struct.pack("<QQ32s", a, b, digest)
+        return _RECORD.pack(kind, zlib.crc32(kind + body), a, b, digest)
+
+    def _append(self, records: bytes) -> None:
+        view = memoryview(records)
+        while view:
+            n = os.write(self._journal_fd, view)
+            view = view[n:]
+
+    def _replay(self) -> None:
+        with open(self.directory / JOURNAL, "rb") as f:
+            raw = f.read()
+        good = 0
+        size = _RECORD.size
+        for pos in range(0, len(raw) - size + 1, size):
+            kind, crc, a, b, digest = _RECORD.unpack_from(raw, pos)
+            if zlib.crc32(kind + struct.pack("<QQ32s", a, b, digest)) != crc:
+                break
+            if kind == b"S":
+                self.slots[a] = b
+            elif kind == b"W":
+                self._cover(a, b)
+            elif kind == b"P":
+                self.stored[a] = digest
+                if b:
+                    self.dirty.discard(a)
+            elif kind == b"R":
+                self.stored.clear()
+                self.dirty = set(self.coverage)
+            else:
+                break
+            good = pos + size
+        if good != len(raw):
+            # The torn tail was never acknowledged to anyone: drop it.
+            os.ftruncate(self._journal_fd, good)
+
+    # ---- data --------------------------------------------------------------------------------
+
+    def _cover(self, start: int, end: int) -> list[int]:
+        touched = []
+        pos = start
+        while pos < end:
+            index = pos // BLOCK_SIZE
+            block_start = index * BLOCK_SIZE
+            stop = min(end, block_start + BLOCK_SIZE)
+            old = self.coverage.get(index)
+            if old is not FULL:
+                merged = _add_interval(old or [], pos - block_start, stop - block_start)
+                self.coverage[index] = FULL if merged == FULL else merged
+            self.dirty.add(index)
+            touched.append(index)
+            pos = stop
+        self.max_end = max(self.max_end, end)
+        return touched
+
+    def write(self, offset: int, data: bytes) -> list[int]:
+        """Keep ``data`` written at volume byte ``offset``; returns the block indexes touched."""
+        end = offset + len(data)
+        records = bytearray()
+        pos = offset
+        view = memoryview(data)
+        while pos < end:
+            index = pos // BLOCK_SIZE
+            within = pos - index * BLOCK_SIZE
+            n = min(end - pos, BLOCK_SIZE - within)
+            slot = self.slots.get(index)
+            if slot is None:
+                slot = len(self.slots)
+                self.slots[index] = slot
+                records += self._record(b"S", index, slot)
+            chunk = view[pos - offset : pos - offset + n]
+            written = 0
+            while written < n:
+                written += os.pwrite(
+                    self._data_fd, chunk[written:], slot * BLOCK_SIZE + within + written
+                )
+            pos += n
+        records += self._record(b"W", offset, end)
+        self._append(bytes(records))
+        return self._cover(offset, end)
+
+    def is_full(self, index: int) -> bool:
+        """Whether every byte of the block was written."""
+        return self.coverage.get(index) is FULL
+
+    def read_block(self, index: int, base: bytes | None) -> bytes | None:
+        """The block as written over ``base`` (None: zeros); None if it was never written."""
+        cov = self.coverage.get(index)
+        if cov is None:
+            return base
+        slot = self.slots[index]
+        raw = os.pread(self._data_fd, BLOCK_SIZE, slot * BLOCK_SIZE)
+        if cov is FULL or base is None:
+            # Unwritten parts of a slot read as zeros (a hole, or past the end of the file).
+            return raw + bytes(BLOCK_SIZE - len(raw)) if len(raw) < BLOCK_SIZE else raw
+        out = bytearray(base)
+        for s, e in cov:
+            out[s:e] = raw[s:e].ljust(e - s, b"\0")
+        return bytes(out)
+
+    def mark_stored(self, index: int, digest: bytes, current: bool) -> None:
+        """PutSnapshotBlock of ``index`` succeeded; ``current``: no write since it was read."""
+        self._append(self._record(b"P", index, 1 if current else 0, digest))
+        self.stored[index] = digest
+        if current:
+            self.dirty.discard(index)
+
+    def reset_stored(self) -> None:
+        """Forget what was stored (the snapshot is being started again): all written is dirty."""
+        self._append(self._record(b"R", 0, 0))
+        self.stored.clear()
+        self.dirty = set(self.coverage)
+
+    def sync(self) -> None:
+        """Flush data and journal to the disk (fsync of the file)."""
+        os.fdatasync(self._data_fd)
+        os.fdatasync(self._journal_fd)

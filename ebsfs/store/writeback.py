@@ -1,0 +1,296 @@
+"""The write-back layer of a pending snapshot: spooled writes become stored 512 KiB blocks.
+
+Writes land in the spool (``ebsfs.store.spool``) at once, at any offset and length; this layer
+keeps, per block index, a version number bumped by every write and the version last stored, and
+an uploader task that sends dirty blocks to a ``BlockSink`` (PutSnapshotBlock):
+
+* a block every byte of which was written is stored once it has been left alone for the
+  write-back delay (four times longer for a block stored before, so the metadata a
+  loop-mounted filesystem rewrites again and again is not stored each time);
+* other (partial) blocks wait for ``flush``, or for pressure: when more than ``dirty_limit``
+  bytes are dirty, everything dirty is stored, oldest first, and writers wait (back-pressure);
+* a partial block is completed from what was written, then the parent's block, then zeros;
+* a block of zeros is not stored when ``skip_zeros`` (no parent, not encrypted) and nothing was
+  stored at its index before (AWS would otherwise keep the earlier data);
+* at most ``max_uploads`` blocks are in flight, never two of one index (their order on the wire
+  would be a race); a block whose store failed is tried again after a pause.
+
+Dirty data lives in the spool on disk, not in memory: memory is ``max_uploads`` blocks.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import Counter, OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import trio
+
+from ebsfs import checksum
+from ebsfs.errors import EbsfsError, NotFoundError
+from ebsfs.store.base import BlockReader
+from ebsfs.store.remote_write import BlockSink
+from ebsfs.store.spool import Spool
+from ebsfs.types import BLOCK_SIZE, ZERO_BLOCK, BlockIndex
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WriteTuning:
+    """Knobs of the write-back layer (``--dirty-limit``, ``--writeback-delay``...)."""
+
+    dirty_limit: int = 128 << 20
+    delay: float = 0.5
+    rewrite_factor: float = 4.0
+    max_uploads: int = 32
+    retry_pause: float = 2.0
+
+
+@dataclass
+class _Failure:
+    at: float
+    retry_at: float
+    error: EbsfsError
+
+
+class WriteBack:
+    """Spooled writes of one draft, stored block by block once a sink is attached."""
+
+    def __init__(
+        self,
+        spool: Spool,
+        parent: BlockReader | None,
+        *,
+        skip_zeros: bool,
+        tuning: WriteTuning | None = None,
+        counters: Counter[str] | None = None,
+        clock: Callable[[], float] = trio.current_time,
+    ) -> None:
+        self.spool = spool
+        self.parent = parent
+        self.skip_zeros = skip_zeros
+        self.tuning = tuning or WriteTuning()
+        self.counters: Counter[str] = counters if counters is not None else Counter()
+        self.clock = clock
+        self.sink: BlockSink | None = None
+        self._version: dict[int, int] = {}
+        self._stored_version: dict[int, int] = {}
+        self._dirty: OrderedDict[int, float] = OrderedDict()
+        self._inflight: set[int] = set()
+        self._failed: dict[int, _Failure] = {}
+        self._fatal: EbsfsError | None = None
+        self._urgent = 0
+        self._sleep_until: float | None = None
+        self._wake = trio.Event()
+        self._changed = trio.Event()
+        self._slots = trio.Semaphore(self.tuning.max_uploads)
+        for index in sorted(spool.dirty):
+            self._version[index] = 1
+            self._dirty[index] = -math.inf
+
+    # ---- state -------------------------------------------------------------------------------
+
+    @property
+    def dirty_blocks(self) -> int:
+        """Blocks written since they were last stored."""
+        return len(self._dirty)
+
+    @property
+    def stored_blocks(self) -> int:
+        """Distinct indexes stored to this snapshot."""
+        return len(self.spool.stored)
+
+    @property
+    def fatal(self) -> EbsfsError | None:
+        """The error that stopped uploads for good (the snapshot is gone), if any."""
+        return self._fatal
+
+    def stats(self) -> dict[str, int]:
+        out = dict(self.counters)
+        out["dirty_blocks"] = len(self._dirty)
+        out["uploads_in_flight"] = len(self._inflight)
+        return out
+
+    def attach(self, sink: BlockSink) -> None:
+        """Start storing to ``sink`` (the snapshot was started)."""
+        self.sink = sink
+        self._fatal = None
+        self._poke()
+
+    def restart(self) -> None:
+        """The snapshot is started again from scratch: every written block is dirty again."""
+        self.sink = None
+        self._fatal = None
+        self._failed.clear()
+        self.spool.reset_stored()
+        self._stored_version.clear()
+        now = self.clock()
+        for index in sorted(self.spool.coverage):
+            self._version[index] = self._version.get(index, 0) + 1
+            self._dirty[index] = now
+            self._dirty.move_to_end(index)
+
+    def summary(self) -> tuple[int, str]:
+        """ChangedBlocksCount and the LINEAR aggregate for CompleteSnapshot (all stored)."""
+        if self._dirty or self._inflight:
+            raise RuntimeError("summary with blocks still dirty")
+        stored = self.spool.stored
+        return len(stored), checksum.linear_aggregate(stored[i] for i in sorted(stored))
+
+    def _poke(self) -> None:
+        self._wake.set()
+        self._wake = trio.Event()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    # ---- reading and writing ----------------------------------------------------------------
+
+    async def read_block(self, index: BlockIndex) -> bytes | None:
+        """What was written, over the parent's block, over zeros; None if all of it is a hole."""
+        base = None
+        if self.parent is not None and not self.spool.is_full(index):
+            base = await self.parent.read_block(index)
+        return self.spool.read_block(index, base)
+
+    async def write(self, offset: int, data: bytes) -> None:
+        """Keep ``data`` at ``offset`` (in the spool before returning); may wait for uploads."""
+        while (
+            self.sink is not None
+            and self._fatal is None
+            and len(self._dirty) * BLOCK_SIZE >= self.tuning.dirty_limit
+        ):
+            self.counters["write_waits"] += 1
+            changed = self._changed
+            self._poke()
+            await changed.wait()
+        now = self.clock()
+        wake = False
+        for index in self.spool.write(offset, data):
+            self._version[index] = self._version.get(index, 0) + 1
+            self._dirty[index] = now
+            self._dirty.move_to_end(index)
+            if self.spool.is_full(index):
+                wake = True
+        if wake and self.sink is not None and self._sleep_until is None:
+            self._poke()
+
+    async def flush(self) -> None:
+        """Return once everything written before the call is stored (and the spool synced)."""
+        await trio.to_thread.run_sync(self.spool.sync)
+        targets = {i: self._version[i] for i in self._dirty}
+        if not targets:
+            return
+        if self.sink is None:
+            raise RuntimeError("flush before the snapshot was started")
+        started = self.clock()
+        self._urgent += 1
+        self._poke()
+        try:
+            remaining = targets
+            while True:
+                if self._fatal is not None:
+                    raise self._fatal
+                remaining = {
+                    i: v for i, v in remaining.items() if self._stored_version.get(i, 0) < v
+                }
+                if not remaining:
+                    return
+                for i in remaining:
+                    failure = self._failed.get(i)
+                    if failure is not None and failure.at >= started:
+                        raise failure.error
+                changed = self._changed
+                await changed.wait()
+        finally:
+            self._urgent -= 1
+
+    # ---- uploading ---------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """The uploader; runs until cancelled (start it in the mount's nursery)."""
+        async with trio.open_nursery() as nursery:
+            while True:
+                wake = self._wake
+                await self._slots.acquire()
+                index, wait = self._pick()
+                if index is None:
+                    self._slots.release()
+                    self._sleep_until = None if wait is None else self.clock() + wait
+                    with trio.move_on_after(math.inf if wait is None else wait):
+                        await wake.wait()
+                    self._sleep_until = None
+                    continue
+                self._inflight.add(index)
+                nursery.start_soon(self._upload, index)
+
+    def _pick(self) -> tuple[int | None, float | None]:
+        if self.sink is None or self._fatal is not None:
+            return None, None
+        t = self.tuning
+        now = self.clock()
+        urgent = self._urgent > 0 or len(self._dirty) * BLOCK_SIZE >= t.dirty_limit
+        next_due = math.inf
+        for index, modified in self._dirty.items():
+            if index in self._inflight:
+                continue
+            failure = self._failed.get(index)
+            if failure is not None and now < failure.retry_at:
+                next_due = min(next_due, failure.retry_at)
+                continue
+            if urgent:
+                return index, None
+            if self.spool.is_full(index):
+                delay = t.delay * (t.rewrite_factor if index in self.spool.stored else 1.0)
+                due = modified + delay
+                if due <= now:
+                    return index, None
+                next_due = min(next_due, due)
+        return None, (None if next_due == math.inf else max(0.0, next_due - now))
+
+    async def _upload(self, index: int) -> None:
+        try:
+            sink = self.sink
+            assert sink is not None
+            base = None
+            if self.parent is not None and not self.spool.is_full(index):
+                base = await self.parent.read_block(BlockIndex(index))
+            # From here to the first await nothing else runs: the version and bytes match.
+            version = self._version[index]
+            data = self.spool.read_block(index, base) or ZERO_BLOCK
+            if self.skip_zeros and index not in self.spool.stored and data == ZERO_BLOCK:
+                self.counters["zero_blocks_skipped"] += 1
+                self._done(index, version, None)
+                return
+            digest = await trio.to_thread.run_sync(checksum.digest, data)
+            await sink.put(index, data, checksum.b64(digest))
+            if self.sink is sink:
+                self._done(index, version, digest)
+        except EbsfsError as exc:
+            now = self.clock()
+            self._failed[index] = _Failure(now, now + self.tuning.retry_pause, exc)
+            self.counters["store_failures"] += 1
+            log.warning("storing block %d failed: %s", index, exc)
+            if isinstance(exc, NotFoundError):
+                # The snapshot is gone (deleted, timed out, or in error): stop, keep the spool.
+                self._fatal = exc
+        finally:
+            self._inflight.discard(index)
+            self._slots.release()
+            self._notify()
+            self._poke()
+
+    def _done(self, index: int, version: int, digest: bytes | None) -> None:
+        current = self._version.get(index) == version
+        if digest is not None:
+            self.spool.mark_stored(index, digest, current)
+        elif current:
+            self.spool.dirty.discard(index)
+        self._stored_version[index] = version
+        self._failed.pop(index, None)
+        if current:
+            self._dirty.pop(index, None)

@@ -1,0 +1,98 @@
+"""The spool keeps every accepted byte and replays to the same state after a crash."""
+
+import os
+from pathlib import Path
+
+from ebsfs.store.spool import JOURNAL, Spool
+from ebsfs.types import BLOCK_SIZE
+
+BS = BLOCK_SIZE
+
+
+def test_writes_read_back_over_a_base_and_replay(tmp_path: Path) -> None:
+    spool = Spool.create(tmp_path, {"name": "x"})
+    spool.write(BS - 1, b"ab")  # one byte each side of a block boundary
+    spool.write(5 * BS, b"z" * BS)  # a whole block
+    spool.write(7 * BS + 10, b"q" * 5)
+    base = bytes([7]) * BS
+    b0 = spool.read_block(0, base)
+    assert b0 is not None and b0[:-1] == base[:-1] and b0[-1:] == b"a"
+    b1 = spool.read_block(1, None)
+    assert b1 == b"b" + bytes(BS - 1)
+    assert spool.read_block(5, base) == b"z" * BS
+    assert spool.read_block(3, base) is base
+    assert spool.is_full(5) and not spool.is_full(7)
+    assert spool.max_end == 7 * BS + 15
+    spool.mark_stored(5, b"d" * 32, True)
+    spool.mark_stored(7, b"e" * 32, False)
+    b7 = spool.read_block(7, base)
+    spool.close()
+
+    again = Spool.load(spool.directory)
+    assert again.manifest == {"name": "x"}
+    assert again.coverage == spool.coverage
+    assert again.slots == spool.slots
+    assert again.stored == {5: b"d" * 32, 7: b"e" * 32}
+    assert again.dirty == {0, 1, 7}
+    assert again.max_end == spool.max_end
+    assert again.read_block(7, base) == b7
+    assert b7 is not None and b7[10:15] == b"qqqqq" and b7[:10] == base[:10]
+    again.close()
+
+
+def test_a_torn_journal_tail_is_dropped(tmp_path: Path) -> None:
+    spool = Spool.create(tmp_path, {"name": "x"})
+    spool.write(0, b"1" * 100)
+    spool.write(200, b"2" * 100)
+    spool.close()
+    journal = spool.directory / JOURNAL
+    size = journal.stat().st_size
+    with open(journal, "ab") as f:
+        f.write(b"garbage-half-record")
+    again = Spool.load(spool.directory)
+    assert journal.stat().st_size == size
+    assert again.coverage == {0: [(0, 100), (200, 300)]}
+    again.write(300, b"3")  # appends after the good records
+    again.close()
+    assert Spool.load(spool.directory).coverage == {0: [(0, 100), (200, 301)]}
+
+
+def test_a_corrupt_record_ends_replay(tmp_path: Path) -> None:
+    spool = Spool.create(tmp_path, {"name": "x"})
+    spool.write(0, b"1")
+    spool.write(BS, b"2")
+    spool.close()
+    journal = spool.directory / JOURNAL
+    raw = bytearray(journal.read_bytes())
+    raw[-20] ^= 0xFF  # damage the last record
+    journal.write_bytes(bytes(raw))
+    again = Spool.load(spool.directory)
+    assert set(again.coverage) == {0}
+
+
+def test_restart_makes_every_written_block_dirty(tmp_path: Path) -> None:
+    spool = Spool.create(tmp_path, {"name": "x"})
+    spool.write(0, b"x" * BS)
+    spool.mark_stored(0, b"d" * 32, True)
+    assert spool.dirty == set()
+    spool.reset_stored()
+    assert spool.stored == {} and spool.dirty == {0}
+    spool.close()
+    again = Spool.load(spool.directory)
+    assert again.stored == {} and again.dirty == {0}
+
+
+def test_slots_keep_the_data_file_dense_for_far_blocks(tmp_path: Path) -> None:
+    spool = Spool.create(tmp_path, {"name": "x"})
+    far = (64 << 40) - BS  # the last block of a 64 TiB volume
+    spool.write(far, b"end")
+    assert os.path.getsize(spool.directory / "data") <= BS
+    assert spool.read_block(far // BS, None) == b"end" + bytes(BS - 3)
+
+
+def test_manifest_replacement_is_atomic(tmp_path: Path) -> None:
+    spool = Spool.create(tmp_path, {"name": "x", "n": 1})
+    spool.save_manifest({"name": "x", "n": 2})
+    assert Spool.load(spool.directory).manifest["n"] == 2
+    assert not list(spool.directory.glob("*.tmp"))
+    assert Spool.find(tmp_path) == [spool.directory]
