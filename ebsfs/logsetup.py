@@ -11,6 +11,7 @@ tokens, SigV4 signatures and credentials scopes wherever they appear, and any va
 """
 
 import logging
+import logging.handlers
 import os
 import re
 import sys
@@ -134,23 +135,36 @@ def parse_level(level: str | int) -> int:
     return int(getattr(logging, name.upper()))
 
 
-def setup_logging(level: str | int = "info", stream: TextIO | None = None) -> logging.Handler:
+SYSLOG_SOCKET = "/dev/log"
+
+
+def setup_logging(
+    level: str | int = "info", stream: TextIO | None = None, *, syslog: bool = False
+) -> logging.Handler:
     """Configure the root logger once for a daemon or command; returns the handler installed.
 
-    Calling it again replaces the handler it installed before (tests call it repeatedly).
+    ``syslog=True`` (a daemon detached from its terminal) sends the lines to the system log
+    (journald) when ``/dev/log`` exists, else to ``stream``. Calling it again replaces the
+    handler it installed before (tests call it repeatedly).
     """
     stream = stream if stream is not None else sys.stderr
-    handler = logging.StreamHandler(stream)
-    handler.set_name("ebsfs")
-    if under_systemd(stream):
+    handler: logging.Handler
+    if syslog and os.path.exists(SYSLOG_SOCKET):
+        handler = logging.handlers.SysLogHandler(address=SYSLOG_SOCKET)
+        handler.setFormatter(logging.Formatter("ebsfs[%(process)d]: %(name)s: %(message)s"))
+    elif under_systemd(stream):
+        handler = logging.StreamHandler(stream)
         handler.setFormatter(JournalFormatter())
     else:
+        handler = logging.StreamHandler(stream)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.set_name("ebsfs")
     handler.addFilter(RedactSecrets())
     root = logging.getLogger()
     for old in list(root.handlers):
         if old.get_name() == "ebsfs":
             root.removeHandler(old)
+            old.close()
     root.addHandler(handler)
     root.setLevel(parse_level(level))
     # botocore at debug prints every request's headers and bodies: too much for a daemon's

@@ -160,3 +160,21 @@ def test_registered_secret_is_masked_even_in_tracebacks(
 def test_unknown_level_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown log level"):
         logsetup.parse_level("loud")
+
+
+def test_syslog_lines_are_redacted_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "log"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(path))
+        sock.settimeout(5)
+        monkeypatch.setattr(logsetup, "SYSLOG_SOCKET", str(path))
+        handler = logsetup.setup_logging("info", syslog=True)
+        try:
+            logging.getLogger("ebsfs.test").warning("secret_access_key=abcdEFGH1234")
+        finally:
+            logging.getLogger().removeHandler(handler)
+            handler.close()
+        line = sock.recv(4096).decode()
+    assert line.startswith("<12>ebsfs[")  # facility user (1) * 8 + warning (4)
+    assert "abcdEFGH1234" not in line
+    assert logsetup.MASK in line
