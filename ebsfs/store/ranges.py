@@ -4,27 +4,9 @@ from __future__ import annotations
 
 import trio
 
-from ebsfs.errors import EbsfsError
+from ebsfs.exgroups import first_error
 from ebsfs.store.base import BlockReader
 from ebsfs.types import BLOCK_SIZE, ZERO_BLOCK, BlockIndex
-
-
-def _leaf(group: BaseExceptionGroup) -> BaseException:
-    """One error of a group, ebsfs errors first, so callers see what they expect."""
-    leaves: list[BaseException] = []
-
-    def walk(exc: BaseException) -> None:
-        if isinstance(exc, BaseExceptionGroup):
-            for sub in exc.exceptions:
-                walk(sub)
-        else:
-            leaves.append(exc)
-
-    walk(group)
-    for exc in leaves:
-        if isinstance(exc, EbsfsError):
-            return exc
-    return leaves[0]
 
 
 async def read_range(reader: BlockReader, offset: int, length: int, size: int) -> bytes:
@@ -49,7 +31,7 @@ async def read_range(reader: BlockReader, offset: int, length: int, size: int) -
                 for i in range(first, last + 1):
                     nursery.start_soon(one, i)
         except BaseExceptionGroup as group:
-            raise _leaf(group) from None
+            raise first_error(group) from None
     parts = []
     for i in range(first, last + 1):
         data = blocks[i] or ZERO_BLOCK

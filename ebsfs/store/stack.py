@@ -42,11 +42,17 @@ class StackConfig:
 class ReadStacks:
     """One read stack per completed snapshot, sharing the mount's cache, windows and limiter."""
 
-    def __init__(self, api: BlockApi, config: StackConfig, nursery: trio.Nursery) -> None:
+    def __init__(
+        self,
+        api: BlockApi,
+        config: StackConfig,
+        nursery: trio.Nursery,
+        calls: Calls | None = None,
+    ) -> None:
         self.api = api
         self.config = config
         self.nursery = nursery
-        self.calls = Calls(trio.CapacityLimiter(config.max_concurrency))
+        self.calls = calls or Calls(trio.CapacityLimiter(config.max_concurrency))
         self.cache = BlockCache(config.cache_size)
         self.windows = TokenWindows()
         self.remote_counters: Counter[str] = Counter()

@@ -1,0 +1,85 @@
+"""``ebsfs ls``: a table of the snapshots (every state), from EC2 DescribeSnapshots."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict
+
+from ebsfs import settings
+from ebsfs.api import Api, SnapshotInfo
+from ebsfs.cli import add_aws_options
+from ebsfs.errors import UsageError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``ls`` sub-command."""
+    p = subparsers.add_parser(
+        "ls",
+        help="list the snapshots",
+        description="List snapshots: id, state, size, name, progress, start time.",
+    )
+    p.add_argument(
+        "--snapshot",
+        dest="snapshots",
+        action="append",
+        default=[],
+        metavar="ID",
+        help="only this snapshot (repeatable)",
+    )
+    p.add_argument(
+        "--filter",
+        dest="filters",
+        action="append",
+        default=[],
+        metavar="tag:KEY=VALUE",
+        help="DescribeSnapshots filter (repeatable)",
+    )
+    p.add_argument("--owner", default="self", help="owner (default: self)")
+    p.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+    settings.add_config_option(p)
+    add_aws_options(p)
+    p.set_defaults(func=run)
+
+
+def _filters(texts: list[str]) -> list[tuple[str, str]]:
+    out = []
+    for text in texts:
+        name, sep, value = text.partition("=")
+        if not sep or not name:
+            raise UsageError(f"--filter: expected NAME=VALUE such as tag:Env=prod, not {text!r}")
+        out.append((name, value))
+    return out
+
+
+def table(infos: list[SnapshotInfo]) -> str:
+    """The table ``ebsfs ls`` prints."""
+    header = ("SNAPSHOT", "STATE", "SIZE", "NAME", "PROGRESS", "STARTED")
+    rows = [header]
+    for i in sorted(infos, key=lambda i: (i.start_time, i.snapshot_id)):
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(i.start_time))
+        rows.append(
+            (
+                i.snapshot_id,
+                i.state,
+                f"{i.volume_size} GiB",
+                i.name or "-",
+                i.progress or "-",
+                started + "Z",
+            )
+        )
+    widths = [max(len(r[c]) for r in rows) for c in range(len(header))]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    api = Api(settings.aws_config(args))
+    infos = api.describe_snapshots(args.snapshots, args.owner, _filters(args.filters))
+    if args.json:
+        print(json.dumps([asdict(i) | {"name": i.name} for i in infos], indent=2, sort_keys=True))
+    else:
+        print(table(infos))
+    return 0

@@ -1,0 +1,59 @@
+"""``ebsfs stats MOUNTPOINT``: the counters of a running mount.
+
+The mount publishes them as JSON in the ``user.ebsfs.stats`` extended attribute of its root
+directory (``getfattr -n user.ebsfs.stats --only-values MOUNTPOINT`` shows the same).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from typing import Any
+
+from ebsfs.errors import MountError
+from ebsfs.fs.ops import STATS_XATTR
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``stats`` sub-command."""
+    p = subparsers.add_parser(
+        "stats",
+        help="a mount's counters",
+        description="Cache hits and misses, requests by API and outcome, bytes, retries and "
+        "errors of a running mount.",
+    )
+    p.add_argument("mountpoint", metavar="MOUNTPOINT")
+    p.add_argument("--json", action="store_true", help="print the counters as JSON")
+    p.set_defaults(func=run)
+
+
+def read_stats(mountpoint: str) -> dict[str, Any]:
+    """The counters of the mount at ``mountpoint``."""
+    try:
+        raw = os.getxattr(mountpoint, STATS_XATTR)
+    except OSError as exc:
+        raise MountError(f"{mountpoint} is not an ebsfs mount ({exc.strerror})") from None
+    result: dict[str, Any] = json.loads(raw)
+    return result
+
+
+def _flatten(prefix: str, value: Any, out: list[tuple[str, Any]]) -> None:
+    if isinstance(value, dict):
+        for key in sorted(value):
+            _flatten(f"{prefix}.{key}" if prefix else str(key), value[key], out)
+    else:
+        out.append((prefix, value))
+
+
+def run(args: argparse.Namespace) -> int:
+    stats = read_stats(args.mountpoint)
+    if args.json:
+        print(json.dumps(stats, indent=2, sort_keys=True))
+        return 0
+    rows: list[tuple[str, Any]] = []
+    _flatten("", stats, rows)
+    width = max((len(k) for k, _ in rows), default=0)
+    for key, value in rows:
+        print(f"{key:<{width}}  {value}")
+    return 0

@@ -1,0 +1,228 @@
+"""The completed snapshots a mount shows, and their Name tags for ``by-name/``.
+
+Two modes:
+
+* listed (the default): EC2 DescribeSnapshots with the mount's owner and ``--filter``s, all
+  pages, again every ``refresh`` seconds; a lookup of an unknown ``snap-`` name asks EC2 for
+  that one id (rate-limited), so a snapshot made elsewhere shows without waiting;
+* fixed (``--snapshot`` ids): no EC2 call at all. Each id is checked once with a one-page
+  ListSnapshotBlocks, which also gives its VolumeSize; its mtime is the mount time.
+
+Only ``completed`` snapshots are kept: the others cannot be read. A snapshot sealed through
+this mount's ``new/`` is added with ``add_completed`` in either mode. A refresh that fails
+keeps the previous listing and logs one line; the mount serves on.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from typing import Protocol
+
+import trio
+
+from ebsfs.api import BlockPage, SnapshotInfo
+from ebsfs.errors import AccessDeniedError, EbsfsError, NotFoundError
+from ebsfs.store.remote import Calls
+
+log = logging.getLogger(__name__)
+
+SNAPSHOT_ID_RE = re.compile(r"^snap-[0-9a-f]{8,17}$")
+#: A lookup of an unknown snapshot id asks EC2 at most this often per id.
+UNKNOWN_LOOKUP_INTERVAL = 2.0
+
+
+class ListingApi(Protocol):
+    """The part of ``ebsfs.api.Api`` the catalog uses."""
+
+    def describe_snapshots(
+        self,
+        snapshot_ids: Iterable[str] = (),
+        owner: str = "self",
+        filters: Iterable[tuple[str, str]] = (),
+    ) -> list[SnapshotInfo]: ...
+
+    def list_blocks(
+        self,
+        snapshot_id: str,
+        start_index: int = 0,
+        max_results: int = ...,
+        next_token: str | None = None,
+    ) -> BlockPage: ...
+
+
+@dataclass(frozen=True)
+class CatalogConfig:
+    """Which snapshots to show."""
+
+    snapshot_ids: tuple[str, ...] = ()
+    owner: str = "self"
+    filters: tuple[tuple[str, str], ...] = ()
+    refresh: float = 60.0
+
+
+def is_snapshot_id(name: str) -> bool:
+    """Whether ``name`` has the shape of an EBS snapshot id."""
+    return bool(SNAPSHOT_ID_RE.match(name))
+
+
+def usable_name(name: str) -> bool:
+    """Whether a Name tag can be a ``by-name/`` entry."""
+    return bool(name) and name not in (".", "..") and "/" not in name and "\0" not in name
+
+
+class Catalog:
+    """The completed snapshots, kept fresh; all methods run on the mount's trio thread."""
+
+    def __init__(self, api: ListingApi, calls: Calls, config: CatalogConfig) -> None:
+        self.api = api
+        self.calls = calls
+        self.config = config
+        self.snapshots: dict[str, SnapshotInfo] = {}
+        self._extra: dict[str, SnapshotInfo] = {}  # added through new/, kept across refreshes
+        self._asked: dict[str, float] = {}
+        self._refreshing: trio.Event | None = None
+        self.counters: Counter[str] = Counter()
+        self.mounted_at = time.time()
+
+    @property
+    def fixed(self) -> bool:
+        """True when ``--snapshot`` ids were given: no EC2 listing."""
+        return bool(self.config.snapshot_ids)
+
+    # ---- listing ------------------------------------------------------------------------------
+
+    async def load(self) -> None:
+        """The first listing; its errors are the mount's startup errors."""
+        if self.fixed:
+            found = {}
+            for sid in self.config.snapshot_ids:
+                found[sid] = await self._probe(sid)
+            self.snapshots = found
+        else:
+            await self.refresh(raise_errors=True)
+
+    async def _probe(self, snapshot_id: str, name: str = "") -> SnapshotInfo:
+        """What a one-page ListSnapshotBlocks tells of a snapshot (no EC2 call)."""
+        try:
+            page = await self.calls.run(self.api.list_blocks, snapshot_id, 0, 100, None)
+        except NotFoundError as exc:
+            raise NotFoundError(
+                f"snapshot {snapshot_id} does not exist or is not completed ({exc})"
+            ) from exc
+        tags = {"Name": name} if name else {}
+        return SnapshotInfo(
+            snapshot_id=snapshot_id,
+            state="completed",
+            volume_size=page.volume_size,
+            start_time=self.mounted_at,
+            tags=tags,
+            progress="100%",
+        )
+
+    async def refresh(self, *, raise_errors: bool = False) -> None:
+        """List again (EC2 mode only); concurrent callers share one listing."""
+        if self.fixed:
+            return
+        if self._refreshing is not None:
+            await self._refreshing.wait()
+            return
+        self._refreshing = trio.Event()
+        try:
+            infos = await self.calls.run(
+                self.api.describe_snapshots, (), self.config.owner, self.config.filters
+            )
+        except EbsfsError as exc:
+            self.counters["refresh_errors"] += 1
+            if raise_errors:
+                raise
+            log.warning("listing snapshots failed, keeping the previous listing: %s", exc)
+            return
+        finally:
+            self._refreshing.set()
+            self._refreshing = None
+        self.counters["refreshes"] += 1
+        listed = {i.snapshot_id: i for i in infos if i.state == "completed"}
+        for sid, info in self._extra.items():
+            listed.setdefault(sid, info)
+        self.snapshots = listed
+
+    async def refresher(self) -> None:
+        """Refresh every ``refresh`` seconds, forever (a task of the mount's nursery)."""
+        if self.fixed or self.config.refresh <= 0:
+            return
+        while True:
+            await trio.sleep(self.config.refresh)
+            await self.refresh()
+
+    async def lookup(self, name: str) -> SnapshotInfo | None:
+        """The snapshot called ``name``; an unknown id is looked up in EC2 (listed mode)."""
+        info = self.snapshots.get(name)
+        if info is not None or self.fixed or not is_snapshot_id(name):
+            return info
+        now = trio.current_time()
+        if now - self._asked.get(name, -UNKNOWN_LOOKUP_INTERVAL) < UNKNOWN_LOOKUP_INTERVAL:
+            return None
+        self._asked[name] = now
+        self.counters["unknown_lookups"] += 1
+        try:
+            found = await self.calls.run(
+                self.api.describe_snapshots, (name,), self.config.owner, self.config.filters
+            )
+        except NotFoundError:
+            return None
+        except EbsfsError as exc:
+            log.warning("looking up %s failed: %s", name, exc)
+            return None
+        for info in found:
+            if info.snapshot_id == name and info.state == "completed":
+                self.snapshots[name] = info
+                return info
+        return None
+
+    # ---- changes made through this mount --------------------------------------------------------
+
+    async def add_completed(self, snapshot_id: str, name: str = "") -> None:
+        """Show a snapshot sealed through ``new/`` (in every mode)."""
+        info: SnapshotInfo | None = None
+        if not self.fixed:
+            try:
+                found = await self.calls.run(self.api.describe_snapshots, (snapshot_id,), "", ())
+                info = next((i for i in found if i.snapshot_id == snapshot_id), None)
+            except (AccessDeniedError, NotFoundError) as exc:
+                log.info("EC2 does not describe %s (%s); probing it instead", snapshot_id, exc)
+        if info is None:
+            info = await self._probe(snapshot_id, name)
+        if name and not info.name:
+            info = replace(info, tags={**info.tags, "Name": name})
+        info = replace(info, state="completed")
+        self._extra[snapshot_id] = info
+        self.snapshots[snapshot_id] = info
+
+    def remove(self, snapshot_id: str) -> None:
+        """Forget a snapshot deleted through this mount."""
+        self.snapshots.pop(snapshot_id, None)
+        self._extra.pop(snapshot_id, None)
+
+    # ---- by-name/ -------------------------------------------------------------------------------
+
+    def by_name(self) -> dict[str, str]:
+        """Name tag -> snapshot id; a name several snapshots share points at the newest."""
+        names: dict[str, SnapshotInfo] = {}
+        for info in self.snapshots.values():
+            if not usable_name(info.name):
+                continue
+            other = names.get(info.name)
+            if other is None or (info.start_time, info.snapshot_id) > (
+                other.start_time,
+                other.snapshot_id,
+            ):
+                names[info.name] = info
+        return {n: i.snapshot_id for n, i in names.items()}
+
+    def stats(self) -> dict[str, int]:
+        return {**self.counters, "snapshots_shown": len(self.snapshots)}

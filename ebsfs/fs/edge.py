@@ -1,0 +1,74 @@
+"""The errno edge: the one place where ebsfs errors become FUSE errno values.
+
+pyfuse3 ends its main loop on any exception other than ``FUSEError``, so every request
+handler is wrapped by :func:`fuse_errors`. ``EbsfsError`` subclasses carry their errno
+(``ebsfs.errors``); an exception group (from concurrent work) answers with its first ebsfs
+error; anything else is a bug, logged with its traceback and answered with EIO.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+from collections import Counter
+from collections.abc import Callable, Coroutine
+from typing import Any, ParamSpec, TypeVar
+
+import pyfuse3
+
+from ebsfs.errors import AccessDeniedError, EbsfsError
+from ebsfs.exgroups import leaves
+
+log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+#: Answers by errno name, for ``ebsfs stats``.
+ERRNO_COUNTS: Counter[str] = Counter()
+
+
+def errno_of(exc: BaseException) -> int:
+    """The errno a request answers when ``exc`` ends it."""
+    if isinstance(exc, pyfuse3.FUSEError):
+        return exc.errno
+    for leaf in leaves(exc):
+        if isinstance(leaf, pyfuse3.FUSEError):
+            return leaf.errno
+        if isinstance(leaf, EbsfsError):
+            return leaf.errno
+    return errno.EIO
+
+
+def fuse_errors(
+    handler: Callable[P, Coroutine[Any, Any, R]],
+) -> Callable[P, Coroutine[Any, Any, R]]:
+    """Wrap a request handler so that it raises nothing but ``pyfuse3.FUSEError``."""
+
+    @functools.wraps(handler)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await handler(*args, **kwargs)
+        except pyfuse3.FUSEError as exc:
+            ERRNO_COUNTS[errno.errorcode.get(exc.errno, str(exc.errno))] += 1
+            raise
+        except (Exception, BaseExceptionGroup) as exc:
+            found = leaves(exc)
+            if not any(isinstance(leaf, EbsfsError | pyfuse3.FUSEError) for leaf in found):
+                log.error("%s failed unexpectedly", handler.__name__, exc_info=exc)
+            elif any(isinstance(leaf, AccessDeniedError) for leaf in found):
+                log.error("%s: access denied: %s", handler.__name__, exc)
+            code = errno_of(exc)
+            ERRNO_COUNTS[errno.errorcode.get(code, str(code))] += 1
+            raise pyfuse3.FUSEError(code) from None
+
+    return wrapper
+
+
+def fail(code: int) -> pyfuse3.FUSEError:
+    """A FUSE error to raise for ``code``: ``raise fail(errno.EROFS)``."""
+    return pyfuse3.FUSEError(code)
+
+
+__all__ = ["ERRNO_COUNTS", "errno_of", "fail", "fuse_errors"]

@@ -1,0 +1,44 @@
+"""Stable inode numbers for the names a mount shows.
+
+The three directories have fixed numbers; every other entry (a snapshot, a ``by-name/`` link,
+a draft in ``new/``) gets a number the first time it is seen and keeps it for the life of the
+mount, so the kernel's caches and ``ls -i`` never see a number change meaning.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import pyfuse3
+
+Kind = Literal["snapshot", "link", "draft"]
+
+ROOT = pyfuse3.ROOT_INODE
+BY_NAME = ROOT + 1
+NEW = ROOT + 2
+DIRECTORIES = {ROOT: "", BY_NAME: "by-name", NEW: "new"}
+_FIRST = 16
+
+
+class InodeTable:
+    """Maps ``(kind, name)`` to a stable inode number and back."""
+
+    def __init__(self) -> None:
+        self._by_key: dict[tuple[Kind, str], int] = {}
+        self._by_inode: dict[int, tuple[Kind, str]] = {}
+        self._next = _FIRST
+
+    def number(self, kind: Kind, name: str) -> int:
+        """The inode of ``(kind, name)``, allocated on first use."""
+        key = (kind, name)
+        ino = self._by_key.get(key)
+        if ino is None:
+            ino = self._next
+            self._next += 1
+            self._by_key[key] = ino
+            self._by_inode[ino] = key
+        return ino
+
+    def entry(self, inode: int) -> tuple[Kind, str] | None:
+        """What ``inode`` stands for, or None if it was never handed out."""
+        return self._by_inode.get(inode)

@@ -1,0 +1,582 @@
+"""The pyfuse3 Operations of a mount, kept thin.
+
+Each handler finds what an inode or handle stands for and hands the work to the object that
+owns it: the ``Catalog`` (which snapshots exist), the ``ReadStacks`` (their blocks), the
+``NewDirectory`` (drafts in ``new/``). Errors are ebsfs exceptions, turned into errno by
+``fuse_errors`` at this edge only. Everything runs on the mount's trio thread.
+
+The namespace (SPEC.md "The namespace")::
+
+    /                 0555 dir   completed snapshots, by-name/, new/
+    /snap-...         0444 file  size VolumeSize GiB, mtime StartTime, kernel page cache kept
+    /by-name/NAME     symlink    ../snap-... (the newest snapshot of that Name tag)
+    /new/             0755 dir   drafts (0555 on --read-only)
+    /new/NAME         file       a draft; its mode, size and mtime are the draft's
+
+Anything that would change a completed snapshot, the root or ``by-name/`` is EROFS, as is
+every change on a ``--read-only`` mount. ``rm snap-...`` deletes the snapshot only with
+``--allow-delete``. The mount's counters are the JSON value of the ``user.ebsfs.stats``
+attribute of the root directory (``ebsfs stats`` reads it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import logging
+import os
+import stat
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pyfuse3
+import trio
+
+from ebsfs.api import SnapshotInfo
+from ebsfs.errors import NotFoundError, ReadOnlyError
+from ebsfs.fs.catalog import Catalog
+from ebsfs.fs.edge import ERRNO_COUNTS, fail, fuse_errors
+from ebsfs.fs.inodes import BY_NAME, DIRECTORIES, NEW, ROOT, InodeTable
+from ebsfs.fs.newdir import Draft, NewDirectory
+from ebsfs.store.ranges import read_range
+from ebsfs.store.stack import ReadStacks
+from ebsfs.types import BLOCK_SIZE
+
+log = logging.getLogger(__name__)
+
+STATS_XATTR = "user.ebsfs.stats"
+PID_XATTR = "user.ebsfs.pid"
+XATTR_PREFIX = "user.ebsfs."
+#: Completed snapshots never change: their attributes may be cached long.
+SNAPSHOT_ATTR_TIMEOUT = 300.0
+#: Names come and go (listing refreshes, drafts sealed): look them up again soon.
+ENTRY_TIMEOUT = 1.0
+DRAFT_ATTR_TIMEOUT = 1.0
+
+
+@dataclass(frozen=True)
+class OpsConfig:
+    """The mount options the namespace obeys."""
+
+    read_only: bool = False
+    allow_delete: bool = False
+
+
+@dataclass
+class _Handle:
+    inode: int
+    snapshot: SnapshotInfo | None = None
+    draft: Draft | None = None
+    draft_name: str = ""
+
+
+def snapshot_xattrs(info: SnapshotInfo) -> dict[str, bytes]:
+    """The ``user.ebsfs.*`` attributes of a completed snapshot file (SPEC.md)."""
+    attrs = {
+        "snapshot_id": info.snapshot_id,
+        "state": info.state,
+        "volume_size": str(info.volume_size),
+        "description": info.description,
+        "parent": info.parent,
+    }
+    out = {XATTR_PREFIX + k: v.encode() for k, v in attrs.items()}
+    for key, value in info.tags.items():
+        out[f"{XATTR_PREFIX}tag.{key}"] = value.encode()
+    return out
+
+
+class EmptyNewDirectory:
+    """A ``new/`` with no drafts that refuses to make any (tests; mounts without a write path)."""
+
+    def names(self) -> list[str]:
+        return []
+
+    def get(self, name: str) -> Draft | None:
+        return None
+
+    async def create(self, name: str) -> Draft:
+        raise ReadOnlyError("this mount has no write path")
+
+    async def remove(self, name: str) -> None:
+        raise NotFoundError(f"no draft {name!r}")
+
+    def on_completed(self, callback: Callable[[str, str], None]) -> None:
+        pass
+
+
+class EbsfsOperations(pyfuse3.Operations):
+    """Request handlers of one mount."""
+
+    enable_writeback_cache = False
+    enable_acl = False
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        stacks: ReadStacks,
+        newdir: NewDirectory,
+        config: OpsConfig,
+        nursery: trio.Nursery,
+        delete_snapshot: Callable[[str], Awaitable[None]] | None = None,
+    ) -> None:
+        super().__init__()
+        self.catalog = catalog
+        self.stacks = stacks
+        self.newdir = newdir
+        self.config = config
+        self.nursery = nursery
+        self.delete_snapshot = delete_snapshot
+        self.inodes = InodeTable()
+        self.handles: dict[int, _Handle] = {}
+        self.draft_opens: Counter[str] = Counter()
+        self.counters: Counter[str] = Counter()
+        self._next_fh = 1
+        self.started = time.time_ns()
+        newdir.on_completed(self._draft_completed)
+
+    # ---- namespace helpers -------------------------------------------------------------------
+
+    def _draft_completed(self, name: str, snapshot_id: str) -> None:
+        """Called by the write path when a sealed draft is completed: show it at the top."""
+        self.nursery.start_soon(self._add_completed, name, snapshot_id)
+
+    async def _add_completed(self, name: str, snapshot_id: str) -> None:
+        try:
+            await self.catalog.add_completed(snapshot_id, name)
+        except Exception as exc:  # a task of the mount's nursery must not end the mount
+            log.error("could not show completed snapshot %s (%s): %s", snapshot_id, name, exc)
+            return
+        for parent, entry in ((NEW, name), (ROOT, snapshot_id), (BY_NAME, name)):
+            # The kernel may not know the name at all; nothing to do then.
+            with contextlib.suppress(Exception):
+                pyfuse3.invalidate_entry_async(parent, entry.encode(), ignore_enoent=True)
+
+    def _dir_attr(self, inode: int) -> pyfuse3.EntryAttributes:
+        a = pyfuse3.EntryAttributes()
+        writable = inode == NEW and not self.config.read_only
+        a.st_mode = stat.S_IFDIR | (0o755 if writable else 0o555)
+        a.st_nlink = 2
+        a.st_size = 0
+        a.st_mtime_ns = a.st_ctime_ns = a.st_atime_ns = self.started
+        return self._common(a, inode, ENTRY_TIMEOUT, ENTRY_TIMEOUT)
+
+    def _common(
+        self, a: pyfuse3.EntryAttributes, inode: int, entry: float, attr: float
+    ) -> pyfuse3.EntryAttributes:
+        a.st_ino = inode
+        a.st_uid = os.getuid()
+        a.st_gid = os.getgid()
+        a.st_blksize = BLOCK_SIZE
+        a.st_blocks = (a.st_size + 511) // 512
+        a.entry_timeout = entry
+        a.attr_timeout = attr
+        return a
+
+    def _snapshot_attr(self, info: SnapshotInfo) -> pyfuse3.EntryAttributes:
+        a = pyfuse3.EntryAttributes()
+        a.st_mode = stat.S_IFREG | 0o444
+        a.st_nlink = 1
+        a.st_size = info.volume_size << 30
+        a.st_mtime_ns = a.st_ctime_ns = a.st_atime_ns = int(info.start_time * 1e9)
+        ino = self.inodes.number("snapshot", info.snapshot_id)
+        return self._common(a, ino, ENTRY_TIMEOUT, SNAPSHOT_ATTR_TIMEOUT)
+
+    def _link_attr(self, name: str, target: str) -> pyfuse3.EntryAttributes:
+        a = pyfuse3.EntryAttributes()
+        a.st_mode = stat.S_IFLNK | 0o777
+        a.st_nlink = 1
+        a.st_size = len(self._link_target(target))
+        a.st_mtime_ns = a.st_ctime_ns = a.st_atime_ns = self.started
+        return self._common(a, self.inodes.number("link", name), ENTRY_TIMEOUT, ENTRY_TIMEOUT)
+
+    @staticmethod
+    def _link_target(snapshot_id: str) -> bytes:
+        return f"../{snapshot_id}".encode()
+
+    def _draft_attr(self, draft: Draft) -> pyfuse3.EntryAttributes:
+        a = pyfuse3.EntryAttributes()
+        a.st_mode = stat.S_IFREG | draft.mode()
+        a.st_nlink = 1
+        a.st_size = draft.size()
+        a.st_mtime_ns = a.st_ctime_ns = a.st_atime_ns = draft.mtime_ns()
+        ino = self.inodes.number("draft", draft.name)
+        return self._common(a, ino, ENTRY_TIMEOUT, DRAFT_ATTR_TIMEOUT)
+
+    def _draft(self, name: str) -> Draft:
+        draft = self.newdir.get(name)
+        if draft is None:
+            raise fail(errno.ENOENT)
+        return draft
+
+    def _attr_of(self, inode: int) -> pyfuse3.EntryAttributes:
+        if inode in DIRECTORIES:
+            return self._dir_attr(inode)
+        entry = self.inodes.entry(inode)
+        if entry is None:
+            raise fail(errno.ENOENT)
+        kind, name = entry
+        if kind == "snapshot":
+            info = self.catalog.snapshots.get(name)
+            if info is None:
+                raise fail(errno.ENOENT)
+            return self._snapshot_attr(info)
+        if kind == "link":
+            target = self.catalog.by_name().get(name)
+            if target is None:
+                raise fail(errno.ENOENT)
+            return self._link_attr(name, target)
+        return self._draft_attr(self._draft(name))
+
+    def _refuse_change(self) -> pyfuse3.FUSEError:
+        return fail(errno.EROFS)
+
+    def _new_handle(self, handle: _Handle) -> int:
+        fh = self._next_fh
+        self._next_fh += 1
+        self.handles[fh] = handle
+        return fh
+
+    def _handle(self, fh: int) -> _Handle:
+        handle = self.handles.get(fh)
+        if handle is None:
+            raise fail(errno.EBADF)
+        return handle
+
+    # ---- lookups and listings -------------------------------------------------------------------
+
+    @fuse_errors
+    async def lookup(
+        self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        text = os.fsdecode(name)
+        if text == ".":
+            return self._attr_of(parent_inode)
+        if text == "..":
+            return self._dir_attr(ROOT)
+        if parent_inode == ROOT:
+            if text == "by-name":
+                return self._dir_attr(BY_NAME)
+            if text == "new":
+                return self._dir_attr(NEW)
+            info = await self.catalog.lookup(text)
+            if info is None:
+                raise fail(errno.ENOENT)
+            return self._snapshot_attr(info)
+        if parent_inode == BY_NAME:
+            target = self.catalog.by_name().get(text)
+            if target is None:
+                raise fail(errno.ENOENT)
+            return self._link_attr(text, target)
+        if parent_inode == NEW:
+            return self._draft_attr(self._draft(text))
+        raise fail(errno.ENOENT if parent_inode in DIRECTORIES else errno.ENOTDIR)
+
+    @fuse_errors
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        return self._attr_of(inode)
+
+    @fuse_errors
+    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
+        entry = self.inodes.entry(inode)
+        if entry is None or entry[0] != "link":
+            raise fail(errno.EINVAL)
+        target = self.catalog.by_name().get(entry[1])
+        if target is None:
+            raise fail(errno.ENOENT)
+        return self._link_target(target)
+
+    @fuse_errors
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        if inode not in DIRECTORIES:
+            raise fail(errno.ENOTDIR)
+        return inode
+
+    def _entries(self, inode: int) -> list[tuple[str, pyfuse3.EntryAttributes]]:
+        if inode == ROOT:
+            out = [("by-name", self._dir_attr(BY_NAME)), ("new", self._dir_attr(NEW))]
+            for sid in sorted(self.catalog.snapshots):
+                out.append((sid, self._snapshot_attr(self.catalog.snapshots[sid])))
+            return out
+        if inode == BY_NAME:
+            links = self.catalog.by_name()
+            return [(n, self._link_attr(n, links[n])) for n in sorted(links)]
+        drafts = []
+        for name in sorted(self.newdir.names()):
+            draft = self.newdir.get(name)
+            if draft is not None:
+                drafts.append((name, self._draft_attr(draft)))
+        return drafts
+
+    @fuse_errors
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        # A listing is a snapshot of the names at opendir time would be nicer, but offsets
+        # into a sorted list are stable enough: names only appear or vanish on refresh.
+        entries = self._entries(fh)
+        for pos in range(start_id, len(entries)):
+            name, attr = entries[pos]
+            if not pyfuse3.readdir_reply(token, os.fsencode(name), attr, pos + 1):
+                break
+
+    @fuse_errors
+    async def releasedir(self, fh: int) -> None:
+        return None
+
+    @fuse_errors
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        s = pyfuse3.StatvfsData()
+        total = sum(i.volume_size << 30 for i in self.catalog.snapshots.values())
+        s.f_bsize = BLOCK_SIZE
+        s.f_frsize = 4096
+        s.f_blocks = total // s.f_frsize
+        s.f_bfree = s.f_bavail = 0
+        s.f_files = len(self.catalog.snapshots) + len(self.newdir.names()) + 3
+        s.f_ffree = s.f_favail = 0
+        s.f_namemax = 255
+        return s
+
+    # ---- files ------------------------------------------------------------------------------
+
+    @fuse_errors
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        writing = (flags & os.O_ACCMODE) != os.O_RDONLY or flags & os.O_TRUNC
+        entry = self.inodes.entry(inode)
+        if inode in DIRECTORIES or entry is None:
+            raise fail(errno.EISDIR if inode in DIRECTORIES else errno.ENOENT)
+        kind, name = entry
+        if kind == "snapshot":
+            if writing:
+                raise self._refuse_change()
+            info = self.catalog.snapshots.get(name)
+            if info is None:
+                raise fail(errno.ENOENT)
+            fh = self._new_handle(_Handle(inode, snapshot=info))
+            self.counters["opens"] += 1
+            # Completed snapshots never change: let the kernel keep their pages.
+            return pyfuse3.FileInfo(fh=fh, keep_cache=True)
+        if kind == "draft":
+            if writing and self.config.read_only:
+                raise self._refuse_change()
+            draft = self._draft(name)
+            fh = self._new_handle(_Handle(inode, draft=draft, draft_name=name))
+            self.draft_opens[name] += 1
+            # Drafts change under us (seal, remount): never serve them from stale pages.
+            return pyfuse3.FileInfo(fh=fh, keep_cache=False)
+        raise fail(errno.ELOOP)
+
+    @fuse_errors
+    async def create(
+        self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
+    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        if parent_inode != NEW or self.config.read_only:
+            raise self._refuse_change()
+        text = os.fsdecode(name)
+        draft = await self.newdir.create(text)
+        fh = self._new_handle(
+            _Handle(self.inodes.number("draft", text), draft=draft, draft_name=text)
+        )
+        self.draft_opens[text] += 1
+        return pyfuse3.FileInfo(fh=fh, keep_cache=False), self._draft_attr(draft)
+
+    @fuse_errors
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        handle = self._handle(fh)
+        if handle.draft is not None:
+            return await handle.draft.read(off, size)
+        info = handle.snapshot
+        assert info is not None
+        stack = self.stacks.get(info.snapshot_id, info.volume_size)
+        data = await read_range(stack, off, size, info.volume_size << 30)
+        self.counters["read_bytes"] += len(data)
+        return data
+
+    @fuse_errors
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        handle = self._handle(fh)
+        if handle.draft is None or self.config.read_only:
+            raise self._refuse_change()
+        return await handle.draft.write(off, buf)
+
+    @fuse_errors
+    async def flush(self, fh: int) -> None:
+        return None
+
+    @fuse_errors
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        handle = self._handle(fh)
+        if handle.draft is not None:
+            await handle.draft.fsync()
+
+    @fuse_errors
+    async def release(self, fh: int) -> None:
+        handle = self.handles.pop(fh, None)
+        if handle is None or handle.draft is None:
+            return
+        self.draft_opens[handle.draft_name] -= 1
+        if self.draft_opens[handle.draft_name] <= 0:
+            del self.draft_opens[handle.draft_name]
+            await handle.draft.release()
+
+    @fuse_errors
+    async def setattr(
+        self,
+        inode: int,
+        attr: pyfuse3.EntryAttributes,
+        fields: pyfuse3.SetattrFields,
+        fh: int | None,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
+        entry = self.inodes.entry(inode)
+        if entry is None or entry[0] != "draft" or self.config.read_only:
+            if inode not in DIRECTORIES and entry is None:
+                raise fail(errno.ENOENT)
+            raise self._refuse_change()
+        draft = self._draft(entry[1])
+        if fields.update_uid or fields.update_gid:
+            raise fail(errno.EPERM)
+        if fields.update_size:
+            await draft.truncate(attr.st_size)
+        if fields.update_mode and not attr.st_mode & 0o222:
+            await draft.seal()  # chmod a-w: seal the snapshot
+        return self._draft_attr(draft)
+
+    # ---- attributes --------------------------------------------------------------------------
+
+    def _xattrs(self, inode: int) -> dict[str, bytes]:
+        if inode == ROOT:
+            return {
+                STATS_XATTR: json.dumps(self.stats(), sort_keys=True).encode(),
+                PID_XATTR: str(os.getpid()).encode(),
+            }
+        entry = self.inodes.entry(inode)
+        if entry is None:
+            return {}
+        kind, name = entry
+        if kind == "snapshot":
+            info = self.catalog.snapshots.get(name)
+            return snapshot_xattrs(info) if info else {}
+        if kind == "draft":
+            return self._draft(name).xattrs()
+        return {}
+
+    @fuse_errors
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        value = self._xattrs(inode).get(os.fsdecode(name))
+        if value is None:
+            raise fail(pyfuse3.ENOATTR)
+        return value
+
+    @fuse_errors
+    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> Sequence[bytes]:
+        return [os.fsencode(n) for n in sorted(self._xattrs(inode))]
+
+    @fuse_errors
+    async def setxattr(
+        self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext
+    ) -> None:
+        entry = self.inodes.entry(inode)
+        if entry is None or entry[0] != "draft" or self.config.read_only:
+            raise self._refuse_change()
+        await self._draft(entry[1]).setxattr(os.fsdecode(name), value)
+
+    @fuse_errors
+    async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        entry = self.inodes.entry(inode)
+        if entry is None or entry[0] != "draft" or self.config.read_only:
+            raise self._refuse_change()
+        raise fail(errno.ENOTSUP)
+
+    # ---- changes to the namespace ------------------------------------------------------------
+
+    @fuse_errors
+    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        text = os.fsdecode(name)
+        if self.config.read_only:
+            raise self._refuse_change()
+        if parent_inode == NEW:
+            await self.newdir.remove(text)
+            return
+        if parent_inode == ROOT and text in self.catalog.snapshots:
+            if not self.config.allow_delete or self.delete_snapshot is None:
+                raise self._refuse_change()
+            await self.delete_snapshot(text)
+            self.catalog.remove(text)
+            self.counters["deleted"] += 1
+            return
+        if parent_inode in (ROOT, BY_NAME):
+            raise self._refuse_change()
+        raise fail(errno.ENOENT)
+
+    @fuse_errors
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        if parent_inode == NEW and not self.config.read_only:
+            raise fail(errno.ENOTDIR)  # new/ holds no directories
+        raise self._refuse_change()
+
+    @fuse_errors
+    async def mkdir(
+        self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        if parent_inode == NEW and not self.config.read_only:
+            raise fail(errno.EPERM)  # new/ holds only snapshot files
+        raise self._refuse_change()
+
+    @fuse_errors
+    async def mknod(
+        self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        if parent_inode == NEW and not self.config.read_only:
+            raise fail(errno.EPERM)
+        raise self._refuse_change()
+
+    @fuse_errors
+    async def symlink(
+        self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        if parent_inode == NEW and not self.config.read_only:
+            raise fail(errno.EPERM)
+        raise self._refuse_change()
+
+    @fuse_errors
+    async def link(
+        self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        if new_parent_inode == NEW and not self.config.read_only:
+            raise fail(errno.EPERM)
+        raise self._refuse_change()
+
+    @fuse_errors
+    async def rename(
+        self,
+        parent_inode_old: int,
+        name_old: bytes,
+        parent_inode_new: int,
+        name_new: bytes,
+        flags: int,
+        ctx: pyfuse3.RequestContext,
+    ) -> None:
+        if parent_inode_old == NEW and parent_inode_new == NEW and not self.config.read_only:
+            raise fail(errno.EPERM)  # a draft's name is its snapshot's Name tag
+        raise self._refuse_change()
+
+    @fuse_errors
+    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
+        return None  # inode numbers live as long as the mount
+
+    # ---- counters -----------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """Every counter of the mount, for ``ebsfs stats``."""
+        out: dict[str, Any] = {
+            "read": self.stacks.stats(),
+            "listing": self.catalog.stats(),
+            "fuse": {**self.counters, "open_handles": len(self.handles)},
+            "errors": dict(ERRNO_COUNTS),
+        }
+        draft_stats = getattr(self.newdir, "stats", None)
+        if callable(draft_stats):
+            out["write"] = draft_stats()
+        return out

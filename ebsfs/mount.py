@@ -1,0 +1,266 @@
+"""The mount daemon: checks, daemonising, the trio/pyfuse3 session, signals and teardown.
+
+``run_mount(config)`` is what ``ebsfs mount`` calls. Cheap checks (mount point, /dev/fuse)
+come first, in the calling process. Without ``--foreground`` the process then forks: the child
+starts a new session and does the real work, and the parent waits on a pipe until the child
+says the mount answers (the parent exits 0) or why it could not mount (the parent prints that
+one line and exits with its code). So a startup error (no credentials, unreachable endpoint, a
+``--snapshot`` that does not exist) is never a half-mounted directory.
+
+In the daemon, everything runs in one trio run: the listing is loaded, the read stacks and
+``new/`` are built, ``pyfuse3.init`` mounts, ``pyfuse3.main`` serves. SIGTERM, SIGINT and
+SIGHUP (and ``ebsfs umount``, which sends SIGTERM to the pid the root's ``user.ebsfs.pid``
+attribute names) end the session: ``notify_stopping``, ``new/`` flushed, then the unmount.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import logging.handlers
+import os
+import signal
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import TextIO
+
+import pyfuse3
+import trio
+
+from ebsfs.api import Api
+from ebsfs.config import MountConfig
+from ebsfs.errors import EbsfsError, MountError
+from ebsfs.exgroups import first_error
+from ebsfs.fs.catalog import Catalog, CatalogConfig
+from ebsfs.fs.ops import EbsfsOperations, OpsConfig
+from ebsfs.fs.wiring import MountContext, close_new_directory, open_new_directory
+from ebsfs.logsetup import setup_logging
+from ebsfs.notify import notify_ready, notify_stopping
+from ebsfs.store.remote import Calls
+from ebsfs.store.stack import ReadStacks, StackConfig
+
+log = logging.getLogger(__name__)
+
+FUSE_DEVICE = "/dev/fuse"
+
+
+@dataclass(frozen=True)
+class DaemonOptions:
+    """How the mount process runs (not part of what it mounts)."""
+
+    log_file: str | None = None
+
+
+def check_mountpoint(path: str) -> str:
+    """The absolute mount point; MountError if it cannot be mounted on."""
+    mountpoint = os.path.abspath(path)
+    try:
+        st = os.stat(mountpoint)
+    except FileNotFoundError:
+        raise MountError(f"mount point {mountpoint} does not exist") from None
+    except OSError as exc:
+        if exc.errno == errno.ENOTCONN:
+            raise MountError(
+                f"{mountpoint} is a dead ebsfs mount; run: ebsfs umount {mountpoint}"
+            ) from None
+        raise MountError(f"mount point {mountpoint}: {exc.strerror}") from None
+    if not os.path.isdir(mountpoint) or not st:
+        raise MountError(f"mount point {mountpoint} is not a directory")
+    if os.path.ismount(mountpoint):
+        raise MountError(f"{mountpoint} is already a mount point")
+    if not os.path.exists(FUSE_DEVICE):
+        raise MountError(f"FUSE is unavailable: {FUSE_DEVICE} does not exist (modprobe fuse?)")
+    return mountpoint
+
+
+def fuse_options(config: MountConfig) -> set[str]:
+    """Options for ``pyfuse3.init``."""
+    options = set(pyfuse3.default_options)
+    options |= {"fsname=ebsfs", "subtype=ebsfs"}
+    if config.read_only:
+        options.add("ro")
+    if config.allow_other:
+        options.add("allow_other")
+    return options
+
+
+async def _serve(
+    config: MountConfig, options: DaemonOptions, ready: Callable[[], None], api: Api
+) -> None:
+    limiter = trio.CapacityLimiter(config.max_concurrency)
+    calls = Calls(limiter)
+    async with trio.open_nursery() as nursery:
+        stacks = ReadStacks(
+            api,
+            StackConfig(
+                cache_size=config.cache_size,
+                read_ahead=config.read_ahead,
+                max_concurrency=config.max_concurrency,
+                io_timeout=config.io_timeout,
+            ),
+            nursery,
+            calls=calls,
+        )
+        catalog = Catalog(
+            api,
+            calls,
+            CatalogConfig(
+                snapshot_ids=config.snapshots,
+                owner=config.owner,
+                filters=config.filters,
+                refresh=config.refresh,
+            ),
+        )
+        await catalog.load()
+        newdir = await open_new_directory(MountContext(config, api, nursery, limiter, stacks))
+
+        async def delete(snapshot_id: str) -> None:
+            await calls.run(api.delete_snapshot, snapshot_id)
+
+        ops = EbsfsOperations(
+            catalog,
+            stacks,
+            newdir,
+            OpsConfig(read_only=config.read_only, allow_delete=config.allow_delete),
+            nursery,
+            delete_snapshot=delete,
+        )
+        try:
+            pyfuse3.init(ops, config.mountpoint, fuse_options(config))
+        except RuntimeError as exc:
+            raise MountError(f"cannot mount {config.mountpoint}: {exc}") from None
+        unmounted = False
+        try:
+            nursery.start_soon(catalog.refresher)
+            nursery.start_soon(_signals, config.mountpoint)
+            nursery.start_soon(_announce_when_answering, config.mountpoint, ready)
+            await pyfuse3.main(min_tasks=4, max_tasks=max(64, 2 * config.max_concurrency))
+            log.info("stopping: unmounting %s", config.mountpoint)
+            notify_stopping()
+            await close_new_directory(newdir)
+        finally:
+            with contextlib.suppress(Exception):
+                pyfuse3.close(unmount=True)
+                unmounted = True
+            if not unmounted:
+                log.error("could not unmount %s cleanly", config.mountpoint)
+            nursery.cancel_scope.cancel()
+
+
+async def _signals(mountpoint: str) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async for signum in signals:
+            log.info("%s: unmounting %s", signal.Signals(signum).name, mountpoint)
+            pyfuse3.terminate()
+            return
+
+
+async def _announce_when_answering(mountpoint: str, ready: Callable[[], None]) -> None:
+    # A stat of the root goes through the kernel to our own handlers: when it returns, the
+    # mount answers.
+    await trio.to_thread.run_sync(os.stat, mountpoint)
+    log.info("mounted %s", mountpoint)
+    ready()
+    notify_ready(f"serving {mountpoint}")
+
+
+def _setup_logging(config: MountConfig, options: DaemonOptions, daemon: bool) -> None:
+    stream: TextIO | None = None
+    if options.log_file:
+        stream = open(options.log_file, "a", buffering=1)  # noqa: SIM115 - lives as long as we do
+    elif daemon:
+        # Detached from the terminal: syslog (journald) when there is one, else nowhere.
+        if os.path.exists("/dev/log"):
+            handler = logging.handlers.SysLogHandler(address="/dev/log")
+            handler.setFormatter(logging.Formatter("ebsfs[%(process)d]: %(name)s: %(message)s"))
+            setup_logging(config.log_level, open(os.devnull, "w"))  # noqa: SIM115
+            logging.getLogger().addHandler(handler)
+            return
+        stream = open(os.devnull, "w")  # noqa: SIM115
+    setup_logging(config.log_level, stream)
+
+
+def _run(config: MountConfig, options: DaemonOptions, ready: Callable[[], None]) -> None:
+    api = Api(config.aws)
+    try:
+        trio.run(_serve, config, options, ready, api)
+    except BaseExceptionGroup as group:
+        raise first_error(group) from None
+
+
+def run_mount(config: MountConfig, options: DaemonOptions | None = None) -> int:
+    """Mount and serve until unmounted; returns the exit code (see ``ebsfs mount --help``)."""
+    options = options or DaemonOptions()
+    mountpoint = check_mountpoint(config.mountpoint)
+    if mountpoint != config.mountpoint:
+        from dataclasses import replace
+
+        config = replace(config, mountpoint=mountpoint)
+    if config.foreground:
+        _setup_logging(config, options, daemon=False)
+        _run(config, options, lambda: None)
+        return 0
+    return _daemonise(config, options)
+
+
+def _daemonise(config: MountConfig, options: DaemonOptions) -> int:
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid:
+        os.close(write_fd)
+        return _wait_for_child(read_fd, pid, config.mountpoint)
+    # The child: a new session, away from the terminal; reports once through the pipe.
+    os.close(read_fd)
+    code = 0
+    reported = False
+
+    def report(text: str) -> None:
+        nonlocal reported
+        if not reported:
+            reported = True
+            with contextlib.suppress(OSError):
+                os.write(write_fd, text.encode())
+                os.close(write_fd)
+
+    try:
+        os.setsid()
+        os.chdir("/")
+        devnull = os.open(os.devnull, os.O_RDWR)
+        os.dup2(devnull, 0)
+        _setup_logging(config, options, daemon=True)
+        # stdout/stderr to /dev/null only now: a failed logging set-up is still reported.
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
+        _run(config, options, partial(report, "ready\n"))
+    except EbsfsError as exc:
+        log.error("%s", exc)
+        report(f"error {exc.exit_code} {exc}\n")
+        code = exc.exit_code
+    except BaseException as exc:  # the daemon's last word must reach the parent
+        log.exception("ebsfs mount daemon failed")
+        report(f"error 1 unexpected failure: {type(exc).__name__}: {exc}\n")
+        code = 1
+    finally:
+        report("error 1 the mount stopped before it answered\n")
+        logging.shutdown()
+        os._exit(code)
+
+
+def _wait_for_child(read_fd: int, pid: int, mountpoint: str) -> int:
+    with os.fdopen(read_fd, "r") as pipe:
+        line = pipe.readline().strip()
+    if line == "ready":
+        return 0
+    if line.startswith("error "):
+        _, code, message = line.split(" ", 2)
+        print(f"ebsfs: {message}", file=sys.stderr)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+        return int(code)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)
+    print(f"ebsfs: the mount daemon for {mountpoint} died before it answered", file=sys.stderr)
+    return MountError.exit_code
