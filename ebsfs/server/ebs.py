@@ -309,8 +309,8 @@ class EbsService:
             )
         if sent is None and (algorithm is not None or method is not None):
             raise validation(
-                "INVALID_PARAMETER_VALUE", "Invalid parameter combination. Snapshot checksum is "
-                "missing."
+                "INVALID_PARAMETER_VALUE",
+                "Invalid parameter combination. Snapshot checksum is missing.",
             )
         own = self.store.own_blocks(snapshot_id)
         final, message = COMPLETED, ""
@@ -374,7 +374,9 @@ class EbsService:
         next_token = None
         if len(rows) > max_results:
             next_token = self.mint.mint(
-                tokens.PAGE_BLOCKS, snapshot_id, rows[max_results][0],
+                tokens.PAGE_BLOCKS,
+                snapshot_id,
+                rows[max_results][0],
                 now + self.timing.page_token_ttl,
             )
         body = {
@@ -418,22 +420,30 @@ class EbsService:
             entry: dict[str, Any] = {"BlockIndex": i}
             if i in a:
                 entry["FirstBlockToken"] = self.mint.mint(
-                    tokens.BLOCK, f"{first_id}:{i}", i, expiry)
+                    tokens.BLOCK, f"{first_id}:{i}", i, expiry
+                )
             if i in b:
                 entry["SecondBlockToken"] = self.mint.mint(
-                    tokens.BLOCK, f"{second_id}:{i}", i, expiry)
+                    tokens.BLOCK, f"{second_id}:{i}", i, expiry
+                )
             changed.append(entry)
         next_token = None
         if len(candidates) > max_results:
             next_token = self.mint.mint(
-                tokens.PAGE_CHANGED, binding, candidates[max_results],
+                tokens.PAGE_CHANGED,
+                binding,
+                candidates[max_results],
                 now + self.timing.page_token_ttl,
             )
         if not changed and next_token is None:
             # AWS's terminal empty page carries nothing but the empty list.
             body: dict[str, Any] = {
-                "BlockSize": None, "ChangedBlocks": [], "ExpiryTime": None,
-                "LastEvaluatedBlockIndex": None, "NextToken": None, "VolumeSize": None,
+                "BlockSize": None,
+                "ChangedBlocks": [],
+                "ExpiryTime": None,
+                "LastEvaluatedBlockIndex": None,
+                "NextToken": None,
+                "VolumeSize": None,
             }
         else:
             body = {
@@ -501,4 +511,3 @@ def _typed(doc: dict[str, Any], key: str, kind: type) -> Any:
     if not isinstance(value, kind):
         raise serialization(f"Expected a {kind.__name__} for '{key}'.")
     return value
-

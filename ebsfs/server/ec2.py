@@ -20,8 +20,18 @@ _INDEXED = re.compile(r"^(\w+)\.(\d+)$")
 _FILTER = re.compile(r"^Filter\.(\d+)\.(Name|Value\.(\d+))$")
 _TAG = re.compile(r"^Tag\.(\d+)\.(Key|Value)$")
 _FILTER_NAMES = {
-    "description", "encrypted", "owner-alias", "owner-id", "progress", "snapshot-id",
-    "start-time", "status", "storage-tier", "tag-key", "volume-id", "volume-size",
+    "description",
+    "encrypted",
+    "owner-alias",
+    "owner-id",
+    "progress",
+    "snapshot-id",
+    "start-time",
+    "status",
+    "storage-tier",
+    "tag-key",
+    "volume-id",
+    "volume-size",
 }
 MAX_TAGS = 50
 DESCRIBE_TOKEN_TTL = 3600.0
@@ -48,8 +58,11 @@ class Ec2Service:
         out = dict(parse_qsl(req.raw_query, keep_blank_values=True))
         if req.body:
             try:
-                out.update(parse_qsl(req.body.decode("utf-8"), keep_blank_values=True,
-                                     strict_parsing=False))
+                out.update(
+                    parse_qsl(
+                        req.body.decode("utf-8"), keep_blank_values=True, strict_parsing=False
+                    )
+                )
             except UnicodeDecodeError:
                 raise Ec2Error("InvalidParameterValue", "The request body is not UTF-8.") from None
         return out
@@ -76,8 +89,7 @@ class Ec2Service:
         if not _SNAP_ID.match(snapshot_id):
             raise Ec2Error(
                 "InvalidParameterValue",
-                f"Value ({snapshot_id}) for parameter snapshotId is invalid. "
-                "Expected: 'snap-...'.",
+                f"Value ({snapshot_id}) for parameter snapshotId is invalid. Expected: 'snap-...'.",
             )
         snap = self.store.get(snapshot_id)
         if snap is None:
@@ -173,8 +185,8 @@ class Ec2Service:
                 max_results = int(raw_max)
             except ValueError:
                 raise Ec2Error(
-                    "InvalidParameterValue", f"Value ({raw_max}) for parameter maxResults is "
-                    "invalid. Expecting an integer."
+                    "InvalidParameterValue",
+                    f"Value ({raw_max}) for parameter maxResults is invalid. Expecting an integer.",
                 ) from None
             if max_results < 5:
                 raise Ec2Error(
@@ -208,7 +220,9 @@ class Ec2Service:
             # may hold fewer matches (even none) while a NextToken is present.
             candidates = candidates[:max_results]
             next_token = self.mint.mint(
-                tokens.PAGE_EC2, "DescribeSnapshots", offset + max_results,
+                tokens.PAGE_EC2,
+                "DescribeSnapshots",
+                offset + max_results,
                 time.time() + DESCRIBE_TOKEN_TTL,
             )
         matches = [s for s in candidates if self._matches(s, filters)]
@@ -255,21 +269,27 @@ class Ec2Service:
         for key, value in tags:
             value = value or ""
             if not key or len(key) > 128:
-                raise Ec2Error("InvalidParameterValue", f"Tag key '{key}' must be 1 to 128 "
-                               "characters long.")
+                raise Ec2Error(
+                    "InvalidParameterValue", f"Tag key '{key}' must be 1 to 128 characters long."
+                )
             if len(value) > 256:
-                raise Ec2Error("InvalidParameterValue", f"Tag value for key '{key}' exceeds "
-                               "256 characters.")
+                raise Ec2Error(
+                    "InvalidParameterValue", f"Tag value for key '{key}' exceeds 256 characters."
+                )
             if key.lower().startswith("aws:"):
-                raise Ec2Error("InvalidParameterValue", "Tag keys starting with 'aws:' are "
-                               "reserved for internal use")
+                raise Ec2Error(
+                    "InvalidParameterValue",
+                    "Tag keys starting with 'aws:' are reserved for internal use",
+                )
         merged = {}
         for snap in snaps:
             new = dict(snap.tags)
             new.update((k, v or "") for k, v in tags)
             if len(new) > MAX_TAGS:
-                raise Ec2Error("TagLimitExceeded", "The maximum number of Tags for a resource "
-                               "has been reached.")
+                raise Ec2Error(
+                    "TagLimitExceeded",
+                    "The maximum number of Tags for a resource has been reached.",
+                )
             merged[snap.snapshot_id] = list(new.items())
         self._dry_run(params)
         for snap in snaps:
@@ -286,7 +306,8 @@ class Ec2Service:
                 snap.tags = []
             else:
                 snap.tags = [
-                    (k, v) for k, v in snap.tags
+                    (k, v)
+                    for k, v in snap.tags
                     if not any(k == dk and (dv is None or dv == v) for dk, dv in tags)
                 ]
             self.store.save(snap)
@@ -335,6 +356,7 @@ def _tags(params: dict[str, str]) -> list[tuple[str, str | None]]:
 
 def _wildcard(pattern: str) -> re.Pattern[str]:
     """EC2 filter values: ``*`` matches any run of characters, ``?`` any one, case-sensitive."""
-    return re.compile("".join(
-        ".*" if ch == "*" else "." if ch == "?" else re.escape(ch) for ch in pattern
-    ), re.DOTALL)
+    return re.compile(
+        "".join(".*" if ch == "*" else "." if ch == "?" else re.escape(ch) for ch in pattern),
+        re.DOTALL,
+    )

@@ -65,9 +65,7 @@ def framework(violations: Iterable[str]) -> EbsError:
     items = list(violations)
     noun = "error" if len(items) == 1 else "errors"
     text = f"{len(items)} validation {noun} detected: " + "; ".join(items)
-    return EbsError(
-        400, "ValidationException", text, namespace=_VALIDATE_NS, lower_message=True
-    )
+    return EbsError(400, "ValidationException", text, namespace=_VALIDATE_NS, lower_message=True)
 
 
 def coral(status: int, code: str, message: str) -> EbsError:

@@ -4,6 +4,7 @@ corrupted block data, each at a configured share of requests (SPEC.md, "The loca
 import random
 import threading
 import time
+from collections.abc import Callable
 
 from ebsfs.server.errors import EbsError, Ec2Error
 
@@ -60,13 +61,15 @@ class Faults:
         """Whether to close this request's connection before its response is complete."""
         return self._hit(self.drop_rate)
 
-    def corrupt(self, data: bytes) -> bytes | None:
-        """Altered block bytes if corruption strikes this GetSnapshotBlock, else None."""
+    def corrupt(self, load: Callable[[], bytes]) -> bytes | None:
+        """Altered block bytes if corruption strikes this GetSnapshotBlock, else None.
+
+        ``load`` is called only when it strikes, so the common case reads nothing.
+        """
         if not self._hit(self.corrupt_rate):
             return None
+        altered = bytearray(load())
         with self._lock:
-            pos = self._rng.randrange(len(data))
-        altered = bytearray(data)
+            pos = self._rng.randrange(len(altered))
         altered[pos] ^= 0xFF
         return bytes(altered)
-

@@ -7,12 +7,12 @@ the date of ``X-Amz-Date``; the canonical request is rebuilt from what the clien
 SHA256. Signing keys are cached per (date, region, service).
 """
 
+import calendar
 import hashlib
 import hmac
 import re
 import time
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
 from urllib.parse import quote, unquote
 
 ALGORITHM = "AWS4-HMAC-SHA256"
@@ -23,6 +23,7 @@ _AUTH_RE = re.compile(
     r"^AWS4-HMAC-SHA256\s+Credential=([^,\s]+),\s*SignedHeaders=([^,\s]+),\s*Signature=([0-9a-f]{64})\s*$"
 )
 _SPACES = re.compile(r"\s+")
+_AMZ_DATE = re.compile(r"^(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})(\d{2})Z$")
 
 
 class AuthFailure(Exception):
@@ -93,17 +94,16 @@ class Verifier:
                 "scope", f"Credential should be scoped to correct service: '{service}'."
             )
         amz_date = headers.get("x-amz-date", "")
-        try:
-            stamp = datetime.strptime(amz_date, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
-        except ValueError:
-            raise AuthFailure("incomplete", "Missing or malformed X-Amz-Date header.") from None
+        stamp = _parse_amz_date(amz_date)
+        if stamp is None:
+            raise AuthFailure("incomplete", "Missing or malformed X-Amz-Date header.")
         if amz_date[:8] != date:
             raise AuthFailure(
                 "scope",
                 f"Date in Credential scope does not match YYYYMMDD from ISO-8601 version of "
                 f"date from HTTP: '{date}' != '{amz_date[:8]}', from '{amz_date}'.",
             )
-        skew = (time.time() if now is None else now) - stamp.timestamp()
+        skew = (time.time() if now is None else now) - stamp
         if abs(skew) > MAX_SKEW:
             raise AuthFailure(
                 "expired",
@@ -121,12 +121,18 @@ class Verifier:
             payload = body_sha256()
         elif payload != UNSIGNED and payload != body_sha256():
             raise AuthFailure(
-                "signature", "The provided 'x-amz-content-sha256' header does not match "
-                "what was computed."
+                "signature",
+                "The provided 'x-amz-content-sha256' header does not match what was computed.",
             )
         canonical = "\n".join(
-            (method, raw_path or "/", canonical_query(raw_query), canonical_headers,
-             signed_names, payload)
+            (
+                method,
+                raw_path or "/",
+                canonical_query(raw_query),
+                canonical_headers,
+                signed_names,
+                payload,
+            )
         )
         scope = f"{date}/{region}/{service}/aws4_request"
         to_sign = "\n".join(
@@ -157,3 +163,15 @@ def canonical_query(raw_query: str) -> str:
         pairs.append((quote(unquote(k), safe="-_.~"), quote(unquote(v), safe="-_.~")))
     pairs.sort()
     return "&".join(f"{k}={v}" for k, v in pairs)
+
+
+def _parse_amz_date(text: str) -> float | None:
+    """Epoch seconds of an ``X-Amz-Date`` (``yyyymmddTHHMMSSZ``); None if malformed."""
+    m = _AMZ_DATE.match(text)
+    if m is None:
+        return None
+    fields = tuple(int(g) for g in m.groups())
+    if not (1 <= fields[1] <= 12 and 1 <= fields[2] <= 31 and fields[3] < 24
+            and fields[4] < 60 and fields[5] < 61):
+        return None
+    return float(calendar.timegm((*fields, 0, 0, 0)))

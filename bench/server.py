@@ -1,0 +1,150 @@
+"""The local server's cost per request, next to the boto3 client's, for Put/GetSnapshotBlock.
+
+Starts ``ebsfs server`` as a subprocess, drives it with 1, 8 and 32 threads (one boto3 client
+each) and reads, for the same interval, the CPU seconds of the server process (from /proc) and
+of this client process (getrusage). The target: the server spends at most a third of the
+client's CPU per request, so that benchmarks of ebsfs measure ebsfs, not the server.
+
+Environment: BENCH_SERVER_REQUESTS (per level and operation, default 600).
+"""
+
+import os
+import resource
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ebsfs import checksum
+from ebsfs.types import BLOCK_SIZE
+from tests.serverproc import LocalServer, complete, list_blocks, put_block, wait_state
+
+LEVELS = (1, 8, 32)
+SOURCE_BLOCKS = 256
+
+
+def _server_cpu(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks
+
+
+def _client_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def _run(threads: int, total: int, make_worker: Callable[[int], Callable[[int], None]],
+         server_pid: int) -> tuple[float, float, float]:
+    """(wall seconds, server CPU s, client CPU s) for ``total`` requests over ``threads``."""
+    workers = [make_worker(t) for t in range(threads)]
+    per = [total // threads + (1 if t < total % threads else 0) for t in range(threads)]
+    barrier = threading.Barrier(threads + 1)
+    errors: list[BaseException] = []
+
+    def body(t: int) -> None:
+        barrier.wait()
+        try:
+            for n in range(per[t]):
+                workers[t](n)
+        except BaseException as exc:
+            errors.append(exc)
+
+    pool = [threading.Thread(target=body, args=(t,)) for t in range(threads)]
+    for th in pool:
+        th.start()
+    s0, c0, w0 = _server_cpu(server_pid), _client_cpu(), time.perf_counter()
+    barrier.wait()
+    for th in pool:
+        th.join()
+    w1, c1, s1 = time.perf_counter(), _client_cpu(), _server_cpu(server_pid)
+    if errors:
+        raise errors[0]
+    return w1 - w0, s1 - s0, c1 - c0
+
+
+def main() -> None:
+    total = int(os.environ.get("BENCH_SERVER_REQUESTS", "600"))
+    with tempfile.TemporaryDirectory(prefix="ebsfs-bench-") as tmp:
+        srv = LocalServer(Path(tmp) / "data")
+        srv.start()
+        try:
+            assert srv.proc is not None
+            pid = srv.proc.pid
+            rows = _measure(srv, pid, total)
+        finally:
+            srv.stop()
+    print()
+    print("| operation | clients | req/s | MiB/s | server CPU ms/req | client CPU ms/req "
+          "| server/client |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for op, threads, wall, scpu, ccpu in rows:
+        rate = total / wall
+        print(f"| {op} | {threads} | {rate:.0f} | {rate * BLOCK_SIZE / 2**20:.0f} | "
+              f"{scpu / total * 1000:.2f} | {ccpu / total * 1000:.2f} | {scpu / ccpu:.2f} |")
+    worst = max(scpu / ccpu for *_, scpu, ccpu in rows)
+    verdict = "meets" if worst <= 1 / 3 else "MISSES"
+    print(f"\nworst server/client CPU ratio {worst:.2f}: {verdict} the target of 0.33")
+
+
+def _measure(srv: LocalServer, pid: int, total: int) -> list[tuple[str, int, float, float, float]]:
+    rows = []
+    base = os.urandom(BLOCK_SIZE)
+    clients = [srv.ebs(max_attempts=3, max_pool_connections=4) for _ in range(max(LEVELS))]
+    ec2 = srv.ec2()
+
+    # Source snapshot for the reads.
+    seed = clients[0].start_snapshot(VolumeSize=1)["SnapshotId"]
+    digests = {}
+    for i in range(SOURCE_BLOCKS):
+        block = i.to_bytes(8, "big") + base[8:]
+        put_block(clients[0], seed, i, block)
+        digests[i] = checksum.digest(block)
+    complete(clients[0], seed, digests)
+    wait_state(ec2, seed)
+    tokens, _ = list_blocks(clients[0], seed)
+    token_list = sorted(tokens.items())
+
+    for threads in LEVELS:
+        target = clients[0].start_snapshot(VolumeSize=64)["SnapshotId"]
+
+        def put_worker(t: int, target: str = target, threads: int = threads) -> Any:
+            ebs = clients[t]
+            counter = [0]
+
+            def one(n: int) -> None:
+                index = (n * threads + t) % (64 * 2048)
+                # Every block distinct, as a real upload's are: no deduplication helps.
+                block = os.urandom(16) + base[16:]
+                counter[0] += 1
+                ebs.put_snapshot_block(
+                    SnapshotId=target, BlockIndex=index, BlockData=block,
+                    DataLength=BLOCK_SIZE, Checksum=checksum.block_checksum(block),
+                    ChecksumAlgorithm="SHA256")
+
+            return one
+
+        def get_worker(t: int, threads: int = threads) -> Any:
+            ebs = clients[t]
+
+            def one(n: int) -> None:
+                index, token = token_list[(n * threads + t) % len(token_list)]
+                resp = ebs.get_snapshot_block(SnapshotId=seed, BlockIndex=index, BlockToken=token)
+                data = resp["BlockData"].read()
+                if checksum.block_checksum(data) != resp["Checksum"]:
+                    raise AssertionError("checksum mismatch")
+
+            return one
+
+        wall, scpu, ccpu = _run(threads, total, put_worker, pid)
+        rows.append(("PutSnapshotBlock", threads, wall, scpu, ccpu))
+        wall, scpu, ccpu = _run(threads, total, get_worker, pid)
+        rows.append(("GetSnapshotBlock", threads, wall, scpu, ccpu))
+        print(f"  {threads} clients done", flush=True)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
