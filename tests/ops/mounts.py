@@ -1,0 +1,66 @@
+"""Small helpers for the operations tests: run ebsfs, mount it, always unmount."""
+
+import contextlib
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from tests.serverproc import LocalServer
+
+BIN = Path(sys.executable).parent
+
+
+def ebsfs_env(server: LocalServer, tmp_path: Path, **extra: str) -> dict[str, str]:
+    """The server's environment, ebsfs on PATH, no machine configuration, a private spool."""
+    env = server.env()
+    env.update(
+        PATH=f"{BIN}{os.pathsep}{env.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}",
+        EBSFS_CONFIG="/dev/null",
+        EBSFS_SPOOL_DIR=str(tmp_path / "spool"),
+        EBSFS_MAX_ATTEMPTS="2",
+    )
+    env.update(extra)
+    return env
+
+
+def ebsfs(
+    *argv: str, env: dict[str, str], timeout: float = 120, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "ebsfs", *argv],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        stdin=subprocess.DEVNULL,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"ebsfs {' '.join(argv)} exited {proc.returncode}: {proc.stderr}")
+    return proc
+
+
+def unmount(mountpoint: Path, env: dict[str, str]) -> None:
+    """``ebsfs umount``, falling back to a lazy fusermount; waits until it is gone."""
+    if not os.path.ismount(mountpoint):
+        return
+    proc = ebsfs("umount", str(mountpoint), env=env, check=False, timeout=120)
+    if proc.returncode != 0 or os.path.ismount(mountpoint):
+        subprocess.run(["fusermount3", "-uz", str(mountpoint)], capture_output=True, timeout=30)
+    deadline = time.monotonic() + 10
+    while os.path.ismount(mountpoint) and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def mounted(mountpoint: Path, *args: str, env: dict[str, str]) -> Iterator[Path]:
+    """``ebsfs mount MOUNTPOINT ARGS`` (returns once it answers), unmounted afterwards."""
+    mountpoint.mkdir(parents=True, exist_ok=True)
+    try:
+        ebsfs("mount", str(mountpoint), *args, env=env)
+        assert os.path.ismount(mountpoint)
+        yield mountpoint
+    finally:
+        unmount(mountpoint, env)
