@@ -24,6 +24,7 @@ a typo never goes unnoticed.
 import argparse
 import difflib
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -121,6 +122,17 @@ def _strings(value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
+_SNAPSHOT_ID = re.compile(r"^snap-[0-9a-f]{8,17}$")
+
+
+def _snapshot_ids(value: Any) -> tuple[str, ...]:
+    ids = _strings(value)
+    for snapshot_id in ids:
+        if not _SNAPSHOT_ID.match(snapshot_id):
+            raise ValueError(f"not a snapshot id: {snapshot_id!r} (expected snap-<hex>)")
+    return ids
+
+
 def _filters(value: Any) -> tuple[tuple[str, str], ...]:
     pairs: list[tuple[str, str]] = []
     items = value if isinstance(value, list | tuple) else _strings(value)
@@ -176,7 +188,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "max_pool_connections": Key(_int, ("EBSFS_MAX_POOL_CONNECTIONS",)),
     },
     "mount": {
-        "snapshots": Key(_strings, ("EBSFS_SNAPSHOTS",)),
+        "snapshots": Key(_snapshot_ids, ("EBSFS_SNAPSHOTS",)),
         "filters": Key(_filters, ("EBSFS_FILTERS",)),
         "owner": Key(_str, ("EBSFS_OWNER",)),
         "cache_size": Key(_size, ("EBSFS_CACHE_SIZE",)),
@@ -209,6 +221,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "fault_seed": Key(_seed, ("EBSFS_SERVER_FAULT_SEED",)),
     },
 }
+
+#: Command-line flags whose names differ from their key (repeatable flags are singular).
+_FLAGS = {"snapshots": "--snapshot", "filters": "--filter"}
 
 #: Keys whose values must never be logged or echoed in an error message.
 SECRET_KEYS = frozenset({"secret_access_key"})
@@ -333,7 +348,9 @@ def resolve(
             try:
                 out[key] = spec.coerce(value)
             except ValueError as exc:
-                raise UsageError(f"--{key.replace('_', '-')}: {exc}") from None
+                raise UsageError(
+                    f"{_FLAGS.get(key, '--' + key.replace('_', '-'))}: {exc}"
+                ) from None
             continue
         env_name = next((name for name in spec.env if environ.get(name)), None)
         if env_name is not None:

@@ -172,3 +172,10 @@ def test_every_config_field_can_be_set() -> None:
     assert {f.name for f in fields(AwsConfig)} == set(settings.SCHEMA["aws"])
     server_fields = {f.name for f in fields(ServerConfig)} - {"host", "port"} | {"listen"}
     assert server_fields == set(settings.SCHEMA["server"])
+
+
+def test_snapshot_ids_are_checked(config_file: Path) -> None:
+    with pytest.raises(UsageError, match="--snapshot: not a snapshot id: 'bogus'"):
+        _mount(config_file, snapshots=["bogus"])
+    with pytest.raises(UsageError, match="EBSFS_SNAPSHOTS: not a snapshot id: 'snap-XYZ'"):
+        _mount(config_file, {"EBSFS_SNAPSHOTS": "snap-0123456789abcdef0,snap-XYZ"})
