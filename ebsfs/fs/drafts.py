@@ -465,6 +465,9 @@ class SnapshotDraft:
                     self._failed(f"snapshot {snapshot_id} is gone: {exc}", aws=True)
                 else:
                     self._failed(f"sealing failed, seal again to retry: {exc}", aws=False)
+            except Exception as exc:  # a bug here must not take the mount down
+                log.exception("%s: sealing failed unexpectedly", self.name)
+                self._failed(f"sealing failed, seal again to retry: {exc}", aws=False)
             else:
                 self._completed(snapshot_id)
         self._seal_scope = None
@@ -551,9 +554,9 @@ class Drafts:
         drafts.recover()
         return drafts
 
-    async def call(self, fn: Callable[[], T]) -> T:
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a blocking API call in a worker thread under the mount's limiter."""
-        return await trio.to_thread.run_sync(fn, limiter=self.limiter)
+        return await trio.to_thread.run_sync(partial(fn, *args), limiter=self.limiter)
 
     def fault(self, count: int, aggregate: str) -> tuple[int, str]:
         """Apply the test-only seal fault, if one is configured."""

@@ -270,14 +270,16 @@ class WriteBack:
             await sink.put(index, data, checksum.b64(digest))
             if self.sink is sink:
                 self._done(index, version, digest)
-        except EbsfsError as exc:
+        except (EbsfsError, OSError) as exc:
             now = self.clock()
             self._failed[index] = _Failure(now, now + self.tuning.retry_pause, exc)
             self.counters["store_failures"] += 1
             log.warning("storing block %d failed: %s", index, exc)
-            if isinstance(exc, NotFoundError):
-                # The snapshot is gone (deleted, timed out, or in error): stop, keep the spool.
-                self._fatal = exc
+            if isinstance(exc, NotFoundError | OSError):
+                # The snapshot is gone (deleted, timed out, or in error), or the spool cannot
+                # be read: stop, keep the spool.
+                self._fatal = exc if isinstance(exc, EbsfsError) else EbsfsError(
+                    f"spool {self.spool.directory}: {exc}")
         finally:
             self._inflight.discard(index)
             self._slots.release()

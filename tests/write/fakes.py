@@ -72,12 +72,13 @@ class FakeApi:
         out.update(snap.own)
         return out
 
-    def image(self, sid: str) -> bytes:
-        snap = self.snaps[sid]
-        out = bytearray(snap.volume_size << 30)
+    def image(self, sid: str, length: int) -> bytes:
+        """The first ``length`` bytes of the snapshot's volume."""
+        out = bytearray(length + BLOCK_SIZE)
         for i, data in self.view(sid).items():
-            out[i * BLOCK_SIZE : (i + 1) * BLOCK_SIZE] = data
-        return bytes(out)
+            if i * BLOCK_SIZE < length:
+                out[i * BLOCK_SIZE : (i + 1) * BLOCK_SIZE] = data
+        return bytes(out[:length])
 
     def _new_id(self) -> str:
         self._next += 1
