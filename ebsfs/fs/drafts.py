@@ -594,6 +594,20 @@ class Drafts:
                 spool.max_end,
             )
 
+    async def close(self, timeout: float = 60.0) -> None:
+        """Before an unmount: store what is dirty (bounded in time; the spool keeps the rest)."""
+        with trio.move_on_after(timeout) as scope:
+            for draft in list(self._drafts.values()):
+                if draft.snapshot_id and draft.state == PENDING and draft.wb.dirty_blocks:
+                    try:
+                        await draft.wb.flush()
+                    except EbsfsError as exc:
+                        log.warning("%s: not stored before unmount, kept in the spool: %s",
+                                    draft.name, exc)
+        if scope.cancelled_caught:
+            log.warning("unmount: storing timed out after %.0f s; the spool keeps the rest",
+                        timeout)
+
     def stats(self) -> dict[str, int]:
         """Counters summed over every draft."""
         total: Counter[str] = Counter()

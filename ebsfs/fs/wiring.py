@@ -8,14 +8,18 @@ before the kernel mount goes away), so buffered writes can be flushed.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import trio
 
 from ebsfs.api import Api
 from ebsfs.config import MountConfig
+from ebsfs.fs.drafts import Drafts
 from ebsfs.fs.newdir import NewDirectory
 from ebsfs.fs.ops import EmptyNewDirectory
 from ebsfs.store.stack import ReadStacks
+from ebsfs.store.writeback import WriteTuning
+from ebsfs.types import BlockIndex
 
 
 @dataclass(frozen=True)
@@ -29,11 +33,42 @@ class MountContext:
     stacks: ReadStacks  # stacks.get(snapshot_id, volume_gib) reads a completed parent
 
 
+class _ParentBlocks:
+    """A parent's blocks through the mount's read stacks, looked up at each read (the stacks
+    are an LRU: holding one stack object could outlive its eviction)."""
+
+    def __init__(self, stacks: ReadStacks, snapshot_id: str, volume_gib: int) -> None:
+        self.stacks = stacks
+        self.snapshot_id = snapshot_id
+        self.volume_gib = volume_gib
+
+    async def read_block(self, index: BlockIndex) -> bytes | None:
+        return await self.stacks.get(self.snapshot_id, self.volume_gib).read_block(index)
+
+    def stats(self) -> dict[str, int]:
+        return {}
+
+
 async def open_new_directory(ctx: MountContext) -> NewDirectory:
-    """The ``new/`` directory of a mount (write path: replace the empty one)."""
-    return EmptyNewDirectory()
+    """The ``new/`` directory of a mount: drafts spooled under ``--spool-dir``."""
+    config = ctx.config
+    if config.read_only:
+        return EmptyNewDirectory()
+    return await Drafts.open(
+        ctx.api,
+        Path(config.spool_dir),
+        ctx.nursery,
+        ctx.limiter,
+        lambda snapshot_id, gib: _ParentBlocks(ctx.stacks, snapshot_id, gib),
+        tuning=WriteTuning(
+            dirty_limit=config.dirty_limit,
+            delay=config.writeback_delay,
+            max_uploads=config.max_concurrency,
+        ),
+    )
 
 
 async def close_new_directory(newdir: NewDirectory) -> None:
-    """Flush what the write path buffers before the unmount."""
-    return None
+    """Store what the write path holds dirty before the unmount (the spool keeps the rest)."""
+    if isinstance(newdir, Drafts):
+        await newdir.close()

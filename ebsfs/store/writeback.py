@@ -271,15 +271,16 @@ class WriteBack:
             if self.sink is sink:
                 self._done(index, version, digest)
         except (EbsfsError, OSError) as exc:
+            error = exc if isinstance(exc, EbsfsError) else EbsfsError(
+                f"spool {self.spool.directory}: {exc}")
             now = self.clock()
-            self._failed[index] = _Failure(now, now + self.tuning.retry_pause, exc)
+            self._failed[index] = _Failure(now, now + self.tuning.retry_pause, error)
             self.counters["store_failures"] += 1
-            log.warning("storing block %d failed: %s", index, exc)
+            log.warning("storing block %d failed: %s", index, error)
             if isinstance(exc, NotFoundError | OSError):
                 # The snapshot is gone (deleted, timed out, or in error), or the spool cannot
                 # be read: stop, keep the spool.
-                self._fatal = exc if isinstance(exc, EbsfsError) else EbsfsError(
-                    f"spool {self.spool.directory}: {exc}")
+                self._fatal = error
         finally:
             self._inflight.discard(index)
             self._slots.release()
