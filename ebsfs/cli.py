@@ -18,7 +18,7 @@ from ebsfs.errors import EbsfsError
 log = logging.getLogger(__name__)
 
 #: Sub-command modules under ``ebsfs.commands``, in the order ``--help`` lists them.
-COMMANDS: tuple[str, ...] = ("mount", "umount", "ls", "stats", "diff", "server")
+COMMANDS: tuple[str, ...] = ("mount", "umount", "ls", "stats", "diff", "complete", "server")
 
 
 def add_aws_options(parser: argparse.ArgumentParser) -> None:
