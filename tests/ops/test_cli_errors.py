@@ -58,6 +58,16 @@ def _isolated_env(**extra: str) -> dict[str, str]:
         (["diff", SNAP_A, SNAP_B, "--frobnicate"], 2, ["unrecognized arguments: --frobnicate"]),
         (["server", "--listen", "nowhere"], 2, ["expected HOST:PORT"]),
         (["server", "--throttle-rate", "2"], 2, ["between 0 and 1"]),
+        (["mount"], 2, ["required: MOUNTPOINT", "ebsfs mount --help"]),
+        (["mount", "/tmp", "--cache-size", "lots"], 2, ["--cache-size: not a size: 'lots'"]),
+        (["mount", "/tmp", "--max-concurrency", "0"], 2, ["--max-concurrency", "at least 1"]),
+        (["mount", "/tmp", "--snapshot", "bogus"], 2, ["--snapshot: not a snapshot id"]),
+        (["mount", "/tmp", "--log-level", "loud"], 2, ["log"]),
+        (["mount", "/nonexistent/ebsfs-mp"], 6, ["/nonexistent/ebsfs-mp does not exist"]),
+        (["mount", "/etc/hostname"], 6, ["/etc/hostname is not a directory"]),
+        (["umount", "/tmp"], 6, ["/tmp is not mounted"]),
+        (["stats", "/tmp"], 6, ["/tmp is not an ebsfs mount"]),
+        (["stats", "/proc"], 6, ["/proc is not an ebsfs mount"]),
         (["ebsfs", "/mnt/x", "-o", "ro,turbo"], 2, ["unknown mount option 'turbo'"]),
         (["ebsfs", "/mnt/x", "-o", "region"], 2, ["mount option 'region' needs a value"]),
     ],
@@ -83,6 +93,21 @@ def test_unreachable_endpoint_is_exit_5() -> None:
     url = f"http://127.0.0.1:{free_port()}"
     proc = run_ebsfs("diff", "--endpoint-url", url, SNAP_A, SNAP_B, env=_isolated_env())
     assert_one_line_error(proc, 5, "Could not connect")
+
+
+def test_ls_unreachable_is_exit_5() -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    proc = run_ebsfs("ls", "--endpoint-url", url, env=_isolated_env())
+    assert_one_line_error(proc, 5, "DescribeSnapshots", "Could not connect")
+
+
+def test_mount_unreachable_is_exit_5(tmp_path: Path) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    proc = run_ebsfs("mount", str(mountpoint), "--endpoint-url", url, env=_isolated_env())
+    assert_one_line_error(proc, 5, "Could not connect")
+    assert not os.path.ismount(mountpoint)
 
 
 def test_missing_snapshot_is_exit_3(server: LocalServer) -> None:
