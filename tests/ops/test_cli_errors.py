@@ -68,6 +68,8 @@ def _isolated_env(**extra: str) -> dict[str, str]:
         (["umount", "/tmp"], 6, ["/tmp is not mounted"]),
         (["stats", "/tmp"], 6, ["/tmp is not an ebsfs mount"]),
         (["stats", "/proc"], 6, ["/proc is not an ebsfs mount"]),
+        (["complete", "/nonexistent/ebsfs-file"], 3, ["/nonexistent/ebsfs-file does not exist"]),
+        (["complete", "/etc/hostname"], 2, ["/etc/hostname is not a file of an ebsfs mount"]),
         (["ebsfs", "/mnt/x", "-o", "ro,turbo"], 2, ["unknown mount option 'turbo'"]),
         (["ebsfs", "/mnt/x", "-o", "region"], 2, ["mount option 'region' needs a value"]),
     ],
