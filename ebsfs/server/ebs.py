@@ -137,7 +137,7 @@ class EbsService:
             c.length(key, f"tags.{n}.member.key", 0, 127)
             c.pattern(key, f"tags.{n}.member.key", ANY_TEXT_PATTERN)
             c.length(value, f"tags.{n}.member.value", 0, 255)
-            c.pattern(value, f"tags.{n}.member.value", ANY_TEXT_PATTERN)
+            c.pattern(value, f"tags.{n}.member.value", r"^[\S\s]*$")
             tags.append((key or "", value or ""))
         c.done()
         assert volume_size is not None

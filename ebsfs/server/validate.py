@@ -15,7 +15,7 @@ TOKEN_PATTERN = "^[A-Za-z0-9+/=_-]+$"
 CHECKSUM_PATTERN = "^[A-Za-z0-9+/=]+$"
 ANY_TEXT_PATTERN = r"^[\S\s]+$"
 CLIENT_TOKEN_PATTERN = r"^[\S]+$"
-KMS_ARN_PATTERN = r"arn:aws[\w-]*:kms:.*:[0-9]{12}:key/.*"
+KMS_ARN_PATTERN = r"arn:aws[a-z\-]*:kms:.*:[0-9]{12}:key/.*"
 
 
 class Checks:
