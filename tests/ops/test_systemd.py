@@ -68,7 +68,7 @@ def test_mount_unit_is_notify_and_flushes_on_stop() -> None:
     assert lines["Type"] == "notify"
     assert lines["Restart"] == "on-failure"
     assert lines["ExecStart"].endswith("mount %f --foreground")
-    assert lines["ExecStop"].endswith("umount %f")
+    assert lines["ExecStop"].endswith("umount %f --timeout 840")  # < TimeoutStopSec
     assert lines["TimeoutStopSec"] == "15min"
     # A private mount namespace would hide the FUSE mount from the host.
     for key in ("ProtectSystem", "PrivateTmp", "ProtectHome", "PrivateMounts"):
