@@ -171,9 +171,11 @@ class Handler(socketserver.StreamRequestHandler):
         data = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1")
         try:
             if resp.drop:
-                # Headers and half the body, then the connection goes away.
-                payload = resp.body if resp.file is None else resp.file.read_bytes()
-                self.connection.sendall(data + payload[: len(payload) // 2])
+                # Block data is cut off halfway (the client sees fewer bytes than
+                # Content-Length); other answers are not sent at all, since botocore would
+                # parse half a JSON document as an empty one.
+                if resp.file is not None:
+                    self.connection.sendall(data + resp.file.read_bytes()[: length // 2])
                 self.connection.shutdown(socket.SHUT_RDWR)
                 return False
             if head_only:
