@@ -38,7 +38,7 @@ def test_latency(server_factory: Any) -> None:
 
 def test_throttling(server_factory: Any) -> None:
     srv = server_factory("--throttle-rate", "1")
-    ebs, ec2 = srv.ebs(max_attempts=2), srv.ec2(max_attempts=2)
+    ebs, ec2 = srv.ebs(max_attempts=2), srv.ec2()
     with pytest.raises(ClientError) as exc:
         ebs.start_snapshot(VolumeSize=1)
     assert _code(exc) == ("RequestThrottledException", 400, "ACCOUNT_THROTTLED")
@@ -62,9 +62,9 @@ def test_internal_errors(server_factory: Any) -> None:
 
 
 def test_partial_faults_are_survived_by_retries(server_factory: Any) -> None:
-    srv = server_factory("--throttle-rate", "0.2", "--error-rate", "0.2", "--fault-seed", "7")
+    srv = server_factory("--throttle-rate", "0.1", "--error-rate", "0.1", "--fault-seed", "7")
     ebs, ec2 = srv.ebs(max_attempts=10), srv.ec2(max_attempts=10)
-    image = os.urandom(3 * BLOCK_SIZE)
+    image = os.urandom(2 * BLOCK_SIZE)
     sid = upload_image(ebs, ec2, image, 1)
     assert download_image(ebs, sid, length=len(image)) == image
 
