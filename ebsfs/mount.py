@@ -18,14 +18,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
-import logging.handlers
 import os
 import signal
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import TextIO
 
 import pyfuse3
 import trio
@@ -168,19 +166,14 @@ async def _announce_when_answering(mountpoint: str, ready: Callable[[], None]) -
 
 
 def _setup_logging(config: MountConfig, options: DaemonOptions, daemon: bool) -> None:
-    stream: TextIO | None = None
     if options.log_file:
         stream = open(options.log_file, "a", buffering=1)  # noqa: SIM115 - lives as long as we do
+        setup_logging(config.log_level, stream)
     elif daemon:
         # Detached from the terminal: syslog (journald) when there is one, else nowhere.
-        if os.path.exists("/dev/log"):
-            handler = logging.handlers.SysLogHandler(address="/dev/log")
-            handler.setFormatter(logging.Formatter("ebsfs[%(process)d]: %(name)s: %(message)s"))
-            setup_logging(config.log_level, open(os.devnull, "w"))  # noqa: SIM115
-            logging.getLogger().addHandler(handler)
-            return
-        stream = open(os.devnull, "w")  # noqa: SIM115
-    setup_logging(config.log_level, stream)
+        setup_logging(config.log_level, open(os.devnull, "w"), syslog=True)  # noqa: SIM115
+    else:
+        setup_logging(config.log_level)
 
 
 def _run(config: MountConfig, options: DaemonOptions, ready: Callable[[], None]) -> None:

@@ -49,6 +49,16 @@ def _daemon_pid(mountpoint: str) -> int | None:
         return None
 
 
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` still runs (a zombie waiting for its parent does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
 def _lazy_unmount(mountpoint: str) -> None:
     for cmd in (["fusermount3", "-u", "-z", mountpoint], ["umount", "-l", mountpoint]):
         with contextlib.suppress(OSError):
@@ -81,11 +91,7 @@ def unmount(mountpoint: str, timeout: float = 600.0) -> None:
     while time.monotonic() < deadline:
         if not os.path.ismount(mountpoint):
             # The mount is gone; let the daemon finish exiting too.
-            while time.monotonic() < deadline:
-                try:
-                    os.kill(pid, 0)
-                except ProcessLookupError:
-                    return
+            while time.monotonic() < deadline and _alive(pid):
                 time.sleep(0.05)
             return
         time.sleep(0.05)
