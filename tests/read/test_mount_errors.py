@@ -1,0 +1,141 @@
+"""Bad input: errno of SPEC.md through the kernel; one clear line from a mount that cannot be."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.mounting import MountProc, ebsfs
+from tests.serverproc import free_port, upload_image
+
+pytestmark = pytest.mark.timeout(120)
+BLOCK = 512 * 1024
+
+
+def _errno(fn, *args) -> int:  # type: ignore[no-untyped-def]
+    with pytest.raises(OSError) as info:
+        fn(*args)
+    return int(info.value.errno)
+
+
+def _one_clear_line(proc: subprocess.CompletedProcess[str]) -> str:
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ebsfs: "), proc.stderr
+    return lines[0]
+
+
+def test_completed_snapshots_refuse_changes(server, mount_factory, tmp_path: Path) -> None:
+    sid = upload_image(server.ebs(), server.ec2(), os.urandom(BLOCK), name="keep")
+    m = mount_factory(server)
+    snap = m.path / sid
+    assert _errno(os.stat, m.path / "snap-0123456789abcdef0") == errno.ENOENT
+    assert _errno(os.stat, m.path / "not-a-snapshot") == errno.ENOENT
+    assert _errno(os.stat, m.path / "by-name" / "nothing") == errno.ENOENT
+    assert _errno(os.open, snap, os.O_WRONLY) == errno.EROFS
+    assert _errno(os.open, snap, os.O_RDWR) == errno.EROFS
+    assert _errno(os.truncate, snap, 0) == errno.EROFS
+    assert _errno(os.unlink, snap) == errno.EROFS
+    assert _errno(os.rename, snap, m.path / "other") == errno.EROFS
+    assert _errno(os.mkdir, m.path / "dir") == errno.EROFS
+    assert _errno(os.setxattr, snap, "user.ebsfs.description", b"x") == errno.EROFS
+    assert _errno(os.chmod, snap, 0o644) == errno.EROFS
+    assert _errno(os.unlink, m.path / "by-name" / "keep") == errno.EROFS
+    assert _errno(os.open, m.path / "created", os.O_CREAT | os.O_WRONLY) == errno.EROFS
+    # nothing changed
+    assert os.listdir(m.path) == ["by-name", "new", sid]
+    stats = json.loads(ebsfs("stats", "--json", str(m.path), check=True).stdout)
+    assert stats["errors"]["EROFS"] >= 10
+    table = ebsfs("stats", str(m.path), check=True).stdout
+    assert "read.cache_max_bytes" in table
+
+
+def test_read_only_mount_refuses_new_files(server, mount_factory) -> None:
+    m = mount_factory(server, "--read-only")
+    assert _errno(os.open, m.path / "new" / "x", os.O_CREAT | os.O_WRONLY) == errno.EROFS
+
+
+def test_allow_delete_removes_a_snapshot(server, mount_factory) -> None:
+    sid = upload_image(server.ebs(), server.ec2(), os.urandom(BLOCK))
+    m = mount_factory(server, "--allow-delete")
+    os.unlink(m.path / sid)
+    assert sid not in os.listdir(m.path)
+    listed = server.ec2().describe_snapshots(OwnerIds=["self"])["Snapshots"]
+    assert sid not in {s["SnapshotId"] for s in listed}
+
+
+def test_snapshot_option_needs_no_ec2(server, tmp_path: Path) -> None:
+    data = os.urandom(2 * BLOCK)
+    sid = upload_image(server.ebs(), server.ec2(), data)
+    other = upload_image(server.ebs(), server.ec2(), os.urandom(BLOCK))
+    # an EC2 endpoint that answers nothing: the mount must not need it
+    env = server.env()
+    env["AWS_ENDPOINT_URL_EC2"] = f"http://127.0.0.1:{free_port()}"
+    with MountProc(server, tmp_path / "snaponly", "--snapshot", sid, env=env) as m:
+        assert os.listdir(m.path) == ["by-name", "new", sid]
+        assert (m.path / sid).read_bytes()[: 2 * BLOCK] == data
+        assert _errno(os.stat, m.path / other) == errno.ENOENT
+
+
+def test_mount_startup_errors_are_one_line(server, mount_factory, tmp_path: Path) -> None:
+    env = server.env()
+    missing = _one_clear_line(ebsfs("mount", str(tmp_path / "missing"), env=env))
+    assert "does not exist" in missing
+    m = mount_factory(server)
+    busy = ebsfs("mount", str(m.path), env=env)
+    assert busy.returncode == 6
+    assert "already" in _one_clear_line(busy)
+
+    target = tmp_path / "target"
+    target.mkdir()
+    bad_env = dict(env, AWS_SECRET_ACCESS_KEY="wrong-secret")
+    denied = ebsfs("mount", str(target), env=bad_env)
+    assert denied.returncode == 4, denied.stderr
+    _one_clear_line(denied)
+    assert not os.path.ismount(target)
+
+    nosnap = ebsfs("mount", str(target), "--snapshot", "snap-0123456789abcdef0", env=env)
+    assert nosnap.returncode == 3, nosnap.stderr
+    assert "snap-0123456789abcdef0" in _one_clear_line(nosnap)
+    assert not os.path.ismount(target)
+
+    down = dict(env, AWS_ENDPOINT_URL_EBS=f"http://127.0.0.1:{free_port()}")
+    down["AWS_ENDPOINT_URL_EC2"] = down["AWS_ENDPOINT_URL_EBS"]
+    unreachable = ebsfs("mount", str(target), "--max-attempts", "1", env=down)
+    assert unreachable.returncode == 5, unreachable.stderr
+    _one_clear_line(unreachable)
+    assert not os.path.ismount(target)
+
+
+def test_daemon_mode_returns_once_mounted_and_umount_stops_it(
+    server, mount_factory, tmp_path: Path
+) -> None:
+    data = os.urandom(BLOCK)
+    sid = upload_image(server.ebs(), server.ec2(), data, name="d")
+    m = mount_factory(server, foreground=False)
+    assert os.path.ismount(m.path)
+    pid = int(os.getxattr(m.path, "user.ebsfs.pid"))
+    assert (m.path / "by-name" / "d").read_bytes()[:BLOCK] == data
+    ebsfs("umount", str(m.path), env=server.env(), check=True)
+    assert not os.path.ismount(m.path)
+    assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text()
+    assert sid
+
+
+def test_ls_lists_every_state(server) -> None:
+    env = server.env()
+    sid = upload_image(server.ebs(), server.ec2(), os.urandom(BLOCK), name="listed")
+    pending = server.ebs().start_snapshot(VolumeSize=2)["SnapshotId"]
+    out = ebsfs("ls", env=env, check=True).stdout
+    header, *rows = out.splitlines()
+    assert header.split() == ["SNAPSHOT", "STATE", "SIZE", "NAME", "PROGRESS", "STARTED"]
+    by_id = {r.split()[0]: r.split() for r in rows}
+    assert by_id[sid][1] == "completed" and by_id[sid][4] == "listed"
+    assert by_id[pending][1] == "pending"
+    listed = json.loads(ebsfs("ls", "--json", env=env, check=True).stdout)
+    assert {s["snapshot_id"] for s in listed} == {sid, pending}
