@@ -23,6 +23,7 @@ MAX_BODY = 2 << 20
 #: Seconds a connection may stay idle, or a body may take to arrive.
 IDLE_TIMEOUT = 60.0
 MAX_LINE = 65536
+SOCKET_BUFFER = 4 << 20
 MAX_HEADERS = 100
 
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
@@ -41,6 +42,14 @@ class Server(socketserver.ThreadingTCPServer):
             self.address_family = socket.AF_INET6
         super().__init__(address, Handler)
         self.app = app
+
+    def server_bind(self) -> None:
+        # Socket buffers that hold a whole block let a block arrive or leave with few
+        # wake-ups (measured: a third of the receive cost over loopback). Accepted sockets
+        # inherit them; the kernel caps them at net.core.rmem_max/wmem_max.
+        for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+            self.socket.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
+        super().server_bind()
 
 
 class _BadRequest(Exception):
