@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import trio
 
 from ebsfs.errors import BackendUnavailableError, NotFoundError, SnapshotFailedError
+from ebsfs.store.remote_write import retrying
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ async def complete_and_wait(
     missing = 0
     while True:
         try:
-            info = await call(api.describe_snapshot, snapshot_id)
+            info = await retrying(call, api.describe_snapshot, snapshot_id)
         except NotFoundError:
             missing += 1
             if missing >= t.not_found_polls:

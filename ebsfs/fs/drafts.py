@@ -54,7 +54,7 @@ from ebsfs.errors import (
 )
 from ebsfs.seal import SealTuning, complete_and_wait
 from ebsfs.store.base import BlockReader
-from ebsfs.store.remote_write import PutTuning, RemoteWriter
+from ebsfs.store.remote_write import PutTuning, RemoteWriter, retrying
 from ebsfs.store.spool import Spool
 from ebsfs.store.writeback import WriteBack, WriteTuning
 from ebsfs.types import BLOCK_SIZE, MAX_VOLUME_BYTES, BlockIndex
@@ -285,10 +285,12 @@ class SnapshotDraft:
             )
             gib = int(self.m["size"]) // GIB
             try:
-                info = await owner.call(
+                # The ClientToken makes a repeated StartSnapshot return the same snapshot.
+                info = await retrying(
+                    owner.call,
                     partial(
                         owner.api.start_snapshot, gib, client_token=self.m["client_token"], **kwargs
-                    )
+                    ),
                 )
             except ApiError as exc:
                 if exc.code != "ConflictException":

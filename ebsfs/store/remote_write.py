@@ -14,16 +14,18 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 import trio
 
 from ebsfs.errors import ApiError, BackendUnavailableError, ChecksumError, EbsfsError, NotFoundError
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class PutApi(Protocol):
@@ -64,6 +66,21 @@ def transient(exc: EbsfsError) -> bool:
             or exc.code in ("IncompleteBody", "ConcurrentLimitExceededException")
         )
     return False
+
+
+async def retrying(
+    call: Callable[..., Awaitable[T]], fn: Callable[..., T], *args: Any, attempts: int = 6
+) -> T:
+    """``await call(fn, *args)``, again after transient failures (idempotent calls only)."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return await call(fn, *args)
+        except EbsfsError as exc:
+            if not transient(exc) or attempt == attempts:
+                raise
+            log.info("%s: retrying after: %s", getattr(fn, "__name__", "call"), exc)
+            await trio.sleep(min(5.0, 0.2 * 2 ** (attempt - 1)))
+    raise AssertionError("unreachable")
 
 
 class RemoteWriter:

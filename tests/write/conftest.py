@@ -1,0 +1,5 @@
+"""End-to-end fixtures of the write tests: real mounts (tests.mounting) against the server."""
+
+from tests.mounting import mount_factory
+
+__all__ = ["mount_factory"]
