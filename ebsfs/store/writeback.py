@@ -10,8 +10,10 @@ an uploader task that sends dirty blocks to a ``BlockSink`` (PutSnapshotBlock):
 * other (partial) blocks wait for ``flush``, or for pressure: when more than ``dirty_limit``
   bytes are dirty, everything dirty is stored, oldest first, and writers wait (back-pressure);
 * a partial block is completed from what was written, then the parent's block, then zeros;
-* a block of zeros is not stored when ``skip_zeros`` (no parent, not encrypted) and nothing was
-  stored at its index before (AWS would otherwise keep the earlier data);
+* a block of zeros is not stored when ``skip_zeros`` (no parent, not encrypted), nor a block
+  the parent holds with the same bytes, when nothing was stored at its index before (AWS
+  would otherwise keep the earlier data); zeros over a hole of the parent are stored (SPEC.md:
+  with a parent, zero blocks are uploaded);
 * at most ``max_uploads`` blocks are in flight, never two of one index (their order on the wire
   would be a race); a block whose store failed is tried again after a pause.
 
@@ -257,15 +259,21 @@ class WriteBack:
             sink = self.sink
             assert sink is not None
             base = None
-            if self.parent is not None and not self.spool.is_full(index):
+            if self.parent is not None:
+                # Also for a full block: one the parent holds identically is not stored again.
                 base = await self.parent.read_block(BlockIndex(index))
             # From here to the first await nothing else runs: the version and bytes match.
             version = self._version[index]
             data = self.spool.read_block(index, base) or ZERO_BLOCK
-            if self.skip_zeros and index not in self.spool.stored and data == ZERO_BLOCK:
-                self.counters["zero_blocks_skipped"] += 1
-                self._done(index, version, None)
-                return
+            if index not in self.spool.stored:
+                if base is not None and data == base:
+                    self.counters["unchanged_blocks_skipped"] += 1
+                    self._done(index, version, None)
+                    return
+                if self.skip_zeros and data == ZERO_BLOCK:
+                    self.counters["zero_blocks_skipped"] += 1
+                    self._done(index, version, None)
+                    return
             digest = await trio.to_thread.run_sync(checksum.digest, data)
             await sink.put(index, data, checksum.b64(digest))
             if self.sink is sink:

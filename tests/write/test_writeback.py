@@ -127,6 +127,20 @@ def test_zero_blocks_are_stored_with_a_parent(tmp_path: Path) -> None:
     run(tmp_path, body, parent={0: b"P" * BS})
 
 
+def test_blocks_the_parent_holds_unchanged_are_not_stored(tmp_path: Path) -> None:
+    parent = {0: b"P" * BS, 1: b"Q" * BS}
+
+    async def body(wb: WriteBack, api: FakeApi, sid: str) -> None:
+        await wb.write(0, b"P" * BS)  # the same bytes: not stored
+        await wb.write(BS, b"Q" * (BS - 1) + b"!")  # one byte differs: stored
+        await wb.write(2 * BS, bytes(BS))  # zeros over a hole of the parent: stored
+        await wb.flush()
+        assert sorted(api.puts) == [1, 2]
+        assert wb.stats()["unchanged_blocks_skipped"] == 1
+
+    run(tmp_path, body, parent=parent)
+
+
 def test_flush_returns_only_when_everything_before_it_is_stored(tmp_path: Path) -> None:
     api = FakeApi()
     api.put_delay = 0.05
