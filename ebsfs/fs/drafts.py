@@ -548,6 +548,8 @@ class Drafts:
         self.seal_fault = os.environ.get(SEAL_FAULT_ENV, "") if seal_fault is None else seal_fault
         self._drafts: dict[str, SnapshotDraft] = {}
         self._callbacks: list[Callable[[str, str], None]] = []
+        #: Counters of drafts that completed or were removed, so totals never go backwards.
+        self._retired: Counter[str] = Counter()
 
     @classmethod
     async def open(cls, *args: Any, **kwargs: Any) -> Drafts:
@@ -612,9 +614,10 @@ class Drafts:
 
     def stats(self) -> dict[str, int]:
         """Counters summed over every draft."""
-        total: Counter[str] = Counter()
+        total: Counter[str] = Counter(self._retired)
         for draft in self._drafts.values():
             total.update(draft.stats())
+        total["drafts"] = len(self._drafts)
         return dict(total)
 
     # ---- NewDirectory ------------------------------------------------------------------------
@@ -648,6 +651,7 @@ class Drafts:
             raise NotFoundError(f"new/{name} does not exist")
         await draft.abandon()
         self._drafts.pop(name, None)
+        self._retired.update(draft.counters)
 
     def on_completed(self, callback: Callable[[str, str], None]) -> None:
         self._callbacks.append(callback)
@@ -655,6 +659,8 @@ class Drafts:
     def _completed(self, draft: SnapshotDraft, snapshot_id: str) -> None:
         if self._drafts.get(draft.name) is draft:
             del self._drafts[draft.name]
+        self._retired.update(draft.counters)
+        self._retired["completed"] += 1
         for callback in self._callbacks:
             try:
                 callback(draft.name, snapshot_id)
