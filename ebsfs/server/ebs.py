@@ -20,7 +20,7 @@ from typing import Any
 from ebsfs import checksum
 from ebsfs.server import tokens
 from ebsfs.server.errors import EbsError, coral, not_found, validation
-from ebsfs.server.storage import COMPLETED, ERROR, PENDING, Snapshot, Store
+from ebsfs.server.storage import COMPLETED, ERROR, PENDING, Refused, Snapshot, Store
 from ebsfs.server.validate import (
     ANY_TEXT_PATTERN,
     CHECKSUM_PATTERN,
@@ -274,7 +274,12 @@ class EbsService:
                 "The value passed in as x-amz-Checksum does not match the computed checksum. "
                 f"Computed checksum: {computed} expected checksum: {sent}",
             )
-        self.store.put_block(snap, index, req.body, raw)
+        try:
+            self.store.put_block(snap, index, req.body, raw)
+        except Refused as exc:
+            if exc.why == "deleted":
+                raise not_found(snapshot_id) from None
+            raise validation("INVALID_SNAPSHOT_ID", "Snapshot is already completed") from None
         resp = json_response(201, {}, req.request_id)
         resp.headers += [("x-amz-Checksum", computed), ("x-amz-Checksum-Algorithm", "SHA256")]
         return resp
@@ -312,19 +317,17 @@ class EbsService:
                 "INVALID_PARAMETER_VALUE",
                 "Invalid parameter combination. Snapshot checksum is missing.",
             )
-        own = self.store.own_blocks(snapshot_id)
-        final, message = COMPLETED, ""
-        if sent is not None and checksum.linear_aggregate(d for _, d in own) != sent:
-            final, message = ERROR, CHECKSUM_MISMATCH
-        elif count != len(own):
-            final, message = ERROR, COUNT_MISMATCH
-        now = time.time()
-        snap.sealed_at = now
-        snap.complete_at = now + self.timing.complete_delay
-        snap.final_status = final
-        snap.final_message = message
-        snap.full_blocks = self.store.count_view(snap) if final == COMPLETED else 0
-        self.store.save(snap)
+        def decide(own: list[tuple[int, bytes]]) -> tuple[str, str]:
+            if sent is not None and checksum.linear_aggregate(d for _, d in own) != sent:
+                return ERROR, CHECKSUM_MISMATCH
+            if count != len(own):
+                return ERROR, COUNT_MISMATCH
+            return COMPLETED, ""
+
+        if not self.store.seal(snap, decide, time.time() + self.timing.complete_delay):
+            # Another CompleteSnapshot sealed it a moment ago.
+            return json_response(202, {"Status": self.state(snap)[0]}, req.request_id)
+        final, message = snap.final_status, snap.final_message
         log.info("sealed %s: %s %s", snapshot_id, final, message)
         return json_response(202, {"Status": PENDING}, req.request_id)
 

@@ -25,7 +25,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +34,14 @@ from ebsfs.types import BLOCK_SIZE, BLOCKS_PER_GIB
 log = logging.getLogger(__name__)
 
 PENDING, COMPLETED, ERROR = "pending", "completed", "error"
+
+
+class Refused(Exception):
+    """A put to a snapshot that was sealed or deleted while the put was under way."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(why)
+        self.why = why  # "sealed" | "deleted"
 TIMED_OUT_MESSAGE = "Snapshot timed out"
 
 _SCHEMA = """
@@ -263,12 +271,17 @@ class Store:
         """Durably store one block of a pending snapshot; returns once it is committed."""
         with self._gc_lock:
             self._in_flight[digest] = self._in_flight.get(digest, 0) + 1
+        refused = False
         try:
             path = self.block_path(digest)
             if not path.exists():
                 self._write_file(path, data)
             now = time.time()
             with self._write() as db:
+                # Checked under the write lock: a put racing a CompleteSnapshot or a
+                # DeleteSnapshot either commits before it or is refused.
+                if snap.deleted or snap.sealed:
+                    raise Refused("deleted" if snap.deleted else "sealed")
                 row = db.execute(
                     "SELECT digest FROM blocks WHERE snapshot_id = ? AND idx = ?",
                     (snap.snapshot_id, index),
@@ -281,13 +294,45 @@ class Store:
                     "UPDATE snapshots SET last_activity = ? WHERE id = ?", (now, snap.snapshot_id)
                 )
             snap.last_activity = now
+        except Refused:
+            refused = True
+            raise
         finally:
             with self._gc_lock:
                 self._in_flight[digest] -= 1
                 if not self._in_flight[digest]:
                     del self._in_flight[digest]
+            if refused:
+                self._collect([digest])
         if row is not None and bytes(row[0]) != digest:
             self._collect([bytes(row[0])])
+
+    def seal(
+        self,
+        snap: Snapshot,
+        decide: Callable[[list[tuple[int, bytes]]], tuple[str, str]],
+        complete_at: float,
+    ) -> bool:
+        """Seal a pending snapshot; ``decide`` gets its own blocks and names the outcome.
+
+        Atomic with respect to puts: every put either committed before (and is among the
+        blocks ``decide`` sees) or is refused. False if it was already sealed.
+        """
+        with self._write() as db:
+            if snap.sealed:
+                return False
+            rows = db.execute(
+                "SELECT idx, digest FROM blocks WHERE snapshot_id = ? ORDER BY idx",
+                (snap.snapshot_id,),
+            ).fetchall()
+            final, message = decide([(i, bytes(d)) for i, d in rows])
+            snap.full_blocks = self._count_view(db, snap) if final == COMPLETED else 0
+            snap.final_status, snap.final_message = final, message
+            snap.complete_at = complete_at
+            snap.sealed_at = time.time()
+            db.execute("UPDATE snapshots SET doc = ? WHERE id = ?",
+                       (snap.to_doc(), snap.snapshot_id))
+        return True
 
     def _write_file(self, path: Path, data: bytes) -> None:
         fd, tmp = self._open_temp()
@@ -324,15 +369,6 @@ class Store:
             self._local.buf = buf
         return buf
 
-    def own_blocks(self, snapshot_id: str) -> list[tuple[int, bytes]]:
-        """(index, digest) of the blocks written to this snapshot itself, by index."""
-        with self._reader() as db:
-            rows = db.execute(
-                "SELECT idx, digest FROM blocks WHERE snapshot_id = ? ORDER BY idx",
-                (snapshot_id,),
-            ).fetchall()
-        return [(i, bytes(d)) for i, d in rows]
-
     def lookup(self, snap: Snapshot, index: int) -> tuple[str, bytes] | None:
         """(owning snapshot id, digest) of block ``index`` in the snapshot's full view."""
         with self._reader() as db:
@@ -364,16 +400,14 @@ class Store:
                         merged[i] = (sid, bytes(d))
         return [(i, *merged[i]) for i in sorted(merged)[:limit]]
 
-    def count_view(self, snap: Snapshot) -> int:
+    def _count_view(self, db: sqlite3.Connection, snap: Snapshot) -> int:
         """How many blocks the snapshot's full view holds."""
         chain = self.chain(snap)
         marks = ",".join("?" * len(chain))
-        with self._reader() as db:
-            row = db.execute(
-                f"SELECT COUNT(DISTINCT idx) FROM blocks WHERE snapshot_id IN ({marks}) "
-                "AND idx < ?",
-                (*chain, snap.block_count),
-            ).fetchone()
+        row = db.execute(
+            f"SELECT COUNT(DISTINCT idx) FROM blocks WHERE snapshot_id IN ({marks}) AND idx < ?",
+            (*chain, snap.block_count),
+        ).fetchone()
         return int(row[0])
 
     # -- deletion and garbage -----------------------------------------------------------------
