@@ -17,6 +17,7 @@ Snapshot metadata is small and kept in memory as well; every change is written t
 """
 
 import contextlib
+import errno
 import json
 import logging
 import mmap
@@ -335,32 +336,41 @@ class Store:
         return True
 
     def _write_file(self, path: Path, data: bytes) -> None:
-        fd, tmp = self._open_temp()
+        fd, tmp, direct = self._open_temp()
         try:
-            if self._direct:
+            if direct:
                 # O_DIRECT skips the page cache: the fsync then has no dirty pages to write
-                # back, which halves the CPU a put costs. It needs an aligned buffer.
+                # back, which cuts the CPU a put costs. It needs an aligned buffer.
                 buf = self._aligned_buffer(len(data))
                 buf[: len(data)] = data
                 _write_all(fd, memoryview(buf)[: len(data)])
             else:
                 _write_all(fd, memoryview(data))
             os.fsync(fd)
-        finally:
+        except OSError as exc:
             os.close(fd)
+            os.unlink(tmp)
+            if direct and exc.errno == errno.EINVAL:
+                log.info("O_DIRECT writes fail in %s (%s); using buffered writes",
+                         self._tmp_dir, exc)
+                self._direct = False
+                self._write_file(path, data)
+                return
+            raise
+        os.close(fd)
         os.replace(tmp, path)
         _fsync_path(path.parent)
 
-    def _open_temp(self) -> tuple[int, str]:
+    def _open_temp(self) -> tuple[int, str, bool]:
         name = str(self._tmp_dir / f"{threading.get_ident()}-{time.monotonic_ns()}")
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
         if self._direct:
             try:
-                return os.open(name, flags | os.O_DIRECT, 0o644), name
+                return os.open(name, flags | os.O_DIRECT, 0o644), name, True
             except OSError:
                 log.info("O_DIRECT is not supported in %s; using buffered writes", self._tmp_dir)
                 self._direct = False
-        return os.open(name, flags, 0o644), name
+        return os.open(name, flags, 0o644), name, False
 
     def _aligned_buffer(self, size: int) -> mmap.mmap:
         buf: mmap.mmap | None = getattr(self._local, "buf", None)
