@@ -148,3 +148,15 @@ def test_non_loopback_needs_an_explicit_key_pair(tmp_path: Path) -> None:
                            "--secret-access-key", srv.secret_access_key]
     with srv:
         assert srv.ec2().describe_snapshots(OwnerIds=["self"])["Snapshots"] == []
+
+
+def test_scope_date_must_match_the_request_date(shared: Shared) -> None:
+    headers = sign(shared.server, "GET", "/snapshots/snap-0123456789abcdef0/blocks")
+    auth = headers["Authorization"]
+    date = headers["X-Amz-Date"][:8]
+    other = (datetime.date.fromisoformat(f"{date[:4]}-{date[4:6]}-{date[6:]}")
+             - datetime.timedelta(days=1)).strftime("%Y%m%d")
+    headers["Authorization"] = auth.replace(f"/{date}/", f"/{other}/")
+    answer = send(shared.server, "GET", "/snapshots/snap-0123456789abcdef0/blocks", b"", headers)
+    assert answer.status == 403 and answer.error_type == "InvalidSignatureException"
+    assert "Date in Credential scope does not match" in answer.json()["message"]
