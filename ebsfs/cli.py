@@ -41,14 +41,16 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"ebsfs: {message} (see '{self.prog} --help')\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every command, or of ``only`` (importing every command module costs
+    about a second: ``ebsfs complete`` in a script should not pay for ``mount``'s imports)."""
     parser = _Parser(
         prog="ebsfs",
         description="Amazon EBS snapshots as files, through the EBS direct APIs.",
     )
     parser.add_argument("--version", action="version", version=f"ebsfs {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMANDS:
+    for name in COMMANDS if only is None else (only,):
         importlib.import_module(f"ebsfs.commands.{name}").register(subparsers)
     return parser
 
@@ -63,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except EbsfsError as exc:
             print(f"ebsfs: {exc}", file=sys.stderr)
             return exc.exit_code
-    parser = build_parser()
+    parser = build_parser(argv[0] if argv and argv[0] in COMMANDS else None)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
