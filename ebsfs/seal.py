@@ -50,7 +50,7 @@ Caller = Callable[..., Awaitable[Any]]
 class SealTuning:
     """Polling knobs; AWS can take over ten minutes to report a count mismatch."""
 
-    first_pause: float = 0.5
+    first_pause: float = 0.1
     max_pause: float = 5.0
     patience: float = 3 * 3600.0
     not_found_polls: int = 5  # DescribeSnapshots may lag a moment behind the EBS side

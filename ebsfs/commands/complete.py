@@ -25,7 +25,7 @@ from ebsfs.errors import (
 )
 
 XATTR = "user.ebsfs."
-POLL = 0.25
+POLL = 0.1
 
 EPILOG = """\
 PATH is a file under MOUNTPOINT/new/. The command is the same as `chmod a-w PATH` followed by
