@@ -5,6 +5,7 @@ import logging
 import os
 import signal
 import socket
+import sqlite3
 import threading
 import time
 from types import FrameType
@@ -17,7 +18,7 @@ from ebsfs.server.ebs import BLOCK_TOKEN_TTL, PAGE_TOKEN_TTL, Timing
 from ebsfs.server.faults import Faults
 from ebsfs.server.httpd import Server
 from ebsfs.server.sigv4 import Verifier
-from ebsfs.server.storage import ERROR, Store
+from ebsfs.server.storage import ERROR, DataDirBusy, Store
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,9 @@ def build(config: ServerConfig) -> tuple[Server, Store]:
             raise UsageError(f"--{name.replace('_', '-')} must be between 0 and 1, not {rate}")
     try:
         store = Store(config.data_dir)
-    except OSError as exc:
+    except DataDirBusy as exc:
+        raise UsageError(str(exc)) from None
+    except (OSError, sqlite3.Error) as exc:
         raise UsageError(f"cannot use data directory {config.data_dir}: {exc}") from None
     ttl = config.token_ttl
     timing = Timing(

@@ -18,6 +18,7 @@ Snapshot metadata is small and kept in memory as well; every change is written t
 
 import contextlib
 import errno
+import fcntl
 import json
 import logging
 import mmap
@@ -35,6 +36,10 @@ from ebsfs.types import BLOCK_SIZE, BLOCKS_PER_GIB
 log = logging.getLogger(__name__)
 
 PENDING, COMPLETED, ERROR = "pending", "completed", "error"
+
+
+class DataDirBusy(Exception):
+    """Another server process holds the data directory."""
 
 
 class Refused(Exception):
@@ -134,6 +139,14 @@ class Store:
     def __init__(self, data_dir: str | Path) -> None:
         self.root = Path(data_dir)
         self.root.mkdir(parents=True, exist_ok=True)
+        # One server per data directory: a second one would keep its own picture of the
+        # snapshots in memory. The lock goes with the process, kill -9 included.
+        self._lock_fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock_fd)
+            raise DataDirBusy(f"data directory {self.root} is in use by another server") from None
         self._blocks_dir = self.root / "blocks"
         self._tmp_dir = self.root / "tmp"
         self._blocks_dir.mkdir(exist_ok=True)
@@ -213,6 +226,7 @@ class Store:
                 self._readers.get_nowait().close()
             except queue.Empty:
                 break
+        os.close(self._lock_fd)
 
     # -- snapshots ----------------------------------------------------------------------------
 

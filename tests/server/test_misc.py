@@ -98,3 +98,13 @@ def test_port_in_use_is_one_line(shared: Shared, tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert proc.stderr.startswith("ebsfs: cannot listen on 127.0.0.1:")
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_one_server_per_data_directory(shared: Shared) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "ebsfs", "server", "--data-dir", str(shared.data_dir),
+         "--listen", "127.0.0.1:0"],
+        capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2
+    assert "is in use by another server" in proc.stderr
+    shared.ec2.describe_snapshots(OwnerIds=["self"])
