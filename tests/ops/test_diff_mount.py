@@ -34,7 +34,8 @@ def _dd(src: Path, dst: Path, *, seek: int = 0, notrunc: bool = True) -> None:
 def test_diff_lists_exactly_the_chunks_written(server: LocalServer, tmp_path: Path) -> None:
     env = ebsfs_env(server, tmp_path)
     parent_img = tmp_path / "parent.img"
-    parent_img.write_bytes(os.urandom(4 * MiB))
+    parent_data = os.urandom(4 * MiB)
+    parent_img.write_bytes(parent_data)
     mnt = tmp_path / "mnt"
     with mounted(mnt, env=env):
         _dd(parent_img, mnt / "new" / "parent", notrunc=False)
@@ -54,7 +55,8 @@ def test_diff_lists_exactly_the_chunks_written(server: LocalServer, tmp_path: Pa
             1 * BLOCK_SIZE: os.urandom(BLOCK_SIZE),
             5 * BLOCK_SIZE: os.urandom(2 * BLOCK_SIZE),
             100 * BLOCK_SIZE + 1000: b"0123456789",
-            8 * BLOCK_SIZE - 1: b"xy",
+            # (a byte the parent does not hold there, or chunk 7 would not change)
+            8 * BLOCK_SIZE - 1: bytes([parent_data[8 * BLOCK_SIZE - 1] ^ 0xFF]) + b"y",
         }
         for n, (offset, data) in enumerate(sorted(writes.items())):
             piece = tmp_path / f"piece{n}"
