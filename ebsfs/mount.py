@@ -16,6 +16,8 @@ attribute names) end the session: ``notify_stopping``, ``new/`` flushed, then th
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import errno
 import logging
 import os
@@ -176,7 +178,23 @@ def _setup_logging(config: MountConfig, options: DaemonOptions, daemon: bool) ->
         setup_logging(config.log_level)
 
 
+def _tame_malloc() -> None:
+    """Keep freed blocks from pinning memory (RSS within --cache-size plus a constant).
+
+    glibc raises its mmap threshold dynamically after the first large free, after which
+    512 KiB blocks come from per-thread heap arenas that keep their freed pages; with one
+    worker thread per concurrent request, RSS then grows far past the cache. A fixed
+    threshold (blocks mmapped, returned to the kernel when freed) and two arenas prevent it.
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        m_mmap_threshold, m_arena_max = -3, -8
+        libc.mallopt(m_mmap_threshold, 256 * 1024)
+        libc.mallopt(m_arena_max, 2)
+
+
 def _run(config: MountConfig, options: DaemonOptions, ready: Callable[[], None]) -> None:
+    _tame_malloc()
     api = Api(config.aws)
     try:
         trio.run(_serve, config, options, ready, api)

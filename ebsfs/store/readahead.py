@@ -3,10 +3,13 @@
 It watches the block indexes asked of it. A few readers may stream through one snapshot at
 once, so it keeps a handful of *streams* (last index, how far ahead it has fetched); a read
 within two blocks after a stream's last one continues it, anything else starts a new stream
-in place of the least recently used. Once a stream has moved forward, the next
-``blocks`` indexes past the read are fetched in background tasks through the layer below
+in place of the least recently used. Once a stream has moved forward, the indexes past the
+read are fetched in background tasks through the layer below
 (which caches them and joins concurrent fetches), so the network works while the reader
-consumes. Errors of a read-ahead fetch are dropped: the real read will fetch and report.
+consumes. The window starts at two blocks and doubles with every forward step up to
+``blocks``, so a stray pair of nearby reads (a page the kernel dropped, a second pass mostly
+served by the page cache) costs little. Errors of a read-ahead fetch are dropped: the real
+read will fetch and report.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ _NEAR = 2  # a read this many blocks after a stream's last one still continues i
 class _Stream:
     last: int
     ahead: int  # highest index already handed to a background fetch
-    moved: bool = False
+    moves: int = 0  # forward steps so far: the window doubles with each, up to the maximum
 
 
 class ReadAhead:
@@ -71,11 +74,12 @@ class ReadAhead:
                 self._streams.pop(0)
         self._streams.append(s)  # most recently used last
         if index > s.last:
-            s.moved = True
+            s.moves += 1
         s.last = max(s.last, index)
-        if not s.moved:
+        if not s.moves:
             return
-        target = min(s.last + self.blocks, self.volume_blocks - 1)
+        window = min(self.blocks, 1 << min(s.moves, 20))
+        target = min(s.last + window, self.volume_blocks - 1)
         first = max(s.ahead + 1, s.last + 1)
         if first > target:
             return

@@ -1,0 +1,177 @@
+"""Reading through a mount, against baselines measured in the same run.
+
+1. A 1 GiB snapshot, every block written (random data), on ``ebsfs server --latency-ms 10``.
+2. Baseline A: a bare boto3 downloader — ListSnapshotBlocks, then GetSnapshotBlock in a thread
+   pool of the mount's ``--max-concurrency``, each block SHA256-verified and discarded.
+3. Cold sequential read through a fresh mount (``dd if=SNAP of=/dev/null bs=1M``), with the
+   default read-ahead and again with ``--read-ahead 0``.
+4. Warm read: the same ``dd`` again on the mount that just read it, against baseline B, ``dd``
+   of the same image from a local file (page-cached, as the mount's pages are).
+5. Peak RSS (VmHWM) of each mount daemon, against ``--cache-size`` + 100 MiB.
+
+Prints a table of throughputs and the ratios the issue asks for. Environment:
+BENCH_READ_GIB (default 1), BENCH_READ_LATENCY_MS (default 10), BENCH_READ_CONCURRENCY
+(default 32), BENCH_READ_CACHE (default 256MiB).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from ebsfs import checksum
+from ebsfs.sizes import format_size, parse_size
+from ebsfs.types import BLOCK_SIZE, BLOCKS_PER_GIB
+from tests.mounting import MountProc
+from tests.serverproc import LocalServer, complete, put_block, wait_state
+
+GIB = int(os.environ.get("BENCH_READ_GIB", "1"))
+LATENCY_MS = os.environ.get("BENCH_READ_LATENCY_MS", "10")
+CONCURRENCY = int(os.environ.get("BENCH_READ_CONCURRENCY", "32"))
+CACHE = os.environ.get("BENCH_READ_CACHE", "256MiB")
+MIB = 1 << 20
+
+
+def _upload(server: LocalServer, image: Path) -> str:
+    ebs = server.ebs(max_attempts=5, max_pool_connections=16)
+    sid = str(ebs.start_snapshot(VolumeSize=GIB)["SnapshotId"])
+    digests: dict[int, bytes] = {}
+    lock = threading.Lock()
+
+    def one(index: int) -> None:
+        with open(image, "rb") as f:
+            f.seek(index * BLOCK_SIZE)
+            data = f.read(BLOCK_SIZE)
+        put_block(ebs, sid, index, data)
+        with lock:
+            digests[index] = checksum.digest(data)
+
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(one, range(GIB * BLOCKS_PER_GIB)))
+    complete(ebs, sid, digests)
+    wait_state(server.ec2(), sid)
+    return sid
+
+
+def _bare_download(server: LocalServer, sid: str) -> float:
+    """Seconds for a thread-pool boto3 download, verified and discarded."""
+    ebs = server.ebs(max_attempts=5, max_pool_connections=CONCURRENCY)
+    start = time.perf_counter()
+    tokens: list[tuple[int, str]] = []
+    kwargs = {"SnapshotId": sid, "MaxResults": 10000}
+    while True:
+        page = ebs.list_snapshot_blocks(**kwargs)
+        tokens += [(b["BlockIndex"], b["BlockToken"]) for b in page["Blocks"]]
+        if not page.get("NextToken"):
+            break
+        kwargs["NextToken"] = page["NextToken"]
+
+    def one(item: tuple[int, str]) -> None:
+        r = ebs.get_snapshot_block(SnapshotId=sid, BlockIndex=item[0], BlockToken=item[1])
+        data = r["BlockData"].read()
+        if checksum.block_checksum(data) != r["Checksum"]:
+            raise RuntimeError(f"block {item[0]} failed its checksum")
+
+    with ThreadPoolExecutor(CONCURRENCY) as pool:
+        list(pool.map(one, tokens))
+    return time.perf_counter() - start
+
+
+def _dd(path: Path) -> float:
+    start = time.perf_counter()
+    subprocess.run(["dd", f"if={path}", "of=/dev/null", "bs=1M"], check=True, capture_output=True)
+    return time.perf_counter() - start
+
+
+def _peak_rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def _drop_page_cache(path: Path) -> None:
+    # A cold read must not be served by pages an earlier run left in the kernel.
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def _mount_read(
+    server: LocalServer, sid: str, where: Path, *flags: str
+) -> tuple[float, float | None, int]:
+    """(cold seconds, warm seconds or None, peak RSS) for one mount."""
+    m = MountProc(
+        server,
+        where,
+        "--cache-size",
+        CACHE,
+        "--max-concurrency",
+        str(CONCURRENCY),
+        "--log-level",
+        "warning",
+        *flags,
+    )
+    with m:
+        assert m.proc is not None
+        snap = m.path / sid
+        cold = _dd(snap)
+        warm = _dd(snap) if not flags else None
+        rss = _peak_rss(m.proc.pid)
+    return cold, warm, rss
+
+
+def main() -> None:
+    size = GIB << 30
+    with tempfile.TemporaryDirectory(prefix="ebsfs-bench-read-") as tmp:
+        root = Path(tmp)
+        image = root / "image.bin"
+        with open(image, "wb") as f:
+            for _ in range(size // (64 * MIB)):
+                f.write(os.urandom(64 * MIB))
+        server = LocalServer(root / "server")
+        server.start()
+        try:
+            sid = _upload(server, image)
+            server.restart("--latency-ms", LATENCY_MS)
+            bare = _bare_download(server, sid)
+            cold, warm, rss = _mount_read(server, sid, root / "m1")
+            cold_off, _, rss_off = _mount_read(server, sid, root / "m2", "--read-ahead", "0")
+        finally:
+            server.stop()
+        # Local file baseline: page-cached like the mount's second pass.
+        _dd(image)
+        local = _dd(image)
+        _drop_page_cache(image)
+    mbps = lambda seconds: size / MIB / seconds  # noqa: E731
+    cache_bytes = parse_size(CACHE)
+    rows = [
+        ("bare boto3 downloader (baseline A)", bare),
+        ("mount, cold, read-ahead default", cold),
+        ("mount, cold, read-ahead 0", cold_off),
+        ("local file, page-cached (baseline B)", local),
+    ]
+    if warm is not None:
+        rows.insert(3, ("mount, warm (second pass)", warm))
+    print(
+        f"1 snapshot of {GIB} GiB, server --latency-ms {LATENCY_MS}, "
+        f"--max-concurrency {CONCURRENCY}, --cache-size {CACHE}"
+    )
+    for name, seconds in rows:
+        print(f"  {name:<40} {seconds:7.2f} s  {mbps(seconds):9.1f} MiB/s")
+    print(f"  cold / bare boto3            {bare / cold:5.2f}   (target >= 0.8)")
+    print(f"  cold, read-ahead 0 / bare    {bare / cold_off:5.2f}")
+    if warm is not None:
+        print(f"  warm / local file            {local / warm:5.2f}   (target >= 0.5)")
+    limit = cache_bytes + 100 * MIB
+    print(f"  peak RSS, read-ahead default {format_size(rss)}  (limit {format_size(limit)})")
+    print(f"  peak RSS, read-ahead 0       {format_size(rss_off)}")
+    sys.stdout.flush()
