@@ -172,6 +172,7 @@ class Store:
             self.snapshots[sid] = Snapshot.from_doc(doc)
             self.snapshots[sid].last_activity = active
         self.token_key = self._load_token_key()
+        self.prune()  # finishes a deletion a crash interrupted
         self._remove_orphan_files()
 
     # -- plumbing ---------------------------------------------------------------------------
