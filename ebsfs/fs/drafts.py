@@ -181,6 +181,9 @@ class SnapshotDraft:
     # ---- data --------------------------------------------------------------------------------
 
     async def read(self, offset: int, length: int) -> bytes:
+        if self.state == COMPLETED:
+            # Its spool is gone; the data is read as MOUNTPOINT/snap-ID now.
+            raise NotFoundError(f"{self.name} was sealed as {self.snapshot_id}")
         size = self.size()
         end = min(offset + length, size)
         if offset >= end:
