@@ -246,7 +246,13 @@ class Spool:
         cov = self.coverage.get(index)
         if cov is None:
             return base
-        slot = self.slots[index]
+        return self.compose(self.slots[index], cov, base)
+
+    def compose(self, slot: int, cov: list[Interval], base: bytes | None) -> bytes:
+        """The bytes of ``slot`` where ``cov`` says they were written, ``base`` elsewhere.
+
+        Touches no mutable state but the file, so it may run in a worker thread (``cov`` is
+        never changed in place: writes replace it)."""
         raw = os.pread(self._data_fd, BLOCK_SIZE, slot * BLOCK_SIZE)
         if cov is FULL or base is None:
             # Unwritten parts of a slot read as zeros (a hole, or past the end of the file).

@@ -157,7 +157,15 @@ class WriteBack:
         base = None
         if self.parent is not None and not self.spool.is_full(index):
             base = await self.parent.read_block(index)
-        return self.spool.read_block(index, base)
+        return await self._compose(index, base)
+
+    async def _compose(self, index: int, base: bytes | None) -> bytes | None:
+        # pread of 512 KiB is slow enough to stall every FUSE request if done inline.
+        cov = self.spool.coverage.get(index)
+        if cov is None:
+            return base
+        slot = self.spool.slots[index]
+        return await trio.to_thread.run_sync(self.spool.compose, slot, cov, base)
 
     async def write(self, offset: int, data: bytes) -> None:
         """Keep ``data`` at ``offset`` (in the spool before returning); may wait for uploads."""
@@ -262,9 +270,10 @@ class WriteBack:
             if self.parent is not None:
                 # Also for a full block: one the parent holds identically is not stored again.
                 base = await self.parent.read_block(BlockIndex(index))
-            # From here to the first await nothing else runs: the version and bytes match.
+            # The version is taken before the bytes are read: a write landing while they are
+            # read (or stored) bumps it, so the block stays dirty and is stored again.
             version = self._version[index]
-            data = self.spool.read_block(index, base) or ZERO_BLOCK
+            data = await self._compose(index, base) or ZERO_BLOCK
             if index not in self.spool.stored:
                 if base is not None and data == base:
                     self.counters["unchanged_blocks_skipped"] += 1
