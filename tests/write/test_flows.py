@@ -4,6 +4,7 @@ completed snapshot read back with plain boto3 and checked with e2fsck and a loop
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -69,7 +70,14 @@ def test_flow_b_size_taken_from_the_data(
     target = m.path / "new" / "img"
     sh("dd", f"if={image}", f"of={target}", "bs=1M", "conv=fsync", "status=none")
     assert target.stat().st_size == GIB  # fixed at fsync: rounded up to a GiB
-    snapshot_id = seal(target, server)
+    # Sealed with chmod a-w instead of ebsfs complete: the file leaves new/ once completed.
+    snapshot_id = os.getxattr(target, "user.ebsfs.snapshot_id").decode()
+    sh("chmod", "a-w", target)
+    deadline = time.monotonic() + 60
+    while target.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not target.exists()
+    assert os.readlink(m.path / "by-name" / "img") == f"../{snapshot_id}"
     ec2 = server.ec2()
     snap = ec2.describe_snapshots(SnapshotIds=[snapshot_id])["Snapshots"][0]
     assert snap["VolumeSize"] == 1
