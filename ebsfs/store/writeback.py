@@ -17,7 +17,9 @@ an uploader task that sends dirty blocks to a ``BlockSink`` (PutSnapshotBlock):
 * at most ``max_uploads`` blocks are in flight, never two of one index (their order on the wire
   would be a race); a block whose store failed is tried again after a pause.
 
-Dirty data lives in the spool on disk, not in memory: memory is ``max_uploads`` blocks.
+Dirty data lives in the spool on disk. A block that one write covered whole is also kept in
+memory until it is stored (at most ``dirty_limit`` bytes of them), so storing it needs no
+read of the spool; memory is that plus ``max_uploads`` blocks in flight.
 """
 
 from __future__ import annotations
@@ -81,6 +83,8 @@ class WriteBack:
         self._version: dict[int, int] = {}
         self._stored_version: dict[int, int] = {}
         self._dirty: OrderedDict[int, float] = OrderedDict()
+        #: Blocks whose latest write covered them whole, as that write gave them.
+        self._mem: dict[int, bytes] = {}
         self._inflight: set[int] = set()
         self._failed: dict[int, _Failure] = {}
         self._fatal: EbsfsError | None = None
@@ -127,6 +131,7 @@ class WriteBack:
         self.sink = None
         self._fatal = None
         self._failed.clear()
+        self._mem.clear()
         self.spool.reset_stored()
         self._stored_version.clear()
         now = self.clock()
@@ -180,10 +185,19 @@ class WriteBack:
             await changed.wait()
         now = self.clock()
         wake = False
+        keep = self.sink is not None
         for index in self.spool.write(offset, data):
             self._version[index] = self._version.get(index, 0) + 1
             self._dirty[index] = now
             self._dirty.move_to_end(index)
+            start = index * BLOCK_SIZE
+            if keep and offset <= start and start + BLOCK_SIZE <= offset + len(data):
+                # This write holds the whole block: keep a copy, so storing it needs no read
+                # of the spool (bounded by dirty_limit, like the dirty blocks themselves).
+                if len(self._mem) * BLOCK_SIZE < self.tuning.dirty_limit:
+                    self._mem[index] = bytes(data[start - offset : start - offset + BLOCK_SIZE])
+            else:
+                self._mem.pop(index, None)
             if self.spool.is_full(index):
                 wake = True
         if wake and self.sink is not None and self._sleep_until is None:
@@ -273,7 +287,9 @@ class WriteBack:
             # The version is taken before the bytes are read: a write landing while they are
             # read (or stored) bumps it, so the block stays dirty and is stored again.
             version = self._version[index]
-            data = await self._compose(index, base) or ZERO_BLOCK
+            data = self._mem.get(index)
+            if data is None:
+                data = await self._compose(index, base) or ZERO_BLOCK
             if index not in self.spool.stored:
                 if base is not None and data == base:
                     self.counters["unchanged_blocks_skipped"] += 1
@@ -314,3 +330,4 @@ class WriteBack:
         self._failed.pop(index, None)
         if current:
             self._dirty.pop(index, None)
+            self._mem.pop(index, None)

@@ -237,3 +237,14 @@ def test_a_vanished_snapshot_stops_uploads(tmp_path: Path) -> None:
         assert await wb.read_block(1) == b"y" * BS
 
     run(tmp_path, body)
+
+
+def test_a_whole_block_kept_in_memory_never_hides_a_later_partial_write(tmp_path: Path) -> None:
+    async def body(wb: WriteBack, api: FakeApi, sid: str) -> None:
+        await wb.write(0, b"a" * (2 * BS))  # whole blocks 0 and 1, kept in memory
+        await wb.write(BS + 10, b"zz")  # a partial write over block 1
+        await wb.flush()
+        assert api.snaps[sid].own[0] == b"a" * BS
+        assert api.snaps[sid].own[1] == b"a" * 10 + b"zz" + b"a" * (BS - 12)
+
+    run(tmp_path, body, tuning=WriteTuning(delay=5.0))
