@@ -28,6 +28,11 @@ XATTR = "user.ebsfs."
 POLL = 0.1
 
 EPILOG = """\
+examples:
+  ebsfs complete /mnt/ebs/new/backup          seal, wait, print the snapshot id
+  chmod a-w /mnt/ebs/new/backup               the same, without waiting
+  ebsfs complete --timeout 60 /mnt/ebs/new/x  give up waiting after a minute
+
 PATH is a file under MOUNTPOINT/new/. The command is the same as `chmod a-w PATH` followed by
 waiting: the daemon stores what is still dirty, calls CompleteSnapshot and polls AWS until the
 snapshot is completed; the file then leaves new/ and shows as MOUNTPOINT/snap-ID. The snapshot

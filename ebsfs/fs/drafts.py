@@ -129,7 +129,6 @@ class SnapshotDraft:
         self.wb = WriteBack(
             spool,
             owner.parent_reader(parent, self.m["parent_gib"]) if parent else None,
-            skip_zeros=not parent,
             tuning=owner.tuning,
             counters=self.counters,
         )
@@ -404,7 +403,6 @@ class SnapshotDraft:
         if declared is None or declared < gib * GIB:
             self.m["size"] = gib * GIB
         self.wb.parent = self.owner.parent_reader(parent, gib)
-        self.wb.skip_zeros = False
 
     # ---- sealing -----------------------------------------------------------------------------
 

@@ -10,10 +10,11 @@ an uploader task that sends dirty blocks to a ``BlockSink`` (PutSnapshotBlock):
 * other (partial) blocks wait for ``flush``, or for pressure: when more than ``dirty_limit``
   bytes are dirty, everything dirty is stored, oldest first, and writers wait (back-pressure);
 * a partial block is completed from what was written, then the parent's block, then zeros;
-* a block of zeros is not stored when ``skip_zeros`` (no parent, not encrypted), nor a block
-  the parent holds with the same bytes, when nothing was stored at its index before (AWS
-  would otherwise keep the earlier data); zeros over a hole of the parent are stored (SPEC.md:
-  with a parent, zero blocks are uploaded);
+* a block is not stored when it would read the same without it — the parent's block with the
+  same bytes, or zeros where the parent (or a snapshot with no parent) has a hole, unless
+  the snapshot is encrypted (its holes do not read as zeros) — and nothing was stored at its
+  index before (AWS would otherwise keep the earlier data). So zeros *are* stored over a
+  parent's data, and a child stores only the blocks whose bytes changed;
 * at most ``max_uploads`` blocks are in flight, never two of one index (their order on the wire
   would be a race); a block whose store failed is tried again after a pause.
 
@@ -68,14 +69,14 @@ class WriteBack:
         spool: Spool,
         parent: BlockReader | None,
         *,
-        skip_zeros: bool,
+        encrypted: bool = False,
         tuning: WriteTuning | None = None,
         counters: Counter[str] | None = None,
         clock: Callable[[], float] = trio.current_time,
     ) -> None:
         self.spool = spool
         self.parent = parent
-        self.skip_zeros = skip_zeros
+        self.encrypted = encrypted
         self.tuning = tuning or WriteTuning()
         self.counters: Counter[str] = counters if counters is not None else Counter()
         self.clock = clock
@@ -290,15 +291,13 @@ class WriteBack:
             data = self._mem.get(index)
             if data is None:
                 data = await self._compose(index, base) or ZERO_BLOCK
-            if index not in self.spool.stored:
-                if base is not None and data == base:
-                    self.counters["unchanged_blocks_skipped"] += 1
-                    self._done(index, version, None)
-                    return
-                if self.skip_zeros and data == ZERO_BLOCK:
-                    self.counters["zero_blocks_skipped"] += 1
-                    self._done(index, version, None)
-                    return
+            # What the snapshot reads at this index if nothing is stored there.
+            inherited = base if base is not None else None if self.encrypted else ZERO_BLOCK
+            if index not in self.spool.stored and data == inherited:
+                kind = "zero" if base is None else "unchanged"
+                self.counters[f"{kind}_blocks_skipped"] += 1
+                self._done(index, version, None)
+                return
             digest = await trio.to_thread.run_sync(checksum.digest, data)
             await sink.put(index, data, checksum.b64(digest))
             if self.sink is sink:

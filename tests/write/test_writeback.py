@@ -34,7 +34,7 @@ def run(
         info = api.start_snapshot(1, parent=parent_id, client_token="t")
         spool = Spool.create(tmp_path, {"name": "x"})
         reader = DictReader(api, parent_id) if parent_id else None
-        wb = WriteBack(spool, reader, skip_zeros=parent is None,
+        wb = WriteBack(spool, reader,
                        tuning=tuning or WriteTuning(delay=0.05, max_uploads=4))
         limiter = trio.CapacityLimiter(4)
         wb.attach(RemoteWriter(api, info.snapshot_id, limiter, tuning=FAST_PUT,
@@ -133,10 +133,11 @@ def test_blocks_the_parent_holds_unchanged_are_not_stored(tmp_path: Path) -> Non
     async def body(wb: WriteBack, api: FakeApi, sid: str) -> None:
         await wb.write(0, b"P" * BS)  # the same bytes: not stored
         await wb.write(BS, b"Q" * (BS - 1) + b"!")  # one byte differs: stored
-        await wb.write(2 * BS, bytes(BS))  # zeros over a hole of the parent: stored
+        await wb.write(2 * BS, bytes(BS))  # zeros over a hole of the parent: not stored
         await wb.flush()
-        assert sorted(api.puts) == [1, 2]
+        assert sorted(api.puts) == [1]
         assert wb.stats()["unchanged_blocks_skipped"] == 1
+        assert wb.stats()["zero_blocks_skipped"] == 1
 
     run(tmp_path, body, parent=parent)
 
