@@ -21,6 +21,7 @@ from typing import Any, Protocol, TypeVar
 
 import trio
 
+from ebsfs import checksum
 from ebsfs.errors import ApiError, BackendUnavailableError, ChecksumError, EbsfsError, NotFoundError
 
 log = logging.getLogger(__name__)
@@ -37,8 +38,8 @@ class PutApi(Protocol):
 class BlockSink(Protocol):
     """Where the write-back layer stores finished blocks."""
 
-    async def put(self, index: int, data: bytes, checksum_b64: str) -> None:
-        """Store one full block; returns once AWS acknowledged it."""
+    async def put(self, index: int, data: bytes) -> bytes:
+        """Store one full block; returns its raw SHA256 digest once AWS acknowledged it."""
         ...
 
 
@@ -105,15 +106,21 @@ class RemoteWriter:
         self.counters: Counter[str] = counters if counters is not None else Counter()
         self.tuning = tuning or PutTuning()
 
-    async def put(self, index: int, data: bytes, checksum_b64: str) -> None:
+    def _put_sync(self, index: int, data: bytes, digest: list[bytes]) -> None:
+        # Hashing in the same worker thread as the request: one thread hand-off per block.
+        if not digest:
+            digest.append(checksum.digest(data))
+        self.api.put_block(self.snapshot_id, index, data, checksum.b64(digest[0]))
+
+    async def put(self, index: int, data: bytes) -> bytes:
         t = self.tuning
         failures = 0
         not_found = 0
+        digest: list[bytes] = []
         while True:
             try:
                 await trio.to_thread.run_sync(
-                    partial(self.api.put_block, self.snapshot_id, index, data, checksum_b64),
-                    limiter=self.limiter,
+                    partial(self._put_sync, index, data, digest), limiter=self.limiter
                 )
             except NotFoundError as exc:
                 not_found += 1
@@ -141,4 +148,4 @@ class RemoteWriter:
                 continue
             self.counters["puts"] += 1
             self.counters["bytes_put"] += len(data)
-            return
+            return digest[0]

@@ -298,8 +298,7 @@ class WriteBack:
                 self.counters[f"{kind}_blocks_skipped"] += 1
                 self._done(index, version, None)
                 return
-            digest = await trio.to_thread.run_sync(checksum.digest, data)
-            await sink.put(index, data, checksum.b64(digest))
+            digest = await sink.put(index, data)
             if self.sink is sink:
                 self._done(index, version, digest)
         except (EbsfsError, OSError) as exc:
