@@ -1,0 +1,13 @@
+"""The local EBS direct API and EC2 snapshot server (``ebsfs server``, docs/server.md).
+
+Modules, each with one job, each knowing only those below it:
+
+    runner     credentials, listening socket, sweeper thread, signals
+    httpd      HTTP/1.1 transport: keep-alive connections, bounded bodies, sendfile
+    app        one request: SigV4 check, faults, routing, errors in the family's shape
+    ebs, ec2   the operations' handlers
+    sigv4      signature verification        tokens    block and page tokens
+    validate   framework input validation    faults    fault injection
+    storage    SQLite metadata and content-addressed block files
+    errors, wire   error classes, request/response records
+"""
