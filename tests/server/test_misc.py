@@ -108,3 +108,17 @@ def test_one_server_per_data_directory(shared: Shared) -> None:
     assert proc.returncode == 2
     assert "is in use by another server" in proc.stderr
     shared.ec2.describe_snapshots(OwnerIds=["self"])
+
+
+def test_settings_from_the_configuration_file(server_factory: Any, tmp_path: Path) -> None:
+    config = tmp_path / "ebsfs.toml"
+    config.write_text('[server]\nlog_level = "debug"\ncomplete_delay = 30\n')
+    srv = server_factory("--config", str(config), "--complete-delay", "0")
+    ebs = srv.ebs()
+    sid = ebs.start_snapshot(VolumeSize=1)["SnapshotId"]
+    ebs.complete_snapshot(SnapshotId=sid, ChangedBlocksCount=0)
+    # The flag beat the file's complete_delay; the file's log level applied.
+    state = srv.ec2().describe_snapshots(SnapshotIds=[sid])["Snapshots"][0]["State"]
+    assert state == "completed"
+    srv.stop()
+    assert "StartSnapshot POST /snapshots -> 201" in srv.log_text()
