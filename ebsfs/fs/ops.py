@@ -390,6 +390,7 @@ class EbsfsOperations(pyfuse3.Operations):
         assert info is not None
         stack = self.stacks.get(info.snapshot_id, info.volume_size)
         data = await read_range(stack, off, size, info.volume_size << 30)
+        self.counters["reads"] += 1
         self.counters["read_bytes"] += len(data)
         return data
 
