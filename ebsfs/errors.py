@@ -17,6 +17,7 @@ The CLI prints ``ebsfs: <message>`` and exits with ``exit_code``: no traceback.
     ├── ReadOnlyError               EROFS
     ├── FileTooLargeError           EFBIG
     ├── NotPermittedError           EPERM
+    ├── NoSpaceError                ENOSPC          the spool's disk is full
     └── InvalidValueError           EINVAL
 """
 
@@ -112,3 +113,9 @@ class InvalidValueError(EbsfsError):
     """A bad value, such as an unknown parent snapshot or a malformed tag."""
 
     errno = _errno.EINVAL
+
+
+class NoSpaceError(EbsfsError):
+    """The spool's disk is full: a write to ``new/`` cannot be kept (nothing was accepted)."""
+
+    errno = _errno.ENOSPC
