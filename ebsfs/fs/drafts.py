@@ -30,6 +30,7 @@ draft that is being sealed, completed or failed is ReadOnlyError.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import re
@@ -47,6 +48,7 @@ from ebsfs.errors import (
     EbsfsError,
     FileTooLargeError,
     InvalidValueError,
+    NoSpaceError,
     NotFoundError,
     NotPermittedError,
     ReadOnlyError,
@@ -215,7 +217,14 @@ class SnapshotDraft:
         if not self.m.get("written"):
             self.m["written"] = True
             self._save()
-        await self.wb.write(offset, data)
+        try:
+            await self.wb.write(offset, data)
+        except OSError as exc:
+            log.error("%s: the spool %s cannot keep a write: %s", self.name,
+                      self.spool.directory, exc)
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise NoSpaceError(f"{self.name}: the spool's disk is full") from None
+            raise EbsfsError(f"{self.name}: spool: {exc.strerror or exc}") from None
         self._touch()
         return len(data)
 

@@ -161,9 +161,15 @@ class Spool:
 
     def _append(self, records: bytes) -> None:
         view = memoryview(records)
-        while view:
-            n = os.write(self._journal_fd, view)
-            view = view[n:]
+        start = os.lseek(self._journal_fd, 0, os.SEEK_END)
+        try:
+            while view:
+                n = os.write(self._journal_fd, view)
+                view = view[n:]
+        except OSError:
+            # A torn record would end every later replay there: cut it off.
+            os.ftruncate(self._journal_fd, start)
+            raise
 
     def _replay(self) -> None:
         with open(self.directory / JOURNAL, "rb") as f:
@@ -212,29 +218,38 @@ class Spool:
         return touched
 
     def write(self, offset: int, data: bytes) -> list[int]:
-        """Keep ``data`` written at volume byte ``offset``; returns the block indexes touched."""
+        """Keep ``data`` written at volume byte ``offset``; returns the block indexes touched.
+
+        On an error (a full disk) nothing is recorded: the write was not accepted."""
         end = offset + len(data)
         records = bytearray()
+        new_slots: list[int] = []
         pos = offset
         view = memoryview(data)
-        while pos < end:
-            index = pos // BLOCK_SIZE
-            within = pos - index * BLOCK_SIZE
-            n = min(end - pos, BLOCK_SIZE - within)
-            slot = self.slots.get(index)
-            if slot is None:
-                slot = len(self.slots)
-                self.slots[index] = slot
-                records += self._record(b"S", index, slot)
-            chunk = view[pos - offset : pos - offset + n]
-            written = 0
-            while written < n:
-                written += os.pwrite(
-                    self._data_fd, chunk[written:], slot * BLOCK_SIZE + within + written
-                )
-            pos += n
-        records += self._record(b"W", offset, end)
-        self._append(bytes(records))
+        try:
+            while pos < end:
+                index = pos // BLOCK_SIZE
+                within = pos - index * BLOCK_SIZE
+                n = min(end - pos, BLOCK_SIZE - within)
+                slot = self.slots.get(index)
+                if slot is None:
+                    slot = len(self.slots)
+                    self.slots[index] = slot
+                    new_slots.append(index)
+                    records += self._record(b"S", index, slot)
+                chunk = view[pos - offset : pos - offset + n]
+                written = 0
+                while written < n:
+                    written += os.pwrite(
+                        self._data_fd, chunk[written:], slot * BLOCK_SIZE + within + written
+                    )
+                pos += n
+            records += self._record(b"W", offset, end)
+            self._append(bytes(records))
+        except OSError:
+            for index in new_slots:
+                del self.slots[index]
+            raise
         return self._cover(offset, end)
 
     def is_full(self, index: int) -> bool:

@@ -1,7 +1,10 @@
 """The spool keeps every accepted byte and replays to the same state after a crash."""
 
+import errno
 import os
 from pathlib import Path
+
+import pytest
 
 from ebsfs.store.spool import JOURNAL, Spool
 from ebsfs.types import BLOCK_SIZE
@@ -96,3 +99,24 @@ def test_manifest_replacement_is_atomic(tmp_path: Path) -> None:
     assert Spool.load(spool.directory).manifest["n"] == 2
     assert not list(spool.directory.glob("*.tmp"))
     assert Spool.find(tmp_path) == [spool.directory]
+
+
+def test_a_failed_write_records_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spool = Spool.create(tmp_path, {"name": "x"})
+    spool.write(0, b"kept")
+    real_write = os.write
+
+    def full_disk(fd: int, data: bytes) -> int:
+        real_write(fd, bytes(data)[:10])  # a torn record, then the disk is full
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", full_disk)
+    with pytest.raises(OSError):
+        spool.write(3 * BS, b"lost")
+    monkeypatch.undo()
+    assert 3 not in spool.slots and 3 not in spool.coverage
+    spool.write(BS, b"after")  # later records follow the good ones
+    spool.close()
+    again = Spool.load(spool.directory)
+    assert set(again.coverage) == {0, 1}
+    assert again.read_block(1, None) == b"after" + bytes(BS - 5)
