@@ -38,6 +38,19 @@ log = logging.getLogger(__name__)
 PENDING, COMPLETED, ERROR = "pending", "completed", "error"
 
 
+@dataclass
+class _RowWrite:
+    """A put's row on its way into the database, and what became of it."""
+
+    snap: "Snapshot"
+    index: int
+    digest: bytes
+    done: bool = False
+    refused: str | None = None
+    replaced: bytes | None = None
+    error: Exception | None = None
+
+
 class DataDirBusy(Exception):
     """Another server process holds the data directory."""
 
@@ -160,6 +173,8 @@ class Store:
         self._db_path = self.root / "meta.sqlite3"
         self._wlock = threading.Lock()
         self._prune_lock = threading.Lock()
+        self._pending_lock = threading.Lock()
+        self._pending: list[_RowWrite] = []
         self._gc_lock = threading.Lock()
         self._in_flight: dict[bytes, int] = {}
         self._readers: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
@@ -292,24 +307,12 @@ class Store:
             path = self.block_path(digest)
             if not path.exists():
                 self._write_file(path, data)
-            now = time.time()
-            with self._write() as db:
-                # Checked under the write lock: a put racing a CompleteSnapshot or a
-                # DeleteSnapshot either commits before it or is refused.
-                if snap.deleted or snap.sealed:
-                    raise Refused("deleted" if snap.deleted else "sealed")
-                row = db.execute(
-                    "SELECT digest FROM blocks WHERE snapshot_id = ? AND idx = ?",
-                    (snap.snapshot_id, index),
-                ).fetchone()
-                db.execute(
-                    "INSERT OR REPLACE INTO blocks (snapshot_id, idx, digest) VALUES (?, ?, ?)",
-                    (snap.snapshot_id, index, digest),
-                )
-                db.execute(
-                    "UPDATE snapshots SET last_activity = ? WHERE id = ?", (now, snap.snapshot_id)
-                )
-            snap.last_activity = now
+            write = _RowWrite(snap, index, digest)
+            self._commit_row(write)
+            if write.error is not None:
+                raise write.error
+            if write.refused is not None:
+                raise Refused(write.refused)
         except Refused:
             refused = True
             raise
@@ -320,8 +323,60 @@ class Store:
                     del self._in_flight[digest]
             if refused:
                 self._collect([digest])
-        if row is not None and bytes(row[0]) != digest:
-            self._collect([bytes(row[0])])
+        if write.replaced is not None and write.replaced != digest:
+            self._collect([write.replaced])
+
+    def _commit_row(self, write: "_RowWrite") -> None:
+        """Commit a put's row, in one transaction with every other put waiting for it.
+
+        Group commit: whichever put gets the write lock commits all rows queued by then, so
+        concurrent puts share one WAL fsync. Sealing and deletion are checked under the same
+        lock: a put racing a CompleteSnapshot or a DeleteSnapshot commits before it or is
+        refused.
+        """
+        with self._pending_lock:
+            self._pending.append(write)
+        with self._wlock:
+            if write.done:
+                return
+            with self._pending_lock:
+                batch, self._pending = self._pending, []
+            db = self._writer
+            now = time.time()
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    for w in batch:
+                        if w.snap.deleted or w.snap.sealed:
+                            w.refused = "deleted" if w.snap.deleted else "sealed"
+                            continue
+                        row = db.execute(
+                            "SELECT digest FROM blocks WHERE snapshot_id = ? AND idx = ?",
+                            (w.snap.snapshot_id, w.index),
+                        ).fetchone()
+                        w.replaced = None if row is None else bytes(row[0])
+                        db.execute(
+                            "INSERT OR REPLACE INTO blocks (snapshot_id, idx, digest) "
+                            "VALUES (?, ?, ?)",
+                            (w.snap.snapshot_id, w.index, w.digest),
+                        )
+                        db.execute(
+                            "UPDATE snapshots SET last_activity = ? WHERE id = ?",
+                            (now, w.snap.snapshot_id),
+                        )
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
+                db.execute("COMMIT")
+                for w in batch:
+                    if w.refused is None:
+                        w.snap.last_activity = now
+            except Exception as exc:
+                for w in batch:
+                    w.error = exc
+            finally:
+                for w in batch:
+                    w.done = True
 
     def seal(
         self,
