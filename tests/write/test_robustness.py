@@ -150,7 +150,9 @@ def test_bad_input_gets_its_errno_and_changes_nothing(
     assert _oserror(lambda: os.truncate(a, (64 << 40) + 1)) == errno.EFBIG
     # sealing a draft with no data
     assert _oserror(lambda: os.chmod(a, 0o444)) == errno.EINVAL
-    assert ebsfs("complete", str(a), env=server.env()).returncode != 0
+    assert ebsfs("complete", str(a), env=server.env()).returncode == 1
+    missing = ebsfs("complete", str(new / "missing"), env=server.env())
+    assert missing.returncode == 3 and missing.stderr.startswith("ebsfs: ")
     fd = os.open(a, os.O_RDWR)
     try:
         assert _oserror(lambda: os.pwrite(fd, b"x", GIB)) == errno.EFBIG
