@@ -582,7 +582,7 @@ class Drafts:
 
     def recover(self) -> None:
         """Bring back every draft found in the spool directory."""
-        self.spool_root.mkdir(parents=True, exist_ok=True)
+        self.spool_root.mkdir(mode=0o700, parents=True, exist_ok=True)
         for directory in Spool.find(self.spool_root):
             try:
                 spool = Spool.load(directory)

@@ -94,9 +94,9 @@ class Spool:
     @classmethod
     def create(cls, root: Path, manifest: dict[str, Any]) -> Spool:
         """A new, empty spool directory under ``root``."""
-        root.mkdir(parents=True, exist_ok=True)
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
         directory = root / uuid.uuid4().hex
-        directory.mkdir()
+        directory.mkdir(mode=0o700)  # disk images may hold secrets
         spool = cls(directory)
         spool._open()
         spool.save_manifest(manifest)
