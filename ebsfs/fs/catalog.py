@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 SNAPSHOT_ID_RE = re.compile(r"^snap-[0-9a-f]{8,17}$")
 #: A lookup of an unknown snapshot id asks EC2 at most this often per id.
 UNKNOWN_LOOKUP_INTERVAL = 2.0
+#: How long a snapshot sealed through new/ may answer 404 before it is given up on.
+NOT_FOUND_GRACE = 60.0
 
 
 class ListingApi(Protocol):
@@ -124,6 +126,20 @@ class Catalog:
             progress="100%",
         )
 
+    async def _probe_until_readable(self, snapshot_id: str, name: str) -> SnapshotInfo:
+        """``_probe``, retried while AWS still answers 404 for a snapshot that just completed
+        (ebs-direct-api.md §4.4: up to about a minute)."""
+        deadline = trio.current_time() + NOT_FOUND_GRACE
+        pause = 0.5
+        while True:
+            try:
+                return await self._probe(snapshot_id, name)
+            except NotFoundError:
+                if trio.current_time() + pause > deadline:
+                    raise
+                await trio.sleep(pause)
+                pause = min(pause * 2, 8.0)
+
     async def refresh(self, *, raise_errors: bool = False) -> None:
         """List again (EC2 mode only); concurrent callers share one listing."""
         if self.fixed:
@@ -196,7 +212,7 @@ class Catalog:
             except (AccessDeniedError, NotFoundError) as exc:
                 log.info("EC2 does not describe %s (%s); probing it instead", snapshot_id, exc)
         if info is None:
-            info = await self._probe(snapshot_id, name)
+            info = await self._probe_until_readable(snapshot_id, name)
         if name and not info.name:
             info = replace(info, tags={**info.tags, "Name": name})
         info = replace(info, state="completed")
