@@ -139,3 +139,17 @@ def test_ls_lists_every_state(server) -> None:
     assert by_id[pending][1] == "pending"
     listed = json.loads(ebsfs("ls", "--json", env=env, check=True).stdout)
     assert {s["snapshot_id"] for s in listed} == {sid, pending}
+
+
+def test_filter_shows_only_matching_snapshots(server, mount_factory) -> None:
+    ebs, ec2 = server.ebs(), server.ec2()
+    prod = upload_image(ebs, ec2, os.urandom(BLOCK), name="prod-disk")
+    test = upload_image(ebs, ec2, os.urandom(BLOCK), name="test-disk")
+    ec2.create_tags(Resources=[prod], Tags=[{"Key": "Env", "Value": "prod"}])
+    ec2.create_tags(Resources=[test], Tags=[{"Key": "Env", "Value": "test"}])
+    m = mount_factory(server, "--filter", "tag:Env=prod")
+    assert os.listdir(m.path) == ["by-name", "new", prod]
+    assert os.listdir(m.path / "by-name") == ["prod-disk"]
+    assert os.getxattr(m.path / prod, "user.ebsfs.tag.Env") == b"prod"
+    # a lookup by id of a snapshot the filter leaves out finds nothing either
+    assert _errno(os.stat, m.path / test) == errno.ENOENT
