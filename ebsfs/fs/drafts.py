@@ -442,12 +442,16 @@ class SnapshotDraft:
         self.progress = "storing"
         self._touch()
         self._save()
-        self.owner.nursery.start_soon(self._finish)
+        self._begin_finish()
 
-    async def _finish(self) -> None:
+    def _begin_finish(self) -> None:
+        # The scope exists before the task runs, so an rm right after the chmod cancels it.
+        self._seal_scope = trio.CancelScope()
+        self.owner.nursery.start_soon(self._finish, self._seal_scope)
+
+    async def _finish(self, scope: trio.CancelScope) -> None:
         snapshot_id = self.snapshot_id
         assert snapshot_id is not None
-        scope = self._seal_scope = trio.CancelScope()
         with scope:
             try:
                 resumed = bool(self.m.get("complete_called"))
@@ -499,12 +503,16 @@ class SnapshotDraft:
         self.m["state_message"] = message
         self.progress = ""
         self._touch()
-        self._save()
+        try:
+            self._save()
+        except OSError as exc:  # the spool went away (rm) or its disk failed
+            log.error("%s: cannot record the failure in the spool: %s", self.name, exc)
 
     def _completed(self, snapshot_id: str) -> None:
         log.info("%s: snapshot %s completed", self.name, snapshot_id)
         self.m["state"] = COMPLETED
-        self._save()
+        with contextlib.suppress(OSError):  # the spool is deleted just below anyway
+            self._save()
         self._wb_scope.cancel()
         self.owner._completed(self, snapshot_id)
         self.spool.destroy()
@@ -516,7 +524,7 @@ class SnapshotDraft:
         if self.snapshot_id and self.state in (PENDING, SEALING):
             self._attach()
         if self.state == SEALING:
-            self.owner.nursery.start_soon(self._finish)
+            self._begin_finish()
 
     async def abandon(self) -> None:
         """``rm``: delete the snapshot unless it completed, then the spool."""

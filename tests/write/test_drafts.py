@@ -275,3 +275,20 @@ def test_a_restart_while_sealing_resumes(tmp_path: Path) -> None:
 
     run(tmp_path, first, api=api)
     run(tmp_path, second, api=api)
+
+
+def test_rm_right_after_sealing_began_abandons_cleanly(tmp_path: Path) -> None:
+    api = FakeApi()
+    api.put_delay = 0.2
+
+    async def body(drafts: Drafts, api: FakeApi) -> None:
+        d = await drafts.create("x")
+        await d.write(0, os.urandom(3 * BS))
+        await d.seal()
+        sid = d.snapshot_id
+        await drafts.remove("x")  # while blocks are still being stored
+        await trio.sleep(0.5)  # the sealing task must end quietly, not crash the nursery
+        assert drafts.names() == [] and sid not in api.snaps
+        assert not list(drafts.spool_root.iterdir())
+
+    run(tmp_path, body, api=api)
