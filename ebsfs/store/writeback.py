@@ -280,7 +280,8 @@ class WriteBack:
     async def _upload(self, index: int) -> None:
         try:
             sink = self.sink
-            assert sink is not None
+            if sink is None:  # restarted between the pick and now
+                return
             base = None
             if self.parent is not None:
                 # Also for a full block: one the parent holds identically is not stored again.
@@ -312,6 +313,11 @@ class WriteBack:
                 # The snapshot is gone (deleted, timed out, or in error), or the spool cannot
                 # be read: stop, keep the spool.
                 self._fatal = error
+        except Exception as exc:  # a bug must not end the uploader, nor the mount with it
+            log.exception("storing block %d failed unexpectedly", index)
+            now = self.clock()
+            self._failed[index] = _Failure(now, now + self.tuning.retry_pause, EbsfsError(
+                f"block {index}: {type(exc).__name__}: {exc}"))
         finally:
             self._inflight.discard(index)
             self._slots.release()
