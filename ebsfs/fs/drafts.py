@@ -592,20 +592,24 @@ class Drafts:
         """Bring back every draft found in the spool directory."""
         self.spool_root.mkdir(mode=0o700, parents=True, exist_ok=True)
         for directory in Spool.find(self.spool_root):
+            spool: Spool | None = None
             try:
                 spool = Spool.load(directory)
-            except (OSError, ValueError) as exc:
-                log.error("spool %s cannot be read, left alone: %s", directory, exc)
+                if spool.manifest.get("state") == COMPLETED:
+                    spool.destroy()
+                    continue
+                name = str(spool.manifest["name"])
+                if name in self._drafts:
+                    log.error("two spools named %s; %s left alone", name, directory)
+                    spool.close()
+                    continue
+                draft = SnapshotDraft(self, spool)
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                # Never a reason not to mount: the directory stays for a human to look at.
+                log.error("spool %s cannot be read, left alone: %r", directory, exc)
+                if spool is not None:
+                    spool.close()
                 continue
-            if spool.manifest.get("state") == COMPLETED:
-                spool.destroy()
-                continue
-            name = spool.manifest["name"]
-            if name in self._drafts:
-                log.error("two spools named %s; %s left alone", name, directory)
-                spool.close()
-                continue
-            draft = SnapshotDraft(self, spool)
             self._drafts[name] = draft
             draft.resume()
             log.info(

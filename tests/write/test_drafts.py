@@ -292,3 +292,25 @@ def test_rm_right_after_sealing_began_abandons_cleanly(tmp_path: Path) -> None:
         assert not list(drafts.spool_root.iterdir())
 
     run(tmp_path, body, api=api)
+
+
+def test_an_unreadable_spool_directory_does_not_stop_the_others(tmp_path: Path) -> None:
+    api = FakeApi()
+
+    async def first(drafts: Drafts, api: FakeApi) -> None:
+        d = await drafts.create("good")
+        await d.write(0, b"kept")
+        broken = drafts.spool_root / "broken"
+        broken.mkdir()
+        (broken / "manifest.json").write_text("{not json")
+        other = drafts.spool_root / "noname"
+        other.mkdir()
+        (other / "manifest.json").write_text("{}")
+
+    async def second(drafts: Drafts, api: FakeApi) -> None:
+        assert drafts.names() == ["good"]
+        d = drafts.get("good")
+        assert d is not None and await d.read(0, 4) == b"kept"
+
+    run(tmp_path, first, api=api)
+    run(tmp_path, second, api=api)
