@@ -5,7 +5,8 @@ each) and reads, for the same interval, the CPU seconds of the server process (f
 of this client process (getrusage). The target: the server spends at most a third of the
 client's CPU per request, so that benchmarks of ebsfs measure ebsfs, not the server.
 
-Environment: BENCH_SERVER_REQUESTS (per level and operation, default 600).
+Environment: BENCH_SERVER_REQUESTS (per level and operation, default 600),
+BENCH_SERVER_OPS (``put``, ``get`` or ``put,get``, the default).
 """
 
 import os
@@ -91,6 +92,7 @@ def main() -> None:
 
 def _measure(srv: LocalServer, pid: int, total: int) -> list[tuple[str, int, float, float, float]]:
     rows = []
+    ops = os.environ.get("BENCH_SERVER_OPS", "put,get").split(",")
     base = os.urandom(BLOCK_SIZE)
     clients = [srv.ebs(max_attempts=3, max_pool_connections=4) for _ in range(max(LEVELS))]
     ec2 = srv.ec2()
@@ -138,10 +140,12 @@ def _measure(srv: LocalServer, pid: int, total: int) -> list[tuple[str, int, flo
 
             return one
 
-        wall, scpu, ccpu = _run(threads, total, put_worker, pid)
-        rows.append(("PutSnapshotBlock", threads, wall, scpu, ccpu))
-        wall, scpu, ccpu = _run(threads, total, get_worker, pid)
-        rows.append(("GetSnapshotBlock", threads, wall, scpu, ccpu))
+        if "put" in ops:
+            wall, scpu, ccpu = _run(threads, total, put_worker, pid)
+            rows.append(("PutSnapshotBlock", threads, wall, scpu, ccpu))
+        if "get" in ops:
+            wall, scpu, ccpu = _run(threads, total, get_worker, pid)
+            rows.append(("GetSnapshotBlock", threads, wall, scpu, ccpu))
         print(f"  {threads} clients done", flush=True)
     return rows
 

@@ -103,7 +103,7 @@ class EbsService:
 
     def op_StartSnapshot(self, req: Request) -> Response:
         try:
-            doc = json.loads(req.body or b"{}")
+            doc = json.loads(bytes(req.body) or b"{}")
         except (ValueError, UnicodeDecodeError):
             raise serialization("Start of structure or map found where not expected.") from None
         if not isinstance(doc, dict):

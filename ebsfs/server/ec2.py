@@ -58,11 +58,8 @@ class Ec2Service:
         out = dict(parse_qsl(req.raw_query, keep_blank_values=True))
         if req.body:
             try:
-                out.update(
-                    parse_qsl(
-                        req.body.decode("utf-8"), keep_blank_values=True, strict_parsing=False
-                    )
-                )
+                text = bytes(req.body).decode("utf-8")
+                out.update(parse_qsl(text, keep_blank_values=True, strict_parsing=False))
             except UnicodeDecodeError:
                 raise Ec2Error("InvalidParameterValue", "The request body is not UTF-8.") from None
         return out

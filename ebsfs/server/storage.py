@@ -17,6 +17,7 @@ Snapshot metadata is small and kept in memory as well; every change is written t
 """
 
 import contextlib
+import ctypes
 import errno
 import fcntl
 import json
@@ -298,7 +299,9 @@ class Store:
         h = digest.hex()
         return self._blocks_dir / h[:2] / h
 
-    def put_block(self, snap: Snapshot, index: int, data: bytes, digest: bytes) -> None:
+    def put_block(
+        self, snap: Snapshot, index: int, data: bytes | memoryview, digest: bytes
+    ) -> None:
         """Durably store one block of a pending snapshot; returns once it is committed."""
         with self._gc_lock:
             self._in_flight[digest] = self._in_flight.get(digest, 0) + 1
@@ -405,15 +408,18 @@ class Store:
                        (snap.to_doc(), snap.snapshot_id))
         return True
 
-    def _write_file(self, path: Path, data: bytes) -> None:
+    def _write_file(self, path: Path, data: bytes | memoryview) -> None:
         fd, tmp, direct = self._open_temp()
         try:
             if direct:
                 # O_DIRECT skips the page cache: the fsync then has no dirty pages to write
-                # back, which cuts the CPU a put costs. It needs an aligned buffer.
-                buf = self._aligned_buffer(len(data))
-                buf[: len(data)] = data
-                _write_all(fd, memoryview(buf)[: len(data)])
+                # back, which cuts the CPU a put costs. It needs an aligned buffer: the
+                # HTTP layer receives blocks into one; anything else is copied into one.
+                if not _page_aligned(data):
+                    buf = self._aligned_buffer(len(data))
+                    buf[: len(data)] = data
+                    data = memoryview(buf)[: len(data)]
+                _write_all(fd, memoryview(data))
             else:
                 _write_all(fd, memoryview(data))
             os.fsync(fd)
@@ -561,6 +567,14 @@ class Store:
             rows = db.execute("SELECT COUNT(*) FROM blocks").fetchone()[0]
         files = sum(1 for sub in self._blocks_dir.iterdir() for _ in sub.iterdir())
         return {"rows": int(rows), "files": files, "snapshots": len(self.snapshots)}
+
+
+def _page_aligned(data: bytes | memoryview) -> bool:
+    """Whether ``data`` is a writable buffer starting on a page boundary (O_DIRECT's rule)."""
+    if not isinstance(data, memoryview) or data.readonly or not data.c_contiguous:
+        return False
+    address = ctypes.addressof(ctypes.c_char.from_buffer(data))
+    return address % mmap.PAGESIZE == 0 and len(data) % mmap.PAGESIZE == 0
 
 
 def _write_all(fd: int, view: memoryview) -> None:

@@ -18,7 +18,9 @@ class Request:
     raw_path: str
     raw_query: str
     headers: dict[str, str]
-    body: bytes = b""
+    #: A block-sized PUT body is a view of the connection's receive buffer, valid until
+    #: the response was sent.
+    body: bytes | memoryview = b""
     body_complete: bool = True
     request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     operation: str = "-"
