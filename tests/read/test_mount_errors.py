@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import signal
 import subprocess
 from pathlib import Path
 
@@ -153,3 +154,13 @@ def test_filter_shows_only_matching_snapshots(server, mount_factory) -> None:
     assert os.getxattr(m.path / prod, "user.ebsfs.tag.Env") == b"prod"
     # a lookup by id of a snapshot the filter leaves out finds nothing either
     assert _errno(os.stat, m.path / test) == errno.ENOENT
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_signals_unmount_cleanly(server, mount_factory, signum: int) -> None:
+    m = mount_factory(server)
+    assert m.proc is not None
+    m.proc.send_signal(signum)
+    assert m.proc.wait(30) == 0
+    assert not os.path.ismount(m.path)
+    assert "Traceback" not in m.log_text()
