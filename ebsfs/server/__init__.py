@@ -8,6 +8,7 @@ Modules, each with one job, each knowing only those below it:
     ebs, ec2   the operations' handlers
     sigv4      signature verification        tokens    block and page tokens
     validate   framework input validation    faults    fault injection
-    storage    SQLite metadata and content-addressed block files
+    storage    SQLite metadata, block rows, group commit of puts
+    segments   block data in append-only pack files: append, sync, punch, recover
     errors, wire   error classes, request/response records
 """

@@ -89,7 +89,7 @@ class App:
         except EbsError as err:
             return ebs_error_response(err, req.request_id)
         if operation == "GetSnapshotBlock" and resp.file is not None:
-            altered = self.faults.corrupt(resp.file.read_bytes)
+            altered = self.faults.corrupt(resp.file_bytes)
             if altered is not None:
                 log.debug("corrupting %s", req.raw_path)
                 resp.body, resp.file = altered, None

@@ -481,14 +481,19 @@ class EbsService:
         if found is None:
             raise validation("INVALID_BLOCK_TOKEN", f"The block token {token} is invalid.")
         digest = found[1]
-        path = self.store.block_path(digest)
+        where = self.store.locate(digest)
+        if where is None:
+            log.error("no stored data for %s[%d] (%s)", snapshot_id, index, digest.hex())
+            raise EbsError(500, "InternalServerException", "Block data unavailable.")
+        path, offset = where
         try:
             size = os.stat(path).st_size
         except FileNotFoundError:
-            log.error("block file of %s[%d] is missing: %s", snapshot_id, index, path)
+            log.error("segment of %s[%d] is missing: %s", snapshot_id, index, path)
             raise EbsError(500, "InternalServerException", "Block data unavailable.") from None
-        if size != BLOCK_SIZE:
-            log.error("block file of %s[%d] has %d bytes: %s", snapshot_id, index, size, path)
+        if size < offset + BLOCK_SIZE:
+            log.error("segment of %s[%d] ends at %d, before the block's end: %s",
+                      snapshot_id, index, size, path)
             raise EbsError(500, "InternalServerException", "Block data unavailable.")
         return Response(
             200,
@@ -500,6 +505,7 @@ class EbsService:
                 ("x-amz-Checksum-Algorithm", "SHA256"),
             ],
             file=path,
+            file_offset=offset,
             file_length=BLOCK_SIZE,
         )
 

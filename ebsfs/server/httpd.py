@@ -197,7 +197,7 @@ class Handler(socketserver.StreamRequestHandler):
                 # Content-Length); other answers are not sent at all, since botocore would
                 # parse half a JSON document as an empty one.
                 if resp.file is not None:
-                    self.connection.sendall(data + resp.file.read_bytes()[: length // 2])
+                    self.connection.sendall(data + resp.file_bytes()[: length // 2])
                 self.connection.shutdown(socket.SHUT_RDWR)
                 return False
             if head_only:
@@ -209,7 +209,7 @@ class Handler(socketserver.StreamRequestHandler):
             with open(resp.file, "rb") as f:
                 self.connection.sendall(data)
                 # socket.sendfile copes with the socket's timeout (non-blocking) mode.
-                return self.connection.sendfile(f, 0, length) == length
+                return self.connection.sendfile(f, resp.file_offset, length) == length
         except OSError as exc:
             log.debug("client went away: %s", exc)
             return False

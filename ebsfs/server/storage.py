@@ -1,28 +1,29 @@
-"""The server's durable store: SQLite (WAL) for metadata, content-addressed files for blocks.
+"""The server's durable store: SQLite (WAL) for metadata, pack files ("segments") for blocks.
 
 Layout of the data directory (docs/server.md):
 
-    meta.sqlite3        snapshots, their own block maps, ClientTokens (WAL mode, synchronous=FULL)
+    meta.sqlite3        snapshots, their own block maps, where each distinct block content
+                        lives, ClientTokens (WAL mode, synchronous=FULL)
     token.key           the HMAC key of block and page tokens
-    blocks/ab/<sha256>  one file per distinct block content, named by its SHA256
-    tmp/                block files being written; emptied at start-up
+    segments/N.seg      append-only block data, one block per 512 KiB slot (segments.py)
+    tmp/                files being written; emptied at start-up
 
-A block is acknowledged only after its file was written under a temporary name, fsynced,
-renamed into place (directory fsynced) and its row committed, so a torn write never shows
-up as a block. A child snapshot stores only its own writes; its view is the parent's view
-with its writes overlaid, so inherited blocks are never copied. Files are shared by every
-row with the same content and unlinked when the last row referencing them goes.
+A put appends its block to a segment, then joins a group commit: one fdatasync per segment
+touched covers every block of the batch, then one SQLite transaction records the batch's
+rows. A block is acknowledged only after both, so what was acknowledged is on disk, and a
+write torn by a crash is at most an uncommitted tail, cut off at the next start; it never
+shows up as a block. A child snapshot stores only its own writes; its view is the parent's
+view with its writes overlaid, so inherited blocks are never copied. Block contents are
+stored once (keyed by SHA256) and their space is given back (a hole punched, or the whole
+segment removed) when the last row referencing them goes.
 
 Snapshot metadata is small and kept in memory as well; every change is written through.
 """
 
 import contextlib
-import ctypes
-import errno
 import fcntl
 import json
 import logging
-import mmap
 import os
 import queue
 import sqlite3
@@ -32,7 +33,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ebsfs.types import BLOCK_SIZE, BLOCKS_PER_GIB
+from ebsfs.server.segments import SEGMENT_BLOCKS, Segments
+from ebsfs.types import BLOCKS_PER_GIB
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,10 @@ class _RowWrite:
     snap: "Snapshot"
     index: int
     digest: bytes
+    #: (segment, offset) this put wrote its data to, if the content was not stored yet.
+    extent: tuple[int, int] | None = None
+    #: Whether the extent became the stored copy of the content (else it is freed).
+    extent_used: bool = False
     done: bool = False
     refused: str | None = None
     replaced: bytes | None = None
@@ -77,6 +83,12 @@ CREATE TABLE IF NOT EXISTS blocks (
     PRIMARY KEY (snapshot_id, idx)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS blocks_by_digest ON blocks (digest);
+CREATE TABLE IF NOT EXISTS objects (
+    digest BLOB PRIMARY KEY,
+    segment INTEGER NOT NULL,
+    offset INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS objects_by_segment ON objects (segment);
 CREATE TABLE IF NOT EXISTS client_tokens (
     token TEXT PRIMARY KEY,
     fingerprint TEXT NOT NULL,
@@ -150,7 +162,7 @@ class Snapshot:
 class Store:
     """Snapshots and their blocks on disk; safe to use from many threads."""
 
-    def __init__(self, data_dir: str | Path) -> None:
+    def __init__(self, data_dir: str | Path, segment_blocks: int = SEGMENT_BLOCKS) -> None:
         self.root = Path(data_dir)
         self.root.mkdir(parents=True, exist_ok=True)
         # One server per data directory: a second one would keep its own picture of the
@@ -161,14 +173,9 @@ class Store:
         except BlockingIOError:
             os.close(self._lock_fd)
             raise DataDirBusy(f"data directory {self.root} is in use by another server") from None
-        self._blocks_dir = self.root / "blocks"
         self._tmp_dir = self.root / "tmp"
-        self._blocks_dir.mkdir(exist_ok=True)
         self._tmp_dir.mkdir(exist_ok=True)
-        for n in range(256):
-            (self._blocks_dir / f"{n:02x}").mkdir(exist_ok=True)
-        self._direct = hasattr(os, "O_DIRECT")
-        self._local = threading.local()
+        self.segments = Segments(self.root / "segments", segment_blocks)
         for stale in self._tmp_dir.iterdir():
             stale.unlink()
         self._db_path = self.root / "meta.sqlite3"
@@ -188,8 +195,9 @@ class Store:
             self.snapshots[sid] = Snapshot.from_doc(doc)
             self.snapshots[sid].last_activity = active
         self.token_key = self._load_token_key()
+        self._recover()
+        self._import_block_files()
         self.prune()  # finishes a deletion a crash interrupted
-        self._remove_orphan_files()
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -238,6 +246,7 @@ class Store:
     def close(self) -> None:
         with self._wlock:
             self._writer.close()
+        self.segments.close()
         while True:
             try:
                 self._readers.get_nowait().close()
@@ -295,37 +304,40 @@ class Store:
 
     # -- blocks -------------------------------------------------------------------------------
 
-    def block_path(self, digest: bytes) -> Path:
-        h = digest.hex()
-        return self._blocks_dir / h[:2] / h
+    def locate(self, digest: bytes) -> tuple[Path, int] | None:
+        """(segment file, offset) where this content's 512 KiB are stored."""
+        with self._reader() as db:
+            row = db.execute(
+                "SELECT segment, offset FROM objects WHERE digest = ?", (digest,)
+            ).fetchone()
+        return None if row is None else (self.segments.path(row[0]), int(row[1]))
 
     def put_block(
         self, snap: Snapshot, index: int, data: bytes | memoryview, digest: bytes
     ) -> None:
         """Durably store one block of a pending snapshot; returns once it is committed."""
         with self._gc_lock:
+            # While a put of this content is under way, its stored copy is not collected.
             self._in_flight[digest] = self._in_flight.get(digest, 0) + 1
-        refused = False
+        write = _RowWrite(snap, index, digest)
         try:
-            path = self.block_path(digest)
-            if not path.exists():
-                self._write_file(path, data)
-            write = _RowWrite(snap, index, digest)
+            if self.locate(digest) is None:
+                write.extent = self.segments.append(data)
             self._commit_row(write)
-            if write.error is not None:
-                raise write.error
-            if write.refused is not None:
-                raise Refused(write.refused)
-        except Refused:
-            refused = True
-            raise
         finally:
             with self._gc_lock:
                 self._in_flight[digest] -= 1
                 if not self._in_flight[digest]:
                     del self._in_flight[digest]
-            if refused:
-                self._collect([digest])
+            if write.extent is not None:
+                if not write.extent_used:
+                    # Refused, failed, or another put stored the same content first.
+                    self.segments.free(*write.extent)
+                self.segments.release(write.extent[0])
+        if write.error is not None:
+            raise write.error
+        if write.refused is not None:
+            raise Refused(write.refused)
         if write.replaced is not None and write.replaced != digest:
             self._collect([write.replaced])
 
@@ -347,12 +359,25 @@ class Store:
             db = self._writer
             now = time.time()
             try:
+                # One fdatasync per segment makes the data of the whole batch durable
+                # before any of its rows can commit.
+                self.segments.sync({w.extent[0] for w in batch if w.extent is not None})
+                used: list[_RowWrite] = []
+                active: dict[str, Snapshot] = {}
                 db.execute("BEGIN IMMEDIATE")
                 try:
                     for w in batch:
                         if w.snap.deleted or w.snap.sealed:
                             w.refused = "deleted" if w.snap.deleted else "sealed"
                             continue
+                        if w.extent is not None:
+                            cur = db.execute(
+                                "INSERT OR IGNORE INTO objects (digest, segment, offset) "
+                                "VALUES (?, ?, ?)",
+                                (w.digest, *w.extent),
+                            )
+                            if cur.rowcount == 1:
+                                used.append(w)
                         row = db.execute(
                             "SELECT digest FROM blocks WHERE snapshot_id = ? AND idx = ?",
                             (w.snap.snapshot_id, w.index),
@@ -363,17 +388,19 @@ class Store:
                             "VALUES (?, ?, ?)",
                             (w.snap.snapshot_id, w.index, w.digest),
                         )
+                        active[w.snap.snapshot_id] = w.snap
+                    for sid in active:
                         db.execute(
-                            "UPDATE snapshots SET last_activity = ? WHERE id = ?",
-                            (now, w.snap.snapshot_id),
+                            "UPDATE snapshots SET last_activity = ? WHERE id = ?", (now, sid)
                         )
                 except BaseException:
                     db.execute("ROLLBACK")
                     raise
                 db.execute("COMMIT")
-                for w in batch:
-                    if w.refused is None:
-                        w.snap.last_activity = now
+                for w in used:
+                    w.extent_used = True
+                for snap in active.values():
+                    snap.last_activity = now
             except Exception as exc:
                 for w in batch:
                     w.error = exc
@@ -407,53 +434,6 @@ class Store:
             db.execute("UPDATE snapshots SET doc = ? WHERE id = ?",
                        (snap.to_doc(), snap.snapshot_id))
         return True
-
-    def _write_file(self, path: Path, data: bytes | memoryview) -> None:
-        fd, tmp, direct = self._open_temp()
-        try:
-            if direct:
-                # O_DIRECT skips the page cache: the fsync then has no dirty pages to write
-                # back, which cuts the CPU a put costs. It needs an aligned buffer: the
-                # HTTP layer receives blocks into one; anything else is copied into one.
-                if not _page_aligned(data):
-                    buf = self._aligned_buffer(len(data))
-                    buf[: len(data)] = data
-                    data = memoryview(buf)[: len(data)]
-                _write_all(fd, memoryview(data))
-            else:
-                _write_all(fd, memoryview(data))
-            os.fsync(fd)
-        except OSError as exc:
-            os.close(fd)
-            os.unlink(tmp)
-            if direct and exc.errno == errno.EINVAL:
-                log.info("O_DIRECT writes fail in %s (%s); using buffered writes",
-                         self._tmp_dir, exc)
-                self._direct = False
-                self._write_file(path, data)
-                return
-            raise
-        os.close(fd)
-        os.replace(tmp, path)
-        _fsync_path(path.parent)
-
-    def _open_temp(self) -> tuple[int, str, bool]:
-        name = str(self._tmp_dir / f"{threading.get_ident()}-{time.monotonic_ns()}")
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
-        if self._direct:
-            try:
-                return os.open(name, flags | os.O_DIRECT, 0o644), name, True
-            except OSError:
-                log.info("O_DIRECT is not supported in %s; using buffered writes", self._tmp_dir)
-                self._direct = False
-        return os.open(name, flags, 0o644), name, False
-
-    def _aligned_buffer(self, size: int) -> mmap.mmap:
-        buf: mmap.mmap | None = getattr(self._local, "buf", None)
-        if buf is None or len(buf) < size:
-            buf = mmap.mmap(-1, max(size, BLOCK_SIZE))
-            self._local.buf = buf
-        return buf
 
     def lookup(self, snap: Snapshot, index: int) -> tuple[str, bytes] | None:
         """(owning snapshot id, digest) of block ``index`` in the snapshot's full view."""
@@ -538,48 +518,93 @@ class Store:
                     del self.snapshots[s.snapshot_id]
 
     def _collect(self, digests: list[bytes]) -> None:
-        """Unlink the files of these digests that no row references any more."""
-        for digest in digests:
-            with self._gc_lock:
+        """Give back the space of the contents among these that no row references any more."""
+        freed: list[tuple[int, int]] = []
+        with self._gc_lock, self._write() as db:
+            for digest in set(digests):
                 if digest in self._in_flight:
                     continue
-                with self._reader() as db:
-                    used = db.execute(
-                        "SELECT 1 FROM blocks WHERE digest = ? LIMIT 1", (digest,)
-                    ).fetchone()
-                if used is None:
-                    with contextlib.suppress(FileNotFoundError):
-                        self.block_path(digest).unlink()
+                if db.execute(
+                    "SELECT 1 FROM blocks WHERE digest = ? LIMIT 1", (digest,)
+                ).fetchone():
+                    continue
+                row = db.execute(
+                    "DELETE FROM objects WHERE digest = ? RETURNING segment, offset", (digest,)
+                ).fetchone()
+                if row is not None:
+                    freed.append((int(row[0]), int(row[1])))
+        for segment, offset in freed:
+            self.segments.free(segment, offset)
+        for segment in {seg for seg, _ in freed}:
+            # Under the write lock: no commit can put a block into it meanwhile.
+            with self._wlock:
+                if not self._writer.execute(
+                    "SELECT 1 FROM objects WHERE segment = ? LIMIT 1", (segment,)
+                ).fetchone():
+                    self.segments.drop(segment)
 
-    def _remove_orphan_files(self) -> None:
-        """Files whose row never got committed (a crash mid-put) are removed at start-up."""
+    def _recover(self) -> None:
+        """Start-up: forget contents no row references (a crash cut a collection short),
+        then cut uncommitted tails off the segments and give back unreferenced space."""
+        with self._write() as db:
+            db.execute("DELETE FROM objects WHERE digest NOT IN (SELECT digest FROM blocks)")
+            live: dict[int, set[int]] = {}
+            for segment, offset in db.execute("SELECT segment, offset FROM objects"):
+                live.setdefault(int(segment), set()).add(int(offset))
+        self.segments.recover(live, max(live, default=0))
+
+    def _import_block_files(self) -> None:
+        """Move the block files of an older data directory (blocks/ab/<sha256>) into
+        segments, once; a file is removed only after its copy was committed."""
+        old = self.root / "blocks"
+        if not old.is_dir():
+            return
         with self._reader() as db:
-            known = {bytes(r[0]).hex() for r in db.execute("SELECT DISTINCT digest FROM blocks")}
-        for sub in self._blocks_dir.iterdir():
-            for f in sub.iterdir():
-                if f.name not in known:
-                    log.info("removing unreferenced block file %s", f.name)
+            wanted = [
+                bytes(r[0])
+                for r in db.execute(
+                    "SELECT DISTINCT digest FROM blocks "
+                    "WHERE digest NOT IN (SELECT digest FROM objects)"
+                )
+            ]
+        log.info("moving %d block files into segments", len(wanted))
+        for digest in wanted:
+            path = old / digest.hex()[:2] / digest.hex()
+            try:
+                data = path.read_bytes()
+            except FileNotFoundError:
+                log.error("block file %s is missing; its blocks cannot be read", path)
+                continue
+            segment, offset = self.segments.append(data)
+            try:
+                self.segments.sync({segment})
+                with self._write() as db:
+                    db.execute(
+                        "INSERT INTO objects (digest, segment, offset) VALUES (?, ?, ?)",
+                        (digest, segment, offset),
+                    )
+            finally:
+                self.segments.release(segment)
+        for sub in sorted(old.iterdir()):
+            if sub.is_dir():
+                for f in sub.iterdir():
                     f.unlink()
+                sub.rmdir()
+        old.rmdir()
+        _fsync_path(self.root)
 
     def stats(self) -> dict[str, int]:
-        """Rows and files, for tests that check nothing changed."""
+        """Rows, stored contents, segment files and their disk use, for tests."""
         with self._reader() as db:
             rows = db.execute("SELECT COUNT(*) FROM blocks").fetchone()[0]
-        files = sum(1 for sub in self._blocks_dir.iterdir() for _ in sub.iterdir())
-        return {"rows": int(rows), "files": files, "snapshots": len(self.snapshots)}
-
-
-def _page_aligned(data: bytes | memoryview) -> bool:
-    """Whether ``data`` is a writable buffer starting on a page boundary (O_DIRECT's rule)."""
-    if not isinstance(data, memoryview) or data.readonly or not data.c_contiguous:
-        return False
-    address = ctypes.addressof(ctypes.c_char.from_buffer(data))
-    return address % mmap.PAGESIZE == 0 and len(data) % mmap.PAGESIZE == 0
-
-
-def _write_all(fd: int, view: memoryview) -> None:
-    while view:
-        view = view[os.write(fd, view) :]
+            objects = db.execute("SELECT COUNT(*) FROM objects").fetchone()[0]
+        return {
+            "rows": int(rows),
+            "objects": int(objects),
+            "segments": len(self.segments.on_disk()),
+            "allocated": self.segments.allocated(),
+            "snapshots": len(self.snapshots),
+        }
 
 
 def _fsync_path(path: Path) -> None:

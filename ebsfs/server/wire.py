@@ -41,15 +41,24 @@ class Request:
 
 @dataclass
 class Response:
-    """What to send back: a body in memory, or ``file_length`` bytes of ``file`` (sendfile)."""
+    """What to send back: a body in memory, or ``file_length`` bytes of ``file`` from
+    ``file_offset`` on (sent with sendfile)."""
 
     status: int
     headers: list[tuple[str, str]] = field(default_factory=list)
     body: bytes = b""
     file: Path | None = None
+    file_offset: int = 0
     file_length: int = 0
     #: Set by the drop fault: close the connection before the response is complete.
     drop: bool = False
+
+    def file_bytes(self) -> bytes:
+        """The part of ``file`` this response sends."""
+        assert self.file is not None
+        with open(self.file, "rb") as f:
+            f.seek(self.file_offset)
+            return f.read(self.file_length)
 
 
 def json_response(status: int, doc: dict[str, Any], request_id: str) -> Response:

@@ -111,7 +111,8 @@ def signed(
 
 
 def store_state(data_dir: Path) -> tuple[Any, ...]:
-    """Everything the server has stored: snapshot records, block rows, block files."""
+    """Everything the server has stored: snapshot records, block rows, stored contents and
+    the segment files' sizes."""
     db = sqlite3.connect(f"file:{data_dir / 'meta.sqlite3'}?mode=ro", uri=True)
     try:
         snaps = db.execute("SELECT id, doc FROM snapshots ORDER BY id").fetchall()
@@ -119,5 +120,19 @@ def store_state(data_dir: Path) -> tuple[Any, ...]:
         tokens = db.execute("SELECT token FROM client_tokens ORDER BY 1").fetchall()
     finally:
         db.close()
-    files = sorted(p.name for p in (data_dir / "blocks").rglob("*") if p.is_file())
-    return snaps, rows, tokens, files
+    segments = sorted((p.name, p.stat().st_size) for p in (data_dir / "segments").iterdir())
+    return snaps, rows, tokens, stored(data_dir), segments
+
+
+def stored(data_dir: Path) -> set[str]:
+    """Hex SHA256 of every block content the server stores (once each)."""
+    db = sqlite3.connect(f"file:{data_dir / 'meta.sqlite3'}?mode=ro", uri=True)
+    try:
+        return {bytes(r[0]).hex() for r in db.execute("SELECT digest FROM objects")}
+    finally:
+        db.close()
+
+
+def allocated(data_dir: Path) -> int:
+    """Bytes the segment files occupy on disk (punched holes not counted)."""
+    return sum(p.stat().st_blocks * 512 for p in (data_dir / "segments").iterdir())

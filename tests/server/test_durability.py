@@ -9,6 +9,7 @@ from typing import Any
 
 from ebsfs import checksum
 from ebsfs.types import BLOCK_SIZE
+from tests.server.raw import allocated, stored
 from tests.serverproc import (
     LocalServer,
     complete,
@@ -21,10 +22,6 @@ from tests.serverproc import (
 )
 
 WRITERS = 6
-
-
-def _files(data_dir: Path) -> set[str]:
-    return {p.name for p in (data_dir / "blocks").rglob("*") if p.is_file()}
 
 
 def test_kill_9_keeps_every_acknowledged_block(server: LocalServer) -> None:
@@ -98,44 +95,65 @@ def test_restart_keeps_snapshots_and_tokens(server: LocalServer) -> None:
     assert wait_state(server.ec2(), pending)["State"] == "completed"
 
 
+def _segments(data_dir: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_size for p in (data_dir / "segments").iterdir()}
+
+
 def test_torn_writes_never_show_up(server: LocalServer) -> None:
     ebs, ec2 = server.ebs(), server.ec2()
-    sid = upload_image(ebs, ec2, os.urandom(BLOCK_SIZE), 1)
+    first = os.urandom(BLOCK_SIZE)
+    sid = upload_image(ebs, ec2, first, 1)
     server.kill()
     data_dir = server.data_dir
-    # What a crash mid-put leaves: a half-written temporary file, and a block file whose
-    # row was never committed.
-    (data_dir / "tmp" / "123-456").write_bytes(b"half a block")
+    (seg, size), = _segments(data_dir).items()
+    assert size == BLOCK_SIZE
+    # What a crash mid-put leaves: a whole block appended (and synced) whose row never
+    # committed, then half a block; a segment started whose first block never committed;
+    # a half-written temporary file.
     stray = os.urandom(BLOCK_SIZE)
-    digest = checksum.digest(stray).hex()
-    (data_dir / "blocks" / digest[:2] / digest).write_bytes(stray)
+    with open(data_dir / "segments" / seg, "ab") as f:
+        f.write(stray + os.urandom(BLOCK_SIZE // 2))
+    (data_dir / "segments" / "99999999.seg").write_bytes(os.urandom(BLOCK_SIZE))
+    (data_dir / "tmp" / "123-456").write_bytes(b"half a block")
     server.start()
     assert list(data_dir.joinpath("tmp").iterdir()) == []
-    assert digest not in _files(data_dir)
-    assert sorted(list_blocks(server.ebs(), sid)[0]) == [0]
+    assert _segments(data_dir) == {seg: BLOCK_SIZE}  # the uncommitted parts are cut off
+    assert stored(data_dir) == {checksum.digest(first).hex()}
+    ebs = server.ebs()
+    tokens, _ = list_blocks(ebs, sid)
+    assert sorted(tokens) == [0]
+    assert get_block(ebs, sid, 0, tokens[0]) == first
+    # The store goes on working: the content that never committed can be written again.
+    again = upload_image(ebs, server.ec2(), first + stray, 1)
+    tokens, _ = list_blocks(ebs, again)
+    assert get_block(ebs, again, 1, tokens[1]) == stray
+    assert allocated(data_dir) == 2 * BLOCK_SIZE
 
 
 def test_shared_blocks_are_stored_once(server: LocalServer) -> None:
     ebs, ec2 = server.ebs(), server.ec2()
     base = os.urandom(8 * BLOCK_SIZE)
     parent = upload_image(ebs, ec2, base, 1)
-    assert len(_files(server.data_dir)) == 8
+    assert len(stored(server.data_dir)) == 8
+    assert allocated(server.data_dir) == 8 * BLOCK_SIZE
     changed = os.urandom(BLOCK_SIZE)
     child = ebs.start_snapshot(VolumeSize=1, ParentSnapshotId=parent)["SnapshotId"]
     put_block(ebs, child, 2, changed)
     complete(ebs, child, {2: checksum.digest(changed)})
     wait_state(ec2, child)
-    assert len(_files(server.data_dir)) == 9  # inherited blocks are not copied
+    assert len(stored(server.data_dir)) == 9  # inherited blocks are not copied
     copy = upload_image(ebs, ec2, base, 1)  # same contents, unrelated snapshot
-    assert len(_files(server.data_dir)) == 9
+    assert len(stored(server.data_dir)) == 9
+    assert allocated(server.data_dir) == 9 * BLOCK_SIZE  # each content on disk once
 
     ec2.delete_snapshot(SnapshotId=parent)
     ec2.delete_snapshot(SnapshotId=copy)
-    assert len(_files(server.data_dir)) == 9  # the child still inherits them
+    assert len(stored(server.data_dir)) == 9  # the child still inherits them
     expected = base[: 2 * BLOCK_SIZE] + changed + base[3 * BLOCK_SIZE:]
     assert download_image(ebs, child, length=8 * BLOCK_SIZE) == expected
     ec2.delete_snapshot(SnapshotId=child)
-    assert _files(server.data_dir) == set()
+    assert stored(server.data_dir) == set()
+    assert allocated(server.data_dir) == 0  # the space went back to the filesystem
 
 
 def test_failed_snapshots_free_their_blocks(server_factory: Any) -> None:
@@ -146,7 +164,8 @@ def test_failed_snapshots_free_their_blocks(server_factory: Any) -> None:
     ebs.complete_snapshot(SnapshotId=sid, ChangedBlocksCount=7)
     assert wait_state(ec2, sid)["State"] == "error"
     deadline = time.monotonic() + 15
-    while _files(srv.data_dir) and time.monotonic() < deadline:
+    while stored(srv.data_dir) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert _files(srv.data_dir) == set()
+    assert stored(srv.data_dir) == set()
+    assert allocated(srv.data_dir) == 0
     assert ec2.describe_snapshots(SnapshotIds=[sid])["Snapshots"][0]["State"] == "error"

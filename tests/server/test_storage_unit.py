@@ -2,6 +2,7 @@
 
 import hashlib
 import os
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -18,8 +19,9 @@ def _snapshot(store: Store, sid: str) -> Snapshot:
     return snap
 
 
-def _files(root: Path) -> int:
-    return sum(1 for p in (root / "blocks").rglob("*") if p.is_file())
+def _stored(store: Store) -> tuple[int, int]:
+    stats = store.stats()
+    return stats["objects"], stats["allocated"]
 
 
 def test_puts_racing_a_seal_are_counted_or_refused(tmp_path: Path) -> None:
@@ -72,6 +74,68 @@ def test_put_to_a_deleted_snapshot_is_refused_and_leaves_nothing(tmp_path: Path)
     data = os.urandom(BLOCK_SIZE)
     with pytest.raises(Refused):
         store.put_block(snap, 0, data, hashlib.sha256(data).digest())
-    assert _files(tmp_path) == 0
+    assert _stored(store) == (0, 0)
     assert store.stats()["rows"] == 0
+    store.close()
+
+
+def _put(store: Store, snap: Snapshot, index: int, data: bytes) -> None:
+    store.put_block(snap, index, data, hashlib.sha256(data).digest())
+
+
+def test_segments_fill_up_and_go_when_nothing_lives_in_them(tmp_path: Path) -> None:
+    store = Store(tmp_path, segment_blocks=4)
+    first = _snapshot(store, "snap-00000000000000003")
+    blocks = [os.urandom(BLOCK_SIZE) for _ in range(10)]
+    for i, data in enumerate(blocks):
+        _put(store, first, i, data)
+    _put(store, first, 10, blocks[0])  # same content: stored once
+    assert store.stats()["objects"] == 10
+    assert store.stats()["segments"] == 3
+    assert store.stats()["allocated"] == 10 * BLOCK_SIZE
+    for data in blocks:
+        located = store.locate(hashlib.sha256(data).digest())
+        assert located is not None
+        path, offset = located
+        with open(path, "rb") as f:
+            f.seek(offset)
+            assert f.read(BLOCK_SIZE) == data
+    # Rewriting indexes 1-3 frees their old contents: punched in a segment still in use.
+    for i in (1, 2, 3):
+        _put(store, first, i, blocks[0])
+    assert store.stats()["objects"] == 7
+    assert store.stats()["allocated"] == 7 * BLOCK_SIZE
+    # Rewriting 4-7 leaves the second segment with nothing: it is removed.
+    for i in (4, 5, 6, 7):
+        _put(store, first, i, blocks[0])
+    assert store.stats()["segments"] == 2
+    store.delete(first)
+    assert store.stats()["objects"] == 0
+    assert store.stats()["allocated"] == 0
+    store.close()
+
+
+def test_block_files_of_an_older_data_dir_move_into_segments(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    snap = _snapshot(store, "snap-00000000000000004")
+    data = os.urandom(BLOCK_SIZE)
+    _put(store, snap, 0, data)
+    store.close()
+    # Make the directory look as the previous layout left it: one file per content.
+    digest = hashlib.sha256(data).digest()
+    for seg in (tmp_path / "segments").iterdir():
+        seg.unlink()
+    with sqlite3.connect(tmp_path / "meta.sqlite3") as db:
+        db.execute("DELETE FROM objects")
+    legacy = tmp_path / "blocks" / digest.hex()[:2]
+    legacy.mkdir(parents=True)
+    (legacy / digest.hex()).write_bytes(data)
+
+    store = Store(tmp_path)
+    assert not (tmp_path / "blocks").exists()
+    located = store.locate(digest)
+    assert located is not None
+    with open(located[0], "rb") as f:
+        f.seek(located[1])
+        assert f.read(BLOCK_SIZE) == data
     store.close()
