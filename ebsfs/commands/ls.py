@@ -19,6 +19,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "ls",
         help="list the snapshots",
         description="List snapshots: id, state, size, name, progress, start time.",
+        epilog="""\
+examples:
+  ebsfs ls
+  ebsfs ls --filter tag:Env=prod --filter status=completed
+  ebsfs ls --snapshot snap-0a1b2c3d4e5f60718 --json
+  ebsfs ls --region eu-west-1 --owner 123456789012
+
+Every state is listed (pending, completed, error), unlike the mount, which shows only
+completed snapshots. Exit codes: 0 listed, 2 bad option or configuration, 3 a --snapshot
+that does not exist, 4 access denied, 5 endpoint unreachable (docs/errors.md).
+""",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
         "--snapshot",

@@ -22,6 +22,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="a mount's counters",
         description="Cache hits and misses, requests by API and outcome, bytes, retries and "
         "errors of a running mount.",
+        epilog="""\
+examples:
+  ebsfs stats /mnt/snapshots
+  ebsfs stats --json /mnt/snapshots | jq .read.cache_hits
+  watch -n 5 ebsfs stats /mnt/snapshots
+
+What each counter tells an operator: docs/operations.md. Exit codes: 0 printed, 6 not an
+ebsfs mount (or the mount is gone).
+""",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("mountpoint", metavar="MOUNTPOINT")
     p.add_argument("--json", action="store_true", help="print the counters as JSON")

@@ -13,6 +13,10 @@ from ebsfs.errors import MountError
 from ebsfs.fs.ops import PID_XATTR
 
 EPILOG = """\
+examples:
+  ebsfs umount /mnt/snapshots
+  ebsfs umount --timeout 60 /mnt/snapshots
+
 The daemon is asked to stop (SIGTERM to the pid in the root's user.ebsfs.pid attribute): it
 flushes new/ and unmounts; the command returns when the mount point is free. A mount whose
 daemon died ("Transport endpoint is not connected") is unmounted directly.
