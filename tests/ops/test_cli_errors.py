@@ -144,3 +144,14 @@ def test_server_refuses_the_dev_pair_off_loopback(tmp_path: Path) -> None:
         env=_isolated_env(),
     )
     assert_one_line_error(proc, 2, "non-loopback")
+
+
+@pytest.mark.parametrize(
+    "command", ["mount", "umount", "ls", "stats", "complete", "diff", "server"]
+)
+def test_every_command_help_has_examples_and_exit_codes(command: str) -> None:
+    proc = run_ebsfs(command, "--help")
+    assert proc.returncode == 0, proc.stderr
+    assert "examples:" in proc.stdout
+    assert f"ebsfs {command} " in proc.stdout.split("examples:", 1)[1]
+    assert "Exit codes:" in proc.stdout
