@@ -161,3 +161,26 @@ def test_gpt_image_with_two_partitions(server, mount_factory, tmp_path: Path) ->
                 got = sha256_tree(root)
             got.pop("lost+found", None)
             assert got == expected[n]
+
+
+def _kernel_read_ahead_kb(path: Path) -> int:
+    st = os.stat(path)
+    bdi = Path(f"/sys/class/bdi/{os.major(st.st_dev)}:{os.minor(st.st_dev)}/read_ahead_kb")
+    return int(bdi.read_text())
+
+
+@pytest.mark.parametrize(("flag", "want_kb"), [("4MiB", 4096), ("0", None)])
+def test_kernel_read_ahead_follows_the_option(
+    server, mount_factory, flag: str, want_kb: int | None
+) -> None:
+    data = os.urandom(4 * MIB)
+    sid = upload_image(server.ebs(), server.ec2(), data)
+    m = mount_factory(server, "--read-ahead", flag)
+    default_kb = 128  # the kernel's own window for a FUSE connection
+    deadline = time.monotonic() + 10
+    # The daemon sets it once its root answers, just after the mount appears.
+    while _kernel_read_ahead_kb(m.path) != (want_kb or default_kb):
+        assert time.monotonic() < deadline, _kernel_read_ahead_kb(m.path)
+        time.sleep(0.05)
+    with open(m.path / sid, "rb") as f:
+        assert f.read(len(data)) == data
