@@ -6,6 +6,7 @@ email-based parser, which cost more CPU than everything else in a GetSnapshotBlo
 """
 
 import contextlib
+import io
 import logging
 import mmap
 import socket
@@ -13,6 +14,7 @@ import socketserver
 import time
 from email.utils import formatdate
 from http import HTTPStatus
+from typing import cast
 
 from ebsfs.server.app import App
 from ebsfs.server.wire import Request, Response
@@ -30,6 +32,18 @@ MAX_HEADERS = 100
 
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
 _REASONS[402] = "Payment Required"
+
+
+_date_cache: tuple[int, str] = (0, "")
+
+
+def _http_date() -> str:
+    """The Date header's value, formatted once per second."""
+    global _date_cache
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache = (now, formatdate(now, usegmt=True))
+    return _date_cache[1]
 
 
 class Server(socketserver.ThreadingTCPServer):
@@ -138,7 +152,16 @@ class Handler(socketserver.StreamRequestHandler):
                 if self._block_buffer is None:
                     self._block_buffer = mmap.mmap(-1, BLOCK_SIZE)
                 body = memoryview(self._block_buffer)
-                body = body[: self.rfile.readinto(body) or 0]
+                # Wake up once the rest of the block is there rather than for every piece
+                # of it (the kernel caps the low-water mark at half the receive buffer).
+                reader = cast(io.BufferedReader, self.rfile)
+                buffered = min(len(reader.peek(1)), length)
+                rest = max(length - buffered, 1)
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, rest)
+                try:
+                    body = body[: self.rfile.readinto(body) or 0]
+                finally:
+                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
             else:
                 body = self.rfile.read(length)
         except OSError:
@@ -184,7 +207,7 @@ class Handler(socketserver.StreamRequestHandler):
         length = resp.file_length if resp.file is not None else len(resp.body)
         head = [
             f"HTTP/1.1 {resp.status} {_REASONS.get(resp.status, '')}",
-            f"Date: {formatdate(usegmt=True)}",
+            f"Date: {_http_date()}",
             f"Content-Length: {length}",
         ]
         head += [f"{k}: {v}" for k, v in resp.headers]

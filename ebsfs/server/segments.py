@@ -44,6 +44,7 @@ class Segments:
     def __init__(self, directory: Path, segment_blocks: int = SEGMENT_BLOCKS) -> None:
         self.dir = directory
         self.dir.mkdir(exist_ok=True)
+        self._dirname = str(directory)
         self._segment_blocks = segment_blocks
         self._lock = threading.Lock()
         self._direct = hasattr(os, "O_DIRECT")
@@ -57,7 +58,10 @@ class Segments:
         self._pinned: dict[int, int] = {}
 
     def path(self, segment: int) -> Path:
-        return self.dir / f"{segment:08d}{_SUFFIX}"
+        return Path(self._name(segment))
+
+    def _name(self, segment: int) -> str:
+        return f"{self._dirname}/{segment:08d}{_SUFFIX}"
 
     def on_disk(self) -> list[int]:
         """Numbers of the segment files present."""
@@ -125,20 +129,19 @@ class Segments:
                 self._retire(segment)
 
     def sync(self, segments: set[int]) -> None:
-        """Make every completed append to these segments durable (one fdatasync each)."""
+        """Make every completed append to these segments durable (one fdatasync each).
+        Each must have an append not yet released (so its descriptor is still open)."""
         for segment in sorted(segments):
-            fd = os.open(self.path(segment), os.O_RDONLY)
-            try:
-                os.fdatasync(fd)
-            finally:
-                os.close(fd)
+            with self._lock:
+                fd = self._fds[segment]
+            os.fdatasync(fd)
 
     def free(self, segment: int, offset: int) -> None:
         """Give one block's space back to the filesystem (its data reads as zeros after)."""
         if not self._can_punch:
             return
         with contextlib.suppress(FileNotFoundError):
-            fd = os.open(self.path(segment), os.O_WRONLY)
+            fd = os.open(self._name(segment), os.O_WRONLY)
             try:
                 self._punch(fd, offset)
             finally:
@@ -174,7 +177,7 @@ class Segments:
                 os.close(fd)
 
     def _open(self, segment: int) -> int:
-        path = self.path(segment)
+        path = self._name(segment)
         flags = os.O_WRONLY | os.O_CREAT
         if self._direct:
             try:
@@ -210,7 +213,7 @@ class Segments:
                 # A filesystem that takes O_DIRECT opens but not the writes.
                 log.info("O_DIRECT writes fail in %s (%s); using buffered writes", self.dir, exc)
                 self._direct = False
-                buffered = os.open(self.path(segment), os.O_WRONLY)
+                buffered = os.open(self._name(segment), os.O_WRONLY)
                 os.dup2(buffered, fd)
                 os.close(buffered)
 

@@ -183,8 +183,6 @@ class Store:
         self._prune_lock = threading.Lock()
         self._pending_lock = threading.Lock()
         self._pending: list[_RowWrite] = []
-        self._gc_lock = threading.Lock()
-        self._in_flight: dict[bytes, int] = {}
         self._readers: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
         self._writer = self._connect()
         self._writer.executescript(_SCHEMA)
@@ -315,25 +313,22 @@ class Store:
     def put_block(
         self, snap: Snapshot, index: int, data: bytes | memoryview, digest: bytes
     ) -> None:
-        """Durably store one block of a pending snapshot; returns once it is committed."""
-        with self._gc_lock:
-            # While a put of this content is under way, its stored copy is not collected.
-            self._in_flight[digest] = self._in_flight.get(digest, 0) + 1
-        write = _RowWrite(snap, index, digest)
+        """Durably store one block of a pending snapshot; returns once it is committed.
+
+        The data is always appended: whether the content is stored already is settled in
+        the commit (under the write lock, so a collection cannot race it), and a copy that
+        turns out to be a duplicate is punched out at once. That costs a write for repeated
+        contents but saves every put a lookup.
+        """
+        write = _RowWrite(snap, index, digest, self.segments.append(data))
+        assert write.extent is not None
         try:
-            if self.locate(digest) is None:
-                write.extent = self.segments.append(data)
             self._commit_row(write)
         finally:
-            with self._gc_lock:
-                self._in_flight[digest] -= 1
-                if not self._in_flight[digest]:
-                    del self._in_flight[digest]
-            if write.extent is not None:
-                if not write.extent_used:
-                    # Refused, failed, or another put stored the same content first.
-                    self.segments.free(*write.extent)
-                self.segments.release(write.extent[0])
+            if not write.extent_used:
+                # Refused, failed, or the content was stored already.
+                self.segments.free(*write.extent)
+            self.segments.release(write.extent[0])
         if write.error is not None:
             raise write.error
         if write.refused is not None:
@@ -356,57 +351,76 @@ class Store:
                 return
             with self._pending_lock:
                 batch, self._pending = self._pending, []
-            db = self._writer
-            now = time.time()
             try:
-                # One fdatasync per segment makes the data of the whole batch durable
-                # before any of its rows can commit.
-                self.segments.sync({w.extent[0] for w in batch if w.extent is not None})
-                used: list[_RowWrite] = []
-                active: dict[str, Snapshot] = {}
-                db.execute("BEGIN IMMEDIATE")
-                try:
-                    for w in batch:
-                        if w.snap.deleted or w.snap.sealed:
-                            w.refused = "deleted" if w.snap.deleted else "sealed"
-                            continue
-                        if w.extent is not None:
-                            cur = db.execute(
-                                "INSERT OR IGNORE INTO objects (digest, segment, offset) "
-                                "VALUES (?, ?, ?)",
-                                (w.digest, *w.extent),
-                            )
-                            if cur.rowcount == 1:
-                                used.append(w)
-                        row = db.execute(
-                            "SELECT digest FROM blocks WHERE snapshot_id = ? AND idx = ?",
-                            (w.snap.snapshot_id, w.index),
-                        ).fetchone()
-                        w.replaced = None if row is None else bytes(row[0])
-                        db.execute(
-                            "INSERT OR REPLACE INTO blocks (snapshot_id, idx, digest) "
-                            "VALUES (?, ?, ?)",
-                            (w.snap.snapshot_id, w.index, w.digest),
-                        )
-                        active[w.snap.snapshot_id] = w.snap
-                    for sid in active:
-                        db.execute(
-                            "UPDATE snapshots SET last_activity = ? WHERE id = ?", (now, sid)
-                        )
-                except BaseException:
-                    db.execute("ROLLBACK")
-                    raise
-                db.execute("COMMIT")
-                for w in used:
-                    w.extent_used = True
-                for snap in active.values():
-                    snap.last_activity = now
+                self._commit_batch(batch)
             except Exception as exc:
                 for w in batch:
                     w.error = exc
             finally:
                 for w in batch:
                     w.done = True
+
+    def _commit_batch(self, batch: list[_RowWrite]) -> None:
+        # One fdatasync per segment makes the data of the whole batch durable before any
+        # of its rows can commit.
+        self.segments.sync({w.extent[0] for w in batch if w.extent is not None})
+        live: list[_RowWrite] = []
+        for w in batch:
+            if w.snap.deleted or w.snap.sealed:
+                w.refused = "deleted" if w.snap.deleted else "sealed"
+            else:
+                live.append(w)
+        if not live:
+            return
+        db = self._writer
+        now = time.time()
+        by_snap: dict[str, list[_RowWrite]] = {}
+        for w in live:
+            by_snap.setdefault(w.snap.snapshot_id, []).append(w)
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            # What each index held before, so that contents left unreferenced are freed.
+            current: dict[tuple[str, int], bytes] = {}
+            for sid, writes in by_snap.items():
+                indexes = sorted({w.index for w in writes})
+                marks = ",".join("?" * len(indexes))
+                for idx, old in db.execute(
+                    f"SELECT idx, digest FROM blocks WHERE snapshot_id = ? AND idx IN ({marks})",
+                    (sid, *indexes),
+                ):
+                    current[sid, idx] = bytes(old)
+            for w in live:
+                key = (w.snap.snapshot_id, w.index)
+                w.replaced = current.get(key)
+                current[key] = w.digest
+            db.executemany(
+                "INSERT OR IGNORE INTO objects (digest, segment, offset) VALUES (?, ?, ?)",
+                [(w.digest, *w.extent) for w in live if w.extent is not None],
+            )
+            db.executemany(
+                "INSERT OR REPLACE INTO blocks (snapshot_id, idx, digest) VALUES (?, ?, ?)",
+                [(w.snap.snapshot_id, w.index, w.digest) for w in live],
+            )
+            db.executemany(
+                "UPDATE snapshots SET last_activity = ? WHERE id = ?",
+                [(now, sid) for sid in by_snap],
+            )
+            digests = sorted({w.digest for w in live})
+            marks = ",".join("?" * len(digests))
+            stored = {
+                bytes(d): (int(seg), int(off))
+                for d, seg, off in db.execute(
+                    f"SELECT digest, segment, offset FROM objects WHERE digest IN ({marks})",
+                    digests,
+                )
+            }
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+        for w in live:
+            w.extent_used = w.extent is not None and stored.get(w.digest) == w.extent
+            w.snap.last_activity = now
 
     def seal(
         self,
@@ -520,10 +534,8 @@ class Store:
     def _collect(self, digests: list[bytes]) -> None:
         """Give back the space of the contents among these that no row references any more."""
         freed: list[tuple[int, int]] = []
-        with self._gc_lock, self._write() as db:
+        with self._write() as db:
             for digest in set(digests):
-                if digest in self._in_flight:
-                    continue
                 if db.execute(
                     "SELECT 1 FROM blocks WHERE digest = ? LIMIT 1", (digest,)
                 ).fetchone():
