@@ -42,15 +42,23 @@ def ebsfs(
     return proc
 
 
+def in_mount_table(path: Path) -> bool:
+    """True while ``path`` is mounted, even when its daemon died (os.path.ismount says False
+    then: its stat fails with ENOTCONN)."""
+    with open("/proc/self/mounts") as mounts:
+        return any(line.split()[1] == str(path) for line in mounts)
+
+
 def unmount(mountpoint: Path, env: dict[str, str]) -> None:
     """``ebsfs umount``, falling back to a lazy fusermount; waits until it is gone."""
-    if not os.path.ismount(mountpoint):
+    if not in_mount_table(mountpoint):
         return
-    proc = ebsfs("umount", str(mountpoint), env=env, check=False, timeout=120)
-    if proc.returncode != 0 or os.path.ismount(mountpoint):
+    if os.path.ismount(mountpoint):
+        ebsfs("umount", str(mountpoint), env=env, check=False, timeout=120)
+    if in_mount_table(mountpoint):
         subprocess.run(["fusermount3", "-uz", str(mountpoint)], capture_output=True, timeout=30)
     deadline = time.monotonic() + 10
-    while os.path.ismount(mountpoint) and time.monotonic() < deadline:
+    while in_mount_table(mountpoint) and time.monotonic() < deadline:
         time.sleep(0.1)
 
 

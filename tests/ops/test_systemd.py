@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from ebsfs import settings
+from tests.serverproc import LocalServer
 
 SYSTEMD = Path(__file__).resolve().parents[2] / "systemd"
 INSTALLED_PATH = "/usr/local/bin/ebsfs"
@@ -79,3 +80,51 @@ def test_example_configuration_is_valid() -> None:
     config = settings.load_config(str(SYSTEMD / "ebsfs.toml"), {})
     assert config.sections["mount"]["cache_size"] == 256 << 20
     assert "/mnt/backups" in config.mounts
+
+
+def _stale_mount_cleanup(mountpoint: Path) -> list[str]:
+    """The unit's ExecStartPre that clears a dead FUSE mount, as systemd would run it."""
+    import shlex
+
+    for line in (SYSTEMD / "ebsfs@.service").read_text().splitlines():
+        if line.startswith("ExecStartPre=") and "fusermount3" in line:
+            argv = shlex.split(line.split("=", 1)[1])
+            return [str(mountpoint) if word == "%f" else word for word in argv]
+    raise AssertionError("no stale-mount ExecStartPre in ebsfs@.service")
+
+
+def test_restart_clears_a_dead_mount_and_only_a_dead_one(
+    server: LocalServer, tmp_path: Path
+) -> None:
+    import os
+    import signal
+    import time
+
+    from tests.ops.mounts import ebsfs, ebsfs_env, in_mount_table, unmount
+
+    env = ebsfs_env(server, tmp_path)
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    cleanup = _stale_mount_cleanup(mountpoint)
+    ebsfs("mount", str(mountpoint), env=env)
+    try:
+        # A live mount is left alone.
+        assert subprocess.run(cleanup, timeout=30).returncode == 0
+        assert os.path.ismount(mountpoint)
+        assert "new" in os.listdir(mountpoint)
+        # A crashed daemon leaves "Transport endpoint is not connected": cleared.
+        pid = int(os.getxattr(mountpoint, "user.ebsfs.pid"))
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                os.stat(mountpoint)
+            except OSError:
+                break
+            time.sleep(0.1)
+        # (os.path.ismount says False: its stat fails with ENOTCONN; the table still has it.)
+        assert in_mount_table(mountpoint)
+        assert subprocess.run(cleanup, timeout=30).returncode == 0
+        assert not in_mount_table(mountpoint)
+    finally:
+        unmount(mountpoint, env)
