@@ -21,15 +21,21 @@ MNT=$WORK/mnt
 LOOP=$WORK/loop
 SERVER_PID=""
 
+# findmnt reads the mount table: mountpoint(1) would stat a mount whose daemon died and fail.
+is_mounted() { findmnt -rn -M "$1" >/dev/null 2>&1; }
+
 cleanup() {
     local rc=$?
     set +e
     trap - EXIT INT TERM
-    if mountpoint -q "$LOOP" 2>/dev/null; then
+    if is_mounted "$LOOP"; then
         umount "$LOOP" || umount -l "$LOOP"
     fi
-    if mountpoint -q "$MNT" 2>/dev/null; then
-        timeout 120 "$EBSFS" umount "$MNT" || fusermount3 -uz "$MNT"
+    if is_mounted "$MNT"; then
+        if stat "$MNT" >/dev/null 2>&1; then
+            timeout 120 "$EBSFS" umount "$MNT"
+        fi
+        is_mounted "$MNT" && fusermount3 -uz "$MNT"
     fi
     if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
         kill "$SERVER_PID"

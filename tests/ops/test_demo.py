@@ -77,3 +77,29 @@ def test_interrupted_demo_cleans_up() -> None:
     assert demo.returncode == 130, output
     assert "demo FAILED" in output
     assert _leftovers(_work_dir(output)) == []
+
+
+def test_crashed_mount_daemon_is_cleaned_up_too() -> None:
+    env = {**os.environ, "EBSFS_CONFIG": "/dev/null"}
+    demo = subprocess.Popen(
+        [str(DEMO)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
+    assert demo.stdout is not None
+    seen = []
+    for line in demo.stdout:
+        seen.append(line)
+        if line.startswith("==> building"):
+            # The mount's daemon dies: what is left is a dead FUSE mount.
+            mountpoint = Path(_work_dir("".join(seen))) / "mnt"
+            os.kill(int(os.getxattr(mountpoint, "user.ebsfs.pid")), signal.SIGKILL)
+            break
+    rest, _ = demo.communicate(timeout=120)
+    output = "".join(seen) + rest
+    assert demo.returncode != 0, output
+    assert "demo FAILED" in output
+    assert _leftovers(_work_dir(output)) == []
