@@ -382,7 +382,9 @@ class EbsfsOperations(pyfuse3.Operations):
         return pyfuse3.FileInfo(fh=fh, keep_cache=False), self._draft_attr(draft)
 
     @fuse_errors
-    async def read(self, fh: int, off: int, size: int) -> bytes:
+    async def read(  # type: ignore[override]  # pyfuse3 takes any buffer; its stub says bytes
+        self, fh: int, off: int, size: int
+    ) -> bytes | memoryview:
         handle = self._handle(fh)
         if handle.draft is not None:
             return await handle.draft.read(off, size)

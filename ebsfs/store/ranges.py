@@ -9,10 +9,13 @@ from ebsfs.store.base import BlockReader
 from ebsfs.types import BLOCK_SIZE, ZERO_BLOCK, BlockIndex
 
 
-async def read_range(reader: BlockReader, offset: int, length: int, size: int) -> bytes:
+async def read_range(
+    reader: BlockReader, offset: int, length: int, size: int
+) -> bytes | memoryview:
     """Bytes ``[offset, offset+length)`` of a file of ``size`` bytes (short at its end).
 
-    A range over several blocks reads them concurrently; holes are zeros.
+    A range over several blocks reads them concurrently; holes are zeros. A range within one
+    block is a view of the cached block, not a copy (pyfuse3 takes any buffer).
     """
     end = min(offset + length, size)
     if offset >= end:
@@ -32,10 +35,10 @@ async def read_range(reader: BlockReader, offset: int, length: int, size: int) -
                     nursery.start_soon(one, i)
         except BaseExceptionGroup as group:
             raise first_error(group) from None
-    parts = []
+    parts: list[bytes | memoryview] = []
     for i in range(first, last + 1):
         data = blocks[i] or ZERO_BLOCK
         lo = offset - i * BLOCK_SIZE if i == first else 0
         hi = end - i * BLOCK_SIZE if i == last else BLOCK_SIZE
-        parts.append(data[lo:hi] if (lo, hi) != (0, BLOCK_SIZE) else data)
+        parts.append(memoryview(data)[lo:hi] if (lo, hi) != (0, BLOCK_SIZE) else data)
     return parts[0] if len(parts) == 1 else b"".join(parts)
