@@ -10,6 +10,8 @@
    local file read after its pages were dropped (from the disk). Also with a
    ``--cache-size`` that holds the whole image.
 5. Peak RSS (VmHWM) of each mount daemon, against ``--cache-size`` + 100 MiB.
+6. CPU seconds of the cold read: the mount daemon's (``/proc/PID/stat``) against the bare
+   downloader's (``getrusage`` of this process); stable under load, unlike wall time.
 
 Prints a table of throughputs and the ratios the issue asks for. Environment:
 BENCH_READ_GIB (default 1), BENCH_READ_LATENCY_MS (default 10), BENCH_READ_CONCURRENCY
@@ -19,6 +21,7 @@ BENCH_READ_GIB (default 1), BENCH_READ_LATENCY_MS (default 10), BENCH_READ_CONCU
 from __future__ import annotations
 
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -62,9 +65,20 @@ def _upload(server: LocalServer, image: Path) -> str:
     return sid
 
 
-def _bare_download(server: LocalServer, sid: str) -> float:
-    """Seconds for a thread-pool boto3 download, verified and discarded."""
+def _own_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def _cpu_of(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _bare_download(server: LocalServer, sid: str) -> tuple[float, float]:
+    """(seconds, CPU seconds) of a thread-pool boto3 download, verified and discarded."""
     ebs = server.ebs(max_attempts=5, max_pool_connections=CONCURRENCY)
+    cpu = _own_cpu()
     start = time.perf_counter()
     tokens: list[tuple[int, str]] = []
     kwargs = {"SnapshotId": sid, "MaxResults": 10000}
@@ -83,7 +97,7 @@ def _bare_download(server: LocalServer, sid: str) -> float:
 
     with ThreadPoolExecutor(CONCURRENCY) as pool:
         list(pool.map(one, tokens))
-    return time.perf_counter() - start
+    return time.perf_counter() - start, _own_cpu() - cpu
 
 
 def _dd(path: Path) -> float:
@@ -110,8 +124,8 @@ def _drop_page_cache(path: Path) -> None:
 
 def _mount_read(
     server: LocalServer, sid: str, where: Path, cache: str, *flags: str
-) -> tuple[float, float, int]:
-    """(cold seconds, warm seconds, peak RSS) for one mount."""
+) -> tuple[float, float, int, float]:
+    """(cold seconds, warm seconds, peak RSS, daemon CPU seconds of the cold read)."""
     extra = ["--read-ahead", READ_AHEAD] if READ_AHEAD and "--read-ahead" not in flags else []
     m = MountProc(
         server,
@@ -128,10 +142,12 @@ def _mount_read(
     with m:
         assert m.proc is not None
         snap = m.path / sid
+        cpu = _cpu_of(m.proc.pid)
         cold = _dd(snap)
+        cpu = _cpu_of(m.proc.pid) - cpu
         warm = _dd(snap)
         rss = _peak_rss(m.proc.pid)
-    return cold, warm, rss
+    return cold, warm, rss, cpu
 
 
 def main() -> None:
@@ -147,11 +163,13 @@ def main() -> None:
         try:
             sid = _upload(server, image)
             server.restart("--latency-ms", LATENCY_MS)
-            bare = _bare_download(server, sid)
-            cold, warm, rss = _mount_read(server, sid, root / "m1", CACHE)
-            cold_off, _, rss_off = _mount_read(server, sid, root / "m2", CACHE, "--read-ahead", "0")
+            bare, bare_cpu = _bare_download(server, sid)
+            cold, warm, rss, cold_cpu = _mount_read(server, sid, root / "m1", CACHE)
+            cold_off, _, rss_off, _ = _mount_read(
+                server, sid, root / "m2", CACHE, "--read-ahead", "0"
+            )
             big_cache = f"{GIB * 1024 + 256}MiB"
-            _, warm_big, rss_big = _mount_read(server, sid, root / "m3", big_cache)
+            _, warm_big, rss_big, _ = _mount_read(server, sid, root / "m3", big_cache)
         finally:
             server.stop()
         # Local file baselines: page-cached like the mount's second pass, and cold (pages
@@ -180,6 +198,10 @@ def main() -> None:
     for name, seconds in rows:
         print(f"  {name:<40} {seconds:7.2f} s  {mbps(seconds):9.1f} MiB/s")
     print(f"  cold / bare boto3            {bare / cold:5.2f}   (target >= 0.8)")
+    print(
+        f"  CPU s per GiB, cold: bare {bare_cpu / GIB:.2f}, daemon {cold_cpu / GIB:.2f}"
+        f" ({cold_cpu / bare_cpu:.2f} times)"
+    )
     print(f"  cold, read-ahead 0 / bare    {bare / cold_off:5.2f}")
     print(f"  warm / local file            {local / warm:5.2f}   (target >= 0.5)")
     print(f"  warm, big cache / local file {local / warm_big:5.2f}")
@@ -190,4 +212,5 @@ def main() -> None:
     print(f"  peak RSS, read-ahead 0       {format_size(rss_off)}")
     big_limit = format_size(parse_size(big_cache) + 100 * MIB)
     print(f"  peak RSS, big cache          {format_size(rss_big)}  (limit {big_limit})")
+    print(f"  load average {os.getloadavg()[0]:.1f}")
     sys.stdout.flush()
