@@ -480,12 +480,10 @@ class EbsService:
             found = self.store.lookup(snap, index)
         if found is None:
             raise validation("INVALID_BLOCK_TOKEN", f"The block token {token} is invalid.")
-        digest = found[1]
-        where = self.store.locate(digest)
-        if where is None:
+        digest, path, offset = found
+        if path is None:
             log.error("no stored data for %s[%d] (%s)", snapshot_id, index, digest.hex())
             raise EbsError(500, "InternalServerException", "Block data unavailable.")
-        path, offset = where
         try:
             size = os.stat(path).st_size
         except FileNotFoundError:

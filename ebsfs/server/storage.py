@@ -449,15 +449,21 @@ class Store:
                        (snap.to_doc(), snap.snapshot_id))
         return True
 
-    def lookup(self, snap: Snapshot, index: int) -> tuple[str, bytes] | None:
-        """(owning snapshot id, digest) of block ``index`` in the snapshot's full view."""
+    def lookup(self, snap: Snapshot, index: int) -> tuple[bytes, Path | None, int] | None:
+        """(digest, segment file, offset) of block ``index`` in the snapshot's full view;
+        the file is None if the content is not stored (a damaged data directory)."""
         with self._reader() as db:
             for sid in self.chain(snap):
                 row = db.execute(
-                    "SELECT digest FROM blocks WHERE snapshot_id = ? AND idx = ?", (sid, index)
+                    "SELECT b.digest, o.segment, o.offset FROM blocks b "
+                    "LEFT JOIN objects o ON o.digest = b.digest "
+                    "WHERE b.snapshot_id = ? AND b.idx = ?",
+                    (sid, index),
                 ).fetchone()
                 if row is not None:
-                    return sid, bytes(row[0])
+                    if row[1] is None:
+                        return bytes(row[0]), None, 0
+                    return bytes(row[0]), self.segments.path(row[1]), int(row[2])
         return None
 
     def view(self, snap: Snapshot, start: int, limit: int) -> list[tuple[int, str, bytes]]:
