@@ -53,7 +53,10 @@ class ReadStacks:
         self.config = config
         self.nursery = nursery
         self.calls = calls or Calls(trio.CapacityLimiter(config.max_concurrency))
-        self.cache = BlockCache(config.cache_size)
+        # --cache-size bounds the blocks held in memory, fetched as well as cached: each of the
+        # max_concurrency fetches holds a block before it enters the cache.
+        in_flight = config.max_concurrency * BLOCK_SIZE
+        self.cache = BlockCache(max(config.cache_size - in_flight, config.cache_size // 2))
         self.windows = TokenWindows()
         self.remote_counters: Counter[str] = Counter()
         self.readahead_counters: Counter[str] = Counter()
