@@ -83,7 +83,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         type=float,
         metavar="SECONDS",
-        help="how long a read retries a failing endpoint before it fails with EIO (default: 30)",
+        help="a read fails with EIO once no request of the mount has succeeded for this long "
+        "(a stopped endpoint); throttling alone is retried up to 4 times this (default: 30)",
     )
     perf.add_argument(
         "--connect-timeout",

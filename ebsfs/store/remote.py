@@ -12,8 +12,10 @@ its SHA256 check is fetched again, a bounded number of times, then the read fail
 ChecksumError and one log line. A snapshot that completed moments ago may answer 404 for up to
 a minute (ebs-direct-api.md §4.4): such answers are retried until ``not_found_grace`` seconds
 after this layer was created. Connection failures and 5xx answers were already retried by
-botocore (bounded); what it gives up on is retried here with back-off until the read has
-lasted ``io_timeout`` seconds, then the read fails (EIO at the FUSE edge): nothing hangs.
+botocore (bounded); what it gives up on is retried here with back-off until no call of the
+mount has succeeded for ``io_timeout`` seconds (a stopped or failing backend), or at most four
+times that (a backend that only throttles), then the read fails (EIO at the FUSE edge):
+nothing hangs, and throttling alone is never an error.
 """
 
 from __future__ import annotations
@@ -64,13 +66,18 @@ class Calls:
 
     def __init__(self, limiter: trio.CapacityLimiter) -> None:
         self.limiter = limiter
+        #: trio.current_time() of the last call that succeeded: tells a backend that answers
+        #: slowly or throttles (others still succeed) from one that is down.
+        self.last_ok = -math.inf
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         # abandon_on_cancel: a cancelled read must not wait for a stuck socket; the thread
         # finishes on its own within botocore's timeouts.
-        return await trio.to_thread.run_sync(
+        result = await trio.to_thread.run_sync(
             partial(fn, *args), limiter=self.limiter, abandon_on_cancel=True
         )
+        self.last_ok = trio.current_time()
+        return result
 
 
 @dataclass(frozen=True)
@@ -82,7 +89,8 @@ class RemoteTuning:
     checksum_attempts: int = 3
     token_attempts: int = 3
     # Failures botocore gave up on (its retry quota drains under heavy faults), bodies cut
-    # short, a stopped endpoint: retried with back-off until a read has lasted this long.
+    # short, throttling, a stopped endpoint: retried with back-off until no call of the
+    # mount has succeeded for this long, and never for longer than four times this.
     io_timeout: float = 30.0
     not_found_grace: float = 60.0
     backoff: float = 0.2  # first pause between our own retries; doubles, capped at 5 s
@@ -255,9 +263,10 @@ class RemoteBlocks:
             return None
         t = self.tuning
         checksum_failures = token_failures = 0
-        deadline = trio.current_time() + t.io_timeout
+        started = trio.current_time()
+        hard_deadline = started + 4 * t.io_timeout
         fresh = False
-        pause = t.backoff
+        pause = min(t.backoff, t.io_timeout / 4)
         while True:
             try:
                 w = await self._window_for(index, fresh=fresh)
@@ -300,12 +309,16 @@ class RemoteBlocks:
                     raise EbsfsError(f"snapshot {self.snapshot_id} not readable: {exc}") from exc
                 fresh = True
             except (BackendUnavailableError, ApiError) as exc:
-                if not _retryable(exc) or trio.current_time() + pause >= deadline:
+                # Throttling or a few failures while other calls succeed is a busy backend,
+                # not a broken one: give up only when nothing has succeeded for io_timeout.
+                now = trio.current_time()
+                stalled = now + pause - max(started, self.calls.last_ok) >= t.io_timeout
+                if not _retryable(exc) or stalled or now + pause >= hard_deadline:
                     log.error("snapshot %s block %d unreadable: %s", self.snapshot_id, index, exc)
                     raise
             self.counters["retries"] += 1
             await trio.sleep(pause)
-            pause = min(pause * 2, 5.0)
+            pause = min(pause * 2, 5.0, t.io_timeout / 4)
 
     async def _call(self, api_name: str, fn: Callable[..., T], *args: Any) -> T:
         try:

@@ -36,6 +36,7 @@ class FakeBlockApi:
         self.corrupt_once: set[int] = set()
         self.not_found_until = 0.0  # 404 for every call until this wall time
         self.unavailable = False
+        self.throttled_until: dict[int, float] = {}  # index -> wall time its GETs throttle until
         self.delay = 0.0
         self.in_flight = 0
         self.max_in_flight = 0
@@ -83,6 +84,10 @@ class FakeBlockApi:
             if int(tok_index) != index or float(expiry) < time.time():
                 raise InvalidTokenError(
                     "bad token", "ValidationException", "INVALID_BLOCK_TOKEN", 400
+                )
+            if time.time() < self.throttled_until.get(index, 0.0):
+                raise ApiError(
+                    "Rate exceeded", "RequestThrottledException", "ACCOUNT_THROTTLED", 400
                 )
             if index in self.corrupt:
                 raise ChecksumError(f"block {index}: checksum mismatch")

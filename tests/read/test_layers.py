@@ -167,6 +167,43 @@ def test_unavailable_backend_fails_within_io_timeout() -> None:
     run(main)
 
 
+def test_throttling_alone_is_never_an_error() -> None:
+    # Block 1 is throttled for longer than io_timeout while other reads keep succeeding:
+    # a busy backend, not a broken one, so the read waits instead of failing.
+    api = FakeBlockApi({0: block_of(0), 1: block_of(1)})
+    api.throttled_until[1] = time.time() + 1.5
+
+    async def main() -> None:
+        r = remote(api, io_timeout=0.5)
+        got: list[bytes | None] = []
+
+        async def keep_reading_block_0() -> None:
+            while not got:
+                assert await r.read_block(BlockIndex(0)) == block_of(0)
+                await trio.sleep(0.05)
+
+        async with trio.open_nursery() as n:
+            n.start_soon(keep_reading_block_0)
+            got.append(await r.read_block(BlockIndex(1)))
+        assert got == [block_of(1)]
+
+    run(main)
+
+
+def test_throttling_is_bounded_when_nothing_succeeds() -> None:
+    api = FakeBlockApi({1: block_of(1)})
+    api.throttled_until[1] = time.time() + 60
+
+    async def main() -> None:
+        r = remote(api, io_timeout=0.5)
+        start = trio.current_time()
+        with pytest.raises(errors.ApiError, match="Rate exceeded"):
+            await r.read_block(BlockIndex(1))
+        assert trio.current_time() - start < 3
+
+    run(main)
+
+
 def test_concurrent_misses_cost_one_fetch() -> None:
     api = FakeBlockApi({3: block_of(3)})
     api.delay = 0.1
