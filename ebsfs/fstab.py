@@ -27,6 +27,8 @@ VALUE_OPTIONS: dict[str, str] = {
     "read_ahead": "--read-ahead",
     "max_concurrency": "--max-concurrency",
     "spool_dir": "--spool-dir",
+    "dirty_limit": "--dirty-limit",
+    "writeback_delay": "--writeback-delay",
     "refresh": "--refresh",
     "log_level": "--log-level",
 }

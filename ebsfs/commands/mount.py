@@ -109,6 +109,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="where data written to new/ waits until it is stored (default: /var/lib/ebsfs/spool)",
     )
     write.add_argument(
+        "--dirty-limit",
+        default=None,
+        metavar="SIZE",
+        help="data written but not yet stored before writers wait (default: 128MiB)",
+    )
+    write.add_argument(
+        "--writeback-delay",
+        default=None,
+        metavar="SECONDS",
+        help="a fully written block is stored once unchanged this long (default: 0.5)",
+    )
+    write.add_argument(
         "--read-only",
         action="store_const",
         const=True,

@@ -49,6 +49,10 @@ COMMANDS = ("mount", "umount", "ls", "server", "diff")
             ["mount", "/mnt/s", "--read-ahead", "4MiB", "--cache-size", "8M"],
         ),
         (
+            ["ebsfs", "/mnt/s", "-o", "dirty_limit=64MiB,writeback-delay=0.2"],
+            ["mount", "/mnt/s", "--dirty-limit", "64MiB", "--writeback-delay", "0.2"],
+        ),
+        (
             ["ebsfs", "/mnt/s", "-o", "config=/etc/ebsfs/a.toml,owner=self,allow_delete"],
             [
                 "mount",

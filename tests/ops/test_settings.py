@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from ebsfs import settings
+from ebsfs.cli import build_parser
 from ebsfs.config import MountConfig
 from ebsfs.errors import UsageError
 
@@ -94,6 +95,20 @@ def test_flags_given_as_argparse_namespace(config_file: Path) -> None:
     cfg = settings.mount_config("/mnt/x", ns, environ={})
     assert cfg.cache_size == 2 << 30
     assert cfg.foreground is True
+
+
+def test_write_tuning_flags_win_over_file_and_environment(tmp_path: Path) -> None:
+    path = tmp_path / "ebsfs.toml"
+    path.write_text('[mount]\ndirty_limit = "32MiB"\nwriteback_delay = 2.0\n')
+    env = {"EBSFS_DIRTY_LIMIT": "16MiB"}
+    cfg = settings.mount_config("/mnt/x", {"config": str(path)}, environ=env)
+    assert (cfg.dirty_limit, cfg.writeback_delay) == (16 << 20, 2.0)
+    args = build_parser("mount").parse_args(
+        ["mount", "/mnt/x", "--config", str(path), "--dirty-limit", "64MiB",
+         "--writeback-delay", "0.25"]
+    )
+    cfg = settings.mount_config("/mnt/x", args, environ=env)
+    assert (cfg.dirty_limit, cfg.writeback_delay) == (64 << 20, 0.25)
 
 
 def test_config_path_from_environment(config_file: Path) -> None:
