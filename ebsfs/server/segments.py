@@ -1,15 +1,26 @@
-"""Block data in append-only pack files ("segments"), each block at a block-aligned offset.
+"""Block data in append-only pack files ("segments"): each put is one self-describing record.
+
+A record is a 4 KiB header page followed by the block's 512 KiB, written with one ``pwritev``
+at a record-aligned offset. The header names the put (snapshot id, block index, a sequence
+number that orders puts, the content's SHA256) and carries a CRC32 of itself, so a segment
+alone says which puts it holds: a record whose header is intact and whose data hashes to
+the header's digest was written whole; anything else is a torn or stray write.
 
 Writers append concurrently (an offset is reserved under a lock, the write itself is not);
 durability is the caller's business: ``sync`` makes a set of segments' writes durable with
 one ``fdatasync`` each, so a batch of puts shares it. The index of what lives where is kept
-by the caller (SQLite); this module only knows files, offsets and free space:
+by the caller (SQLite); this module only knows files, records, offsets and free space:
 
-- ``recover`` truncates each segment to the end of its last committed block (a torn or
-  uncommitted write at the tail disappears), punches holes where nothing committed lives
-  and removes segments nothing lives in;
-- ``free`` punches a hole over one block's extent, so the space of an unreferenced block
-  goes back to the filesystem at once, and ``drop`` removes a whole unreferenced segment.
+- ``scan`` yields the records at offsets the index does not know (puts acknowledged but not
+  yet indexed when the server stopped), for the caller to check and index;
+- ``recover`` truncates each segment to the end of its last indexed block (a torn or
+  unindexed write at the tail disappears), punches holes where nothing indexed lives and
+  removes segments nothing lives in;
+- ``free`` punches a hole over one record, header included, so its space goes back to the
+  filesystem at once, and ``drop`` removes a whole unreferenced segment.
+
+Segments of an older layout (``N.seg``: bare 512 KiB blocks, no headers) are still read and
+freed; new records always go to ``N.rec`` files.
 """
 
 import contextlib
@@ -18,16 +29,67 @@ import errno
 import logging
 import mmap
 import os
+import struct
 import threading
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from ebsfs.types import BLOCK_SIZE
 
 log = logging.getLogger(__name__)
 
-#: Blocks per segment before a new one is started (256 MiB).
+#: Blocks per segment before a new one is started (256 MiB of data).
 SEGMENT_BLOCKS = 512
-_SUFFIX = ".seg"
+#: A record: one header page, then the block.
+HEADER_SIZE = 4096
+RECORD_SIZE = HEADER_SIZE + BLOCK_SIZE
+_SUFFIX = ".rec"
+_LEGACY_SUFFIX = ".seg"
+
+_MAGIC = b"EBSFSREC"
+_VERSION = 1
+# magic, version, sequence number, block index, SHA256, snapshot id (length, bytes).
+_HEADER = struct.Struct("<8sBQQ32sB64s")
+_CRC = struct.Struct("<I")
+
+
+@dataclass(frozen=True)
+class Record:
+    """What a record header says about the put that wrote it."""
+
+    snapshot_id: str
+    index: int
+    seq: int
+    digest: bytes
+
+
+def encode_header(record: Record) -> bytes:
+    """The header bytes of a record (the rest of its page is zeros)."""
+    sid = record.snapshot_id.encode("ascii")
+    if len(sid) > 64:
+        raise ValueError(f"snapshot id too long for a record header: {record.snapshot_id}")
+    fixed = _HEADER.pack(_MAGIC, _VERSION, record.seq, record.index, record.digest, len(sid), sid)
+    return fixed + _CRC.pack(zlib.crc32(fixed))
+
+
+def decode_header(page: bytes) -> Record | None:
+    """The record a header page describes; None if it is not an intact header."""
+    if len(page) < _HEADER.size + _CRC.size or page[:8] != _MAGIC:
+        return None
+    fixed = page[: _HEADER.size]
+    (crc,) = _CRC.unpack_from(page, _HEADER.size)
+    if zlib.crc32(fixed) != crc:
+        return None
+    _, version, seq, index, digest, length, sid = _HEADER.unpack(fixed)
+    if version != _VERSION or length > 64:
+        return None
+    try:
+        snapshot_id = sid[:length].decode("ascii")
+    except UnicodeDecodeError:
+        return None
+    return Record(snapshot_id, index, seq, digest)
 
 _FALLOC_FL_KEEP_SIZE = 0x01
 _FALLOC_FL_PUNCH_HOLE = 0x02
@@ -52,8 +114,10 @@ class Segments:
         self._local = threading.local()
         self._active = -1
         self._next_offset = 0
+        #: Numbers of segments in the older, header-less layout.
+        self._legacy: set[int] = set()
         #: Open descriptors of segments being appended to, and appends in each not yet
-        #: released (written, synced and committed or freed by the caller).
+        #: released (written, synced and indexed or freed by the caller).
         self._fds: dict[int, int] = {}
         self._pinned: dict[int, int] = {}
 
@@ -61,16 +125,50 @@ class Segments:
         return Path(self._name(segment))
 
     def _name(self, segment: int) -> str:
-        return f"{self._dirname}/{segment:08d}{_SUFFIX}"
+        suffix = _LEGACY_SUFFIX if segment in self._legacy else _SUFFIX
+        return f"{self._dirname}/{segment:08d}{suffix}"
 
     def on_disk(self) -> list[int]:
         """Numbers of the segment files present."""
-        return sorted(int(p.stem) for p in self.dir.glob(f"*{_SUFFIX}") if p.stem.isdigit())
+        found = []
+        for p in self.dir.iterdir():
+            if p.suffix in (_SUFFIX, _LEGACY_SUFFIX) and p.stem.isdigit():
+                found.append(int(p.stem))
+                if p.suffix == _LEGACY_SUFFIX:
+                    self._legacy.add(int(p.stem))
+        return sorted(found)
+
+    def scan(self, live: dict[int, set[int]]) -> Iterator[tuple[int, int, Record]]:
+        """(segment, data offset, header) of every intact record header at an offset not in
+        ``live`` (segment -> data offsets). The data is not checked: see ``read``."""
+        for segment in self.on_disk():
+            if segment in self._legacy:
+                continue
+            known = live.get(segment, set())
+            fd = os.open(self._name(segment), os.O_RDONLY)
+            try:
+                size = os.fstat(fd).st_size
+                for start in range(0, size - RECORD_SIZE + 1, RECORD_SIZE):
+                    if start + HEADER_SIZE in known:
+                        continue
+                    record = decode_header(os.pread(fd, HEADER_SIZE, start))
+                    if record is not None:
+                        yield segment, start + HEADER_SIZE, record
+            finally:
+                os.close(fd)
+
+    def read(self, segment: int, offset: int) -> bytes:
+        """The block stored at ``offset`` of a segment."""
+        fd = os.open(self._name(segment), os.O_RDONLY)
+        try:
+            return os.pread(fd, BLOCK_SIZE, offset)
+        finally:
+            os.close(fd)
 
     def recover(self, live: dict[int, set[int]], highest_known: int) -> None:
-        """Bring the files in line with the committed index ``live`` (segment -> offsets).
+        """Bring the files in line with the index ``live`` (segment -> data offsets).
 
-        Called once at start-up, before any append. New blocks go to a fresh segment
+        Called once at start-up, before any append. New records go to a fresh segment
         numbered above every number on disk and ``highest_known``.
         """
         present = self.on_disk()
@@ -78,7 +176,7 @@ class Segments:
             offsets = live.get(segment)
             path = self.path(segment)
             if not offsets:
-                log.info("removing segment %s: no committed block lives in it", path.name)
+                log.info("removing segment %s: no indexed block lives in it", path.name)
                 path.unlink()
                 continue
             end = max(offsets) + BLOCK_SIZE
@@ -86,12 +184,13 @@ class Segments:
             fd = os.open(path, os.O_RDWR)
             try:
                 if size > end:
-                    log.info("truncating segment %s from %d to %d bytes: uncommitted tail",
+                    log.info("truncating segment %s from %d to %d bytes: unindexed tail",
                              path.name, size, end)
                     os.ftruncate(fd, end)
-                for offset in range(0, end, BLOCK_SIZE):
-                    if offset not in offsets:
-                        self._punch(fd, offset)
+                slot, header = self._slot(segment)
+                for start in range(0, end, slot):
+                    if start + header not in offsets:
+                        self._punch(fd, start, slot)
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -99,30 +198,30 @@ class Segments:
         self._active = max([*present, highest_known, 0]) + 1
         self._next_offset = 0
 
-    def append(self, data: bytes | memoryview) -> tuple[int, int]:
-        """Write one block at the end of the active segment; (segment, offset). Not durable
-        until ``sync`` of that segment returns. The segment stays pinned (never dropped)
-        until ``release``."""
+    def append(self, header: bytes, data: bytes | memoryview) -> tuple[int, int]:
+        """Write one record (``header`` and the block) at the end of the active segment;
+        (segment, offset of the block). Not durable until ``sync`` of that segment returns.
+        The segment stays pinned (never dropped) until ``release``."""
         with self._lock:
-            if self._next_offset >= self._segment_blocks * BLOCK_SIZE:
+            if self._next_offset >= self._segment_blocks * RECORD_SIZE:
                 self._retire(self._active)
                 self._active += 1
                 self._next_offset = 0
-            segment, offset = self._active, self._next_offset
-            self._next_offset += BLOCK_SIZE
+            segment, start = self._active, self._next_offset
+            self._next_offset += RECORD_SIZE
             fd = self._fds.get(segment)
             if fd is None:
                 fd = self._fds[segment] = self._open(segment)
             self._pinned[segment] = self._pinned.get(segment, 0) + 1
         try:
-            self._write(segment, fd, data, offset)
+            self._write(segment, fd, header, data, start)
         except BaseException:
             self.release(segment)
             raise
-        return segment, offset
+        return segment, start + HEADER_SIZE
 
     def release(self, segment: int) -> None:
-        """The caller is done with an append to ``segment`` (committed, or freed)."""
+        """The caller is done with an append to ``segment`` (indexed, or freed)."""
         with self._lock:
             self._pinned[segment] -= 1
             if segment != self._active and not self._pinned[segment]:
@@ -136,29 +235,38 @@ class Segments:
                 fd = self._fds[segment]
             os.fdatasync(fd)
 
-    def free(self, segment: int, offset: int) -> None:
-        """Give one block's space back to the filesystem (its data reads as zeros after)."""
+    def free(self, segment: int, offset: int, durable: bool = False) -> None:
+        """Give the space of the block at ``offset`` (and its header) back to the filesystem;
+        it reads as zeros after. ``durable``: the hole survives a crash once this returns."""
         if not self._can_punch:
             return
+        slot, header = self._slot(segment)
         with contextlib.suppress(FileNotFoundError):
             fd = os.open(self._name(segment), os.O_WRONLY)
             try:
-                self._punch(fd, offset)
+                self._punch(fd, offset - header, slot)
+                if durable:
+                    os.fdatasync(fd)
             finally:
                 os.close(fd)
 
     def drop(self, segment: int) -> None:
-        """Remove a segment no committed block lives in, unless appends are still going to
-        it. The caller must hold off commits into it meanwhile."""
+        """Remove a segment no indexed block lives in, unless appends are still going to
+        it. The caller must hold off indexing into it meanwhile."""
         with self._lock:
             if segment == self._active or segment in self._fds or segment in self._pinned:
                 return
             with contextlib.suppress(FileNotFoundError):
                 self.path(segment).unlink()
+            self._legacy.discard(segment)
 
     def allocated(self) -> int:
         """Bytes the segment files occupy on disk (holes not counted)."""
-        return sum(p.stat().st_blocks * 512 for p in self.dir.glob(f"*{_SUFFIX}"))
+        return sum(
+            p.stat().st_blocks * 512
+            for p in self.dir.iterdir()
+            if p.suffix in (_SUFFIX, _LEGACY_SUFFIX)
+        )
 
     def close(self) -> None:
         with self._lock:
@@ -167,6 +275,10 @@ class Segments:
             self._fds.clear()
 
     # -- plumbing -----------------------------------------------------------------------------
+
+    def _slot(self, segment: int) -> tuple[int, int]:
+        """(bytes per slot, bytes before the block in a slot) of a segment's layout."""
+        return (BLOCK_SIZE, 0) if segment in self._legacy else (RECORD_SIZE, HEADER_SIZE)
 
     def _retire(self, segment: int) -> None:
         """Close a segment that is no longer appended to, once its writes are done."""
@@ -192,36 +304,53 @@ class Segments:
         _fsync_dir(self.dir)
         return fd
 
-    def _write(self, segment: int, fd: int, data: bytes | memoryview, offset: int) -> None:
+    def _aligned(self, name: str, size: int) -> mmap.mmap:
+        """This thread's page-aligned buffer ``name`` of at least ``size`` bytes."""
+        buf: mmap.mmap | None = getattr(self._local, name, None)
+        if buf is None or len(buf) < size:
+            buf = mmap.mmap(-1, max(size, mmap.PAGESIZE))
+            setattr(self._local, name, buf)
+        return buf
+
+    def _write(
+        self, segment: int, fd: int, header: bytes, data: bytes | memoryview, start: int
+    ) -> None:
         view = memoryview(data)
+        # O_DIRECT skips the page cache (the fdatasync then has no dirty pages to write
+        # back, which cuts a put's CPU) but needs aligned buffers. The HTTP layer receives
+        # blocks into one; anything else is copied into this thread's.
         if self._direct and not _page_aligned(view):
-            # O_DIRECT skips the page cache (the fdatasync then has no dirty pages to write
-            # back, which cuts a put's CPU) but needs an aligned buffer. The HTTP layer
-            # receives blocks into one; anything else is copied into this thread's.
-            buf = getattr(self._local, "buf", None)
-            if buf is None or len(buf) < len(view):
-                buf = self._local.buf = mmap.mmap(-1, max(len(view), BLOCK_SIZE))
+            buf = self._aligned("block", len(view))
             buf[: len(view)] = view
             view = memoryview(buf)[: len(view)]
-        done = 0
-        while done < len(view):
-            try:
-                done += os.pwrite(fd, view[done:], offset + done)
-            except OSError as exc:
-                if exc.errno != errno.EINVAL or not self._direct:
-                    raise
-                # A filesystem that takes O_DIRECT opens but not the writes.
-                log.info("O_DIRECT writes fail in %s (%s); using buffered writes", self.dir, exc)
-                self._direct = False
-                buffered = os.open(self._name(segment), os.O_WRONLY)
-                os.dup2(buffered, fd)
-                os.close(buffered)
+        page = self._aligned("header", HEADER_SIZE)
+        page[: len(header)] = header
+        pieces = [memoryview(page)[:HEADER_SIZE], view]
+        total = HEADER_SIZE + len(view)
+        try:
+            done = os.pwritev(fd, pieces, start)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL or not self._direct:
+                raise
+            # A filesystem that takes O_DIRECT opens but not the writes.
+            log.info("O_DIRECT writes fail in %s (%s); using buffered writes", self.dir, exc)
+            self._direct = False
+            buffered = os.open(self._name(segment), os.O_WRONLY)
+            os.dup2(buffered, fd)
+            os.close(buffered)
+            done = 0
+        if done < total:
+            rest = (bytes(pieces[0]) + bytes(view))[done:]
+            while rest:
+                n = os.pwrite(fd, rest, start + done)
+                done += n
+                rest = rest[n:]
 
-    def _punch(self, fd: int, offset: int) -> None:
+    def _punch(self, fd: int, offset: int, length: int) -> None:
         if not self._can_punch or _fallocate is None:
             return
         mode = _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE
-        if _fallocate(fd, mode, offset, BLOCK_SIZE) != 0:
+        if _fallocate(fd, mode, offset, length) != 0:
             err = ctypes.get_errno()
             log.info("cannot punch holes in %s (%s); space comes back with whole segments",
                      self.dir, os.strerror(err))

@@ -5,23 +5,34 @@ Layout of the data directory (docs/server.md):
     meta.sqlite3        snapshots, their own block maps, where each distinct block content
                         lives, ClientTokens (WAL mode, synchronous=FULL)
     token.key           the HMAC key of block and page tokens
-    segments/N.seg      append-only block data, one block per 512 KiB slot (segments.py)
+    segments/N.rec      append-only records: a header naming the put, then its 512 KiB
+                        (segments.py)
     tmp/                files being written; emptied at start-up
 
-A put appends its block to a segment, then joins a group commit: one fdatasync per segment
-touched covers every block of the batch, then one SQLite transaction records the batch's
-rows. A block is acknowledged only after both, so what was acknowledged is on disk, and a
-write torn by a crash is at most an uncommitted tail, cut off at the next start; it never
-shows up as a block. A child snapshot stores only its own writes; its view is the parent's
-view with its writes overlaid, so inherited blocks are never copied. Block contents are
-stored once (keyed by SHA256) and their space is given back (a hole punched, or the whole
-segment removed) when the last row referencing them goes.
+A put appends one record to a segment and waits for a group ``fdatasync`` of the segments
+written meanwhile: then it is on disk, and acknowledged. Indexing the put (its row in
+SQLite, whether its content was stored already) happens afterwards, off the put's path: a
+background indexer commits the acknowledged puts of the last ``index_delay`` seconds in one
+transaction, and only then punches out copies of contents that were stored already. Until
+then a put's record is its only trace, so the segments are the source of truth for it: at
+start-up, records the index does not know are checked (intact header, data hashing to the
+header's digest) and indexed, the latest put of an index winning (records carry a sequence
+number, rows keep it); a torn write fails the check and is cut off. Everything that needs
+the index exact (sealing, dropping a snapshot's blocks, stats) indexes what is pending
+first, and reads only ever look at sealed snapshots.
+
+A child snapshot stores only its own writes; its view is the parent's view with its writes
+overlaid, so inherited blocks are never copied. Block contents are stored once (keyed by
+SHA256) and their space is given back (a hole punched, or the whole segment removed) when
+the last row referencing them goes.
 
 Snapshot metadata is small and kept in memory as well; every change is written through.
 """
 
 import contextlib
 import fcntl
+import hashlib
+import itertools
 import json
 import logging
 import os
@@ -33,29 +44,32 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ebsfs.server.segments import SEGMENT_BLOCKS, Segments
+from ebsfs.server.segments import SEGMENT_BLOCKS, Record, Segments, encode_header
 from ebsfs.types import BLOCKS_PER_GIB
 
 log = logging.getLogger(__name__)
 
 PENDING, COMPLETED, ERROR = "pending", "completed", "error"
 
+#: Seconds an acknowledged put may wait to be indexed (its record is on disk meanwhile).
+INDEX_DELAY = 0.25
+#: Index at once when this many acknowledged puts wait.
+INDEX_BATCH = 1024
 
-@dataclass
-class _RowWrite:
-    """A put's row on its way into the database, and what became of it."""
+
+@dataclass(slots=True)
+class _Acked:
+    """An acknowledged put waiting to be indexed, and what indexing made of it."""
 
     snap: "Snapshot"
     index: int
     digest: bytes
-    #: (segment, offset) this put wrote its data to, if the content was not stored yet.
-    extent: tuple[int, int] | None = None
-    #: Whether the extent became the stored copy of the content (else it is freed).
-    extent_used: bool = False
-    done: bool = False
-    refused: str | None = None
+    seq: int
+    segment: int
+    offset: int
+    #: Whether this put's record became the stored copy of its content (else it is freed).
+    used: bool = False
     replaced: bytes | None = None
-    error: Exception | None = None
 
 
 class DataDirBusy(Exception):
@@ -80,6 +94,7 @@ CREATE TABLE IF NOT EXISTS blocks (
     snapshot_id TEXT NOT NULL,
     idx INTEGER NOT NULL,
     digest BLOB NOT NULL,
+    seq INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (snapshot_id, idx)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS blocks_by_digest ON blocks (digest);
@@ -162,7 +177,12 @@ class Snapshot:
 class Store:
     """Snapshots and their blocks on disk; safe to use from many threads."""
 
-    def __init__(self, data_dir: str | Path, segment_blocks: int = SEGMENT_BLOCKS) -> None:
+    def __init__(
+        self,
+        data_dir: str | Path,
+        segment_blocks: int = SEGMENT_BLOCKS,
+        index_delay: float = INDEX_DELAY,
+    ) -> None:
         self.root = Path(data_dir)
         self.root.mkdir(parents=True, exist_ok=True)
         # One server per data directory: a second one would keep its own picture of the
@@ -179,13 +199,32 @@ class Store:
         for stale in self._tmp_dir.iterdir():
             stale.unlink()
         self._db_path = self.root / "meta.sqlite3"
-        self._wlock = threading.Lock()
+        # Reentrant: a transaction first indexes the acknowledged puts, which may collect.
+        self._wlock = threading.RLock()
         self._prune_lock = threading.Lock()
-        self._pending_lock = threading.Lock()
-        self._pending: list[_RowWrite] = []
+        # Acknowledged puts not indexed yet, and snapshots being sealed: a put is added
+        # (or refused) under this lock, so a seal sees it or it is refused.
+        self._index_lock = threading.Lock()
+        self._acked: list[_Acked] = []
+        self._closing: set[str] = set()
+        # Group fdatasync: puts count their writes; whoever syncs covers all counted so far.
+        self._sync_lock = threading.Lock()
+        self._dirty_lock = threading.Lock()
+        self._dirty: set[int] = set()
+        self._written = 0
+        self._synced = 0
+        self._index_delay = index_delay
+        self._kick = threading.Event()
+        self._hurry = threading.Event()
+        self._stopping = False
         self._readers: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
         self._writer = self._connect()
         self._writer.executescript(_SCHEMA)
+        columns = {r[1] for r in self._writer.execute("PRAGMA table_info(blocks)")}
+        if "seq" not in columns:
+            self._writer.execute(
+                "ALTER TABLE blocks ADD COLUMN seq INTEGER NOT NULL DEFAULT 0"
+            )
         self.snapshots: dict[str, Snapshot] = {}
         for sid, doc, active in self._writer.execute(
             "SELECT id, doc, last_activity FROM snapshots"
@@ -193,9 +232,11 @@ class Store:
             self.snapshots[sid] = Snapshot.from_doc(doc)
             self.snapshots[sid].last_activity = active
         self.token_key = self._load_token_key()
-        self._recover()
+        self._seq = itertools.count(self._recover() + 1)
         self._import_block_files()
         self.prune()  # finishes a deletion a crash interrupted
+        self._indexer = threading.Thread(target=self._index_loop, name="indexer", daemon=True)
+        self._indexer.start()
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -204,8 +245,8 @@ class Store:
             self._db_path, timeout=30, isolation_level=None, check_same_thread=False
         )
         conn.execute("PRAGMA journal_mode=WAL")
-        # FULL: the WAL is fsynced at every commit, so an acknowledged write survives power
-        # loss as well as kill -9.
+        # FULL: the WAL is fsynced at every commit, so what was committed survives power
+        # loss as well as kill -9 (duplicate records are punched only after that).
         conn.execute("PRAGMA synchronous=FULL")
         return conn
 
@@ -221,8 +262,10 @@ class Store:
             self._readers.put(conn)
 
     @contextlib.contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
+    def _write(self, index_first: bool = True) -> Iterator[sqlite3.Connection]:
         with self._wlock:
+            if index_first:
+                self._index_pending()
             self._writer.execute("BEGIN IMMEDIATE")
             try:
                 yield self._writer
@@ -241,8 +284,16 @@ class Store:
             _fsync_path(self.root)
         return path.read_bytes()
 
-    def close(self) -> None:
+    def close(self, index: bool = True) -> None:
+        """Stop; ``index=False`` leaves acknowledged puts to the next start's recovery (as
+        a crash would)."""
+        self._stopping = True
+        self._kick.set()
+        self._hurry.set()
+        self._indexer.join()
         with self._wlock:
+            if index:
+                self._index_pending()
             self._writer.close()
         self.segments.close()
         while True:
@@ -313,69 +364,113 @@ class Store:
     def put_block(
         self, snap: Snapshot, index: int, data: bytes | memoryview, digest: bytes
     ) -> None:
-        """Durably store one block of a pending snapshot; returns once it is committed.
+        """Durably store one block of a pending snapshot; returns once it is on disk.
 
-        The data is always appended: whether the content is stored already is settled in
-        the commit (under the write lock, so a collection cannot race it), and a copy that
-        turns out to be a duplicate is punched out at once. That costs a write for repeated
-        contents but saves every put a lookup.
+        The block is always appended as a record naming this put; whether the content is
+        stored already is settled when the put is indexed, and a duplicate copy is punched
+        out then. That costs a write for repeated contents but saves every put a lookup.
         """
-        write = _RowWrite(snap, index, digest, self.segments.append(data))
-        assert write.extent is not None
+        seq = next(self._seq)
+        header = encode_header(Record(snap.snapshot_id, index, seq, digest))
+        segment, offset = self.segments.append(header, data)
         try:
-            self._commit_row(write)
-        finally:
-            if not write.extent_used:
-                # Refused, failed, or the content was stored already.
-                self.segments.free(*write.extent)
-            self.segments.release(write.extent[0])
-        if write.error is not None:
-            raise write.error
-        if write.refused is not None:
-            raise Refused(write.refused)
-        if write.replaced is not None and write.replaced != digest:
-            self._collect([write.replaced])
-
-    def _commit_row(self, write: "_RowWrite") -> None:
-        """Commit a put's row, in one transaction with every other put waiting for it.
-
-        Group commit: whichever put gets the write lock commits all rows queued by then, so
-        concurrent puts share one WAL fsync. Sealing and deletion are checked under the same
-        lock: a put racing a CompleteSnapshot or a DeleteSnapshot commits before it or is
-        refused.
-        """
-        with self._pending_lock:
-            self._pending.append(write)
-        with self._wlock:
-            if write.done:
-                return
-            with self._pending_lock:
-                batch, self._pending = self._pending, []
-            try:
-                self._commit_batch(batch)
-            except Exception as exc:
-                for w in batch:
-                    w.error = exc
-            finally:
-                for w in batch:
-                    w.done = True
-
-    def _commit_batch(self, batch: list[_RowWrite]) -> None:
-        # One fdatasync per segment makes the data of the whole batch durable before any
-        # of its rows can commit.
-        self.segments.sync({w.extent[0] for w in batch if w.extent is not None})
-        live: list[_RowWrite] = []
-        for w in batch:
-            if w.snap.deleted or w.snap.sealed:
-                w.refused = "deleted" if w.snap.deleted else "sealed"
-            else:
-                live.append(w)
-        if not live:
+            self._sync(segment)
+        except BaseException:
+            self.segments.free(segment, offset)
+            self.segments.release(segment)
+            raise
+        with self._index_lock:
+            why = self._refusal(snap)
+            if why is None:
+                self._acked.append(_Acked(snap, index, digest, seq, segment, offset))
+                snap.last_activity = time.time()
+                waiting = len(self._acked)
+        if why is None:
+            self._kick.set()
+            if waiting >= INDEX_BATCH:
+                self._hurry.set()
             return
+        # The record is on disk: make its hole durable too, or a restart would find it.
+        try:
+            self.segments.free(segment, offset, durable=True)
+        finally:
+            self.segments.release(segment)
+        raise Refused(why)
+
+    def _refusal(self, snap: Snapshot) -> str | None:
+        if snap.deleted or snap.blocks_dropped:
+            return "deleted"
+        if snap.sealed or snap.snapshot_id in self._closing:
+            return "sealed"
+        return None
+
+    def _sync(self, segment: int) -> None:
+        """Return once this thread's append to ``segment`` is durable. Group commit: one
+        fdatasync per segment covers every append counted before it started."""
+        with self._dirty_lock:
+            self._written += 1
+            ticket = self._written
+            self._dirty.add(segment)
+        with self._sync_lock:
+            if self._synced >= ticket:
+                return
+            with self._dirty_lock:
+                target, segments = self._written, self._dirty
+                self._dirty = set()
+            try:
+                self.segments.sync(segments)
+            except BaseException:
+                with self._dirty_lock:
+                    self._dirty |= segments
+                raise
+            self._synced = target
+
+    def flush(self) -> None:
+        """Index every acknowledged put now."""
+        with self._wlock:
+            self._index_pending()
+
+    def _index_loop(self) -> None:
+        while not self._stopping:
+            self._kick.wait()
+            # Let a batch gather: one transaction (and one WAL fsync) for all of it.
+            self._hurry.wait(self._index_delay)
+            self._kick.clear()
+            self._hurry.clear()
+            if self._stopping:
+                return
+            try:
+                self.flush()
+            except Exception:
+                log.exception("indexing acknowledged blocks failed; retrying in a second")
+                time.sleep(1.0)
+                self._kick.set()
+
+    def _index_pending(self) -> None:
+        """Index the acknowledged puts (under the write lock). Their rows commit in one
+        transaction; copies of contents already stored are freed only after it."""
+        with self._index_lock:
+            batch, self._acked = self._acked, []
+        if not batch:
+            return
+        try:
+            self._index_batch(batch)
+        except BaseException:
+            with self._index_lock:
+                self._acked[:0] = batch
+            raise
+        for w in batch:
+            if not w.used:
+                self.segments.free(w.segment, w.offset)
+            self.segments.release(w.segment)
+        replaced = [w.replaced for w in batch if w.replaced is not None and w.replaced != w.digest]
+        if replaced:
+            self._collect(replaced)
+
+    def _index_batch(self, batch: list[_Acked]) -> None:
         db = self._writer
-        now = time.time()
-        by_snap: dict[str, list[_RowWrite]] = {}
-        for w in live:
+        by_snap: dict[str, list[_Acked]] = {}
+        for w in batch:
             by_snap.setdefault(w.snap.snapshot_id, []).append(w)
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -383,44 +478,50 @@ class Store:
             current: dict[tuple[str, int], bytes] = {}
             for sid, writes in by_snap.items():
                 indexes = sorted({w.index for w in writes})
-                marks = ",".join("?" * len(indexes))
-                for idx, old in db.execute(
-                    f"SELECT idx, digest FROM blocks WHERE snapshot_id = ? AND idx IN ({marks})",
-                    (sid, *indexes),
-                ):
-                    current[sid, idx] = bytes(old)
-            for w in live:
+                for chunk in range(0, len(indexes), 500):
+                    part = indexes[chunk:chunk + 500]
+                    marks = ",".join("?" * len(part))
+                    for idx, old in db.execute(
+                        "SELECT idx, digest FROM blocks WHERE snapshot_id = ? "
+                        f"AND idx IN ({marks})",
+                        (sid, *part),
+                    ):
+                        current[sid, idx] = bytes(old)
+            # In acknowledgement order: the later put of an index wins.
+            for w in sorted(batch, key=lambda w: w.seq):
                 key = (w.snap.snapshot_id, w.index)
                 w.replaced = current.get(key)
                 current[key] = w.digest
             db.executemany(
                 "INSERT OR IGNORE INTO objects (digest, segment, offset) VALUES (?, ?, ?)",
-                [(w.digest, *w.extent) for w in live if w.extent is not None],
+                [(w.digest, w.segment, w.offset) for w in batch],
             )
             db.executemany(
-                "INSERT OR REPLACE INTO blocks (snapshot_id, idx, digest) VALUES (?, ?, ?)",
-                [(w.snap.snapshot_id, w.index, w.digest) for w in live],
+                "INSERT OR REPLACE INTO blocks (snapshot_id, idx, digest, seq) "
+                "VALUES (?, ?, ?, ?)",
+                [(w.snap.snapshot_id, w.index, w.digest, w.seq)
+                 for w in sorted(batch, key=lambda w: w.seq)],
             )
             db.executemany(
                 "UPDATE snapshots SET last_activity = ? WHERE id = ?",
-                [(now, sid) for sid in by_snap],
+                [(writes[0].snap.last_activity, sid) for sid, writes in by_snap.items()],
             )
-            digests = sorted({w.digest for w in live})
-            marks = ",".join("?" * len(digests))
-            stored = {
-                bytes(d): (int(seg), int(off))
+            stored: dict[bytes, tuple[int, int]] = {}
+            digests = sorted({w.digest for w in batch})
+            for chunk in range(0, len(digests), 500):
+                some = digests[chunk:chunk + 500]
+                marks = ",".join("?" * len(some))
                 for d, seg, off in db.execute(
                     f"SELECT digest, segment, offset FROM objects WHERE digest IN ({marks})",
-                    digests,
-                )
-            }
+                    some,
+                ):
+                    stored[bytes(d)] = (int(seg), int(off))
         except BaseException:
             db.execute("ROLLBACK")
             raise
         db.execute("COMMIT")
-        for w in live:
-            w.extent_used = w.extent is not None and stored.get(w.digest) == w.extent
-            w.snap.last_activity = now
+        for w in batch:
+            w.used = stored.get(w.digest) == (w.segment, w.offset)
 
     def seal(
         self,
@@ -433,9 +534,27 @@ class Store:
         Atomic with respect to puts: every put either committed before (and is among the
         blocks ``decide`` sees) or is refused. False if it was already sealed.
         """
+        with self._wlock:
+            with self._index_lock:
+                if snap.sealed or snap.snapshot_id in self._closing:
+                    return False
+                # From here on puts to it are refused; those acknowledged before are
+                # indexed by the transaction below.
+                self._closing.add(snap.snapshot_id)
+            try:
+                self._seal(snap, decide, complete_at)
+            finally:
+                with self._index_lock:
+                    self._closing.discard(snap.snapshot_id)
+        return True
+
+    def _seal(
+        self,
+        snap: Snapshot,
+        decide: Callable[[list[tuple[int, bytes]]], tuple[str, str]],
+        complete_at: float,
+    ) -> None:
         with self._write() as db:
-            if snap.sealed:
-                return False
             rows = db.execute(
                 "SELECT idx, digest FROM blocks WHERE snapshot_id = ? ORDER BY idx",
                 (snap.snapshot_id,),
@@ -447,7 +566,6 @@ class Store:
             snap.sealed_at = time.time()
             db.execute("UPDATE snapshots SET doc = ? WHERE id = ?",
                        (snap.to_doc(), snap.snapshot_id))
-        return True
 
     def lookup(self, snap: Snapshot, index: int) -> tuple[bytes, Path | None, int] | None:
         """(digest, segment file, offset) of block ``index`` in the snapshot's full view;
@@ -540,7 +658,7 @@ class Store:
     def _collect(self, digests: list[bytes]) -> None:
         """Give back the space of the contents among these that no row references any more."""
         freed: list[tuple[int, int]] = []
-        with self._write() as db:
+        with self._write(index_first=False) as db:
             for digest in set(digests):
                 if db.execute(
                     "SELECT 1 FROM blocks WHERE digest = ? LIMIT 1", (digest,)
@@ -561,15 +679,60 @@ class Store:
                 ).fetchone():
                     self.segments.drop(segment)
 
-    def _recover(self) -> None:
-        """Start-up: forget contents no row references (a crash cut a collection short),
-        then cut uncommitted tails off the segments and give back unreferenced space."""
-        with self._write() as db:
+    def _recover(self) -> int:
+        """Start-up: index the acknowledged puts that were not indexed yet (their records),
+        forget contents no row references (a crash cut a collection short), then cut
+        unindexed tails off the segments and give back unreferenced space. Returns the
+        highest sequence number in use."""
+        with self._write(index_first=False) as db:
+            live = self._live(db)
+            highest = int(db.execute("SELECT COALESCE(MAX(seq), 0) FROM blocks").fetchone()[0])
+            found = sorted(self.segments.scan(live), key=lambda r: r[2].seq)
+            replayed = 0
+            for segment, offset, record in found:
+                highest = max(highest, record.seq)
+                if self._replay(db, segment, offset, record):
+                    replayed += 1
+            if found:
+                log.info("found %d unindexed records in the segments; indexed %d",
+                         len(found), replayed)
             db.execute("DELETE FROM objects WHERE digest NOT IN (SELECT digest FROM blocks)")
-            live: dict[int, set[int]] = {}
-            for segment, offset in db.execute("SELECT segment, offset FROM objects"):
-                live.setdefault(int(segment), set()).add(int(offset))
+            live = self._live(db)
         self.segments.recover(live, max(live, default=0))
+        return highest
+
+    @staticmethod
+    def _live(db: sqlite3.Connection) -> dict[int, set[int]]:
+        live: dict[int, set[int]] = {}
+        for segment, offset in db.execute("SELECT segment, offset FROM objects"):
+            live.setdefault(int(segment), set()).add(int(offset))
+        return live
+
+    def _replay(self, db: sqlite3.Connection, segment: int, offset: int, record: Record) -> bool:
+        """Index the put a record found at start-up describes, if it counts: its snapshot
+        still takes puts (a record of a sealed or deleted one is a refused put), its data
+        is whole, and no later put of the same index was indexed."""
+        snap = self.snapshots.get(record.snapshot_id)
+        if snap is None or self._refusal(snap) is not None or record.index >= snap.block_count:
+            return False
+        row = db.execute(
+            "SELECT seq FROM blocks WHERE snapshot_id = ? AND idx = ?",
+            (record.snapshot_id, record.index),
+        ).fetchone()
+        if row is not None and int(row[0]) >= record.seq:
+            return False
+        if hashlib.sha256(self.segments.read(segment, offset)).digest() != record.digest:
+            log.info("record at %s:%d is torn; dropping it", segment, offset)
+            return False
+        db.execute(
+            "INSERT OR IGNORE INTO objects (digest, segment, offset) VALUES (?, ?, ?)",
+            (record.digest, segment, offset),
+        )
+        db.execute(
+            "INSERT OR REPLACE INTO blocks (snapshot_id, idx, digest, seq) VALUES (?, ?, ?, ?)",
+            (record.snapshot_id, record.index, record.digest, record.seq),
+        )
+        return True
 
     def _import_block_files(self) -> None:
         """Move the block files of an older data directory (blocks/ab/<sha256>) into
@@ -593,10 +756,12 @@ class Store:
             except FileNotFoundError:
                 log.error("block file %s is missing; its blocks cannot be read", path)
                 continue
-            segment, offset = self.segments.append(data)
+            # Not a put of any snapshot: a record header that recovery never replays.
+            header = encode_header(Record("", 0, 0, digest))
+            segment, offset = self.segments.append(header, data)
             try:
                 self.segments.sync({segment})
-                with self._write() as db:
+                with self._write(index_first=False) as db:
                     db.execute(
                         "INSERT INTO objects (digest, segment, offset) VALUES (?, ?, ?)",
                         (digest, segment, offset),
@@ -613,6 +778,7 @@ class Store:
 
     def stats(self) -> dict[str, int]:
         """Rows, stored contents, segment files and their disk use, for tests."""
+        self.flush()
         with self._reader() as db:
             rows = db.execute("SELECT COUNT(*) FROM blocks").fetchone()[0]
             objects = db.execute("SELECT COUNT(*) FROM objects").fetchone()[0]

@@ -2,8 +2,10 @@
 with botocore's own SigV4 signer (or deliberately not), then sent over a plain socket."""
 
 import json
+import os
 import socket
 import sqlite3
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,7 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
+from ebsfs.server.storage import INDEX_DELAY
 from tests.serverproc import LocalServer
 
 
@@ -112,7 +115,19 @@ def signed(
 
 def store_state(data_dir: Path) -> tuple[Any, ...]:
     """Everything the server has stored: snapshot records, block rows, stored contents and
-    the segment files' sizes."""
+    the segment files' sizes; once the server's index has caught up with the puts it has
+    acknowledged (it indexes them a moment later)."""
+    state = _store_state(data_dir)
+    for _ in range(20):
+        time.sleep(INDEX_DELAY + 0.1)
+        again = _store_state(data_dir)
+        if again == state:
+            return state
+        state = again
+    raise AssertionError("the server's index never settled")
+
+
+def _store_state(data_dir: Path) -> tuple[Any, ...]:
     db = sqlite3.connect(f"file:{data_dir / 'meta.sqlite3'}?mode=ro", uri=True)
     try:
         snaps = db.execute("SELECT id, doc FROM snapshots ORDER BY id").fetchall()
@@ -134,5 +149,20 @@ def stored(data_dir: Path) -> set[str]:
 
 
 def allocated(data_dir: Path) -> int:
-    """Bytes the segment files occupy on disk (punched holes not counted)."""
-    return sum(p.stat().st_blocks * 512 for p in (data_dir / "segments").iterdir())
+    """Bytes of data the segment files hold (punched holes not counted, nor the blocks a
+    filesystem spends on mapping a file with many holes)."""
+    total = 0
+    for path in (data_dir / "segments").iterdir():
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            end, pos = os.fstat(fd).st_size, 0
+            while pos < end:
+                try:
+                    start = os.lseek(fd, pos, os.SEEK_DATA)
+                except OSError:  # ENXIO: only a hole is left
+                    break
+                pos = os.lseek(fd, start, os.SEEK_HOLE)
+                total += pos - start
+        finally:
+            os.close(fd)
+    return total

@@ -1,6 +1,7 @@
 """The data directory: what was acknowledged survives ``kill -9``, a torn write never shows up
 as a block, and blocks shared by snapshots are stored once and freed with the last user."""
 
+import hashlib
 import os
 import threading
 import time
@@ -8,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ebsfs import checksum
+from ebsfs.server.segments import HEADER_SIZE, RECORD_SIZE, Record, encode_header
 from ebsfs.types import BLOCK_SIZE
 from tests.server.raw import allocated, stored
 from tests.serverproc import (
@@ -99,35 +101,60 @@ def _segments(data_dir: Path) -> dict[str, int]:
     return {p.name: p.stat().st_size for p in (data_dir / "segments").iterdir()}
 
 
+def _record(snapshot_id: str, index: int, data: bytes, digest: bytes | None = None) -> bytes:
+    """A segment record as a put writes it (``digest`` other than the data's: a torn one)."""
+    header = encode_header(
+        Record(snapshot_id, index, 10**15 + index, digest or hashlib.sha256(data).digest())
+    )
+    return header.ljust(HEADER_SIZE, b"\0") + data
+
+
 def test_torn_writes_never_show_up(server: LocalServer) -> None:
     ebs, ec2 = server.ebs(), server.ec2()
     first = os.urandom(BLOCK_SIZE)
     sid = upload_image(ebs, ec2, first, 1)
+    pending = ebs.start_snapshot(VolumeSize=1)["SnapshotId"]
     server.kill()
     data_dir = server.data_dir
     (seg, size), = _segments(data_dir).items()
-    assert size == BLOCK_SIZE
-    # What a crash mid-put leaves: a whole block appended (and synced) whose row never
-    # committed, then half a block; a segment started whose first block never committed;
-    # a half-written temporary file.
-    stray = os.urandom(BLOCK_SIZE)
+    assert size == RECORD_SIZE
+    # What a crash mid-put leaves: records of puts to the pending snapshot whose data is
+    # torn (it does not hash to the header's digest), cut short, or whose header is torn; an
+    # intact record of a put to the completed snapshot (refused, its hole not yet durable);
+    # a segment whose first record was acknowledged but not indexed yet, followed by a torn
+    # one; a half-written temporary file.
+    stray, acked = os.urandom(BLOCK_SIZE), os.urandom(BLOCK_SIZE)
+    torn = _record(pending, 1, stray[: BLOCK_SIZE // 2] + bytes(BLOCK_SIZE // 2),
+                   hashlib.sha256(stray).digest())
+    bad_header = bytearray(_record(pending, 2, stray))
+    bad_header[20] ^= 0xFF
     with open(data_dir / "segments" / seg, "ab") as f:
-        f.write(stray + os.urandom(BLOCK_SIZE // 2))
-    (data_dir / "segments" / "99999999.seg").write_bytes(os.urandom(BLOCK_SIZE))
+        f.write(torn + bytes(bad_header) + _record(sid, 1, stray)
+                + _record(pending, 3, stray)[: RECORD_SIZE // 2])
+    (data_dir / "segments" / "99999999.rec").write_bytes(
+        _record(pending, 4, acked) + _record(pending, 5, stray, hashlib.sha256(acked).digest())
+    )
     (data_dir / "tmp" / "123-456").write_bytes(b"half a block")
     server.start()
     assert list(data_dir.joinpath("tmp").iterdir()) == []
-    assert _segments(data_dir) == {seg: BLOCK_SIZE}  # the uncommitted parts are cut off
-    assert stored(data_dir) == {checksum.digest(first).hex()}
+    # The torn and refused parts are cut off; the acknowledged record is indexed.
+    assert _segments(data_dir) == {seg: RECORD_SIZE, "99999999.rec": RECORD_SIZE}
+    assert stored(data_dir) == {checksum.digest(first).hex(), checksum.digest(acked).hex()}
+    assert allocated(data_dir) == 2 * RECORD_SIZE
     ebs = server.ebs()
     tokens, _ = list_blocks(ebs, sid)
     assert sorted(tokens) == [0]
     assert get_block(ebs, sid, 0, tokens[0]) == first
-    # The store goes on working: the content that never committed can be written again.
+    assert complete(ebs, pending, {4: checksum.digest(acked)}) == "pending"
+    assert wait_state(server.ec2(), pending)["State"] == "completed"
+    tokens, _ = list_blocks(ebs, pending)
+    assert sorted(tokens) == [4]
+    assert get_block(ebs, pending, 4, tokens[4]) == acked
+    # The store goes on working: the content that never made it can be written again.
     again = upload_image(ebs, server.ec2(), first + stray, 1)
     tokens, _ = list_blocks(ebs, again)
     assert get_block(ebs, again, 1, tokens[1]) == stray
-    assert allocated(data_dir) == 2 * BLOCK_SIZE
+    assert allocated(data_dir) == 3 * RECORD_SIZE
 
 
 def test_shared_blocks_are_stored_once(server: LocalServer) -> None:
@@ -135,7 +162,7 @@ def test_shared_blocks_are_stored_once(server: LocalServer) -> None:
     base = os.urandom(8 * BLOCK_SIZE)
     parent = upload_image(ebs, ec2, base, 1)
     assert len(stored(server.data_dir)) == 8
-    assert allocated(server.data_dir) == 8 * BLOCK_SIZE
+    assert allocated(server.data_dir) == 8 * RECORD_SIZE
     changed = os.urandom(BLOCK_SIZE)
     child = ebs.start_snapshot(VolumeSize=1, ParentSnapshotId=parent)["SnapshotId"]
     put_block(ebs, child, 2, changed)
@@ -144,7 +171,7 @@ def test_shared_blocks_are_stored_once(server: LocalServer) -> None:
     assert len(stored(server.data_dir)) == 9  # inherited blocks are not copied
     copy = upload_image(ebs, ec2, base, 1)  # same contents, unrelated snapshot
     assert len(stored(server.data_dir)) == 9
-    assert allocated(server.data_dir) == 9 * BLOCK_SIZE  # each content on disk once
+    assert allocated(server.data_dir) == 9 * RECORD_SIZE  # each content on disk once
 
     ec2.delete_snapshot(SnapshotId=parent)
     ec2.delete_snapshot(SnapshotId=copy)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from ebsfs.server.segments import RECORD_SIZE
 from ebsfs.server.storage import COMPLETED, Refused, Snapshot, Store
 from ebsfs.types import BLOCK_SIZE
 
@@ -92,7 +93,7 @@ def test_segments_fill_up_and_go_when_nothing_lives_in_them(tmp_path: Path) -> N
     _put(store, first, 10, blocks[0])  # same content: stored once
     assert store.stats()["objects"] == 10
     assert store.stats()["segments"] == 3
-    assert store.stats()["allocated"] == 10 * BLOCK_SIZE
+    assert store.stats()["allocated"] == 10 * RECORD_SIZE
     for data in blocks:
         located = store.locate(hashlib.sha256(data).digest())
         assert located is not None
@@ -104,14 +105,15 @@ def test_segments_fill_up_and_go_when_nothing_lives_in_them(tmp_path: Path) -> N
     for i in (1, 2, 3):
         _put(store, first, i, blocks[0])
     assert store.stats()["objects"] == 7
-    assert store.stats()["allocated"] == 7 * BLOCK_SIZE
+    assert store.stats()["allocated"] == 7 * RECORD_SIZE
     # Rewriting 4-7 leaves the second segment with nothing: it is removed.
     assert store.segments.path(2).exists()
     for i in (4, 5, 6, 7):
         _put(store, first, i, blocks[0])
+    store.flush()  # collection follows indexing
     assert not store.segments.path(2).exists()
     assert store.stats()["objects"] == 3
-    assert store.stats()["allocated"] == 3 * BLOCK_SIZE
+    assert store.stats()["allocated"] == 3 * RECORD_SIZE
     store.delete(first)
     assert store.stats()["objects"] == 0
     assert store.stats()["allocated"] == 0
@@ -141,4 +143,59 @@ def test_block_files_of_an_older_data_dir_move_into_segments(tmp_path: Path) -> 
     with open(located[0], "rb") as f:
         f.seek(located[1])
         assert f.read(BLOCK_SIZE) == data
+    store.close()
+
+
+def _rows(store: Store, snap: Snapshot) -> dict[int, bytes]:
+    seen: dict[int, bytes] = {}
+
+    def decide(rows: list[tuple[int, bytes]]) -> tuple[str, str]:
+        seen.update(rows)
+        return COMPLETED, ""
+
+    assert store.seal(snap, decide, 0.0)
+    return seen
+
+
+def test_acknowledged_puts_not_yet_indexed_survive_a_crash(tmp_path: Path) -> None:
+    # An index delay longer than the test: every put is acknowledged from its record alone.
+    store = Store(tmp_path, index_delay=3600)
+    snap = _snapshot(store, "snap-00000000000000005")
+    sealed = _snapshot(store, "snap-00000000000000006")
+    blocks = [os.urandom(BLOCK_SIZE) for _ in range(7)]
+    _put(store, sealed, 0, blocks[6])
+    assert _rows(store, sealed) == {0: hashlib.sha256(blocks[6]).digest()}
+    with pytest.raises(Refused):
+        _put(store, sealed, 1, blocks[6])
+    for i in range(5):
+        _put(store, snap, i, blocks[i])
+    _put(store, snap, 1, blocks[5])  # the later put of an index wins
+    _put(store, snap, 5, blocks[0])  # a content already written: stored once
+    store.close(index=False)  # as kill -9 would leave it: nothing more indexed
+    with sqlite3.connect(tmp_path / "meta.sqlite3") as db:
+        assert db.execute(
+            "SELECT COUNT(*) FROM blocks WHERE snapshot_id = ?", (snap.snapshot_id,)
+        ).fetchone()[0] == 0
+
+    store = Store(tmp_path, index_delay=3600)
+    snap = store.snapshots[snap.snapshot_id]
+    # A put after the restart is later than every put before it.
+    _put(store, snap, 2, blocks[6])
+    store.close(index=False)
+
+    store = Store(tmp_path, index_delay=3600)
+    snap = store.snapshots[snap.snapshot_id]
+    expected = {0: blocks[0], 1: blocks[5], 2: blocks[6], 3: blocks[3], 4: blocks[4],
+                5: blocks[0]}
+    assert _rows(store, snap) == {i: hashlib.sha256(d).digest() for i, d in expected.items()}
+    # Distinct contents stored once each; replaced ones and copies given back.
+    stats = store.stats()
+    assert stats["objects"] == 5  # blocks 0, 3, 4, 5, 6 (6 also in the sealed snapshot)
+    assert stats["allocated"] == 5 * RECORD_SIZE
+    for i, data in expected.items():
+        located = store.locate(hashlib.sha256(data).digest())
+        assert located is not None
+        with open(located[0], "rb") as f:
+            f.seek(located[1])
+            assert f.read(BLOCK_SIZE) == data, i
     store.close()
