@@ -58,6 +58,11 @@ class ReadAhead:
     def stats(self) -> dict[str, int]:
         return dict(self.counters)
 
+    def cached(self, index: BlockIndex) -> bool:
+        """Whether the layer below holds ``index`` or is fetching it (False if it cannot tell)."""
+        below = getattr(self.below, "cached", None)
+        return below is not None and bool(below(index))
+
     async def read_block(self, index: BlockIndex) -> bytes | None:
         if self.blocks > 0:
             self._observe(index)

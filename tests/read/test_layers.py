@@ -11,7 +11,7 @@ import trio
 
 from ebsfs import errors
 from ebsfs.store.cache import BlockCache, CachedBlocks
-from ebsfs.store.ranges import read_range
+from ebsfs.store.ranges import ReplyBuffers, read_range
 from ebsfs.store.readahead import ReadAhead
 from ebsfs.store.remote import Calls, RemoteBlocks, RemoteTuning, TokenWindows
 from ebsfs.store.stack import ReadStacks, StackConfig
@@ -332,3 +332,48 @@ def test_read_range_error_is_unwrapped() -> None:
             n.cancel_scope.cancel()
 
     run(main)
+
+
+def test_reply_buffers_are_reused_only_once_released() -> None:
+    replies = ReplyBuffers()
+    a, b = b"a" * BLOCK_SIZE, b"b" * BLOCK_SIZE
+    first = replies.join([a, b], 2 * BLOCK_SIZE)
+    assert bytes(first) == a + b
+    # A reply still referred to is never written over: the next join gets another buffer.
+    second = replies.join([b, memoryview(a)[:10]], BLOCK_SIZE + 10)
+    assert bytes(first) == a + b
+    assert bytes(second) == b + a[:10]
+    assert isinstance(first, memoryview) and isinstance(second, memoryview)
+    assert first.obj is not second.obj
+    handed_out = {id(first.obj), id(second.obj)}
+    del first, second
+    # Both released: the next join writes into a buffer handed out before, no new one.
+    third = replies.join([a, a], 2 * BLOCK_SIZE)
+    assert isinstance(third, memoryview)
+    assert bytes(third) == a + a
+    assert id(third.obj) in handed_out
+    # Larger than a reply buffer (not asked by the kernel): a plain join.
+    big = replies.join([a, b, a], 3 * BLOCK_SIZE)
+    assert bytes(big) == a + b + a
+
+
+def test_read_range_waits_in_order_for_blocks_being_fetched() -> None:
+    # With read-ahead, the blocks of a 1 MiB read are already being fetched: the read waits
+    # for them one after the other (no tasks) and still gets every byte right.
+    api = FakeBlockApi({i: block_of(i) for i in range(64)})
+    api.delay = 0.02
+    image = b"".join(block_of(i) for i in range(64))
+
+    async def main() -> None:
+        async with trio.open_nursery() as n:
+            stack = ReadStacks(api, StackConfig(64 * BLOCK_SIZE, 8 * BLOCK_SIZE, 8), n).get(
+                SNAP, 1
+            )
+            for off in range(0, 32 * BLOCK_SIZE, 2 * BLOCK_SIZE):
+                got = await read_range(stack, off, 2 * BLOCK_SIZE, len(image))
+                assert bytes(got) == image[off : off + 2 * BLOCK_SIZE]
+            n.cancel_scope.cancel()
+
+    run(main)
+    assert api.calls["get"] <= 48
+    assert api.max_in_flight >= 4
