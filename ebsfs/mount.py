@@ -19,6 +19,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import errno
+import gc
 import logging
 import os
 import signal
@@ -136,10 +137,13 @@ async def _serve(
         try:
             nursery.start_soon(catalog.refresher)
             nursery.start_soon(_signals, config.mountpoint)
-            nursery.start_soon(_trim_memory)
+            nursery.start_soon(_trim_memory, config.cache_size + TRIM_SLACK)
             nursery.start_soon(
                 _announce_when_answering, config.mountpoint, ready, config.read_ahead
             )
+            # What start-up loaded (botocore's service models, the catalog) lives as long as
+            # the mount: keep the cycle collector from walking it again and again.
+            gc.freeze()
             await pyfuse3.main(min_tasks=4, max_tasks=max(64, 2 * config.max_concurrency))
             log.info("stopping: unmounting %s", config.mountpoint)
             notify_stopping()
@@ -202,12 +206,16 @@ def _setup_logging(config: MountConfig, options: DaemonOptions, daemon: bool) ->
         setup_logging(config.log_level)
 
 
-#: Fixed mmap threshold: a 512 KiB block comes from a heap arena and its memory is reused by
-#: the next block without page faults; larger buffers (1 MiB replies joined from two blocks)
-#: are still mmapped.
-MMAP_THRESHOLD = 1 << 20
-#: How often the arenas' free pages are handed back to the kernel.
+#: Fixed mmap threshold above any buffer of the read path (512 KiB blocks, 1 MiB replies and
+#: writes): they come from the heap, and a freed one is reused by the next without page faults,
+#: zeroing or munmap (an mmapped 1 MiB buffer costs 256 page faults).
+MMAP_THRESHOLD = 4 << 20
+#: free() gives the top of the heap back only past this; ``_trim_memory`` bounds RSS instead.
+TRIM_THRESHOLD = 256 << 20
+#: How often RSS is checked against its budget.
 TRIM_INTERVAL = 0.5
+#: RSS budget of the daemon past --cache-size, before free memory is handed back to the kernel.
+TRIM_SLACK = 64 << 20
 
 
 def _libc() -> ctypes.CDLL | None:
@@ -221,27 +229,36 @@ def _tame_malloc() -> None:
 
     glibc's dynamic mmap threshold rises after the first large free, and per-thread arenas
     (one worker thread per concurrent request) then keep freed blocks' pages: RSS grew far
-    past the cache. Two arenas and a fixed threshold above a block's size let freed blocks be
-    reused without page faults or munmap; ``_trim_memory`` returns what stays free.
+    past the cache. One arena (buffers are allocated holding the GIL, so it is not contended)
+    and fixed thresholds let a freed block be reused by the next one wherever it is fetched;
+    ``_trim_memory`` returns free pages when RSS passes its budget.
     """
     libc = _libc()
     with contextlib.suppress(AttributeError):
         if libc is not None:
-            m_mmap_threshold, m_arena_max = -3, -8
+            m_trim_threshold, m_mmap_threshold, m_arena_max = -1, -3, -8
             libc.mallopt(m_mmap_threshold, MMAP_THRESHOLD)
-            libc.mallopt(m_arena_max, 2)
+            libc.mallopt(m_trim_threshold, TRIM_THRESHOLD)
+            libc.mallopt(m_arena_max, 1)
 
 
-async def _trim_memory() -> None:
-    # malloc_trim(0) gives every whole free page of every arena back to the kernel; between
-    # two calls at most half a second of evicted blocks can pile up.
+def _rss() -> int:
+    with open("/proc/self/statm", "rb") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+async def _trim_memory(budget: int) -> None:
+    # malloc_trim(0) gives every whole free page back to the kernel, but the next blocks then
+    # fault their pages in again: trim only when RSS is past its budget (--cache-size plus
+    # TRIM_SLACK), so between two checks at most half a second of growth adds to it.
     libc = _libc()
     trim = getattr(libc, "malloc_trim", None)
     if trim is None:
         return
     while True:
         await trio.sleep(TRIM_INTERVAL)
-        trim(0)
+        if _rss() > budget:
+            trim(0)
 
 
 def _run(config: MountConfig, options: DaemonOptions, ready: Callable[[], None]) -> None:
