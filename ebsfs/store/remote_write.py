@@ -35,11 +35,19 @@ class PutApi(Protocol):
     def put_block(self, snapshot_id: str, index: int, data: bytes, checksum_b64: str) -> None: ...
 
 
+#: Makes a block's bytes in the worker thread of its PutSnapshotBlock; None: nothing to store.
+BlockLoader = Callable[[], bytes | None]
+
+
 class BlockSink(Protocol):
     """Where the write-back layer stores finished blocks."""
 
-    async def put(self, index: int, data: bytes) -> bytes:
-        """Store one full block; returns its raw SHA256 digest once AWS acknowledged it."""
+    async def put(self, index: int, data: bytes | BlockLoader) -> bytes | None:
+        """Store one full block; returns its raw SHA256 digest once AWS acknowledged it.
+
+        ``data`` may be a loader, called once in the worker thread of the request (reading a
+        block from the disk there costs the trio thread nothing); if it answers None nothing
+        is stored and None is returned."""
         ...
 
 
@@ -106,21 +114,27 @@ class RemoteWriter:
         self.counters: Counter[str] = counters if counters is not None else Counter()
         self.tuning = tuning or PutTuning()
 
-    def _put_sync(self, index: int, data: bytes, digest: list[bytes]) -> None:
-        # Hashing in the same worker thread as the request: one thread hand-off per block.
-        if not digest:
-            digest.append(checksum.digest(data))
-        self.api.put_block(self.snapshot_id, index, data, checksum.b64(digest[0]))
+    def _put_sync(self, index: int, data: bytes | BlockLoader, block: list[bytes]) -> bool:
+        # Loading and hashing in the same worker thread as the request: one thread hand-off
+        # per block, and the trio thread (which answers every FUSE request) touches no bytes.
+        # ``block`` keeps [bytes, digest] across attempts: a retry sends the same bytes.
+        if not block:
+            body = data if isinstance(data, bytes) else data()
+            if body is None:
+                return False
+            block += (body, checksum.digest(body))
+        self.api.put_block(self.snapshot_id, index, block[0], checksum.b64(block[1]))
+        return True
 
-    async def put(self, index: int, data: bytes) -> bytes:
+    async def put(self, index: int, data: bytes | BlockLoader) -> bytes | None:
         t = self.tuning
         failures = 0
         not_found = 0
-        digest: list[bytes] = []
+        block: list[bytes] = []
         while True:
             try:
-                await trio.to_thread.run_sync(
-                    partial(self._put_sync, index, data, digest), limiter=self.limiter
+                stored = await trio.to_thread.run_sync(
+                    partial(self._put_sync, index, data, block), limiter=self.limiter
                 )
             except NotFoundError as exc:
                 not_found += 1
@@ -146,6 +160,8 @@ class RemoteWriter:
                 )
                 await trio.sleep(min(t.max_backoff, t.backoff * 2 ** (failures - 1)))
                 continue
+            if not stored:
+                return None
             self.counters["puts"] += 1
-            self.counters["bytes_put"] += len(data)
-            return digest[0]
+            self.counters["bytes_put"] += len(block[0])
+            return block[1]

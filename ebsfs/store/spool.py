@@ -88,6 +88,9 @@ class Spool:
         self.manifest: dict[str, Any] = {}
         self._data_fd = -1
         self._journal_fd = -1
+        #: Size of the journal file (records are appended with O_APPEND; kept here so an
+        #: append needs no lseek to know where a torn record would have to be cut off).
+        self._journal_end = 0
 
     # ---- life cycle --------------------------------------------------------------------------
 
@@ -123,6 +126,7 @@ class Spool:
         flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
         self._data_fd = os.open(self.directory / DATA, flags, 0o600)
         self._journal_fd = os.open(self.directory / JOURNAL, flags | os.O_APPEND, 0o600)
+        self._journal_end = os.fstat(self._journal_fd).st_size
 
     def close(self) -> None:
         """Close the files (the directory stays)."""
@@ -161,7 +165,7 @@ class Spool:
 
     def _append(self, records: bytes) -> None:
         view = memoryview(records)
-        start = os.lseek(self._journal_fd, 0, os.SEEK_END)
+        start = self._journal_end
         try:
             while view:
                 n = os.write(self._journal_fd, view)
@@ -170,6 +174,7 @@ class Spool:
             # A torn record would end every later replay there: cut it off.
             os.ftruncate(self._journal_fd, start)
             raise
+        self._journal_end = start + len(records)
 
     def _replay(self) -> None:
         with open(self.directory / JOURNAL, "rb") as f:
@@ -197,6 +202,7 @@ class Spool:
         if good != len(raw):
             # The torn tail was never acknowledged to anyone: drop it.
             os.ftruncate(self._journal_fd, good)
+        self._journal_end = good
 
     # ---- data --------------------------------------------------------------------------------
 
@@ -224,8 +230,10 @@ class Spool:
         end = offset + len(data)
         records = bytearray()
         new_slots: list[int] = []
+        # Runs of the write that are contiguous in the data file too (a sequential stream
+        # gets consecutive slots): one pwrite each, not one per block.
+        runs: list[list[int]] = []  # [file position, start in data, length]
         pos = offset
-        view = memoryview(data)
         try:
             while pos < end:
                 index = pos // BLOCK_SIZE
@@ -237,13 +245,20 @@ class Spool:
                     self.slots[index] = slot
                     new_slots.append(index)
                     records += self._record(b"S", index, slot)
-                chunk = view[pos - offset : pos - offset + n]
+                at = slot * BLOCK_SIZE + within
+                last = runs[-1] if runs else None
+                if last is not None and last[0] + last[2] == at:
+                    last[2] += n
+                else:
+                    runs.append([at, pos - offset, n])
+                pos += n
+            view = memoryview(data)
+            for at, start, n in runs:
                 written = 0
                 while written < n:
                     written += os.pwrite(
-                        self._data_fd, chunk[written:], slot * BLOCK_SIZE + within + written
+                        self._data_fd, view[start + written : start + n], at + written
                     )
-                pos += n
             records += self._record(b"W", offset, end)
             self._append(bytes(records))
         except OSError:
@@ -294,3 +309,9 @@ class Spool:
         """Flush data and journal to the disk (fsync of the file)."""
         os.fdatasync(self._data_fd)
         os.fdatasync(self._journal_fd)
+
+    def sync_data(self) -> None:
+        """Flush the data file to the disk, so that a later ``sync`` has little left to do.
+
+        It may run in a worker thread while the trio thread writes: it only flushes pages."""
+        os.fdatasync(self._data_fd)

@@ -18,9 +18,12 @@ an uploader task that sends dirty blocks to a ``BlockSink`` (PutSnapshotBlock):
 * at most ``max_uploads`` blocks are in flight, never two of one index (their order on the wire
   would be a race); a block whose store failed is tried again after a pause.
 
-Dirty data lives in the spool on disk. A block that one write covered whole is also kept in
-memory until it is stored (at most ``dirty_limit`` bytes of them), so storing it needs no
-read of the spool; memory is that plus ``max_uploads`` blocks in flight.
+Dirty data lives in the spool (on disk, and in the page cache while it is recent). A block
+is read back from it in the worker thread of its PutSnapshotBlock, so the trio thread, which
+also answers every FUSE request, copies no block and holds none in memory: memory is the
+``max_uploads`` blocks in flight. The spool's data file is flushed to the disk in the
+background every ``sync_every`` bytes written, so that ``flush`` (an fsync) finds little
+left to write there.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ import trio
 from ebsfs import checksum
 from ebsfs.errors import EbsfsError, NotFoundError
 from ebsfs.store.base import BlockReader
-from ebsfs.store.remote_write import BlockSink
+from ebsfs.store.remote_write import BlockLoader, BlockSink
 from ebsfs.store.spool import Spool
 from ebsfs.types import BLOCK_SIZE, ZERO_BLOCK, BlockIndex
 
@@ -52,6 +55,7 @@ class WriteTuning:
     rewrite_factor: float = 4.0
     max_uploads: int = 32
     retry_pause: float = 2.0
+    sync_every: int = 32 << 20
 
 
 @dataclass
@@ -84,8 +88,9 @@ class WriteBack:
         self._version: dict[int, int] = {}
         self._stored_version: dict[int, int] = {}
         self._dirty: OrderedDict[int, float] = OrderedDict()
-        #: Blocks whose latest write covered them whole, as that write gave them.
-        self._mem: dict[int, bytes] = {}
+        #: Bytes written since the spool's data file was last flushed (or a flush started).
+        self._unsynced = 0
+        self._sync_wanted = trio.Event()
         self._inflight: set[int] = set()
         self._failed: dict[int, _Failure] = {}
         self._fatal: EbsfsError | None = None
@@ -132,7 +137,6 @@ class WriteBack:
         self.sink = None
         self._fatal = None
         self._failed.clear()
-        self._mem.clear()
         self.spool.reset_stored()
         self._stored_version.clear()
         now = self.clock()
@@ -186,26 +190,21 @@ class WriteBack:
             await changed.wait()
         now = self.clock()
         wake = False
-        keep = self.sink is not None
         for index in self.spool.write(offset, data):
             self._version[index] = self._version.get(index, 0) + 1
             self._dirty[index] = now
             self._dirty.move_to_end(index)
-            start = index * BLOCK_SIZE
-            if keep and offset <= start and start + BLOCK_SIZE <= offset + len(data):
-                # This write holds the whole block: keep a copy, so storing it needs no read
-                # of the spool (bounded by dirty_limit, like the dirty blocks themselves).
-                if len(self._mem) * BLOCK_SIZE < self.tuning.dirty_limit:
-                    self._mem[index] = bytes(data[start - offset : start - offset + BLOCK_SIZE])
-            else:
-                self._mem.pop(index, None)
             if self.spool.is_full(index):
                 wake = True
+        self._unsynced += len(data)
+        if self._unsynced >= self.tuning.sync_every:
+            self._sync_wanted.set()
         if wake and self.sink is not None and self._sleep_until is None:
             self._poke()
 
     async def flush(self) -> None:
         """Return once everything written before the call is stored (and the spool synced)."""
+        self._unsynced = 0
         await trio.to_thread.run_sync(self.spool.sync)
         targets = {i: self._version[i] for i in self._dirty}
         if not targets:
@@ -239,6 +238,7 @@ class WriteBack:
     async def run(self) -> None:
         """The uploader; runs until cancelled (start it in the mount's nursery)."""
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._sync_in_background)
             while True:
                 wake = self._wake
                 await self._slots.acquire()
@@ -252,6 +252,18 @@ class WriteBack:
                     continue
                 self._inflight.add(index)
                 nursery.start_soon(self._upload, index)
+
+    async def _sync_in_background(self) -> None:
+        # Without this the page cache holds every byte written until the first fsync, which
+        # then writes them all to the disk at once (about 2 s per GiB here) while it waits.
+        while True:
+            await self._sync_wanted.wait()
+            self._sync_wanted = trio.Event()
+            self._unsynced = 0
+            try:
+                await trio.to_thread.run_sync(self.spool.sync_data)
+            except OSError as exc:  # the spool was closed under us (sealed, removed)
+                log.debug("background flush of %s: %s", self.spool.directory, exc)
 
     def _pick(self) -> tuple[int | None, float | None]:
         if self.sink is None or self._fatal is not None:
@@ -289,17 +301,12 @@ class WriteBack:
             # The version is taken before the bytes are read: a write landing while they are
             # read (or stored) bumps it, so the block stays dirty and is stored again.
             version = self._version[index]
-            data = self._mem.get(index)
-            if data is None:
-                data = await self._compose(index, base) or ZERO_BLOCK
-            # What the snapshot reads at this index if nothing is stored there.
-            inherited = base if base is not None else None if self.encrypted else ZERO_BLOCK
-            if index not in self.spool.stored and data == inherited:
+            digest = await sink.put(index, self._loader(index, base))
+            if digest is None:
                 kind = "zero" if base is None else "unchanged"
                 self.counters[f"{kind}_blocks_skipped"] += 1
                 self._done(index, version, None)
                 return
-            digest = await sink.put(index, data)
             if self.sink is sink:
                 self._done(index, version, digest)
         except (EbsfsError, OSError) as exc:
@@ -324,6 +331,27 @@ class WriteBack:
             self._notify()
             self._poke()
 
+    def _loader(self, index: int, base: bytes | None) -> BlockLoader:
+        """What the worker thread of the put calls to get the block's bytes (None: skip it)."""
+        spool = self.spool
+        cov = spool.coverage.get(index)
+        slot = spool.slots.get(index)
+        # What the snapshot reads at this index if nothing is stored there; once something
+        # was stored, the block must be stored whatever it holds (AWS keeps the earlier data).
+        inherited = base if base is not None else None if self.encrypted else ZERO_BLOCK
+        skippable = index not in spool.stored and inherited is not None
+
+        def load() -> bytes | None:
+            # Runs in a worker thread: only the file, and values taken above (``cov`` is
+            # never changed in place).
+            if cov is None or slot is None:
+                data = base or ZERO_BLOCK
+            else:
+                data = spool.compose(slot, cov, base)
+            return None if skippable and data == inherited else data
+
+        return load
+
     def _done(self, index: int, version: int, digest: bytes | None) -> None:
         current = self._version.get(index) == version
         if digest is not None:
@@ -334,4 +362,3 @@ class WriteBack:
         self._failed.pop(index, None)
         if current:
             self._dirty.pop(index, None)
-            self._mem.pop(index, None)

@@ -120,3 +120,37 @@ def test_a_failed_write_records_nothing(tmp_path: Path, monkeypatch: pytest.Monk
     again = Spool.load(spool.directory)
     assert set(again.coverage) == {0, 1}
     assert again.read_block(1, None) == b"after" + bytes(BS - 5)
+
+
+def test_a_write_over_many_blocks_lands_in_their_slots(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spool = Spool.create(tmp_path, {"name": "x"})
+    spool.write(9 * BS, b"f" * 10)  # block 9 gets slot 0: blocks 2..5 below are not after it
+    calls: list[int] = []
+    real = os.pwrite
+
+    def counting(fd: int, data: bytes, at: int) -> int:
+        calls.append(len(data))
+        return real(fd, data, at)
+
+    monkeypatch.setattr(os, "pwrite", counting)
+    data = bytes(range(256)) * (3 * BS // 256)
+    spool.write(2 * BS + BS // 2, data)  # half of 2, all of 3 and 4, half of 5: new slots 1..4
+    assert calls == [len(data)]  # consecutive slots: one pwrite
+    calls.clear()
+    spool.write(8 * BS + BS - 4, b"g" * 8)  # end of 8 (new slot 5) and start of 9 (slot 0)
+    assert calls == [4, 4]
+    monkeypatch.undo()
+    spool.close()
+    again = Spool.load(spool.directory)
+    for index in (2, 3, 4, 5):
+        start = max(index * BS, 2 * BS + BS // 2) - (2 * BS + BS // 2)
+        block = again.read_block(index, None)
+        assert block is not None
+        within = max(0, 2 * BS + BS // 2 - index * BS)
+        n = min(BS - within, len(data) - start)
+        assert block[within : within + n] == data[start : start + n]
+    assert again.read_block(9, None) == b"gggg" + b"f" * 6 + bytes(BS - 10)
+    assert again.read_block(8, None) == bytes(BS - 4) + b"gggg"
+    again.close()

@@ -249,3 +249,51 @@ def test_a_whole_block_kept_in_memory_never_hides_a_later_partial_write(tmp_path
         assert api.snaps[sid].own[1] == b"a" * 10 + b"zz" + b"a" * (BS - 12)
 
     run(tmp_path, body, tuning=WriteTuning(delay=5.0))
+
+
+def test_the_spool_is_flushed_to_disk_in_the_background(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced: list[int] = []
+    monkeypatch.setattr(Spool, "sync_data", lambda self: synced.append(1))
+
+    async def wait_for(n: int) -> None:
+        with trio.fail_after(5):
+            while len(synced) < n:
+                await trio.sleep(0.01)
+        await trio.sleep(0.05)
+        assert len(synced) == n
+
+    async def body(wb: WriteBack, api: FakeApi, sid: str) -> None:
+        await wb.write(0, b"s" * BS)
+        await wait_for(0)
+        await wb.write(BS, b"s" * BS)  # sync_every reached
+        await wait_for(1)
+        await wb.write(2 * BS, b"s" * BS)
+        await wait_for(1)
+        await wb.write(3 * BS, b"s" * BS)
+        await wait_for(2)
+
+    run(tmp_path, body, tuning=WriteTuning(delay=5.0, sync_every=2 * BS))
+
+
+def test_a_retried_put_sends_the_bytes_read_for_its_first_attempt(tmp_path: Path) -> None:
+    api = FakeApi()
+    api.fail_puts = [BackendUnavailableError("dropped")]
+
+    async def body(wb: WriteBack, api: FakeApi, sid: str) -> None:
+        await wb.write(0, b"1" * BS)
+        reads: list[int] = []
+        real = wb.spool.compose
+
+        def compose(slot: int, cov: list[tuple[int, int]], base: bytes | None) -> bytes:
+            reads.append(slot)
+            return real(slot, cov, base)
+
+        wb.spool.compose = compose  # type: ignore[method-assign]
+        await wb.flush()
+        assert reads == [0]  # read once, in the put's worker thread, sent twice
+        assert api.snaps[sid].own[0] == b"1" * BS
+        assert api.calls["put"] == 2
+
+    run(tmp_path, body, api=api)
