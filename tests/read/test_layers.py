@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable
 
@@ -377,3 +378,34 @@ def test_read_range_waits_in_order_for_blocks_being_fetched() -> None:
     run(main)
     assert api.calls["get"] <= 48
     assert api.max_in_flight >= 4
+
+
+def test_calls_run_in_threads_under_the_limiter() -> None:
+    release = threading.Event()
+
+    def stuck() -> int:
+        release.wait(10)
+        return 1
+
+    def boom() -> None:
+        raise errors.ApiError("no", "Boom")
+
+    async def main() -> None:
+        limiter = trio.CapacityLimiter(2)
+        calls = Calls(limiter)
+        assert await calls.run(sum, (1, 2, 3)) == 6
+        with pytest.raises(errors.ApiError):
+            await calls.run(boom)
+        assert limiter.borrowed_tokens == 0
+        # A cancelled call returns at once; its thread keeps its token until it ends.
+        with trio.move_on_after(0.1) as scope:
+            await calls.run(stuck)
+        assert scope.cancelled_caught
+        assert limiter.borrowed_tokens == 1
+        release.set()
+        with trio.fail_after(5):
+            while limiter.borrowed_tokens:
+                await trio.sleep(0.01)
+        assert await calls.run(sum, (1, 1)) == 2
+
+    run(main)
