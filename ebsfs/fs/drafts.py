@@ -515,7 +515,13 @@ class SnapshotDraft:
             self._save()
         self._wb_scope.cancel()
         self.owner._completed(self, snapshot_id)
-        self.spool.destroy()
+        # Deleting a GiB of spool takes most of a second (freeing its blocks and pages): in a
+        # worker thread, so the mount answers meanwhile (``ebsfs complete`` sees the file
+        # leave new/ at once). A crash before it ends is harmless: the manifest says
+        # completed, and recovery deletes the rest.
+        self.owner.nursery.start_soon(
+            partial(trio.to_thread.run_sync, self.spool.destroy, abandon_on_cancel=False)
+        )
 
     # ---- life cycle --------------------------------------------------------------------------
 
