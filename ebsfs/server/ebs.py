@@ -15,7 +15,9 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 from ebsfs import checksum
 from ebsfs.server import tokens
@@ -26,6 +28,7 @@ from ebsfs.server.validate import (
     CHECKSUM_PATTERN,
     CLIENT_TOKEN_PATTERN,
     KMS_ARN_PATTERN,
+    SNAPSHOT_ID_PATTERN,
     TOKEN_PATTERN,
     Checks,
     serialization,
@@ -51,6 +54,20 @@ _ROUTES = [
     ("GET", re.compile(r"^/snapshots/([^/]*)/changedblocks$"), "ListChangedBlocks"),
     ("POST", re.compile(r"^/snapshots/completion/([^/]*)$"), "CompleteSnapshot"),
 ]
+
+
+_SNAPSHOT_ID_RE = re.compile(SNAPSHOT_ID_PATTERN)
+_CHECKSUM_RE = re.compile(CHECKSUM_PATTERN)
+_TOKEN_RE = re.compile(TOKEN_PATTERN)
+_BLOCK_SIZE_TEXT = str(BLOCK_SIZE)
+
+
+def _plain_int(text: str | None) -> int | None:
+    """The value of a string of ASCII digits; None for anything else (left to the checks
+    of the general path)."""
+    if text is None or not text.isascii() or not text.isdigit():
+        return None
+    return int(text)
 
 
 def route(req: Request) -> tuple[str, tuple[str, ...]]:
@@ -284,6 +301,54 @@ class EbsService:
         resp.headers += [("x-amz-Checksum", computed), ("x-amz-Checksum-Algorithm", "SHA256")]
         return resp
 
+    def put_fast(self, req: Request, snapshot_id: str, raw_index: str) -> Response | None:
+        """PutSnapshotBlock when everything about it is in order (the common case), with
+        the same checks and answer as ``op_PutSnapshotBlock`` but none of its generic
+        machinery; None, having changed nothing, when anything is off: the general path
+        then answers (and words the error)."""
+        h = req.headers
+        index = _plain_int(raw_index)
+        sent = h.get("x-amz-checksum")
+        progress = h.get("x-amz-progress")
+        if (
+            index is None
+            or sent is None
+            or h.get("x-amz-data-length") != _BLOCK_SIZE_TEXT
+            or h.get("x-amz-checksum-algorithm") != "SHA256"
+            or len(sent) > 64
+            or not _CHECKSUM_RE.search(sent)
+            or len(snapshot_id) > 64
+            or not _SNAPSHOT_ID_RE.search(snapshot_id)
+            or (progress is not None and (_plain_int(progress) or 0) > 100)
+            or (progress is not None and _plain_int(progress) is None)
+            or not req.body_complete
+            or len(req.body) != BLOCK_SIZE
+        ):
+            return None
+        snap = self.store.get(snapshot_id)
+        if snap is None or snap.sealed or index >= snap.block_count:
+            return None
+        if self.state(snap)[0] == ERROR:
+            return None
+        raw = hashlib.sha256(req.body).digest()
+        computed = base64.b64encode(raw).decode()
+        if computed != sent:
+            return None
+        try:
+            self.store.put_block(snap, index, req.body, raw)
+        except Refused:
+            return None  # nothing was stored; the general path words the refusal
+        return Response(
+            201,
+            [
+                ("Content-Type", "application/json"),
+                ("x-amzn-RequestId", req.request_id),
+                ("x-amz-Checksum", computed),
+                ("x-amz-Checksum-Algorithm", "SHA256"),
+            ],
+            b"{}",
+        )
+
     # -- CompleteSnapshot -----------------------------------------------------------------------
 
     def op_CompleteSnapshot(self, req: Request, snapshot_id: str) -> Response:
@@ -461,6 +526,54 @@ class EbsService:
 
     # -- GetSnapshotBlock -----------------------------------------------------------------------
 
+    def get_fast(self, req: Request, snapshot_id: str, raw_index: str) -> Response | None:
+        """GetSnapshotBlock when everything about it is in order, as ``put_fast``."""
+        query = req.raw_query
+        if not query.startswith("blockToken=") or "&" in query:
+            return None
+        token = unquote(query[11:].replace("+", " "))
+        index = _plain_int(raw_index)
+        if (
+            index is None
+            or len(token) > 256
+            or not _TOKEN_RE.search(token)
+            or len(snapshot_id) > 64
+            or not _SNAPSHOT_ID_RE.search(snapshot_id)
+        ):
+            return None
+        snap = self.store.get(snapshot_id)
+        if snap is None or self.state(snap)[0] != COMPLETED:
+            return None
+        if self.mint.verify(token, tokens.BLOCK, f"{snapshot_id}:{index}") != index:
+            return None
+        found = self.store.lookup(snap, index)
+        if found is None:
+            return None
+        digest, path, offset = found
+        if path is None:
+            return None
+        try:
+            if os.stat(path).st_size < offset + BLOCK_SIZE:
+                return None
+        except FileNotFoundError:
+            return None
+        return self._block_response(req, digest, path, offset)
+
+    def _block_response(self, req: Request, digest: bytes, path: Path, offset: int) -> Response:
+        return Response(
+            200,
+            [
+                ("Content-Type", "application/octet-stream"),
+                ("x-amzn-RequestId", req.request_id),
+                ("x-amz-Data-Length", _BLOCK_SIZE_TEXT),
+                ("x-amz-Checksum", base64.b64encode(digest).decode()),
+                ("x-amz-Checksum-Algorithm", "SHA256"),
+            ],
+            file=path,
+            file_offset=offset,
+            file_length=BLOCK_SIZE,
+        )
+
     def op_GetSnapshotBlock(self, req: Request, snapshot_id: str, raw_index: str) -> Response:
         index = to_int(raw_index, "blockIndex")
         token = req.query().get("blockToken")
@@ -493,19 +606,7 @@ class EbsService:
             log.error("segment of %s[%d] ends at %d, before the block's end: %s",
                       snapshot_id, index, size, path)
             raise EbsError(500, "InternalServerException", "Block data unavailable.")
-        return Response(
-            200,
-            [
-                ("Content-Type", "application/octet-stream"),
-                ("x-amzn-RequestId", req.request_id),
-                ("x-amz-Data-Length", str(BLOCK_SIZE)),
-                ("x-amz-Checksum", base64.b64encode(digest).decode()),
-                ("x-amz-Checksum-Algorithm", "SHA256"),
-            ],
-            file=path,
-            file_offset=offset,
-            file_length=BLOCK_SIZE,
-        )
+        return self._block_response(req, digest, path, offset)
 
 
 def _typed(doc: dict[str, Any], key: str, kind: type) -> Any:

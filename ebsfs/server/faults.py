@@ -29,6 +29,12 @@ class Faults:
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
 
+    @property
+    def idle(self) -> bool:
+        """Whether no fault is configured at all."""
+        return not (self.latency_ms > 0 or self.throttle_rate > 0 or self.error_rate > 0
+                    or self.drop_rate > 0 or self.corrupt_rate > 0)
+
     def _hit(self, rate: float) -> bool:
         if rate <= 0:
             return False

@@ -6,15 +6,15 @@ email-based parser, which cost more CPU than everything else in a GetSnapshotBlo
 """
 
 import contextlib
-import io
 import logging
 import mmap
+import os
 import socket
 import socketserver
+import struct
 import time
 from email.utils import formatdate
 from http import HTTPStatus
-from typing import cast
 
 from ebsfs.server.app import App
 from ebsfs.server.wire import Request, Response
@@ -26,7 +26,8 @@ log = logging.getLogger("ebsfs.server.requests")
 MAX_BODY = 2 << 20
 #: Seconds a connection may stay idle, or a body may take to arrive.
 IDLE_TIMEOUT = 60.0
-MAX_LINE = 65536
+#: Longest request head (request line and headers) accepted.
+HEAD_BUFFER = 65536
 SOCKET_BUFFER = 4 << 20
 MAX_HEADERS = 100
 
@@ -72,18 +73,31 @@ class _BadRequest(Exception):
     pass
 
 
-class Handler(socketserver.StreamRequestHandler):
-    """Serves the requests of one connection, one after another."""
+class Handler(socketserver.BaseRequestHandler):
+    """Serves the requests of one connection, one after another.
 
-    timeout = IDLE_TIMEOUT
+    The socket is blocking, with kernel send and receive timeouts (``SO_RCVTIMEO``,
+    ``SO_SNDTIMEO``): Python's own timeout mode would poll before every call. Request heads
+    are read into one buffer and parsed from it; bodies are received straight into their
+    destination.
+    """
+
     server: Server
+    request: socket.socket
 
     def setup(self) -> None:
-        super().setup()
-        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock = self.request
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.settimeout(None)
+        limit = struct.pack("ll", int(IDLE_TIMEOUT), 0)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, limit)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, limit)
         self.close_connection = False
+        # Received bytes not parsed yet are self._buf[self._pos:self._end].
+        self._buf = bytearray(HEAD_BUFFER)
+        self._pos = self._end = 0
         # A block-sized body is received straight into this page-aligned buffer: no copy
-        # out of the reader, and the store can write it with O_DIRECT as it is. It is
+        # out of a reader, and the store can write it with O_DIRECT as it is. It is
         # reused by the connection's next request, after this one was answered.
         self._block_buffer: mmap.mmap | None = None
 
@@ -92,41 +106,100 @@ class Handler(socketserver.StreamRequestHandler):
             try:
                 if not self._one():
                     return
-            except (TimeoutError, ConnectionError):
+            except OSError:  # reset, timed out (EAGAIN from SO_RCVTIMEO), ...
                 return
             except _BadRequest as exc:
                 self._plain(400, str(exc))
                 return
 
+    def _fill(self) -> int:
+        """Receive more bytes into the head buffer; how many (0: the peer closed)."""
+        buf = self._buf
+        if self._pos:
+            # Keep what is unparsed at the start, so the buffer never runs out at its end.
+            rest = self._end - self._pos
+            buf[:rest] = buf[self._pos:self._end]
+            self._pos, self._end = 0, rest
+        if self._end == len(buf):
+            raise _BadRequest("request head too long")
+        n = self.request.recv_into(memoryview(buf)[self._end:])
+        self._end += n
+        return n
+
     def _read_head(self) -> tuple[str, str, str, dict[str, str]] | None:
-        line = self.rfile.readline(MAX_LINE + 1)
-        if not line:
-            return None
-        if len(line) > MAX_LINE:
-            raise _BadRequest("request line too long")
-        parts = line.decode("latin-1").split()
+        buf = self._buf
+        while True:
+            # The head ends at the first empty line: "\n\r\n" (bare newlines are tolerated,
+            # as http.server does, hence also "\n\n"). Lines keep a trailing "\r", which
+            # the parsing below strips.
+            end = buf.find(b"\n\r\n", self._pos, self._end)
+            bare = buf.find(b"\n\n", self._pos, self._end if end < 0 else end)
+            if bare >= 0:
+                end, skip = bare, 2
+                break
+            if end >= 0:
+                skip = 3
+                break
+            if not self._fill():
+                if self._end > self._pos:
+                    self.close_connection = True
+                return None
+        text = buf[self._pos:end].decode("latin-1")
+        self._pos = end + skip
+        lines = text.split("\n")
+        if len(lines) > MAX_HEADERS + 1:
+            raise _BadRequest("too many headers")
+        parts = lines[0].split()
         if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
             raise _BadRequest("malformed request line")
         method, target, version = parts
         headers: dict[str, str] = {}
-        for _ in range(MAX_HEADERS + 1):
-            raw = self.rfile.readline(MAX_LINE + 1)
-            if raw in (b"\r\n", b"\n", b""):
-                break
-            name, sep, value = raw.decode("latin-1").partition(":")
-            if not sep or len(raw) > MAX_LINE:
+        for line in lines[1:]:
+            name, sep, value = line.partition(":")
+            if not sep:
                 raise _BadRequest("malformed header")
             key = name.strip().lower()
             value = value.strip()
             headers[key] = f"{headers[key]},{value}" if key in headers else value
+        connection = headers.get("connection")
+        if connection is None:
+            self.close_connection = version == "HTTP/1.0"
+        elif version == "HTTP/1.0":
+            self.close_connection = "keep-alive" not in connection.lower()
         else:
-            raise _BadRequest("too many headers")
-        connection = headers.get("connection", "").lower()
-        if version == "HTTP/1.0":
-            self.close_connection = "keep-alive" not in connection
-        else:
-            self.close_connection = "close" in connection
+            self.close_connection = "close" in connection.lower()
         return method, target, version, headers
+
+    def _take(self, view: memoryview) -> int:
+        """Move bytes received with the head into ``view``; how many."""
+        n = min(self._end - self._pos, len(view))
+        if n:
+            view[:n] = self._buf[self._pos:self._pos + n]
+            self._pos += n
+        return n
+
+    def _receive(self, view: memoryview) -> int:
+        """Fill ``view`` from the buffer, then the socket; how many bytes arrived."""
+        got = self._take(view)
+        length = len(view)
+        sock = self.request
+        lowat = length - got > 1
+        if lowat:
+            # Wake up once the rest of the body is there rather than for every piece of it
+            # (the kernel caps the low-water mark at half the receive buffer).
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, length - got)
+        try:
+            while got < length:
+                n = sock.recv_into(view[got:])
+                if not n:
+                    break
+                got += n
+        except OSError:
+            pass
+        finally:
+            if lowat:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
+        return got
 
     def _read_body(self, method: str, headers: dict[str, str]) -> tuple[bytes | memoryview, bool]:
         if "transfer-encoding" in headers:
@@ -145,27 +218,16 @@ class Handler(socketserver.StreamRequestHandler):
         if length == 0:
             return b"", True
         if headers.get("expect", "").lower() == "100-continue":
-            self.connection.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+            self.request.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
         body: bytes | memoryview
-        try:
-            if method == "PUT" and length == BLOCK_SIZE:
-                if self._block_buffer is None:
-                    self._block_buffer = mmap.mmap(-1, BLOCK_SIZE)
-                body = memoryview(self._block_buffer)
-                # Wake up once the rest of the block is there rather than for every piece
-                # of it (the kernel caps the low-water mark at half the receive buffer).
-                reader = cast(io.BufferedReader, self.rfile)
-                buffered = min(len(reader.peek(1)), length)
-                rest = max(length - buffered, 1)
-                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, rest)
-                try:
-                    body = body[: self.rfile.readinto(body) or 0]
-                finally:
-                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
-            else:
-                body = self.rfile.read(length)
-        except OSError:
-            body = b""
+        if method == "PUT" and length == BLOCK_SIZE:
+            if self._block_buffer is None:
+                self._block_buffer = mmap.mmap(-1, BLOCK_SIZE)
+            view = memoryview(self._block_buffer)
+            body = view[: self._receive(view)]
+        else:
+            data = bytearray(length)
+            body = bytes(data[: self._receive(memoryview(data))])
         if len(body) < length:
             # The client sent less than it announced: the connection cannot be reused.
             self.close_connection = True
@@ -200,39 +262,50 @@ class Handler(socketserver.StreamRequestHandler):
             f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
         )
         with contextlib.suppress(OSError):
-            self.connection.sendall(head.encode("latin-1") + body)
+            self.request.sendall(head.encode("latin-1") + body)
 
     def _send(self, resp: Response, head_only: bool = False) -> bool:
         """Write the response; False if it was (deliberately or not) cut short."""
         length = resp.file_length if resp.file is not None else len(resp.body)
         head = [
-            f"HTTP/1.1 {resp.status} {_REASONS.get(resp.status, '')}",
-            f"Date: {_http_date()}",
-            f"Content-Length: {length}",
+            f"HTTP/1.1 {resp.status} {_REASONS.get(resp.status, '')}\r\n"
+            f"Date: {_http_date()}\r\nContent-Length: {length}\r\n"
         ]
-        head += [f"{k}: {v}" for k, v in resp.headers]
+        head += [f"{k}: {v}\r\n" for k, v in resp.headers]
         if self.close_connection or resp.drop:
-            head.append("Connection: close")
-        data = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1")
+            head.append("Connection: close\r\n")
+        head.append("\r\n")
+        data = "".join(head).encode("latin-1")
+        sock = self.request
         try:
             if resp.drop:
                 # Block data is cut off halfway (the client sees fewer bytes than
                 # Content-Length); other answers are not sent at all, since botocore would
                 # parse half a JSON document as an empty one.
                 if resp.file is not None:
-                    self.connection.sendall(data + resp.file_bytes()[: length // 2])
-                self.connection.shutdown(socket.SHUT_RDWR)
+                    sock.sendall(data + resp.file_bytes()[: length // 2])
+                sock.shutdown(socket.SHUT_RDWR)
                 return False
             if head_only:
-                self.connection.sendall(data)
+                sock.sendall(data)
                 return True
             if resp.file is None:
-                self.connection.sendall(data + resp.body)
+                sock.sendall(data + resp.body)
                 return True
-            with open(resp.file, "rb") as f:
-                self.connection.sendall(data)
-                # socket.sendfile copes with the socket's timeout (non-blocking) mode.
-                return self.connection.sendfile(f, resp.file_offset, length) == length
+            fd = os.open(resp.file, os.O_RDONLY)
+            try:
+                # The head goes out with the first bytes of the block, in one segment.
+                sock.sendall(data, socket.MSG_MORE)
+                offset, left = resp.file_offset, length
+                while left:
+                    n = os.sendfile(sock.fileno(), fd, offset, left)
+                    if not n:
+                        return False
+                    offset += n
+                    left -= n
+                return True
+            finally:
+                os.close(fd)
         except OSError as exc:
             log.debug("client went away: %s", exc)
             return False

@@ -261,12 +261,13 @@ class Segments:
             self._legacy.discard(segment)
 
     def allocated(self) -> int:
-        """Bytes the segment files occupy on disk (holes not counted)."""
-        return sum(
-            p.stat().st_blocks * 512
-            for p in self.dir.iterdir()
-            if p.suffix in (_SUFFIX, _LEGACY_SUFFIX)
-        )
+        """Bytes of data the segment files hold: holes not counted, nor the blocks the
+        filesystem spends on mapping a file with many holes."""
+        total = 0
+        for p in self.dir.iterdir():
+            if p.suffix in (_SUFFIX, _LEGACY_SUFFIX):
+                total += _data_bytes(p)
+        return total
 
     def close(self) -> None:
         with self._lock:
@@ -362,6 +363,23 @@ def _page_aligned(view: memoryview) -> bool:
     if view.readonly or not view.c_contiguous or len(view) % mmap.PAGESIZE:
         return False
     return ctypes.addressof(ctypes.c_char.from_buffer(view)) % mmap.PAGESIZE == 0
+
+
+def _data_bytes(path: Path) -> int:
+    """Bytes of a file that are not holes (SEEK_DATA/SEEK_HOLE)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        total, pos, end = 0, 0, os.fstat(fd).st_size
+        while pos < end:
+            try:
+                start = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError:  # ENXIO: only a hole is left
+                break
+            pos = os.lseek(fd, start, os.SEEK_HOLE)
+            total += pos - start
+        return total
+    finally:
+        os.close(fd)
 
 
 def _fsync_dir(path: Path) -> None:

@@ -4,7 +4,9 @@ Follows ebs-direct-api.md §9: the credential scope must name the expected servi
 the date of ``X-Amz-Date``; the canonical request is rebuilt from what the client sent (the
 ``Host`` header with its port, the raw path, the re-encoded query); the payload hash is the
 ``X-Amz-Content-SHA256`` header (``UNSIGNED-PAYLOAD`` for PutSnapshotBlock) or the body's
-SHA256. Signing keys are cached per (date, region, service).
+SHA256. Signing keys are cached per (date, region, service), the parsed ``X-Amz-Date`` per
+second and the parsed credential per ``Credential`` string: a request then costs one
+canonical string, one SHA256 and one HMAC.
 """
 
 import calendar
@@ -42,6 +44,8 @@ class Verifier:
         self.access_key_id = access_key_id
         self._secret = ("AWS4" + secret_access_key).encode()
         self._keys: dict[tuple[str, str, str], bytes] = {}
+        #: The last X-Amz-Date seen and its epoch seconds (None: malformed).
+        self._date: tuple[str, float | None] = ("", None)
 
     def _signing_key(self, date: str, region: str, service: str) -> bytes:
         key = self._keys.get((date, region, service))
@@ -94,7 +98,10 @@ class Verifier:
                 "scope", f"Credential should be scoped to correct service: '{service}'."
             )
         amz_date = headers.get("x-amz-date", "")
-        stamp = _parse_amz_date(amz_date)
+        cached_date, stamp = self._date
+        if cached_date != amz_date:
+            stamp = _parse_amz_date(amz_date)
+            self._date = (amz_date, stamp)
         if stamp is None:
             raise AuthFailure("incomplete", "Missing or malformed X-Amz-Date header.")
         if amz_date[:8] != date:
@@ -113,9 +120,7 @@ class Verifier:
         names = signed_names.split(";")
         if "host" not in names:
             raise AuthFailure("incomplete", "'Host' must be a signed header.")
-        canonical_headers = "".join(
-            f"{n}:{_SPACES.sub(' ', headers.get(n, '').strip())}\n" for n in names
-        )
+        canonical_headers = "".join([f"{n}:{_header_value(headers.get(n, ''))}\n" for n in names])
         payload = headers.get("x-amz-content-sha256")
         if payload is None:
             payload = body_sha256()
@@ -138,9 +143,9 @@ class Verifier:
         to_sign = "\n".join(
             (ALGORITHM, amz_date, scope, hashlib.sha256(canonical.encode()).hexdigest())
         )
-        expected = hmac.new(
-            self._signing_key(date, region, service), to_sign.encode(), hashlib.sha256
-        ).hexdigest()
+        expected = hmac.digest(
+            self._signing_key(date, region, service), to_sign.encode(), "sha256"
+        ).hex()
         if not hmac.compare_digest(expected, signature):
             raise AuthFailure(
                 "signature",
@@ -149,6 +154,15 @@ class Verifier:
                 "service documentation for details.",
             )
         return region
+
+
+def _header_value(value: str) -> str:
+    """A header value as SigV4 canonicalises it: trimmed, inner runs of spaces as one."""
+    value = value.strip()
+    # Any whitespace but a lone space is non-printable: only then is there work to do.
+    if "  " in value or not value.isprintable():
+        return _SPACES.sub(" ", value)
+    return value
 
 
 def canonical_query(raw_query: str) -> str:

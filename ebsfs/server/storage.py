@@ -386,7 +386,8 @@ class Store:
                 snap.last_activity = time.time()
                 waiting = len(self._acked)
         if why is None:
-            self._kick.set()
+            if not self._kick.is_set():
+                self._kick.set()
             if waiting >= INDEX_BATCH:
                 self._hurry.set()
             return
