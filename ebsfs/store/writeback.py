@@ -6,7 +6,9 @@ an uploader task that sends dirty blocks to a ``BlockSink`` (PutSnapshotBlock):
 
 * a block every byte of which was written is stored once it has been left alone for the
   write-back delay (four times longer for a block stored before, so the metadata a
-  loop-mounted filesystem rewrites again and again is not stored each time);
+  loop-mounted filesystem rewrites again and again is not stored each time) — at once if a
+  sequential stream of writes (each starting where the one before ended) completed it and
+  moved on past it, as ``dd`` or ``cp`` of an image does;
 * other (partial) blocks wait for ``flush``, or for pressure: when more than ``dirty_limit``
   bytes are dirty, everything dirty is stored, oldest first, and writers wait (back-pressure);
 * a partial block is completed from what was written, then the parent's block, then zeros;
@@ -90,6 +92,8 @@ class WriteBack:
         self._dirty: OrderedDict[int, float] = OrderedDict()
         #: Bytes written since the spool's data file was last flushed (or a flush started).
         self._unsynced = 0
+        #: Where the last write ended: a write starting there continues a sequential stream.
+        self._stream_end: int | None = None
         self._sync_wanted = trio.Event()
         self._inflight: set[int] = set()
         self._failed: dict[int, _Failure] = {}
@@ -190,12 +194,18 @@ class WriteBack:
             await changed.wait()
         now = self.clock()
         wake = False
+        end = offset + len(data)
+        streaming = offset == self._stream_end
+        self._stream_end = end
         for index in self.spool.write(offset, data):
             self._version[index] = self._version.get(index, 0) + 1
+            self._dirty.pop(index, None)
             self._dirty[index] = now
-            self._dirty.move_to_end(index)
             if self.spool.is_full(index):
                 wake = True
+                if streaming and (index + 1) * BLOCK_SIZE <= end:
+                    # Completed by a stream that moved on: due at once, not after the delay.
+                    self._dirty[index] = -math.inf
         self._unsynced += len(data)
         if self._unsynced >= self.tuning.sync_every:
             self._sync_wanted.set()

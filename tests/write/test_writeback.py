@@ -297,3 +297,21 @@ def test_a_retried_put_sends_the_bytes_read_for_its_first_attempt(tmp_path: Path
         assert api.calls["put"] == 2
 
     run(tmp_path, body, api=api)
+
+
+def test_blocks_a_sequential_stream_completed_are_stored_without_the_delay(
+    tmp_path: Path,
+) -> None:
+    async def body(wb: WriteBack, api: FakeApi, sid: str) -> None:
+        await wb.write(10 * BS, b"i" * BS)  # a lone whole block: waits for the delay
+        step = BS // 4
+        for off in range(0, 2 * BS + step, step):  # a stream in quarter blocks
+            await wb.write(off, b"s" * step)
+        with trio.fail_after(2):  # well before the 5 s delay
+            while sorted(api.puts) != [0, 1]:
+                await trio.sleep(0.01)
+        await trio.sleep(0.1)
+        # Block 2 is partial, block 10 was not streamed: both still wait.
+        assert sorted(api.puts) == [0, 1] and wb.dirty_blocks == 2
+
+    run(tmp_path, body, tuning=WriteTuning(delay=5.0))
