@@ -11,7 +11,8 @@
    ``--cache-size`` that holds the whole image.
 5. Peak RSS (VmHWM) of each mount daemon, against ``--cache-size`` + 100 MiB.
 6. CPU seconds of the cold read: the mount daemon's (``/proc/PID/stat``) against the bare
-   downloader's (``getrusage`` of this process); stable under load, unlike wall time.
+   downloader's (``getrusage`` of this process); stable under load, unlike wall time. Also
+   the daemon's minor page faults over the cold read (fresh buffer pages cost CPU).
 
 Prints a table of throughputs and the ratios the issue asks for. Environment:
 BENCH_READ_GIB (default 1), BENCH_READ_LATENCY_MS (default 10), BENCH_READ_CONCURRENCY
@@ -70,9 +71,18 @@ def _own_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
+def _stat_fields(pid: int) -> list[str]:
+    # Fields after the command name: state is [0], minflt [7], utime [11], stime [12].
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
 def _cpu_of(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    fields = _stat_fields(pid)
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _faults_of(pid: int) -> int:
+    return int(_stat_fields(pid)[7])
 
 
 def _bare_download(server: LocalServer, sid: str) -> tuple[float, float]:
@@ -124,8 +134,9 @@ def _drop_page_cache(path: Path) -> None:
 
 def _mount_read(
     server: LocalServer, sid: str, where: Path, cache: str, *flags: str
-) -> tuple[float, float, int, float]:
-    """(cold seconds, warm seconds, peak RSS, daemon CPU seconds of the cold read)."""
+) -> tuple[float, float, int, float, int]:
+    """(cold seconds, warm seconds, peak RSS, daemon CPU seconds and page faults of the cold
+    read)."""
     extra = ["--read-ahead", READ_AHEAD] if READ_AHEAD and "--read-ahead" not in flags else []
     m = MountProc(
         server,
@@ -142,12 +153,12 @@ def _mount_read(
     with m:
         assert m.proc is not None
         snap = m.path / sid
-        cpu = _cpu_of(m.proc.pid)
+        cpu, faults = _cpu_of(m.proc.pid), _faults_of(m.proc.pid)
         cold = _dd(snap)
-        cpu = _cpu_of(m.proc.pid) - cpu
+        cpu, faults = _cpu_of(m.proc.pid) - cpu, _faults_of(m.proc.pid) - faults
         warm = _dd(snap)
         rss = _peak_rss(m.proc.pid)
-    return cold, warm, rss, cpu
+    return cold, warm, rss, cpu, faults
 
 
 def main() -> None:
@@ -164,12 +175,12 @@ def main() -> None:
             sid = _upload(server, image)
             server.restart("--latency-ms", LATENCY_MS)
             bare, bare_cpu = _bare_download(server, sid)
-            cold, warm, rss, cold_cpu = _mount_read(server, sid, root / "m1", CACHE)
-            cold_off, _, rss_off, _ = _mount_read(
+            cold, warm, rss, cold_cpu, cold_faults = _mount_read(server, sid, root / "m1", CACHE)
+            cold_off, _, rss_off, _, _ = _mount_read(
                 server, sid, root / "m2", CACHE, "--read-ahead", "0"
             )
             big_cache = f"{GIB * 1024 + 256}MiB"
-            _, warm_big, rss_big, _ = _mount_read(server, sid, root / "m3", big_cache)
+            _, warm_big, rss_big, _, _ = _mount_read(server, sid, root / "m3", big_cache)
         finally:
             server.stop()
         # Local file baselines: page-cached like the mount's second pass, and cold (pages
@@ -202,6 +213,7 @@ def main() -> None:
         f"  CPU s per GiB, cold: bare {bare_cpu / GIB:.2f}, daemon {cold_cpu / GIB:.2f}"
         f" ({cold_cpu / bare_cpu:.2f} times)"
     )
+    print(f"  daemon minor page faults per GiB, cold: {cold_faults // GIB}")
     print(f"  cold, read-ahead 0 / bare    {bare / cold_off:5.2f}")
     print(f"  warm / local file            {local / warm:5.2f}   (target >= 0.5)")
     print(f"  warm, big cache / local file {local / warm_big:5.2f}")
