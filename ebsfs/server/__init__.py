@@ -8,7 +8,8 @@ Modules, each with one job, each knowing only those below it:
     ebs, ec2   the operations' handlers
     sigv4      signature verification        tokens    block and page tokens
     validate   framework input validation    faults    fault injection
-    storage    SQLite metadata, block rows, group commit of puts
-    segments   block data in append-only pack files: append, sync, punch, recover
+    storage    SQLite metadata, block rows; puts acknowledged on their records, indexed later
+    segments   self-describing block records in append-only pack files: append, sync,
+               punch, scan, recover
     errors, wire   error classes, request/response records
 """

@@ -199,3 +199,46 @@ def test_acknowledged_puts_not_yet_indexed_survive_a_crash(tmp_path: Path) -> No
             f.seek(located[1])
             assert f.read(BLOCK_SIZE) == data, i
     store.close()
+
+
+def test_segments_of_the_previous_layout_are_still_read(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    snap = _snapshot(store, "snap-00000000000000007")
+    blocks = [os.urandom(BLOCK_SIZE) for _ in range(2)]
+    for i, data in enumerate(blocks):
+        _put(store, snap, i, data)
+    assert store.seal(snap, lambda rows: (COMPLETED, ""), 0.0)
+    store.close()
+    # Rewrite the directory as the previous layout left it: bare blocks in N.seg, rows
+    # without sequence numbers, and an unindexed tail.
+    segments = tmp_path / "segments"
+    for rec in segments.iterdir():
+        rec.unlink()
+    with sqlite3.connect(tmp_path / "meta.sqlite3") as db:
+        db.execute("ALTER TABLE blocks DROP COLUMN seq")
+        db.execute("DELETE FROM objects")
+        for k, data in enumerate(blocks):
+            db.execute("INSERT INTO objects (digest, segment, offset) VALUES (?, 1, ?)",
+                       (hashlib.sha256(data).digest(), k * BLOCK_SIZE))
+    (segments / "00000001.seg").write_bytes(b"".join(blocks) + os.urandom(BLOCK_SIZE // 2))
+
+    store = Store(tmp_path)
+    assert (segments / "00000001.seg").stat().st_size == 2 * BLOCK_SIZE  # tail cut off
+    snap = store.snapshots[snap.snapshot_id]
+    for i, data in enumerate(blocks):
+        found = store.lookup(snap, i)
+        assert found is not None and found[1] is not None
+        with open(found[1], "rb") as f:
+            f.seek(found[2])
+            assert f.read(BLOCK_SIZE) == data
+    # New puts go to record segments; the old segment goes with its last content.
+    child = _snapshot(store, "snap-00000000000000008")
+    _put(store, child, 0, blocks[0])
+    assert store.stats()["objects"] == 2
+    assert [p.suffix for p in sorted(segments.iterdir())] == [".seg", ".rec"]
+    store.delete(snap)
+    assert store.stats()["objects"] == 1
+    store.delete(child)
+    assert store.stats()["allocated"] == 0
+    assert not (segments / "00000001.seg").exists()
+    store.close()
