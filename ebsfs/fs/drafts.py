@@ -260,6 +260,7 @@ class SnapshotDraft:
         if self.snapshot_id and self.state in (PENDING, SEALING):
             await self.wb.flush()
         else:
+            self.spool.commit_records()
             await trio.to_thread.run_sync(self.spool.sync)
 
     async def release(self) -> None:

@@ -17,6 +17,10 @@ daemon rebuilds its drafts from it. One directory per draft holds three files:
     PutSnapshotBlock, with its SHA256 digest, and whether it was still current) and ``R``
     (the snapshot is started again: nothing is stored any more).
 
+``P`` records are appended together with the next write's records, a ``sync`` or every 64
+blocks, not one ``write`` each: a crash can lose only the latest few, which means only that
+those blocks are stored again after the restart.
+
 Crash guarantees: a write's bytes go to ``data`` and its ``W`` record to ``journal`` before
 ``write()`` returns, both with plain ``pwrite``/``write`` calls, so they are in the kernel's page
 cache: a daemon that dies (even ``kill -9``) loses nothing that ``write()`` accepted. ``sync``
@@ -27,6 +31,7 @@ loses power keeps everything fsynced before. Replay stops at the first torn or c
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -91,6 +96,8 @@ class Spool:
         #: Size of the journal file (records are appended with O_APPEND; kept here so an
         #: append needs no lseek to know where a torn record would have to be cut off).
         self._journal_end = 0
+        #: ``P`` records not yet appended (see the module's docstring).
+        self._stored_records = bytearray()
 
     # ---- life cycle --------------------------------------------------------------------------
 
@@ -130,6 +137,9 @@ class Spool:
 
     def close(self) -> None:
         """Close the files (the directory stays)."""
+        if self._journal_fd >= 0:
+            with contextlib.suppress(OSError):  # only means storing those blocks again
+                self.commit_records()
         for fd in (self._data_fd, self._journal_fd):
             if fd >= 0:
                 os.close(fd)
@@ -164,6 +174,9 @@ class Spool:
         return _RECORD.pack(kind, zlib.crc32(kind + body), a, b, digest)
 
     def _append(self, records: bytes) -> None:
+        pending = bytes(self._stored_records)
+        if pending:
+            records = pending + records
         view = memoryview(records)
         start = self._journal_end
         try:
@@ -174,6 +187,7 @@ class Spool:
             # A torn record would end every later replay there: cut it off.
             os.ftruncate(self._journal_fd, start)
             raise
+        del self._stored_records[: len(pending)]
         self._journal_end = start + len(records)
 
     def _replay(self) -> None:
@@ -294,7 +308,9 @@ class Spool:
 
     def mark_stored(self, index: int, digest: bytes, current: bool) -> None:
         """PutSnapshotBlock of ``index`` succeeded; ``current``: no write since it was read."""
-        self._append(self._record(b"P", index, 1 if current else 0, digest))
+        self._stored_records += self._record(b"P", index, 1 if current else 0, digest)
+        if len(self._stored_records) >= 64 * _RECORD.size:
+            self._append(b"")
         self.stored[index] = digest
         if current:
             self.dirty.discard(index)
@@ -306,9 +322,17 @@ class Spool:
         self.dirty = set(self.coverage)
 
     def sync(self) -> None:
-        """Flush data and journal to the disk (fsync of the file)."""
+        """Flush data and journal to the disk (fsync of the file).
+
+        Touches only the files, so it may run in a worker thread; call ``commit_records``
+        first, in the thread that writes."""
         os.fdatasync(self._data_fd)
         os.fdatasync(self._journal_fd)
+
+    def commit_records(self) -> None:
+        """Append the ``P`` records kept back, so that a ``sync`` makes them durable too."""
+        if self._stored_records:
+            self._append(b"")
 
     def sync_data(self) -> None:
         """Flush the data file to the disk, so that a later ``sync`` has little left to do.

@@ -215,6 +215,7 @@ class WriteBack:
     async def flush(self) -> None:
         """Return once everything written before the call is stored (and the spool synced)."""
         self._unsynced = 0
+        self.spool.commit_records()
         await trio.to_thread.run_sync(self.spool.sync)
         targets = {i: self._version[i] for i in self._dirty}
         if not targets:
