@@ -9,6 +9,7 @@ import contextlib
 import logging
 import mmap
 import os
+import select
 import socket
 import socketserver
 import struct
@@ -93,6 +94,8 @@ class Handler(socketserver.BaseRequestHandler):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, limit)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, limit)
         self.close_connection = False
+        self._poller = select.poll()
+        self._poller.register(sock, select.POLLIN)
         # Received bytes not parsed yet are self._buf[self._pos:self._end].
         self._buf = bytearray(HEAD_BUFFER)
         self._pos = self._end = 0
@@ -182,23 +185,31 @@ class Handler(socketserver.BaseRequestHandler):
         """Fill ``view`` from the buffer, then the socket; how many bytes arrived."""
         got = self._take(view)
         length = len(view)
+        if got == length:
+            return got
         sock = self.request
-        lowat = length - got > 1
-        if lowat:
-            # Wake up once the rest of the body is there rather than for every piece of it
-            # (the kernel caps the low-water mark at half the receive buffer).
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, length - got)
+        # Wake up once the rest of the body is there rather than for every piece of it
+        # (the kernel caps the low-water mark at half the receive buffer). poll() honours
+        # the mark; the receive itself must not block: a blocking recv copies what is
+        # there, then waits for the mark counted afresh, which the rest may never reach.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, length - got)
         try:
             while got < length:
-                n = sock.recv_into(view[got:])
+                if not self._poller.poll(IDLE_TIMEOUT * 1000):
+                    break
+                try:
+                    n = sock.recv_into(view[got:], 0, socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    continue
                 if not n:
                     break
                 got += n
+                if got < length:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, length - got)
         except OSError:
             pass
         finally:
-            if lowat:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
         return got
 
     def _read_body(self, method: str, headers: dict[str, str]) -> tuple[bytes | memoryview, bool]:

@@ -1,9 +1,13 @@
 """Keep-alive concurrency, encryption flags, the debug request log, command-line errors."""
 
+import base64
+import hashlib
+import itertools
 import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -122,3 +126,30 @@ def test_settings_from_the_configuration_file(server_factory: Any, tmp_path: Pat
     assert state == "completed"
     srv.stop()
     assert "StartSnapshot POST /snapshots -> 201" in srv.log_text()
+
+
+def test_a_block_arriving_in_pieces_is_answered_at_once(shared: Shared) -> None:
+    """A body that trickles in (part with the head, more queued before the server reads
+    it, the rest later) is answered as soon as its last byte is there."""
+    ebs = shared.ebs
+    sid = ebs.start_snapshot(VolumeSize=1)["SnapshotId"]
+    block = os.urandom(BLOCK_SIZE)
+    path = f"/snapshots/{sid}/blocks/3"
+    headers = sign(shared.server, "PUT", path, b"", {
+        "x-amz-Data-Length": str(BLOCK_SIZE),
+        "x-amz-Checksum": base64.b64encode(hashlib.sha256(block).digest()).decode(),
+        "x-amz-Checksum-Algorithm": "SHA256",
+        "Content-Type": "application/octet-stream",
+    }, unsigned_payload=True)
+    lines = [f"PUT {path} HTTP/1.1", f"Host: 127.0.0.1:{shared.server.port}",
+             *(f"{k}: {v}" for k, v in headers.items()), f"Content-Length: {BLOCK_SIZE}"]
+    head = ("\r\n".join(lines) + "\r\n\r\n").encode()
+    cuts = [100_000, 300_000, BLOCK_SIZE]
+    with socket.create_connection(("127.0.0.1", shared.server.port), timeout=10) as s:
+        s.sendall(head + block[: cuts[0]])
+        for start, end in itertools.pairwise(cuts):
+            time.sleep(0.3)
+            s.sendall(block[start:end])
+        started = time.monotonic()
+        assert _answer(s.makefile("rb")) == 201
+        assert time.monotonic() - started < 5
