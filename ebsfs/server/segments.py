@@ -266,7 +266,7 @@ class Segments:
         total = 0
         for p in self.dir.iterdir():
             if p.suffix in (_SUFFIX, _LEGACY_SUFFIX):
-                total += _data_bytes(p)
+                total += data_bytes(p)
         return total
 
     def close(self) -> None:
@@ -365,7 +365,7 @@ def _page_aligned(view: memoryview) -> bool:
     return ctypes.addressof(ctypes.c_char.from_buffer(view)) % mmap.PAGESIZE == 0
 
 
-def _data_bytes(path: Path) -> int:
+def data_bytes(path: Path) -> int:
     """Bytes of a file that are not holes (SEEK_DATA/SEEK_HOLE)."""
     fd = os.open(path, os.O_RDONLY)
     try:

@@ -2,7 +2,6 @@
 with botocore's own SigV4 signer (or deliberately not), then sent over a plain socket."""
 
 import json
-import os
 import socket
 import sqlite3
 import time
@@ -15,6 +14,7 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
+from ebsfs.server.segments import data_bytes
 from ebsfs.server.storage import INDEX_DELAY
 from tests.serverproc import LocalServer
 
@@ -151,18 +151,4 @@ def stored(data_dir: Path) -> set[str]:
 def allocated(data_dir: Path) -> int:
     """Bytes of data the segment files hold (punched holes not counted, nor the blocks a
     filesystem spends on mapping a file with many holes)."""
-    total = 0
-    for path in (data_dir / "segments").iterdir():
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            end, pos = os.fstat(fd).st_size, 0
-            while pos < end:
-                try:
-                    start = os.lseek(fd, pos, os.SEEK_DATA)
-                except OSError:  # ENXIO: only a hole is left
-                    break
-                pos = os.lseek(fd, start, os.SEEK_HOLE)
-                total += pos - start
-        finally:
-            os.close(fd)
-    return total
+    return sum(data_bytes(path) for path in (data_dir / "segments").iterdir())
