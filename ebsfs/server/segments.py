@@ -194,7 +194,7 @@ class Segments:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        _fsync_dir(self.dir)
+        fsync_path(self.dir)
         self._active = max([*present, highest_known, 0]) + 1
         self._next_offset = 0
 
@@ -299,10 +299,10 @@ class Segments:
                 log.info("O_DIRECT is not supported in %s; using buffered writes", self.dir)
                 self._direct = False
             else:
-                _fsync_dir(self.dir)
+                fsync_path(self.dir)
                 return fd
         fd = os.open(path, flags, 0o644)
-        _fsync_dir(self.dir)
+        fsync_path(self.dir)
         return fd
 
     def _aligned(self, name: str, size: int) -> mmap.mmap:
@@ -382,7 +382,8 @@ def data_bytes(path: Path) -> int:
         os.close(fd)
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """fsync a file or directory by path (a directory: so its entries survive a crash)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

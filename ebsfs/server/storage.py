@@ -44,7 +44,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ebsfs.server.segments import SEGMENT_BLOCKS, Record, Segments, encode_header
+from ebsfs.server.segments import (
+    SEGMENT_BLOCKS,
+    Record,
+    Segments,
+    encode_header,
+    fsync_path,
+)
 from ebsfs.types import BLOCKS_PER_GIB
 
 log = logging.getLogger(__name__)
@@ -279,9 +285,9 @@ class Store:
         if not path.exists():
             tmp = self._tmp_dir / "token.key"
             tmp.write_bytes(os.urandom(32))
-            _fsync_path(tmp)
+            fsync_path(tmp)
             os.replace(tmp, path)
-            _fsync_path(self.root)
+            fsync_path(self.root)
         return path.read_bytes()
 
     def close(self, index: bool = True) -> None:
@@ -775,7 +781,7 @@ class Store:
                     f.unlink()
                 sub.rmdir()
         old.rmdir()
-        _fsync_path(self.root)
+        fsync_path(self.root)
 
     def stats(self) -> dict[str, int]:
         """Rows, stored contents, segment files and their disk use, for tests."""
@@ -790,11 +796,3 @@ class Store:
             "allocated": self.segments.allocated(),
             "snapshots": len(self.snapshots),
         }
-
-
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

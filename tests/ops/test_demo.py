@@ -53,9 +53,10 @@ def test_failing_step_cleans_up(tmp_path: Path) -> None:
     assert _leftovers(_work_dir(output)) == []
 
 
-def test_interrupted_demo_cleans_up() -> None:
+def _start_demo() -> subprocess.Popen[str]:
+    """scripts/demo.sh running with its output (both streams) on a pipe."""
     env = {**os.environ, "EBSFS_CONFIG": "/dev/null"}
-    demo = subprocess.Popen(
+    return subprocess.Popen(
         [str(DEMO)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -63,6 +64,10 @@ def test_interrupted_demo_cleans_up() -> None:
         env=env,
         cwd=ROOT,
     )
+
+
+def test_interrupted_demo_cleans_up() -> None:
+    demo = _start_demo()
     assert demo.stdout is not None
     seen = []
     deadline = time.monotonic() + 120
@@ -80,15 +85,7 @@ def test_interrupted_demo_cleans_up() -> None:
 
 
 def test_crashed_mount_daemon_is_cleaned_up_too() -> None:
-    env = {**os.environ, "EBSFS_CONFIG": "/dev/null"}
-    demo = subprocess.Popen(
-        [str(DEMO)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-        cwd=ROOT,
-    )
+    demo = _start_demo()
     assert demo.stdout is not None
     seen = []
     for line in demo.stdout:
