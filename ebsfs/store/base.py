@@ -5,8 +5,13 @@ below it and knows nothing of the layers above. Blocks are always ``BLOCK_SIZE``
 ``None`` stands for a block the snapshot does not hold, which reads as zeros.
 
 Concurrency contract: layers run on the trio thread of the mount, so code between two
-``await`` points is atomic; blocking work (network, disk, hashing of many blocks) goes to
-``trio.to_thread.run_sync`` under the mount's CapacityLimiter.
+``await`` points is atomic; blocking work (network, disk, hashing of many blocks) goes to a
+worker thread (``remote.Calls.run`` or ``trio.to_thread.run_sync``) under the mount's
+CapacityLimiter.
+
+Optional: a layer that can tell whether a block is cached or already being fetched offers
+``cached(index) -> bool`` (the cache does, read-ahead passes it on); ``ranges.read_range``
+uses it to wait for such blocks in turn instead of starting a task for each.
 """
 
 from typing import Protocol
