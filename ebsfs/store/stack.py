@@ -4,9 +4,11 @@
 
     ReadAhead      (per snapshot)  sequential detection, parallel prefetch
       CachedBlocks (per snapshot)  over the mount's one BlockCache; single-flight
-        RemoteBlocks (per snapshot) token windows (the mount's one TokenWindows), GetSnapshotBlock
-          Calls    (per mount)     worker threads under one CapacityLimiter(max_concurrency)
-            Api    (per mount)     boto3 clients, botocore retries and timeouts
+        DiskCachedBlocks (per snapshot; only with --disk-cache) over the mount's one DiskCache:
+                                   a local file of 512 KiB slots, SHA256-checked, own threads
+          RemoteBlocks (per snapshot) token windows (the mount's one TokenWindows), GetSnapshotBlock
+            Calls  (per mount)     worker threads under one CapacityLimiter(max_concurrency)
+              Api  (per mount)     boto3 clients, botocore retries and timeouts
 
 Stacks are made on first use and kept for the most recently used ``max_stacks`` snapshots; a
 dropped stack loses only its small per-snapshot state (the cache and windows are shared and
@@ -17,11 +19,14 @@ from __future__ import annotations
 
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
+from pathlib import Path
 
 import trio
 
+from ebsfs.errors import MountError
 from ebsfs.store.base import BlockReader
 from ebsfs.store.cache import BlockCache, CachedBlocks
+from ebsfs.store.diskcache import DiskCache, DiskCachedBlocks
 from ebsfs.store.readahead import ReadAhead
 from ebsfs.store.remote import BlockApi, Calls, RemoteBlocks, RemoteTuning, TokenWindows
 from ebsfs.types import BLOCK_SIZE, BLOCKS_PER_GIB
@@ -37,6 +42,8 @@ class StackConfig:
     io_timeout: float = 30.0
     not_found_grace: float = 60.0
     max_stacks: int = 256
+    disk_cache: int = 0  # bytes of the local disk cache; under a block turns it off
+    disk_cache_file: str = ""  # its file (diskcache.cache_file)
 
 
 class ReadStacks:
@@ -67,6 +74,14 @@ class ReadStacks:
         ahead = min(config.read_ahead, config.cache_size // 2) // BLOCK_SIZE
         self.read_ahead_blocks = max(ahead, 0)
         self._stacks: OrderedDict[str, BlockReader] = OrderedDict()
+        self.disk: DiskCache | None = None
+        if config.disk_cache >= BLOCK_SIZE:
+            path = Path(config.disk_cache_file)
+            try:
+                self.disk = DiskCache(path, config.disk_cache)
+            except OSError as exc:
+                raise MountError(f"cannot create the disk cache {path}: {exc.strerror}") from None
+            nursery.start_soon(self.disk.run)
 
     def get(self, snapshot_id: str, volume_gib: int) -> BlockReader:
         """The stack of ``snapshot_id`` (made now if it is not held)."""
@@ -84,7 +99,10 @@ class ReadStacks:
             tuning=self.tuning,
             windows=self.windows,
         )
-        cached = CachedBlocks(remote, self.cache, snapshot_id)
+        below: BlockReader = remote
+        if self.disk is not None:
+            below = DiskCachedBlocks(remote, self.disk, snapshot_id)
+        cached = CachedBlocks(below, self.cache, snapshot_id)
         stack = ReadAhead(
             cached, self.nursery, self.read_ahead_blocks, blocks, self.readahead_counters
         )
@@ -99,6 +117,7 @@ class ReadStacks:
             **self.remote_counters,
             **self.readahead_counters,
             **self.cache.stats(),
+            **(self.disk.stats() if self.disk is not None else {}),
             "token_windows": len(self.windows),
             "tokens_held": self.windows.tokens,
             "threads_busy": int(self.calls.limiter.borrowed_tokens),

@@ -1,0 +1,344 @@
+"""The disk cache layer: fetched blocks kept in a local file, below the memory cache.
+
+Off by default (``--disk-cache 0``): it writes snapshot data unencrypted to the local disk and
+takes the disk space it is given. When on, one ``DiskCache`` is shared by every snapshot of a
+mount: one file of fixed ``BLOCK_SIZE`` slots, at most ``max_bytes`` of them, and an index in
+memory, ``(snapshot, index) -> (slot, SHA256 digest)``, least recently used dropped (its slot
+is reused). Completed snapshots never change, so nothing is ever invalidated. The file is
+created fresh when the mount starts (a file left by a crashed daemon is replaced) and removed
+when it stops: nothing survives a remount.
+
+``DiskCachedBlocks`` puts it in front of one snapshot's lower layer. A block found in the index
+is read back and checked against its digest, so nothing on disk is trusted: a mismatch or an
+I/O error drops the entry, logs one line, and the block is read from below instead. A fetched
+block (never a hole) is queued for storing and the reader goes on; when the writers fall
+behind, blocks are not stored rather than queued without bound. A full disk stops storing.
+
+Disk I/O runs in worker threads (its own ``Calls`` runner and limiter: the disk must neither
+take the network's threads nor count as a call that reached the backend), with ``O_DIRECT``
+from and into reused page-aligned buffers so the cache neither fills the page cache nor pays
+for fresh pages; where the file system refuses ``O_DIRECT`` (tmpfs) it is buffered I/O.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import logging
+import mmap
+import os
+import queue
+import threading
+from collections import Counter
+from collections.abc import Hashable, Iterator
+from pathlib import Path
+
+import trio
+from cachetools import LRUCache
+
+from ebsfs.store.base import BlockReader
+from ebsfs.store.remote import Calls
+from ebsfs.types import BLOCK_SIZE, BlockIndex
+
+log = logging.getLogger(__name__)
+
+#: Disk I/O in flight at once (reads and writes): a local disk gains little past this, and
+#: each holds one reused block buffer.
+DISK_THREADS = 4
+#: Tasks storing queued blocks (each holds one of the DISK_THREADS while it writes).
+WRITERS = 2
+#: Fetched blocks waiting to be stored; past this a block is not stored.
+QUEUE_BLOCKS = 16
+
+_Key = tuple[Hashable, int]
+
+
+def cache_file(directory: str, mountpoint: str) -> Path:
+    """The cache file of the mount at ``mountpoint``: one per mount point, so a daemon that
+    crashed leaves at most one stale file, which the next mount of that point replaces."""
+    tag = hashlib.sha256(os.path.abspath(mountpoint).encode()).hexdigest()[:16]
+    return Path(directory) / f"blocks-{tag}"
+
+
+class _SlotIndex(LRUCache[_Key, tuple[int, bytes]]):
+    """The index; an entry dropped to make room hands its slot back."""
+
+    def __init__(self, maxsize: int, cache: DiskCache) -> None:
+        super().__init__(maxsize=maxsize)
+        self._cache = cache
+
+    def popitem(self) -> tuple[_Key, tuple[int, bytes]]:
+        key, entry = super().popitem()
+        self._cache.counters["disk_cache_evictions"] += 1
+        self._cache._release(entry[0])
+        return key, entry
+
+
+class _Closed(OSError):
+    pass
+
+
+class DiskCache:
+    """Verified blocks of any snapshot in one local file of ``max_bytes // BLOCK_SIZE`` slots.
+
+    Index and slots change only on the trio thread; the worker threads only read and write
+    slots they were handed. ``run`` (a task in the mount's nursery) stores queued blocks and,
+    when cancelled, closes and removes the file.
+    """
+
+    def __init__(self, path: Path, max_bytes: int, threads: int = DISK_THREADS) -> None:
+        self.path = path
+        self.slots = max_bytes // BLOCK_SIZE
+        self.counters: Counter[str] = Counter()
+        self.calls = Calls(trio.CapacityLimiter(threads))
+        self._index = _SlotIndex(max(self.slots, 1), self)
+        self._free: list[int] = []
+        self._next_slot = 0  # slots at and past this were never used: the file grows lazily
+        self._reading: Counter[int] = Counter()  # slot -> reads in progress
+        self._doomed: set[int] = set()  # slots dropped while read: free once the reads end
+        self._queued: set[_Key] = set()
+        self._send, self._receive = trio.open_memory_channel[tuple[_Key, bytes]](QUEUE_BLOCKS)
+        self._storing = self.slots > 0
+        self._buffers: queue.SimpleQueue[mmap.mmap] = queue.SimpleQueue()
+        self._lock = threading.Lock()  # guards the descriptor against close() mid-I/O
+        self._io_count = 0
+        self._closed = False
+        self._fd, self._direct = _create(path)
+        log.info("disk cache %s: %d blocks of %d KiB", path, self.slots, BLOCK_SIZE >> 10)
+
+    # ---- the trio side ----------------------------------------------------------------------
+
+    async def load(self, key: _Key) -> bytes | None:
+        """The block stored under ``key`` after checking its digest, or None (not held, or
+        found bad and dropped)."""
+        entry = self._index.get(key)
+        if entry is None:
+            self.counters["disk_cache_misses"] += 1
+            return None
+        slot, digest = entry
+        self._reading[slot] += 1
+        try:
+            data = await self.calls.run(self._read_slot, slot, digest)
+        except OSError as exc:
+            self._drop(key, entry, f"cannot read it back ({exc})")
+            return None
+        finally:
+            self._unpin(slot)
+        if data is None:
+            self._drop(key, entry, "its SHA256 does not match what was stored")
+            return None
+        self.counters["disk_cache_hits"] += 1
+        return data
+
+    def store_soon(self, key: _Key, data: bytes) -> None:
+        """Queue ``data`` for storing; dropped when the writers are behind or storing is off."""
+        if not self._storing or key in self._index or key in self._queued:
+            return
+        try:
+            self._send.send_nowait((key, data))
+        except trio.WouldBlock:
+            self.counters["disk_cache_skipped"] += 1
+            return
+        self._queued.add(key)
+
+    async def run(self) -> None:
+        """Store queued blocks until cancelled, then close and remove the cache file."""
+        try:
+            async with trio.open_nursery() as nursery:
+                for _ in range(WRITERS):
+                    nursery.start_soon(self._writer)
+        finally:
+            self.close()
+
+    async def _writer(self) -> None:
+        async for key, data in self._receive:
+            try:
+                await self._store(key, data)
+            finally:
+                self._queued.discard(key)
+
+    async def _store(self, key: _Key, data: bytes) -> None:
+        if not self._storing or key in self._index:
+            return
+        slot = self._take_slot()
+        if slot is None:
+            self.counters["disk_cache_skipped"] += 1  # every slot is being read
+            return
+        try:
+            digest = await self.calls.run(self._write_slot, slot, data)
+        except OSError as exc:
+            self._free.append(slot)
+            self.counters["disk_cache_errors"] += 1
+            if exc.errno == errno.ENOSPC:
+                self._storing = False
+                log.warning("disk cache %s: the disk is full; no more blocks are stored "
+                            "(those stored are still served)", self.path)
+            elif not isinstance(exc, _Closed):
+                log.warning("disk cache %s: cannot store a block (%s)", self.path, exc)
+            return
+        except BaseException:
+            self._free.append(slot)
+            raise
+        self._index[key] = (slot, digest)
+        self.counters["disk_cache_stored"] += 1
+
+    def _take_slot(self) -> int | None:
+        while not self._free:
+            if self._next_slot < self.slots:
+                self._next_slot += 1
+                return self._next_slot - 1
+            if not self._index:
+                return None
+            self._index.popitem()  # the least recently used entry gives its slot back
+        return self._free.pop()
+
+    def _release(self, slot: int) -> None:
+        if self._reading[slot]:
+            self._doomed.add(slot)
+        else:
+            self._free.append(slot)
+
+    def _unpin(self, slot: int) -> None:
+        self._reading[slot] -= 1
+        if self._reading[slot] <= 0:
+            del self._reading[slot]
+            if slot in self._doomed:
+                self._doomed.discard(slot)
+                self._free.append(slot)
+
+    def _drop(self, key: _Key, entry: tuple[int, bytes], why: str) -> None:
+        self.counters["disk_cache_errors"] += 1
+        log.warning("disk cache %s: dropped %s block %d: %s; reading it from the backend",
+                    self.path, key[0], key[1], why)
+        if self._index.get(key) == entry:
+            del self._index[key]
+            self._release(entry[0])
+
+    def stats(self) -> dict[str, int]:
+        return {
+            **self.counters,
+            "disk_cache_blocks": len(self._index),
+            "disk_cache_max_blocks": self.slots,
+        }
+
+    # ---- the worker threads -----------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _io(self) -> Iterator[mmap.mmap]:
+        """This I/O's descriptor use and buffer; raises _Closed once the file is closed."""
+        with self._lock:
+            if self._closed:
+                raise _Closed(errno.EBADF, "the disk cache is closed")
+            self._io_count += 1
+        try:
+            buf = self._buffers.get_nowait()
+        except queue.Empty:
+            buf = mmap.mmap(-1, BLOCK_SIZE)  # page-aligned, as O_DIRECT needs
+        try:
+            yield buf
+        finally:
+            self._buffers.put(buf)
+            with self._lock:
+                self._io_count -= 1
+                if self._closed and not self._io_count:
+                    os.close(self._fd)
+
+    def _read_slot(self, slot: int, digest: bytes) -> bytes | None:
+        with self._io() as buf:
+            got = os.preadv(self._fd, [buf], slot * BLOCK_SIZE)
+            if got != BLOCK_SIZE:
+                raise OSError(errno.EIO, f"short read of slot {slot} ({got} bytes)")
+            if hashlib.sha256(buf).digest() != digest:
+                return None
+            return buf[:]
+
+    def _write_slot(self, slot: int, data: bytes) -> bytes:
+        digest = hashlib.sha256(data).digest()
+        with self._io() as buf:
+            buf[:] = data
+            offset = slot * BLOCK_SIZE
+            try:
+                done = os.pwrite(self._fd, buf, offset)
+            except OSError as exc:
+                if exc.errno != errno.EINVAL or not self._direct:
+                    raise
+                self._go_buffered(exc)
+                done = 0
+            view = memoryview(buf)
+            while done < BLOCK_SIZE:
+                done += os.pwrite(self._fd, view[done:], offset + done)
+        return digest
+
+    def _go_buffered(self, exc: OSError) -> None:
+        # Some file systems open with O_DIRECT but refuse the writes.
+        with self._lock:
+            if self._direct:
+                log.info("disk cache %s: O_DIRECT writes fail (%s); using buffered I/O",
+                         self.path, exc.strerror)
+                buffered = os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
+                os.dup2(buffered, self._fd)
+                os.close(buffered)
+                self._direct = False
+
+    def close(self) -> None:
+        """Remove the file; its descriptor closes once no I/O uses it."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            if not self._io_count:
+                os.close(self._fd)
+        with contextlib.suppress(OSError):
+            self.path.unlink()
+
+
+def _create(path: Path) -> tuple[int, bool]:
+    """A new, empty cache file at ``path`` (mode 0600, directory 0700 if made here) and
+    whether its descriptor does O_DIRECT."""
+    if not path.parent.is_dir():
+        path.parent.mkdir(mode=0o700, parents=True)
+        os.chmod(path.parent, 0o700)  # mkdir's mode is cut by the umask
+    # A stale file is removed, never opened: O_EXCL also refuses a planted symlink.
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
+    fd = os.open(path, flags, 0o600)
+    direct = getattr(os, "O_DIRECT", 0)
+    if not direct:
+        return fd, False
+    try:
+        direct_fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | direct)
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            os.close(fd)
+            raise
+        log.info("disk cache %s: O_DIRECT is not supported here; using buffered I/O", path)
+        return fd, False
+    os.close(fd)
+    return direct_fd, True
+
+
+class DiskCachedBlocks:
+    """``BlockReader`` that keeps one snapshot's fetched blocks in a shared ``DiskCache``."""
+
+    def __init__(self, below: BlockReader, cache: DiskCache, key: Hashable) -> None:
+        self.below = below
+        self.cache = cache
+        self.key = key
+
+    async def read_block(self, index: BlockIndex) -> bytes | None:
+        key = (self.key, int(index))
+        data = await self.cache.load(key)
+        if data is not None:
+            return data
+        data = await self.below.read_block(index)
+        if data is not None:
+            self.cache.store_soon(key, data)
+        return data
+
+    def stats(self) -> dict[str, int]:
+        return self.cache.stats()
+
+
+__all__ = ["DiskCache", "DiskCachedBlocks", "cache_file"]
