@@ -40,6 +40,9 @@ class MountConfig:
     filters: tuple[tuple[str, str], ...] = ()
     owner: str = "self"
     cache_size: int = 256 << 20
+    #: Bytes of fetched blocks kept in a local file below the memory cache (0: none).
+    disk_cache: int = 0
+    cache_dir: str = "/var/cache/ebsfs"
     read_ahead: int = 8 << 20
     max_concurrency: int = 32
     spool_dir: str = "/var/lib/ebsfs/spool"
