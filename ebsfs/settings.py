@@ -5,9 +5,9 @@ exists (no file at all is fine). It has three tables, each key optional::
 
     [aws]       endpoint_url, region, profile, connect_timeout, read_timeout, max_attempts,
                 max_pool_connections
-    [mount]     snapshots, filters, owner, cache_size, read_ahead, max_concurrency, spool_dir,
-                dirty_limit, writeback_delay, read_only, allow_other, allow_delete, refresh,
-                log_level, io_timeout
+    [mount]     snapshots, filters, owner, cache_size, disk_cache, cache_dir, read_ahead,
+                max_concurrency, spool_dir, dirty_limit, writeback_delay, read_only,
+                allow_other, allow_delete, refresh, log_level, io_timeout
     [mount."/srv/snapshots"]   the same keys, for the mount at that path only
     [server]    data_dir, listen, access_key_id, secret_access_key, latency_ms, throttle_rate,
                 error_rate, drop_rate, corrupt_rate, token_ttl, complete_delay, log_level,
@@ -192,6 +192,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "filters": Key(_filters, ("EBSFS_FILTERS",)),
         "owner": Key(_str, ("EBSFS_OWNER",)),
         "cache_size": Key(_size, ("EBSFS_CACHE_SIZE",)),
+        "disk_cache": Key(_size, ("EBSFS_DISK_CACHE",)),
+        "cache_dir": Key(_str, ("EBSFS_CACHE_DIR",)),
         "read_ahead": Key(_size, ("EBSFS_READ_AHEAD",)),
         "max_concurrency": Key(_int, ("EBSFS_MAX_CONCURRENCY",)),
         "spool_dir": Key(_str, ("EBSFS_SPOOL_DIR",)),
