@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import replace
 
 from ebsfs import settings
@@ -65,6 +66,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     perf = p.add_argument_group("reading")
     perf.add_argument(
         "--cache-size", default=None, metavar="SIZE", help="block cache size (default: 256MiB)"
+    )
+    perf.add_argument(
+        "--disk-cache",
+        default=None,
+        metavar="SIZE",
+        help="keep up to SIZE of fetched blocks in a local file below the memory cache, so "
+        "reading them again needs no request (default: 0, off: the file holds snapshot data "
+        "unencrypted; removed at unmount)",
+    )
+    perf.add_argument(
+        "--cache-dir",
+        default=None,
+        metavar="DIR",
+        help="where the --disk-cache file is made (default: /var/cache/ebsfs)",
     )
     perf.add_argument(
         "--read-ahead",
@@ -166,7 +181,8 @@ def mount_config_from_args(args: argparse.Namespace) -> MountConfig:
         config = replace(config, io_timeout=args.io_timeout)
     # One HTTP connection per call that may be in flight.
     aws = replace(config.aws, max_pool_connections=config.max_concurrency)
-    return replace(config, aws=aws)
+    # The daemon works from /: a relative directory means the one it was given from here.
+    return replace(config, aws=aws, cache_dir=os.path.abspath(config.cache_dir))
 
 
 def run(args: argparse.Namespace) -> int:
