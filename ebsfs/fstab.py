@@ -24,6 +24,8 @@ VALUE_OPTIONS: dict[str, str] = {
     "filter": "--filter",
     "owner": "--owner",
     "cache_size": "--cache-size",
+    "disk_cache": "--disk-cache",
+    "cache_dir": "--cache-dir",
     "read_ahead": "--read-ahead",
     "max_concurrency": "--max-concurrency",
     "spool_dir": "--spool-dir",
