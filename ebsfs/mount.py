@@ -40,6 +40,7 @@ from ebsfs.fs.ops import EbsfsOperations, OpsConfig
 from ebsfs.fs.wiring import MountContext, close_new_directory, open_new_directory
 from ebsfs.logsetup import setup_logging
 from ebsfs.notify import notify_ready, notify_stopping
+from ebsfs.store.diskcache import cache_file
 from ebsfs.store.remote import Calls
 from ebsfs.store.stack import ReadStacks, StackConfig
 
@@ -101,6 +102,8 @@ async def _serve(
                 read_ahead=config.read_ahead,
                 max_concurrency=config.max_concurrency,
                 io_timeout=config.io_timeout,
+                disk_cache=config.disk_cache,
+                disk_cache_file=str(cache_file(config.cache_dir, config.mountpoint)),
             ),
             nursery,
             calls=calls,
