@@ -49,7 +49,7 @@ DISK_THREADS = 4
 #: Tasks storing queued blocks (each holds one of the DISK_THREADS while it writes).
 WRITERS = 2
 #: Fetched blocks waiting to be stored; past this a block is not stored.
-QUEUE_BLOCKS = 16
+QUEUE_BLOCKS = 32
 
 _Key = tuple[Hashable, int]
 
@@ -114,7 +114,6 @@ class DiskCache:
         found bad and dropped)."""
         entry = self._index.get(key)
         if entry is None:
-            self.counters["disk_cache_misses"] += 1
             return None
         slot, digest = entry
         self._reading[slot] += 1
@@ -333,7 +332,8 @@ class DiskCachedBlocks:
         if data is not None:
             return data
         data = await self.below.read_block(index)
-        if data is not None:
+        if data is not None:  # a hole costs nothing below: neither a miss nor worth storing
+            self.cache.counters["disk_cache_misses"] += 1
             self.cache.store_soon(key, data)
         return data
 

@@ -121,6 +121,7 @@ def test_holes_are_not_stored(tmp_path: Path) -> None:
             assert await blocks.read_block(B(3)) is None
             assert cache.stats()["disk_cache_blocks"] == 1
             assert cache.counters["disk_cache_stored"] == 1
+            assert cache.counters["disk_cache_misses"] == 1  # block 4 only
 
     run(main)
 
