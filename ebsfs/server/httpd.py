@@ -29,6 +29,9 @@ MAX_BODY = 2 << 20
 IDLE_TIMEOUT = 60.0
 #: Longest request head (request line and headers) accepted.
 HEAD_BUFFER = 65536
+#: Most bytes received into the head buffer at once: a head is about 1 KiB, and whatever
+#: of a block's body is read along with it has to be copied out again.
+HEAD_READ = 4096
 SOCKET_BUFFER = 4 << 20
 MAX_HEADERS = 100
 
@@ -98,11 +101,14 @@ class Handler(socketserver.BaseRequestHandler):
         self._poller.register(sock, select.POLLIN)
         # Received bytes not parsed yet are self._buf[self._pos:self._end].
         self._buf = bytearray(HEAD_BUFFER)
+        self._buf_view = memoryview(self._buf)
         self._pos = self._end = 0
         # A block-sized body is received straight into this page-aligned buffer: no copy
         # out of a reader, and the store can write it with O_DIRECT as it is. It is
         # reused by the connection's next request, after this one was answered.
-        self._block_buffer: mmap.mmap | None = None
+        self._block_buffer: memoryview | None = None
+        # Whether to time and log each request, fixed for the connection.
+        self._debug = log.isEnabledFor(logging.DEBUG)
 
     def handle(self) -> None:
         while not self.close_connection:
@@ -125,7 +131,7 @@ class Handler(socketserver.BaseRequestHandler):
             self._pos, self._end = 0, rest
         if self._end == len(buf):
             raise _BadRequest("request head too long")
-        n = self.request.recv_into(memoryview(buf)[self._end:])
+        n = self.request.recv_into(self._buf_view[self._end:], HEAD_READ)
         self._end += n
         return n
 
@@ -232,10 +238,11 @@ class Handler(socketserver.BaseRequestHandler):
             self.request.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
         body: bytes | memoryview
         if method == "PUT" and length == BLOCK_SIZE:
-            if self._block_buffer is None:
-                self._block_buffer = mmap.mmap(-1, BLOCK_SIZE)
-            view = memoryview(self._block_buffer)
-            body = view[: self._receive(view)]
+            view = self._block_buffer
+            if view is None:
+                view = self._block_buffer = memoryview(mmap.mmap(-1, BLOCK_SIZE))
+            got = self._receive(view)
+            body = view if got == BLOCK_SIZE else view[:got]
         else:
             data = bytearray(length)
             body = bytes(data[: self._receive(memoryview(data))])
@@ -249,14 +256,14 @@ class Handler(socketserver.BaseRequestHandler):
         head = self._read_head()
         if head is None:
             return False
-        started = time.perf_counter()
+        started = time.perf_counter() if self._debug else 0.0
         method, target, _, headers = head
         raw_path, _, raw_query = target.partition("?")
         body, complete = self._read_body(method, headers)
         req = Request(method, raw_path, raw_query, headers, body, complete)
         resp = self.server.app.handle(req)
         sent = self._send(resp, head_only=method == "HEAD")
-        if log.isEnabledFor(logging.DEBUG):
+        if self._debug:
             log.debug(
                 "%s %s %s %s -> %d%s %.1f ms",
                 self.client_address[0], req.operation, method, target, resp.status,

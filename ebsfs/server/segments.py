@@ -67,10 +67,15 @@ class Record:
 
 def encode_header(record: Record) -> bytes:
     """The header bytes of a record (the rest of its page is zeros)."""
-    sid = record.snapshot_id.encode("ascii")
+    return header_bytes(record.snapshot_id, record.index, record.seq, record.digest)
+
+
+def header_bytes(snapshot_id: str, index: int, seq: int, digest: bytes) -> bytes:
+    """``encode_header`` without building a Record (a put's path makes one per block)."""
+    sid = snapshot_id.encode("ascii")
     if len(sid) > 64:
-        raise ValueError(f"snapshot id too long for a record header: {record.snapshot_id}")
-    fixed = _HEADER.pack(_MAGIC, _VERSION, record.seq, record.index, record.digest, len(sid), sid)
+        raise ValueError(f"snapshot id too long for a record header: {snapshot_id}")
+    fixed = _HEADER.pack(_MAGIC, _VERSION, seq, index, digest, len(sid), sid)
     return fixed + _CRC.pack(zlib.crc32(fixed))
 
 
@@ -362,6 +367,8 @@ def _page_aligned(view: memoryview) -> bool:
     """Whether ``view`` is a writable buffer starting on a page boundary (O_DIRECT's rule)."""
     if view.readonly or not view.c_contiguous or len(view) % mmap.PAGESIZE:
         return False
+    if isinstance(view.obj, mmap.mmap) and view.nbytes == len(view.obj):
+        return True  # all of a mapping, so it starts where the mapping does: on a page
     return ctypes.addressof(ctypes.c_char.from_buffer(view)) % mmap.PAGESIZE == 0
 
 

@@ -4,9 +4,9 @@ Follows ebs-direct-api.md §9: the credential scope must name the expected servi
 the date of ``X-Amz-Date``; the canonical request is rebuilt from what the client sent (the
 ``Host`` header with its port, the raw path, the re-encoded query); the payload hash is the
 ``X-Amz-Content-SHA256`` header (``UNSIGNED-PAYLOAD`` for PutSnapshotBlock) or the body's
-SHA256. Signing keys are cached per (date, region, service), the parsed ``X-Amz-Date`` per
-second and the parsed credential per ``Credential`` string: a request then costs one
-canonical string, one SHA256 and one HMAC.
+SHA256. Signing keys are cached per (date, region, service) as ready HMAC objects, the
+parsed ``X-Amz-Date`` per second, and the checked ``Authorization`` header up to its
+signature: a request then costs one canonical string, one SHA256 and one HMAC.
 """
 
 import calendar
@@ -26,6 +26,22 @@ _AUTH_RE = re.compile(
 )
 _SPACES = re.compile(r"\s+")
 _AMZ_DATE = re.compile(r"^(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})(\d{2})Z$")
+_SIGNATURE = re.compile(r"[0-9a-f]{64}")
+#: Authorization headers remembered (up to the signature) before the cache starts afresh.
+_AUTH_CACHE = 64
+
+
+class _Scope:
+    """What an ``Authorization`` header says before its signature, once checked."""
+
+    __slots__ = ("date", "names", "region", "service", "signed_names")
+
+    def __init__(self, date: str, region: str, service: str, signed_names: str) -> None:
+        self.date = date
+        self.region = region
+        self.service = service
+        self.signed_names = signed_names
+        self.names = signed_names.split(";")
 
 
 class AuthFailure(Exception):
@@ -43,40 +59,35 @@ class Verifier:
     def __init__(self, access_key_id: str, secret_access_key: str) -> None:
         self.access_key_id = access_key_id
         self._secret = ("AWS4" + secret_access_key).encode()
-        self._keys: dict[tuple[str, str, str], bytes] = {}
+        # An HMAC object keyed with the signing key, copied for each request: OpenSSL 3
+        # looks the digest up by name on every one-shot hmac.digest, which cost twice
+        # the HMAC itself.
+        self._keys: dict[tuple[str, str, str], hmac.HMAC] = {}
         #: The last X-Amz-Date seen and its epoch seconds (None: malformed).
         self._date: tuple[str, float | None] = ("", None)
+        #: Authorization headers up to their signature, with the service they were checked
+        #: for: a client sends the same one, bar the signature, with every request.
+        self._scopes: dict[tuple[str, str], _Scope] = {}
 
-    def _signing_key(self, date: str, region: str, service: str) -> bytes:
-        key = self._keys.get((date, region, service))
-        if key is None:
+    def _signer(self, date: str, region: str, service: str) -> hmac.HMAC:
+        signer = self._keys.get((date, region, service))
+        if signer is None:
             k = hmac.digest(self._secret, date.encode(), "sha256")
             k = hmac.digest(k, region.encode(), "sha256")
             k = hmac.digest(k, service.encode(), "sha256")
             key = hmac.digest(k, b"aws4_request", "sha256")
             if len(self._keys) > 64:
                 self._keys.clear()
-            self._keys[(date, region, service)] = key
-        return key
+            signer = self._keys[(date, region, service)] = hmac.new(key, digestmod="sha256")
+        return signer
 
-    def verify(
-        self,
-        method: str,
-        raw_path: str,
-        raw_query: str,
-        headers: Mapping[str, str],
-        body_sha256: Callable[[], str],
-        service: str,
-        now: float | None = None,
-    ) -> str:
-        """Raise AuthFailure unless the request is signed by our key for ``service``.
-
-        ``headers`` maps lower-case names to values (repeated headers joined by ``,``).
-        Returns the region of the credential scope.
-        """
-        auth = headers.get("authorization")
-        if not auth:
-            raise AuthFailure("missing", "Missing Authentication Token")
+    def _scope(self, auth: str, service: str) -> tuple[_Scope, str]:
+        """The checked start of an Authorization header, and its signature; AuthFailure if
+        it is not one of ours for ``service``."""
+        head = auth[:-64]
+        scope = self._scopes.get((head, service))
+        if scope is not None and _SIGNATURE.fullmatch(auth, len(head)):
+            return scope, auth[-64:]
         m = _AUTH_RE.match(auth)
         if not m:
             raise AuthFailure(
@@ -97,6 +108,35 @@ class Verifier:
             raise AuthFailure(
                 "scope", f"Credential should be scoped to correct service: '{service}'."
             )
+        scope = _Scope(date, region, service, signed_names)
+        # Only a header that ends with its signature is remembered, so that the header
+        # up to it plus any valid signature is exactly what the expression accepts.
+        if m.end(3) == len(auth):
+            if len(self._scopes) >= _AUTH_CACHE:
+                self._scopes.clear()
+            self._scopes[(head, service)] = scope
+        return scope, signature
+
+    def verify(
+        self,
+        method: str,
+        raw_path: str,
+        raw_query: str,
+        headers: Mapping[str, str],
+        body_sha256: Callable[[], str],
+        service: str,
+        now: float | None = None,
+    ) -> str:
+        """Raise AuthFailure unless the request is signed by our key for ``service``.
+
+        ``headers`` maps lower-case names to values (repeated headers joined by ``,``).
+        Returns the region of the credential scope.
+        """
+        auth = headers.get("authorization")
+        if not auth:
+            raise AuthFailure("missing", "Missing Authentication Token")
+        scope, signature = self._scope(auth, service)
+        date = scope.date
         amz_date = headers.get("x-amz-date", "")
         cached_date, stamp = self._date
         if cached_date != amz_date:
@@ -117,7 +157,7 @@ class Verifier:
                 f"Signature expired: {amz_date} is now earlier or later than the allowed "
                 "window of 15 minutes around the server's time.",
             )
-        names = signed_names.split(";")
+        names = scope.names
         if "host" not in names:
             raise AuthFailure("incomplete", "'Host' must be a signed header.")
         canonical_headers = "".join([f"{n}:{_header_value(headers.get(n, ''))}\n" for n in names])
@@ -135,18 +175,18 @@ class Verifier:
                 raw_path or "/",
                 canonical_query(raw_query),
                 canonical_headers,
-                signed_names,
+                scope.signed_names,
                 payload,
             )
         )
-        scope = f"{date}/{region}/{service}/aws4_request"
+        region = scope.region
+        credential_scope = f"{date}/{region}/{service}/aws4_request"
         to_sign = "\n".join(
-            (ALGORITHM, amz_date, scope, hashlib.sha256(canonical.encode()).hexdigest())
+            (ALGORITHM, amz_date, credential_scope, hashlib.sha256(canonical.encode()).hexdigest())
         )
-        expected = hmac.digest(
-            self._signing_key(date, region, service), to_sign.encode(), "sha256"
-        ).hex()
-        if not hmac.compare_digest(expected, signature):
+        signer = self._signer(date, region, service).copy()
+        signer.update(to_sign.encode())
+        if not hmac.compare_digest(signer.hexdigest(), signature):
             raise AuthFailure(
                 "signature",
                 "The request signature we calculated does not match the signature you "

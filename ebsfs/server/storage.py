@@ -50,6 +50,7 @@ from ebsfs.server.segments import (
     Segments,
     encode_header,
     fsync_path,
+    header_bytes,
 )
 from ebsfs.types import BLOCKS_PER_GIB
 
@@ -377,7 +378,7 @@ class Store:
         out then. That costs a write for repeated contents but saves every put a lookup.
         """
         seq = next(self._seq)
-        header = encode_header(Record(snap.snapshot_id, index, seq, digest))
+        header = header_bytes(snap.snapshot_id, index, seq, digest)
         segment, offset = self.segments.append(header, data)
         try:
             self._sync(segment)

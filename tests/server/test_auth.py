@@ -124,6 +124,29 @@ def test_tampered_request(shared: Shared) -> None:
     assert send(shared.server, "POST", "/snapshots", body, headers).status == 201
 
 
+def test_each_signature_is_checked_though_the_header_is_remembered(shared: Shared) -> None:
+    # The server remembers a checked Authorization header up to its signature; requests
+    # that differ only in the signature must still be checked in full.
+    body = b'{"VolumeSize": 1}'
+    headers = sign(shared.server, "POST", "/snapshots", body, {"Content-Type": "application/json"})
+    assert send(shared.server, "POST", "/snapshots", body, headers).status == 201
+    auth = headers["Authorization"]
+    before = store_state(shared.data_dir)
+    other = auth[:-1] + ("0" if auth[-1] != "0" else "1")
+    answer = send(shared.server, "POST", "/snapshots", body, {**headers, "Authorization": other})
+    assert answer.status == 403 and answer.error_type == "InvalidSignatureException"
+    assert "signature we calculated does not match" in answer.json()["message"]
+    upper = auth[:-64] + auth[-64:].upper()
+    answer = send(shared.server, "POST", "/snapshots", body, {**headers, "Authorization": upper})
+    assert answer.status == 403 and answer.error_type == "IncompleteSignatureException"
+    form = b"Action=DescribeSnapshots&Version=2016-11-15"
+    answer = send(shared.server, "POST", "/", form, {**headers, "Content-Type":
+                  "application/x-www-form-urlencoded; charset=utf-8"})
+    assert answer.status == 403 and b"<Code>SignatureDoesNotMatch</Code>" in answer.body
+    assert store_state(shared.data_dir) == before
+    assert send(shared.server, "POST", "/snapshots", body, headers).status == 201
+
+
 def test_stale_signature(shared: Shared, monkeypatch: pytest.MonkeyPatch) -> None:
     past = datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=20)
     monkeypatch.setattr(botocore.auth, "get_current_datetime", lambda: past)
