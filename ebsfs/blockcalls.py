@@ -1,0 +1,208 @@
+"""GetSnapshotBlock and PutSnapshotBlock made from botocore's own parts, without a client call.
+
+A boto3 client call runs its whole event machinery (parameter validation, serialisation,
+endpoint rules, handlers, retries, parsing) for every 512 KiB block: about 3 ms of CPU, as
+much as hashing and moving the block. These two calls are built here from the same pieces
+the client uses, once per call and nothing else:
+
+* the request, as the ebs service model lays it out (``/snapshots/{id}/blocks/{index}``, the
+  block token in the query, the ``x-amz-*`` headers), signed by botocore's ``SigV4Auth`` with
+  the client's region, signing name and credentials (frozen per call, so refreshable ones
+  keep working), the payload ``UNSIGNED-PAYLOAD`` for a put exactly as botocore sends it;
+* sent through the client's own ``URLLib3Session``: the same endpoint, connection pool,
+  connect/read timeouts, proxies and TLS settings;
+* retried by botocore's "standard" retry objects with the client's ``total_max_attempts``
+  (throttling, 5xx, connection errors and dropped connections; a retry quota; jittered
+  exponential back-off), a fresh signature on each attempt;
+* an error answer parsed by botocore's rest-json parser and raised as the same
+  ``ClientError`` subclass the client raises.
+
+Only botocore's exceptions leave this module: ``ebsfs.api`` converts them.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import botocore.exceptions
+import botocore.parsers
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest, AWSResponse
+from botocore.response import StreamingBody
+from botocore.retries import quota, standard
+from botocore.utils import percent_encode
+
+__all__ = ["BlockCalls"]
+
+#: What botocore sends for PutSnapshotBlock (its model marks the body unsigned).
+UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
+
+#: The bounds botocore's parameter validation applies to these two operations.
+MAX_SNAPSHOT_ID = 64
+MAX_TOKEN = 256
+
+
+class BlockCalls:
+    """The two block calls of one boto3 ``ebs`` client, made without the client's machinery."""
+
+    def __init__(self, client: Any, credentials: Any) -> None:
+        meta = client.meta
+        model = meta.service_model
+        self._base = meta.endpoint_url.rstrip("/")
+        self._region = meta.region_name
+        self._signing_name = model.signing_name
+        self._credentials = credentials
+        # The client's own transport: pool, timeouts, proxies, TLS verification, client cert.
+        self._http = client._endpoint.http_session
+        self._model = model
+        self._get_op = model.operation_model("GetSnapshotBlock")
+        self._put_op = model.operation_model("PutSnapshotBlock")
+        self._parser = botocore.parsers.create_parser(model.protocol)
+        self._exceptions = client.exceptions
+        self._user_agent = f"{meta.config.user_agent} ebsfs"
+        # The objects botocore's standard mode registers on the client, with its attempts.
+        attempts = meta.config.retries.get("total_max_attempts", standard.DEFAULT_MAX_ATTEMPTS)
+        adapter = standard.RetryEventAdapter()
+        throttling = standard.ThrottlingErrorDetector(adapter)
+        # Typed Any: botocore-stubs name the wrong types for the quota's arguments.
+        self._quota: Any = standard.RetryQuotaChecker(quota.RetryQuota(), throttling)
+        retry_handler: Any = standard.RetryHandler
+        self._retry = retry_handler(
+            retry_policy=standard.RetryPolicy(
+                retry_checker=standard.StandardRetryConditions(max_attempts=attempts),
+                retry_backoff=standard.ExponentialBackoff(
+                    service_name=model.service_id.hyphenize(), throttling_detector=throttling
+                ),
+            ),
+            retry_event_adapter=adapter,
+            retry_quota=self._quota,
+            service_name=model.service_id.hyphenize(),
+        )
+
+    def get(self, snapshot_id: str, index: int, token: str) -> tuple[StreamingBody, Any]:
+        """GetSnapshotBlock: the unread body and the answer's headers.
+
+        The body is botocore's ``StreamingBody`` (as the client returns it), so a body that
+        breaks off or runs short raises its errors, unretried, when read."""
+        _check(snapshot_id, index)
+        if len(token) > MAX_TOKEN:
+            raise botocore.exceptions.ParamValidationError(report=f"BlockToken over {MAX_TOKEN}")
+        path = (
+            f"/snapshots/{percent_encode(snapshot_id)}/blocks/{index}"
+            f"?blockToken={percent_encode(token)}"
+        )
+        response = self._call(self._get_op, "GET", path, {}, None)
+        headers = response.headers
+        return StreamingBody(response.raw, _length(headers)), headers
+
+    def put(
+        self,
+        snapshot_id: str,
+        index: int,
+        data: bytes | memoryview,
+        checksum_b64: str,
+        progress: int | None = None,
+    ) -> Any:
+        """PutSnapshotBlock of ``data``; returns the answer's headers."""
+        _check(snapshot_id, index)
+        headers = {
+            "x-amz-Data-Length": str(len(data)),
+            "x-amz-Checksum": checksum_b64,
+            "x-amz-Checksum-Algorithm": "SHA256",
+            "X-Amz-Content-SHA256": UNSIGNED_PAYLOAD,
+        }
+        if progress is not None:
+            headers["x-amz-Progress"] = str(progress)
+        path = f"/snapshots/{percent_encode(snapshot_id)}/blocks/{index}"
+        # The small JSON answer is read inside the retry loop, as botocore reads it in its send.
+        return self._call(self._put_op, "PUT", path, headers, data, read_answer=True).headers
+
+    def _call(
+        self,
+        op: Any,
+        method: str,
+        path: str,
+        headers: dict[str, str],
+        body: Any,
+        read_answer: bool = False,
+    ) -> AWSResponse:
+        """One operation with botocore's standard retries: the 2xx answer, its body unread
+        unless ``read_answer`` (then drained, so the connection goes back to the pool)."""
+        url = self._base + path
+        context: dict[str, Any] = {}  # the retry quota keeps what a retry took here
+        attempt = 0
+        while True:
+            attempt += 1
+            request = AWSRequest(method, url, headers=headers, data=body, stream_output=True)
+            request.headers["User-Agent"] = self._user_agent
+            frozen = self._credentials.get_frozen_credentials() if self._credentials else None
+            if frozen is None:
+                raise botocore.exceptions.NoCredentialsError()
+            SigV4Auth(frozen, self._signing_name, self._region).add_auth(request)
+            response: AWSResponse | None = None
+            parsed: dict[str, Any] | None = None
+            caught: Exception | None = None
+            try:
+                response = self._http.send(request.prepare())
+                if response.status_code < 300:
+                    if read_answer:
+                        _read(response)
+                    self._quota.release_retry_quota(context, response)
+                    return response
+                answer = {
+                    "headers": response.headers,
+                    "status_code": response.status_code,
+                    "body": _read(response),
+                    "context": {"operation_name": op.name},
+                }
+                parsed = self._parser.parse(answer, op.output_shape)
+                # As the client's endpoint does: a second pass fills in the modelled members
+                # of the error's shape (``Reason``) at the top level.
+                shape = self._model.shape_for_error_code(parsed.get("Error", {}).get("Code"))
+                if shape is not None:
+                    parsed.update(self._parser.parse(answer, shape))
+            except (botocore.exceptions.ConnectionError, botocore.exceptions.HTTPClientError) as e:
+                caught = e
+            delay = self._retry.needs_retry(
+                response=None if response is None else (response, parsed),
+                attempts=attempt,
+                operation=op,
+                caught_exception=caught,
+                request_dict={"context": context},
+            )
+            if delay is None or delay is False:
+                if caught is not None:
+                    raise caught
+                assert parsed is not None
+                code = parsed.get("Error", {}).get("Code")
+                raise self._exceptions.from_code(code)(parsed, op.name)
+            time.sleep(delay)
+
+
+def _check(snapshot_id: str, index: int) -> None:
+    # The checks botocore's parameter validation makes (it does not apply patterns).
+    if not 1 <= len(snapshot_id) <= MAX_SNAPSHOT_ID:
+        raise botocore.exceptions.ParamValidationError(report=f"bad SnapshotId {snapshot_id!r}")
+    if index < 0:
+        raise botocore.exceptions.ParamValidationError(report=f"BlockIndex {index} below 0")
+
+
+def _read(response: AWSResponse) -> bytes:
+    """A whole small body; a failure is a connection error (retryable), as when botocore
+    reads such a body inside its send."""
+    body = StreamingBody(response.raw, _length(response.headers))
+    try:
+        return bytes(body.read())
+    except botocore.exceptions.IncompleteReadError as exc:
+        raise botocore.exceptions.ResponseStreamingError(error=exc) from exc
+    finally:
+        body.close()
+
+
+def _length(headers: Any) -> Any:
+    # StreamingBody checks what it read against this (None: unknown, not checked).
+    try:
+        return int(headers.get("content-length"))
+    except (TypeError, ValueError):
+        return None
