@@ -43,12 +43,17 @@ from ebsfs.types import BLOCK_SIZE, BlockIndex
 
 log = logging.getLogger(__name__)
 
-#: Disk I/O in flight at once (reads and writes): a local disk gains little past this, and
-#: each holds one reused block buffer.
-DISK_THREADS = 4
-#: Tasks storing queued blocks (each holds one of the DISK_THREADS while it writes).
-WRITERS = 2
-#: Fetched blocks waiting to be stored; past this a block is not stored.
+#: Disk I/O calls in flight at once (reads, and writes of a batch): a local disk gains little
+#: past this, and each holds one reused block buffer.
+DISK_THREADS = 8
+#: Tasks storing queued blocks, each holding one of the DISK_THREADS while it writes.
+#: Several, because under a cold read the worker threads wait for the GIL (32 network threads
+#: want it), and that wait, not the disk, bounded how fast one writer stored.
+WRITERS = 4
+#: Blocks one writer takes from the queue for one hand-off to its thread (fewer hand-offs
+#: and GIL round trips per block).
+BATCH_BLOCKS = 4
+#: Fetched blocks waiting to be stored, by default; past this a block is not stored.
 QUEUE_BLOCKS = 32
 
 _Key = tuple[Hashable, int]
@@ -87,7 +92,13 @@ class DiskCache:
     when cancelled, closes and removes the file.
     """
 
-    def __init__(self, path: Path, max_bytes: int, threads: int = DISK_THREADS) -> None:
+    def __init__(
+        self,
+        path: Path,
+        max_bytes: int,
+        threads: int = DISK_THREADS,
+        queue_blocks: int = QUEUE_BLOCKS,
+    ) -> None:
         self.path = path
         self.slots = max_bytes // BLOCK_SIZE
         self.counters: Counter[str] = Counter()
@@ -98,7 +109,7 @@ class DiskCache:
         self._reading: Counter[int] = Counter()  # slot -> reads in progress
         self._doomed: set[int] = set()  # slots dropped while read: free once the reads end
         self._queued: set[_Key] = set()
-        self._send, self._receive = trio.open_memory_channel[tuple[_Key, bytes]](QUEUE_BLOCKS)
+        self._send, self._receive = trio.open_memory_channel[tuple[_Key, bytes]](queue_blocks)
         self._storing = self.slots > 0
         self._buffers: queue.SimpleQueue[mmap.mmap] = queue.SimpleQueue()
         self._lock = threading.Lock()  # guards the descriptor against close() mid-I/O
@@ -151,36 +162,50 @@ class DiskCache:
             self.close()
 
     async def _writer(self) -> None:
-        async for key, data in self._receive:
+        async for first in self._receive:
+            batch = [first]
+            while len(batch) < BATCH_BLOCKS:
+                try:
+                    batch.append(self._receive.receive_nowait())
+                except trio.WouldBlock:
+                    break
             try:
-                await self._store(key, data)
+                await self._store(batch)
             finally:
-                self._queued.discard(key)
+                for key, _ in batch:
+                    self._queued.discard(key)
 
-    async def _store(self, key: _Key, data: bytes) -> None:
-        if not self._storing or key in self._index:
-            return
-        slot = self._take_slot()
-        if slot is None:
-            self.counters["disk_cache_skipped"] += 1  # every slot is being read
+    async def _store(self, batch: list[tuple[_Key, bytes]]) -> None:
+        todo: list[tuple[_Key, int, bytes]] = []
+        for key, data in batch:
+            if not self._storing or key in self._index:
+                continue
+            slot = self._take_slot()
+            if slot is None:
+                self.counters["disk_cache_skipped"] += 1  # every slot is being read
+                continue
+            todo.append((key, slot, data))
+        if not todo:
             return
         try:
-            digest = await self.calls.run(self._write_slot, slot, data)
-        except OSError as exc:
+            done = await self.calls.run(self._write_slots, [(s, d) for _, s, d in todo])
+        except BaseException:
+            self._free.extend(slot for _, slot, _ in todo)
+            raise
+        for (key, slot, _), result in zip(todo, done, strict=True):
+            if isinstance(result, bytes):
+                self._index[key] = (slot, result)
+                self.counters["disk_cache_stored"] += 1
+                continue
             self._free.append(slot)
             self.counters["disk_cache_errors"] += 1
-            if exc.errno == errno.ENOSPC:
+            if result.errno == errno.ENOSPC:
+                if self._storing:
+                    log.warning("disk cache %s: the disk is full; no more blocks are stored "
+                                "(those stored are still served)", self.path)
                 self._storing = False
-                log.warning("disk cache %s: the disk is full; no more blocks are stored "
-                            "(those stored are still served)", self.path)
-            elif not isinstance(exc, _Closed):
-                log.warning("disk cache %s: cannot store a block (%s)", self.path, exc)
-            return
-        except BaseException:
-            self._free.append(slot)
-            raise
-        self._index[key] = (slot, digest)
-        self.counters["disk_cache_stored"] += 1
+            elif not isinstance(result, _Closed):
+                log.warning("disk cache %s: cannot store a block (%s)", self.path, result)
 
     def _take_slot(self) -> int | None:
         while not self._free:
@@ -224,27 +249,30 @@ class DiskCache:
     # ---- the worker threads -----------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _io(self) -> Iterator[mmap.mmap]:
-        """This I/O's descriptor use and buffer; raises _Closed once the file is closed."""
+    def _io(self, count: int = 1) -> Iterator[list[mmap.mmap]]:
+        """``count`` reused block buffers for I/O on the descriptor; _Closed once it is closed."""
         with self._lock:
             if self._closed:
                 raise _Closed(errno.EBADF, "the disk cache is closed")
             self._io_count += 1
+        bufs: list[mmap.mmap] = []
         try:
-            buf = self._buffers.get_nowait()
-        except queue.Empty:
-            buf = mmap.mmap(-1, BLOCK_SIZE)  # page-aligned, as O_DIRECT needs
-        try:
-            yield buf
+            for _ in range(count):
+                try:
+                    bufs.append(self._buffers.get_nowait())
+                except queue.Empty:
+                    bufs.append(mmap.mmap(-1, BLOCK_SIZE))  # page-aligned, as O_DIRECT needs
+            yield bufs
         finally:
-            self._buffers.put(buf)
+            for buf in bufs:
+                self._buffers.put(buf)
             with self._lock:
                 self._io_count -= 1
                 if self._closed and not self._io_count:
                     os.close(self._fd)
 
     def _read_slot(self, slot: int, digest: bytes) -> bytes | None:
-        with self._io() as buf:
+        with self._io() as [buf]:
             got = os.preadv(self._fd, [buf], slot * BLOCK_SIZE)
             if got != BLOCK_SIZE:
                 raise OSError(errno.EIO, f"short read of slot {slot} ({got} bytes)")
@@ -252,22 +280,51 @@ class DiskCache:
                 return None
             return buf[:]
 
-    def _write_slot(self, slot: int, data: bytes) -> bytes:
-        digest = hashlib.sha256(data).digest()
-        with self._io() as buf:
-            buf[:] = data
-            offset = slot * BLOCK_SIZE
-            try:
-                done = os.pwrite(self._fd, buf, offset)
-            except OSError as exc:
-                if exc.errno != errno.EINVAL or not self._direct:
-                    raise
-                self._go_buffered(exc)
-                done = 0
-            view = memoryview(buf)
-            while done < BLOCK_SIZE:
-                done += os.pwrite(self._fd, view[done:], offset + done)
-        return digest
+    def _write_slots(self, todo: list[tuple[int, bytes]]) -> list[bytes | OSError]:
+        """Each block's digest once written to its slot, or the error that kept it out.
+
+        Blocks bound for consecutive slots (the usual case while the file grows) go out in one
+        ``pwritev``: one system call and one GIL round trip for the lot.
+        """
+        out: list[bytes | OSError] = []
+        try:
+            with self._io(len(todo)) as bufs:
+                for buf, (_, data) in zip(bufs, todo, strict=True):
+                    buf[:] = data
+                start = 0
+                while start < len(todo):
+                    end = start + 1
+                    while end < len(todo) and todo[end][0] == todo[end - 1][0] + 1:
+                        end += 1
+                    try:
+                        self._pwrite(bufs[start:end], todo[start][0] * BLOCK_SIZE)
+                    except OSError as exc:
+                        out.extend(exc for _ in range(start, end))
+                        if exc.errno == errno.ENOSPC:
+                            break
+                    else:
+                        out.extend(hashlib.sha256(d).digest() for _, d in todo[start:end])
+                    start = end
+        except _Closed as exc:
+            out.clear()
+            out.extend(exc for _ in todo)
+        if len(out) < len(todo):  # stopped by a full disk: the rest is not stored either
+            last = out[-1]
+            out.extend(last for _ in range(len(todo) - len(out)))
+        return out
+
+    def _pwrite(self, bufs: list[mmap.mmap], offset: int) -> None:
+        total = len(bufs) * BLOCK_SIZE
+        try:
+            done = os.pwritev(self._fd, bufs, offset)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL or not self._direct:
+                raise
+            self._go_buffered(exc)
+            done = 0
+        while done < total:  # a short write: the rest, a buffer at a time
+            which, at = divmod(done, BLOCK_SIZE)
+            done += os.pwrite(self._fd, memoryview(bufs[which])[at:], offset + done)
 
     def _go_buffered(self, exc: OSError) -> None:
         # Some file systems open with O_DIRECT but refuse the writes.

@@ -78,7 +78,10 @@ class ReadStacks:
         if config.disk_cache >= BLOCK_SIZE:
             path = Path(config.disk_cache_file)
             try:
-                self.disk = DiskCache(path, config.disk_cache)
+                # Queued blocks were just fetched, so the memory cache holds them too as long
+                # as the queue is a fraction of it: waiting to be stored costs no memory.
+                queue = min(max(self.cache.max_bytes // 4 // BLOCK_SIZE, 8), 128)
+                self.disk = DiskCache(path, config.disk_cache, queue_blocks=queue)
             except OSError as exc:
                 raise MountError(f"cannot create the disk cache {path}: {exc.strerror}") from None
             nursery.start_soon(self.disk.run)
