@@ -8,7 +8,8 @@
 4. Warm read: the same ``dd`` again on the mount that just read it, against baseline B, ``dd``
    of the same image from a local file (page-cached, as the mount's pages are), and B', the
    local file read after its pages were dropped (from the disk). Also with a
-   ``--cache-size`` that holds the whole image.
+   ``--cache-size`` that holds the whole image, and with ``--disk-cache 2GiB`` (the blocks the
+   kernel dropped come back from a local file instead of the server).
 5. Peak RSS (VmHWM) of each mount daemon, against ``--cache-size`` + 100 MiB.
 6. CPU seconds of the cold read: the mount daemon's (``/proc/PID/stat``) against the bare
    downloader's (``getrusage`` of this process); stable under load, unlike wall time. Also
@@ -16,11 +17,12 @@
 
 Prints a table of throughputs and the ratios the issue asks for. Environment:
 BENCH_READ_GIB (default 1), BENCH_READ_LATENCY_MS (default 10), BENCH_READ_CONCURRENCY
-(default 32), BENCH_READ_CACHE (default 256MiB).
+(default 32), BENCH_READ_CACHE (default 256MiB), BENCH_READ_DISK_CACHE (default 2GiB).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import subprocess
@@ -42,6 +44,7 @@ LATENCY_MS = os.environ.get("BENCH_READ_LATENCY_MS", "10")
 CONCURRENCY = int(os.environ.get("BENCH_READ_CONCURRENCY", "32"))
 CACHE = os.environ.get("BENCH_READ_CACHE", "256MiB")
 READ_AHEAD = os.environ.get("BENCH_READ_AHEAD", "")  # empty: the mount's default
+DISK_CACHE = os.environ.get("BENCH_READ_DISK_CACHE", "2GiB")
 MIB = 1 << 20
 
 
@@ -134,9 +137,9 @@ def _drop_page_cache(path: Path) -> None:
 
 def _mount_read(
     server: LocalServer, sid: str, where: Path, cache: str, *flags: str
-) -> tuple[float, float, int, float, int]:
+) -> tuple[float, float, int, float, int, dict[str, int]]:
     """(cold seconds, warm seconds, peak RSS, daemon CPU seconds and page faults of the cold
-    read)."""
+    read, the mount's read counters after the warm read)."""
     extra = ["--read-ahead", READ_AHEAD] if READ_AHEAD and "--read-ahead" not in flags else []
     m = MountProc(
         server,
@@ -158,7 +161,8 @@ def _mount_read(
         cpu, faults = _cpu_of(m.proc.pid) - cpu, _faults_of(m.proc.pid) - faults
         warm = _dd(snap)
         rss = _peak_rss(m.proc.pid)
-    return cold, warm, rss, cpu, faults
+        counters = json.loads(os.getxattr(m.path, "user.ebsfs.stats"))["read"]
+    return cold, warm, rss, cpu, faults, counters
 
 
 def main() -> None:
@@ -175,12 +179,18 @@ def main() -> None:
             sid = _upload(server, image)
             server.restart("--latency-ms", LATENCY_MS)
             bare, bare_cpu = _bare_download(server, sid)
-            cold, warm, rss, cold_cpu, cold_faults = _mount_read(server, sid, root / "m1", CACHE)
-            cold_off, _, rss_off, _, _ = _mount_read(
+            cold, warm, rss, cold_cpu, cold_faults, _ = _mount_read(
+                server, sid, root / "m1", CACHE
+            )
+            cold_off, _, rss_off, _, _, _ = _mount_read(
                 server, sid, root / "m2", CACHE, "--read-ahead", "0"
             )
             big_cache = f"{GIB * 1024 + 256}MiB"
-            _, warm_big, rss_big, _, _ = _mount_read(server, sid, root / "m3", big_cache)
+            _, warm_big, rss_big, _, _, _ = _mount_read(server, sid, root / "m3", big_cache)
+            cold_disk, warm_disk, rss_disk, cold_disk_cpu, _, disk = _mount_read(
+                server, sid, root / "m4", CACHE, "--disk-cache", DISK_CACHE,
+                "--cache-dir", str(root / "disk-cache"),
+            )
         finally:
             server.stop()
         # Local file baselines: page-cached like the mount's second pass, and cold (pages
@@ -201,6 +211,8 @@ def main() -> None:
     ]
     rows.insert(3, ("mount, warm (second pass)", warm))
     rows.insert(4, (f"mount, warm, --cache-size {big_cache}", warm_big))
+    rows.insert(5, (f"mount, cold, --disk-cache {DISK_CACHE}", cold_disk))
+    rows.insert(6, (f"mount, warm, --disk-cache {DISK_CACHE}", warm_disk))
     print(
         f"1 snapshot of {GIB} GiB, server --latency-ms {LATENCY_MS}, "
         f"--max-concurrency {CONCURRENCY}, --cache-size {CACHE}, "
@@ -217,6 +229,18 @@ def main() -> None:
     print(f"  cold, read-ahead 0 / bare    {bare / cold_off:5.2f}")
     print(f"  warm / local file            {local / warm:5.2f}   (target >= 0.5)")
     print(f"  warm, big cache / local file {local / warm_big:5.2f}")
+    print(f"  warm, disk cache / local file {local / warm_disk:5.2f}   (target >= 0.5)")
+    print(f"  cold, disk cache / bare      {bare / cold_disk:5.2f}")
+    print(
+        f"  CPU s per GiB, cold, disk cache: daemon {cold_disk_cpu / GIB:.2f}"
+        f" ({cold_disk_cpu / bare_cpu:.2f} times bare)"
+    )
+    print(
+        "  disk cache: "
+        + ", ".join(f"{k.removeprefix('disk_cache_')} {v}" for k, v in sorted(disk.items())
+                    if k.startswith("disk_cache_"))
+        + f"; GetSnapshotBlock.ok {disk.get('GetSnapshotBlock.ok', 0)}"
+    )
     print(f"  warm / local from disk       {local_cold / warm:5.2f}")
     print(f"  warm, big cache / from disk  {local_cold / warm_big:5.2f}")
     limit = cache_bytes + 100 * MIB
@@ -224,5 +248,6 @@ def main() -> None:
     print(f"  peak RSS, read-ahead 0       {format_size(rss_off)}")
     big_limit = format_size(parse_size(big_cache) + 100 * MIB)
     print(f"  peak RSS, big cache          {format_size(rss_big)}  (limit {big_limit})")
+    print(f"  peak RSS, disk cache         {format_size(rss_disk)}  (limit {format_size(limit)})")
     print(f"  load average {os.getloadavg()[0]:.1f}")
     sys.stdout.flush()
