@@ -7,9 +7,10 @@ alone says which puts it holds: a record whose header is intact and whose data h
 the header's digest was written whole; anything else is a torn or stray write.
 
 Writers append concurrently (an offset is reserved under a lock, the write itself is not);
-durability is the caller's business: ``sync`` makes a set of segments' writes durable with
-one ``fdatasync`` each, so a batch of puts shares it. The index of what lives where is kept
-by the caller (SQLite); this module only knows files, records, offsets and free space:
+durability is the caller's choice: an append is written synchronously (``RWF_DSYNC``) when
+asked, or else ``sync`` makes a set of segments' writes durable with one ``fdatasync`` each,
+so a batch of puts shares it. The index of what lives where is kept by the caller (SQLite);
+this module only knows files, records, offsets and free space:
 
 - ``scan`` yields the records at offsets the index does not know (puts acknowledged but not
   yet indexed when the server stopped), for the caller to check and index;
@@ -115,6 +116,7 @@ class Segments:
         self._segment_blocks = segment_blocks
         self._lock = threading.Lock()
         self._direct = hasattr(os, "O_DIRECT")
+        self._dsync_flag: int = getattr(os, "RWF_DSYNC", 0)
         self._can_punch = _fallocate is not None
         self._local = threading.local()
         self._active = -1
@@ -203,10 +205,13 @@ class Segments:
         self._active = max([*present, highest_known, 0]) + 1
         self._next_offset = 0
 
-    def append(self, header: bytes, data: bytes | memoryview) -> tuple[int, int]:
+    def append(
+        self, header: bytes, data: bytes | memoryview, durable: bool = False
+    ) -> tuple[int, int]:
         """Write one record (``header`` and the block) at the end of the active segment;
-        (segment, offset of the block). Not durable until ``sync`` of that segment returns.
-        The segment stays pinned (never dropped) until ``release``."""
+        (segment, offset of the block). Not durable until ``sync`` of that segment returns,
+        unless ``durable``: then it is when this returns. The segment stays pinned (never
+        dropped) until ``release``."""
         with self._lock:
             if self._next_offset >= self._segment_blocks * RECORD_SIZE:
                 self._retire(self._active)
@@ -219,8 +224,12 @@ class Segments:
                 fd = self._fds[segment] = self._open(segment)
             self._pinned[segment] = self._pinned.get(segment, 0) + 1
         try:
-            self._write(segment, fd, header, data, start)
+            self._write(segment, fd, header, data, start, durable)
         except BaseException:
+            # The write may have gone through though its sync did not: the put is not
+            # acknowledged, so its record must not turn up at the next start.
+            with contextlib.suppress(OSError):
+                self.free(segment, start + HEADER_SIZE, durable=True)
             self.release(segment)
             raise
         return segment, start + HEADER_SIZE
@@ -319,7 +328,8 @@ class Segments:
         return buf
 
     def _write(
-        self, segment: int, fd: int, header: bytes, data: bytes | memoryview, start: int
+        self, segment: int, fd: int, header: bytes, data: bytes | memoryview, start: int,
+        durable: bool,
     ) -> None:
         view = memoryview(data)
         # O_DIRECT skips the page cache (the fdatasync then has no dirty pages to write
@@ -333,24 +343,37 @@ class Segments:
         page[: len(header)] = header
         pieces = [memoryview(page)[:HEADER_SIZE], view]
         total = HEADER_SIZE + len(view)
-        try:
-            done = os.pwritev(fd, pieces, start)
-        except OSError as exc:
-            if exc.errno != errno.EINVAL or not self._direct:
-                raise
-            # A filesystem that takes O_DIRECT opens but not the writes.
-            log.info("O_DIRECT writes fail in %s (%s); using buffered writes", self.dir, exc)
-            self._direct = False
-            buffered = os.open(self._name(segment), os.O_WRONLY)
-            os.dup2(buffered, fd)
-            os.close(buffered)
-            done = 0
+        # RWF_DSYNC: the write returns once it is durable (what fdatasync would make it),
+        # without a second system call.
+        flags = self._dsync_flag if durable else 0
+        while True:
+            try:
+                done = os.pwritev(fd, pieces, start, flags)
+                break
+            except OSError as exc:
+                if flags and exc.errno == errno.EOPNOTSUPP:
+                    log.info("RWF_DSYNC is not supported here; writes are synced by fdatasync")
+                    self._dsync_flag = flags = 0
+                    continue
+                if exc.errno != errno.EINVAL or not self._direct:
+                    raise
+                # A filesystem that takes O_DIRECT opens but not the writes.
+                log.info("O_DIRECT writes fail in %s (%s); using buffered writes", self.dir, exc)
+                self._direct = False
+                buffered = os.open(self._name(segment), os.O_WRONLY)
+                os.dup2(buffered, fd)
+                os.close(buffered)
+                done = 0
+                break
         if done < total:
             rest = (bytes(pieces[0]) + bytes(view))[done:]
             while rest:
                 n = os.pwrite(fd, rest, start + done)
                 done += n
                 rest = rest[n:]
+            flags = 0
+        if durable and not flags:
+            os.fdatasync(fd)
 
     def _punch(self, fd: int, offset: int, length: int) -> None:
         if not self._can_punch or _fallocate is None:

@@ -9,17 +9,18 @@ Layout of the data directory (docs/server.md):
                         (segments.py)
     tmp/                files being written; emptied at start-up
 
-A put appends one record to a segment and waits for a group ``fdatasync`` of the segments
-written meanwhile: then it is on disk, and acknowledged. Indexing the put (its row in
-SQLite, whether its content was stored already) happens afterwards, off the put's path: a
-background indexer commits the acknowledged puts of the last ``index_delay`` seconds in one
-transaction, and only then punches out copies of contents that were stored already. Until
-then a put's record is its only trace, so the segments are the source of truth for it: at
-start-up, records the index does not know are checked (intact header, data hashing to the
-header's digest) and indexed, the latest put of an index winning (records carry a sequence
-number, rows keep it); a torn write fails the check and is cut off. Everything that needs
-the index exact (sealing, dropping a snapshot's blocks, stats) indexes what is pending
-first, and reads only ever look at sealed snapshots.
+A put appends one record to a segment and is acknowledged once the record is on disk: a put
+with no other under way writes it synchronously (``RWF_DSYNC``), concurrent puts write
+plainly and share a group ``fdatasync`` of the segments written meanwhile. Indexing the put
+(its row in SQLite, whether its content was stored already) happens afterwards, off the
+put's path: a background indexer commits the acknowledged puts of the last ``index_delay``
+seconds in one transaction, and only then punches out copies of contents that were stored
+already. Until then a put's record is its only trace, so the segments are the source of
+truth for it: at start-up, records the index does not know are checked (intact header, data
+hashing to the header's digest) and indexed, the latest put of an index winning (records
+carry a sequence number, rows keep it); a torn write fails the check and is cut off.
+Everything that needs the index exact (sealing, dropping a snapshot's blocks, stats) indexes
+what is pending first, and reads only ever look at sealed snapshots.
 
 A child snapshot stores only its own writes; its view is the parent's view with its writes
 overlaid, so inherited blocks are never copied. Block contents are stored once (keyed by
@@ -220,6 +221,8 @@ class Store:
         self._dirty: set[int] = set()
         self._written = 0
         self._synced = 0
+        #: Puts between the start of their write and its being durable.
+        self._writing = 0
         self._index_delay = index_delay
         self._kick = threading.Event()
         self._hurry = threading.Event()
@@ -379,13 +382,25 @@ class Store:
         """
         seq = next(self._seq)
         header = header_bytes(snap.snapshot_id, index, seq, digest)
-        segment, offset = self.segments.append(header, data)
+        # A put with no other under way writes its record synchronously (RWF_DSYNC): one
+        # system call and one wake-up less than a write and an fdatasync, and there is no
+        # one to share a sync with. Concurrent puts write plainly and share group syncs.
+        with self._dirty_lock:
+            self._writing += 1
+            alone = self._writing == 1
         try:
-            self._sync(segment)
-        except BaseException:
-            self.segments.free(segment, offset)
-            self.segments.release(segment)
-            raise
+            segment, offset = self.segments.append(header, data, durable=alone)
+            if not alone:
+                try:
+                    self._sync(segment)
+                except BaseException:
+                    with contextlib.suppress(OSError):
+                        self.segments.free(segment, offset, durable=True)
+                    self.segments.release(segment)
+                    raise
+        finally:
+            with self._dirty_lock:
+                self._writing -= 1
         with self._index_lock:
             why = self._refusal(snap)
             if why is None:

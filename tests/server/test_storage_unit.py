@@ -1,5 +1,6 @@
 """The store on its own: sealing and deletion against puts racing them."""
 
+import errno
 import hashlib
 import os
 import sqlite3
@@ -241,4 +242,45 @@ def test_segments_of_the_previous_layout_are_still_read(tmp_path: Path) -> None:
     store.delete(child)
     assert store.stats()["allocated"] == 0
     assert not (segments / "00000001.seg").exists()
+    store.close()
+
+
+@pytest.mark.parametrize("alone", [True, False])
+def test_a_put_whose_sync_fails_leaves_no_record_to_replay(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, alone: bool
+) -> None:
+    # The record reaches the file but making it durable fails (EIO): the put is not
+    # acknowledged, so a restart must not find it. A lone put syncs within its write
+    # (RWF_DSYNC); one among others by a group fdatasync.
+    store = Store(tmp_path, index_delay=3600)
+    snap = _snapshot(store, "snap-00000000000000009")
+    data = os.urandom(BLOCK_SIZE)
+    pwritev, fdatasync = os.pwritev, os.fdatasync
+
+    def write_then_fail(fd: int, buffers: list[memoryview], offset: int, flags: int = 0) -> int:
+        done = pwritev(fd, buffers, offset)
+        fdatasync(fd)
+        if flags:
+            raise OSError(errno.EIO, "simulated failure of a synchronous write")
+        return done
+
+    def fail_sync(fd: int) -> None:
+        raise OSError(errno.EIO, "simulated failure of fdatasync")
+
+    monkeypatch.setattr(os, "pwritev", write_then_fail)
+    monkeypatch.setattr(os, "fdatasync", fail_sync)
+    if not alone:
+        store._writing += 1  # another put under way: this one shares a group sync
+    with pytest.raises(OSError):
+        _put(store, snap, 3, data)
+    monkeypatch.undo()
+    if not alone:
+        store._writing -= 1
+    _put(store, snap, 4, data)
+    store.close(index=False)
+
+    store = Store(tmp_path, index_delay=3600)
+    assert _rows(store, store.snapshots[snap.snapshot_id]) == {
+        4: hashlib.sha256(data).digest()
+    }
     store.close()
