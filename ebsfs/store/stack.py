@@ -1,4 +1,5 @@
-"""Builds the read stack of each completed snapshot: read-ahead over cache over remote.
+"""Builds the read stack of each completed snapshot: read-ahead over cache over remote, with
+the disk cache between cache and remote when ``--disk-cache`` is on.
 
 ::
 
