@@ -62,7 +62,8 @@ class BlockCalls:
         self._exceptions = client.exceptions
         self._user_agent = f"{meta.config.user_agent} ebsfs"
         # The objects botocore's standard mode registers on the client, with its attempts.
-        attempts = meta.config.retries.get("total_max_attempts", standard.DEFAULT_MAX_ATTEMPTS)
+        retries = meta.config.retries or {}
+        attempts = retries.get("total_max_attempts", standard.DEFAULT_MAX_ATTEMPTS)
         adapter = standard.RetryEventAdapter()
         throttling = standard.ThrottlingErrorDetector(adapter)
         # Typed Any: botocore-stubs name the wrong types for the quota's arguments.
@@ -106,6 +107,8 @@ class BlockCalls:
     ) -> Any:
         """PutSnapshotBlock of ``data``; returns the answer's headers."""
         _check(snapshot_id, index)
+        if isinstance(data, memoryview):
+            data = data.cast("B")  # lengths in bytes, whatever the view's item format
         headers = {
             "x-amz-Data-Length": str(len(data)),
             "x-amz-Checksum": checksum_b64,

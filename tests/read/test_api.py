@@ -1,6 +1,7 @@
 """ebsfs.api: botocore errors become ebsfs errors; blocks are verified before they are returned."""
 
 import contextlib
+import datetime
 import hashlib
 import json
 import os
@@ -13,9 +14,11 @@ from typing import Any
 
 import botocore.exceptions
 import pytest
+from botocore.credentials import RefreshableCredentials
 
 from ebsfs import checksum, errors
 from ebsfs.api import Api, _convert, new_client_token
+from ebsfs.blockcalls import BlockCalls
 from ebsfs.config import DEV_ACCESS_KEY_ID, DEV_SECRET_ACCESS_KEY, AwsConfig
 from ebsfs.server.sigv4 import Verifier
 from ebsfs.types import BLOCK_SIZE
@@ -297,7 +300,11 @@ def test_lean_round_trip_through_the_local_server(server: LocalServer) -> None:
     info = api.start_snapshot(1, client_token=new_client_token())
     blocks = {0: _block(0), 5: _block(5), 2047: _block(7)}
     for index, data in blocks.items():
-        view = memoryview(bytearray(data)) if index == 5 else data
+        view: bytes | memoryview = data
+        if index == 5:
+            view = memoryview(bytearray(data))
+        elif index == 2047:
+            view = memoryview(data).cast("Q")  # items of 8 bytes: lengths still in bytes
         api.put_block(info.snapshot_id, index, view, checksum.block_checksum(data))
     api.complete_snapshot(
         info.snapshot_id,
@@ -353,6 +360,39 @@ def test_lean_wrong_secret_is_access_denied(
     data = _block(1)
     with pytest.raises(errors.AccessDeniedError, match="PutSnapshotBlock"):
         api.put_block(sid, 0, data, checksum.block_checksum(data))
+
+
+def test_lean_calls_sign_with_refreshed_credentials(server: LocalServer) -> None:
+    """Refreshable credentials are refreshed when due, not captured once."""
+    sid, tokens, _ = _completed(server, 1)
+    refreshed: list[str] = []
+
+    def refresh() -> dict[str, str]:
+        refreshed.append("yes")
+        later = datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=1)
+        return {
+            "access_key": DEV_ACCESS_KEY_ID,
+            "secret_key": DEV_SECRET_ACCESS_KEY,
+            "token": "",
+            "expiry_time": later.isoformat(),
+        }
+
+    # Expiring within botocore's refresh margin, and with a secret the server refuses.
+    soon = datetime.datetime.now(datetime.UTC) + datetime.timedelta(minutes=1)
+    credentials = RefreshableCredentials.create_from_metadata(
+        {
+            "access_key": DEV_ACCESS_KEY_ID,
+            "secret_key": "stale",
+            "token": "",
+            "expiry_time": soon.isoformat(),
+        },
+        refresh_using=refresh,
+        method="test",
+    )
+    api = _lean_api(server.endpoint_url)
+    api.blocks = BlockCalls(api.ebs, credentials)
+    assert len(api.get_block(sid, 0, tokens[0])) == BLOCK_SIZE
+    assert refreshed
 
 
 def test_lean_get_checks_what_the_answer_carries(
