@@ -27,6 +27,11 @@ BLOCK = 512 * 1024
 BLOCKS = 40
 
 
+#: A memory cache of 4 blocks, and no read-ahead (one fetch per block, no prefetched block
+#: dropped before it is read): a second pass has to come from the disk cache or the server.
+SMALL_CACHE = ("--cache-size", "4MiB", "--read-ahead", "0")
+
+
 def _image(tmp_path: Path) -> Path:
     path = tmp_path / "image.bin"
     path.write_bytes(os.urandom(BLOCKS * BLOCK))
@@ -76,9 +81,7 @@ def test_second_pass_served_from_disk(server: LocalServer, mount_factory, tmp_pa
     image = _image(tmp_path)
     sid = upload_image(server.ebs(), server.ec2(), image)
     cache_dir = tmp_path / "cache"
-    m = mount_factory(
-        server, "--cache-size", "4MiB", "--disk-cache", "64MiB", "--cache-dir", str(cache_dir)
-    )
+    m = mount_factory(server, *SMALL_CACHE, "--disk-cache", "64MiB", "--cache-dir", str(cache_dir))
     snap = m.path / sid
     [cache_file] = _cache_files(cache_dir)
     assert stat.S_IMODE(cache_dir.stat().st_mode) == 0o700
@@ -86,17 +89,17 @@ def test_second_pass_served_from_disk(server: LocalServer, mount_factory, tmp_pa
 
     _same_as_image(snap, image)
     first = _stored_all(m)
-    # (a few more than BLOCKS: read-ahead outruns a memory cache this small)
-    assert first["GetSnapshotBlock.ok"] >= BLOCKS
-    assert first["disk_cache_stored"] >= BLOCKS // 2, first  # the writers kept up, mostly
+    assert first["GetSnapshotBlock.ok"] == BLOCKS
+    # Blocks arrive one at a time: the writers keep up unless the machine is starved.
+    assert first["disk_cache_stored"] >= 8, first
     assert first["disk_cache_max_blocks"] == 128
 
     _same_as_image(snap, image)
     second = _stats(m)
     fetched_again = second["GetSnapshotBlock.ok"] - first["GetSnapshotBlock.ok"]
     from_disk = second["disk_cache_hits"] - first.get("disk_cache_hits", 0)
-    # Only the few blocks the 4 MiB memory cache kept can be served without the file.
-    assert from_disk >= first["disk_cache_stored"] - 8, second
+    # Only the few blocks the memory cache kept can be served without the file.
+    assert from_disk >= first["disk_cache_stored"] - 4, second
     assert fetched_again <= BLOCKS - first["disk_cache_stored"], second
     assert second.get("disk_cache_errors", 0) == 0
 
@@ -110,9 +113,7 @@ def test_damaged_cache_file_still_reads_right(
     image = _image(tmp_path)
     sid = upload_image(server.ebs(), server.ec2(), image)
     cache_dir = tmp_path / "cache"
-    m = mount_factory(
-        server, "--cache-size", "4MiB", "--disk-cache", "64MiB", "--cache-dir", str(cache_dir)
-    )
+    m = mount_factory(server, *SMALL_CACHE, "--disk-cache", "64MiB", "--cache-dir", str(cache_dir))
     snap = m.path / sid
     _same_as_image(snap, image)
     first = _stored_all(m)
@@ -128,7 +129,7 @@ def test_damaged_cache_file_still_reads_right(
 
     _same_as_image(snap, image)
     second = _stats(m)
-    assert second["disk_cache_errors"] >= first["disk_cache_stored"] - 8, second
+    assert second["disk_cache_errors"] >= first["disk_cache_stored"] - 4, second
     assert second["GetSnapshotBlock.ok"] > first["GetSnapshotBlock.ok"]
     assert "dropped" in m.log_text() and "SHA256" in m.log_text()
 
