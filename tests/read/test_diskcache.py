@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
+import mmap
 import os
 import stat
 import subprocess
@@ -293,3 +295,34 @@ def test_full_disk_stops_storing(tmp_path: Path, caplog: pytest.LogCaptureFixtur
         subprocess.run(["umount", str(small)], check=False)
     full = [r for r in caplog.records if "disk is full" in r.getMessage()]
     assert len(full) == 1
+
+
+def test_direct_writes_refused_fall_back_to_buffered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Some file systems take O_DIRECT at open and refuse the writes (EINVAL): a fake for that.
+    cache = DiskCache(tmp_path / "blocks", 8 * BLOCK_SIZE)
+    real_pwritev = os.pwritev
+
+    def pwritev(fd: int, buffers: list[mmap.mmap], offset: int) -> int:
+        if cache._direct:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_pwritev(fd, buffers, offset)
+
+    monkeypatch.setattr(diskcache.os, "pwritev", pwritev)
+    api = fake_api()
+
+    async def main() -> None:
+        async with running(cache):
+            blocks = layer(api, cache)
+            with caplog.at_level(logging.INFO, logger="ebsfs.store.diskcache"):
+                await blocks.read_block(B(0))
+                await blocks.read_block(B(2))
+                await stored(cache, 2)
+            assert await blocks.read_block(B(0)) == block_of(0)
+            assert await blocks.read_block(B(2)) == block_of(2)
+            assert api.calls["get"] == 2
+
+    run(main)
+    assert not cache._direct
+    assert sum("O_DIRECT writes fail" in r.getMessage() for r in caplog.records) == 1
