@@ -182,7 +182,12 @@ def mount_config_from_args(args: argparse.Namespace) -> MountConfig:
     # One HTTP connection per call that may be in flight.
     aws = replace(config.aws, max_pool_connections=config.max_concurrency)
     # The daemon works from /: a relative directory means the one it was given from here.
-    return replace(config, aws=aws, cache_dir=os.path.abspath(config.cache_dir))
+    return replace(
+        config,
+        aws=aws,
+        cache_dir=os.path.abspath(config.cache_dir),
+        spool_dir=os.path.abspath(config.spool_dir),
+    )
 
 
 def run(args: argparse.Namespace) -> int:

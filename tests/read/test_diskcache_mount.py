@@ -189,10 +189,12 @@ def test_flags_environment_file_and_fstab(tmp_path: Path) -> None:
         "mount", "/mnt/s", "--read-only", "--disk-cache", "2GiB", "--cache-dir", "/srv/c",
     ]
 
-    # A relative --cache-dir means the directory it was given from (the daemon runs from /).
+    # A relative --cache-dir or --spool-dir means the directory it was given from (the
+    # daemon runs from /).
     ns = argparse.Namespace(
         mountpoint="/mnt/x", config=str(conf), disk_cache="1MiB", cache_dir="rel",
-        io_timeout=None, foreground=True,
+        spool_dir="spool-rel", io_timeout=None, foreground=True,
     )
     cfg = mount_config_from_args(ns)
     assert cfg.cache_dir == os.path.join(os.getcwd(), "rel")
+    assert cfg.spool_dir == os.path.join(os.getcwd(), "spool-rel")
