@@ -138,11 +138,12 @@ async def _serve(
             raise MountError(f"cannot mount {config.mountpoint}: {exc}") from None
         unmounted = False
         try:
+            stopping = trio.Event()
             nursery.start_soon(catalog.refresher)
-            nursery.start_soon(_signals, config.mountpoint)
+            nursery.start_soon(_signals, config.mountpoint, stopping)
             nursery.start_soon(_trim_memory, config.cache_size + TRIM_SLACK)
             nursery.start_soon(
-                _announce_when_answering, config.mountpoint, ready, config.read_ahead
+                _announce_when_answering, config.mountpoint, ready, config.read_ahead, stopping
             )
             # What start-up loaded (botocore's service models, the catalog) lives as long as
             # the mount: keep the cycle collector from walking it again and again.
@@ -160,20 +161,32 @@ async def _serve(
             nursery.cancel_scope.cancel()
 
 
-async def _signals(mountpoint: str) -> None:
+async def _signals(mountpoint: str, stopping: trio.Event) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async for signum in signals:
             log.info("%s: unmounting %s", signal.Signals(signum).name, mountpoint)
+            stopping.set()
             pyfuse3.terminate()
             return
 
 
 async def _announce_when_answering(
-    mountpoint: str, ready: Callable[[], None], read_ahead: int = 0
+    mountpoint: str,
+    ready: Callable[[], None],
+    read_ahead: int = 0,
+    stopping: trio.Event | None = None,
 ) -> None:
     # A stat of the root goes through the kernel to our own handlers: when it returns, the
     # mount answers.
-    st = await trio.to_thread.run_sync(os.stat, mountpoint)
+    try:
+        st = await trio.to_thread.run_sync(os.stat, mountpoint)
+    except OSError as exc:
+        if stopping is not None and stopping.is_set():
+            # A signal came before the mount first answered: the unmount broke the stat off
+            # (ECONNABORTED); stopping cleanly is what was asked for.
+            log.info("stopped before %s answered (%s)", mountpoint, exc.strerror)
+            return
+        raise
     if read_ahead > 0:
         set_kernel_read_ahead(st.st_dev, read_ahead)
     log.info("mounted %s", mountpoint)

@@ -164,3 +164,25 @@ def test_signals_unmount_cleanly(server, mount_factory, signum: int) -> None:
     assert m.proc.wait(30) == 0
     assert not os.path.ismount(m.path)
     assert "Traceback" not in m.log_text()
+
+
+def test_a_signal_before_the_mount_first_answers_is_a_clean_stop(tmp_path: Path) -> None:
+    # The start-up stat of the mount point fails once the unmount has begun (ECONNABORTED):
+    # after a signal that is the requested stop, not an error; without one it still is.
+    import trio
+
+    from ebsfs.mount import _announce_when_answering
+
+    gone = str(tmp_path / "gone")
+    announced: list[bool] = []
+
+    async def attempt(stopping: trio.Event) -> None:
+        await _announce_when_answering(gone, lambda: announced.append(True), 0, stopping)
+
+    stopping = trio.Event()
+    stopping.set()
+    trio.run(attempt, stopping)
+    assert announced == []
+    with pytest.raises(FileNotFoundError):
+        trio.run(attempt, trio.Event())
+    assert announced == []
