@@ -38,6 +38,7 @@ import shutil
 import struct
 import uuid
 import zlib
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -334,8 +335,27 @@ class Spool:
         if self._stored_records:
             self._append(b"")
 
-    def sync_data(self) -> None:
-        """Flush the data file to the disk, so that a later ``sync`` has little left to do.
+    def sync_data(self, forget: Iterable[int] = ()) -> None:
+        """Flush the data file to the disk, so that a later ``sync`` has little left to do;
+        then drop the page-cache pages of the ``forget`` slots (written before this call).
 
-        It may run in a worker thread while the trio thread writes: it only flushes pages."""
+        It may run in a worker thread while the trio thread writes: it only flushes pages.
+        Dropping is a hint (``POSIX_FADV_DONTNEED`` leaves dirty pages alone), so a slot
+        written again meanwhile loses nothing; it lets the next writes reuse pages just
+        freed instead of faulting in memory the VM gave back to its host."""
         os.fdatasync(self._data_fd)
+        for slot, count in _runs(sorted(forget)):
+            os.posix_fadvise(
+                self._data_fd, slot * BLOCK_SIZE, count * BLOCK_SIZE, os.POSIX_FADV_DONTNEED
+            )
+
+
+def _runs(slots: list[int]) -> list[tuple[int, int]]:
+    """Sorted slot numbers as (first, count) runs of consecutive ones."""
+    runs: list[tuple[int, int]] = []
+    for slot in slots:
+        if runs and runs[-1][0] + runs[-1][1] == slot:
+            runs[-1] = (runs[-1][0], runs[-1][1] + 1)
+        elif not runs or runs[-1][0] + runs[-1][1] < slot:
+            runs.append((slot, 1))
+    return runs

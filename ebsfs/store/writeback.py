@@ -25,7 +25,10 @@ is read back from it in the worker thread of its PutSnapshotBlock, so the trio t
 also answers every FUSE request, copies no block and holds none in memory: memory is the
 ``max_uploads`` blocks in flight. The spool's data file is flushed to the disk in the
 background every ``sync_every`` bytes written, so that ``flush`` (an fsync) finds little
-left to write there.
+left to write there; that flush then drops the page-cache pages of the blocks a sequential
+stream wrote and that were stored before it began (they are on the disk and in the
+snapshot), so the next writes reuse those pages instead of faulting in fresh memory, and
+a ``dd`` of a large image does not fill the page cache with a second copy of it.
 """
 
 from __future__ import annotations
@@ -94,6 +97,13 @@ class WriteBack:
         self._unsynced = 0
         #: Where the last write ended: a write starting there continues a sequential stream.
         self._stream_end: int | None = None
+        #: Blocks last written whole by a sequential stream (``dd``), not stored since.
+        self._streamed: set[int] = set()
+        #: Spool slots of streamed blocks stored since the last background flush began: once
+        #: the next flush has written them, their page-cache pages are dropped (see
+        #: ``Spool.sync_data``). Blocks written otherwise (a filesystem's) are often read
+        #: again and keep their pages.
+        self._forget: list[int] = []
         self._sync_wanted = trio.Event()
         self._inflight: set[int] = set()
         self._failed: dict[int, _Failure] = {}
@@ -201,11 +211,13 @@ class WriteBack:
             self._version[index] = self._version.get(index, 0) + 1
             self._dirty.pop(index, None)
             self._dirty[index] = now
+            self._streamed.discard(index)
             if self.spool.is_full(index):
                 wake = True
                 if streaming and (index + 1) * BLOCK_SIZE <= end:
                     # Completed by a stream that moved on: due at once, not after the delay.
                     self._dirty[index] = -math.inf
+                    self._streamed.add(index)
         self._unsynced += len(data)
         if self._unsynced >= self.tuning.sync_every:
             self._sync_wanted.set()
@@ -271,8 +283,9 @@ class WriteBack:
             await self._sync_wanted.wait()
             self._sync_wanted = trio.Event()
             self._unsynced = 0
+            forget, self._forget = self._forget, []
             try:
-                await trio.to_thread.run_sync(self.spool.sync_data)
+                await trio.to_thread.run_sync(self.spool.sync_data, forget)
             except OSError as exc:  # the spool was closed under us (sealed, removed)
                 log.debug("background flush of %s: %s", self.spool.directory, exc)
 
@@ -373,3 +386,6 @@ class WriteBack:
         self._failed.pop(index, None)
         if current:
             self._dirty.pop(index, None)
+            if index in self._streamed:
+                self._streamed.discard(index)
+                self._forget.append(self.spool.slots[index])

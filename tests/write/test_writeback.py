@@ -255,7 +255,7 @@ def test_the_spool_is_flushed_to_disk_in_the_background(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     synced: list[int] = []
-    monkeypatch.setattr(Spool, "sync_data", lambda self: synced.append(1))
+    monkeypatch.setattr(Spool, "sync_data", lambda self, forget=(): synced.append(1))
 
     async def wait_for(n: int) -> None:
         with trio.fail_after(5):
@@ -315,3 +315,28 @@ def test_blocks_a_sequential_stream_completed_are_stored_without_the_delay(
         assert sorted(api.puts) == [0, 1] and wb.dirty_blocks == 2
 
     run(tmp_path, body, tuning=WriteTuning(delay=5.0))
+
+
+def test_streamed_blocks_once_stored_leave_the_page_cache_at_the_next_flush(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    forgotten: list[list[int]] = []
+    monkeypatch.setattr(
+        Spool, "sync_data", lambda self, forget=(): forgotten.append(sorted(forget))
+    )
+
+    async def body(wb: WriteBack, api: FakeApi, sid: str) -> None:
+        await wb.write(10 * BS, b"i" * BS)  # whole, but not part of a stream: kept
+        for index in range(3):  # a stream: blocks 1 and 2 are due at once
+            await wb.write(index * BS, b"s" * BS)
+        with trio.fail_after(5):
+            while not {1, 2} <= set(api.puts):
+                await trio.sleep(0.01)
+        await wb.write(3 * BS, b"s" * BS)  # sync_every reached: that flush forgets 1 and 2
+        with trio.fail_after(5):
+            while not forgotten:
+                await trio.sleep(0.01)
+        slots = wb.spool.slots
+        assert forgotten == [sorted([slots[1], slots[2]])]
+
+    run(tmp_path, body, tuning=WriteTuning(delay=5.0, sync_every=5 * BS))
