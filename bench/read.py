@@ -36,7 +36,7 @@ from pathlib import Path
 from ebsfs import checksum
 from ebsfs.sizes import format_size, parse_size
 from ebsfs.types import BLOCK_SIZE, BLOCKS_PER_GIB
-from tests.mounting import MountProc
+from tests.mounting import MountProc, drop_page_cache
 from tests.serverproc import LocalServer, complete, put_block, wait_state
 
 GIB = int(os.environ.get("BENCH_READ_GIB", "1"))
@@ -126,15 +126,6 @@ def _peak_rss(pid: int) -> int:
     return 0
 
 
-def _drop_page_cache(path: Path) -> None:
-    # A cold read must not be served by pages an earlier run left in the kernel.
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
-
-
 def _mount_read(
     server: LocalServer, sid: str, where: Path, cache: str, *flags: str
 ) -> tuple[float, float, int, float, int, dict[str, int]]:
@@ -197,9 +188,9 @@ def main() -> None:
         # dropped first, so read from the disk).
         _dd(image)
         local = _dd(image)
-        _drop_page_cache(image)
+        drop_page_cache(image)
         local_cold = _dd(image)
-        _drop_page_cache(image)
+        drop_page_cache(image)
     mbps = lambda seconds: size / MIB / seconds  # noqa: E731
     cache_bytes = parse_size(CACHE)
     rows = [

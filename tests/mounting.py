@@ -46,6 +46,15 @@ def ebsfs(
     return proc
 
 
+def drop_page_cache(path: Path) -> None:
+    """Drop the kernel's cached pages of ``path``: the next read reaches the daemon (or disk)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
 def lazy_unmount(path: Path) -> None:
     """Detach a mount whatever state its daemon is in."""
     for cmd in (["fusermount3", "-u", "-z", str(path)], ["umount", "-l", str(path)]):

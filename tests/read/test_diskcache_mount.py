@@ -17,7 +17,7 @@ import pytest
 from ebsfs import settings
 from ebsfs.commands.mount import mount_config_from_args
 from ebsfs.fstab import translate
-from tests.mounting import MountProc, ebsfs
+from tests.mounting import MountProc, drop_page_cache, ebsfs
 from tests.serverproc import LocalServer, upload_image
 
 pytestmark = pytest.mark.timeout(120)
@@ -43,17 +43,8 @@ def _stats(m: MountProc) -> dict[str, Any]:
     return read
 
 
-def _drop_pages(path: Path) -> None:
-    # The second pass must reach the daemon, not the kernel's copy of the first.
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
-
-
 def _same_as_image(snap: Path, image: Path) -> None:
-    _drop_pages(snap)
+    drop_page_cache(snap)  # the second pass must reach the daemon, not the kernel's copy
     done = subprocess.run(
         ["cmp", "-n", str(image.stat().st_size), str(snap), str(image)],
         capture_output=True,
