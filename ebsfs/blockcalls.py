@@ -8,7 +8,9 @@ the client uses, once per call and nothing else:
 * the request, as the ebs service model lays it out (``/snapshots/{id}/blocks/{index}``, the
   block token in the query, the ``x-amz-*`` headers), signed by botocore's ``SigV4Auth`` with
   the client's region, signing name and credentials (frozen per call, so refreshable ones
-  keep working), the payload ``UNSIGNED-PAYLOAD`` for a put exactly as botocore sends it;
+  keep working), the payload ``UNSIGNED-PAYLOAD`` for a put, as botocore sends it to AWS
+  over HTTPS (the model marks the body unsigned; over plain HTTP botocore would hash the
+  block a second time to sign it, which the local server does not ask for);
 * sent through the client's own ``URLLib3Session``: the same endpoint, connection pool,
   connect/read timeouts, proxies and TLS settings;
 * retried by botocore's "standard" retry objects with the client's ``total_max_attempts``
