@@ -377,6 +377,11 @@ class Api:
 
     def get_block(self, snapshot_id: str, index: int, token: str) -> bytes:
         """The block's bytes, verified against the SHA256 checksum the answer carries."""
+        return self.get_verified_block(snapshot_id, index, token)[0]
+
+    def get_verified_block(self, snapshot_id: str, index: int, token: str) -> tuple[bytes, bytes]:
+        """The block's bytes and their raw SHA256 digest, checked against the answer's
+        checksum (a layer that keeps the block can reuse the digest instead of hashing)."""
         what = f"GetSnapshotBlock {snapshot_id} block {index}"
         with _converted(what):
             body, headers = self.blocks.get(snapshot_id, index, token)
@@ -393,10 +398,11 @@ class Api:
             raise ChecksumError(f"{what}: unsupported checksum algorithm {algorithm!r}")
         if len(data) != BLOCK_SIZE:
             raise ChecksumError(f"{what}: {len(data)} bytes instead of {BLOCK_SIZE}")
-        actual = checksum.block_checksum(data)
+        raw = checksum.digest(data)
+        actual = checksum.b64(raw)
         if actual != expected:
             raise ChecksumError(f"{what}: SHA256 {actual} does not match checksum {expected!r}")
-        return data
+        return data, raw
 
     def list_changed_blocks(
         self,
