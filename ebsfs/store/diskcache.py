@@ -11,7 +11,11 @@ when it stops: nothing survives a remount.
 ``DiskCachedBlocks`` puts it in front of one snapshot's lower layer. A block found in the index
 is read back and checked against its digest, so nothing on disk is trusted: a mismatch or an
 I/O error drops the entry, logs one line, and the block is read from below instead. A fetched
-block (never a hole) is queued for storing and the reader goes on; when the writers fall
+block (never a hole) is queued for storing and the reader goes on; its digest is the one the
+layer below checked it against when that layer offers it (``read_verified``, as the remote
+layer does, which verified the block against the checksum AWS sent), so a block fetched from
+the server is hashed once, not twice; only a block whose digest is not known is hashed when
+stored. when the writers fall
 behind, blocks are not stored rather than queued without bound. A full disk stops storing.
 
 Disk I/O runs in worker threads (its own ``Calls`` runner and limiter: the disk must neither
@@ -57,6 +61,8 @@ BATCH_BLOCKS = 4
 QUEUE_BLOCKS = 32
 
 _Key = tuple[Hashable, int]
+#: A block waiting to be stored: its key, its bytes, and its SHA256 digest when known.
+_Queued = tuple[_Key, bytes, bytes | None]
 
 
 def cache_file(directory: str, mountpoint: str) -> Path:
@@ -109,7 +115,7 @@ class DiskCache:
         self._reading: Counter[int] = Counter()  # slot -> reads in progress
         self._doomed: set[int] = set()  # slots dropped while read: free once the reads end
         self._queued: set[_Key] = set()
-        self._send, self._receive = trio.open_memory_channel[tuple[_Key, bytes]](queue_blocks)
+        self._send, self._receive = trio.open_memory_channel[_Queued](queue_blocks)
         self._storing = self.slots > 0
         self._buffers: queue.SimpleQueue[mmap.mmap] = queue.SimpleQueue()
         self._lock = threading.Lock()  # guards the descriptor against close() mid-I/O
@@ -141,12 +147,14 @@ class DiskCache:
         self.counters["disk_cache_hits"] += 1
         return data
 
-    def store_soon(self, key: _Key, data: bytes) -> None:
-        """Queue ``data`` for storing; dropped when the writers are behind or storing is off."""
+    def store_soon(self, key: _Key, data: bytes, digest: bytes | None = None) -> None:
+        """Queue ``data`` for storing; dropped when the writers are behind or storing is off.
+
+        ``digest``: its raw SHA256 digest, when already verified (else it is hashed here)."""
         if not self._storing or key in self._index or key in self._queued:
             return
         try:
-            self._send.send_nowait((key, data))
+            self._send.send_nowait((key, data, digest))
         except trio.WouldBlock:
             self.counters["disk_cache_skipped"] += 1
             return
@@ -172,27 +180,27 @@ class DiskCache:
             try:
                 await self._store(batch)
             finally:
-                for key, _ in batch:
+                for key, _, _ in batch:
                     self._queued.discard(key)
 
-    async def _store(self, batch: list[tuple[_Key, bytes]]) -> None:
-        todo: list[tuple[_Key, int, bytes]] = []
-        for key, data in batch:
+    async def _store(self, batch: list[_Queued]) -> None:
+        todo: list[tuple[_Key, int, bytes, bytes | None]] = []
+        for key, data, digest in batch:
             if not self._storing or key in self._index:
                 continue
             slot = self._take_slot()
             if slot is None:
                 self.counters["disk_cache_skipped"] += 1  # every slot is being read
                 continue
-            todo.append((key, slot, data))
+            todo.append((key, slot, data, digest))
         if not todo:
             return
         try:
-            done = await self.calls.run(self._write_slots, [(s, d) for _, s, d in todo])
+            done = await self.calls.run(self._write_slots, [(s, d, h) for _, s, d, h in todo])
         except BaseException:
-            self._free.extend(slot for _, slot, _ in todo)
+            self._free.extend(slot for _, slot, _, _ in todo)
             raise
-        for (key, slot, _), result in zip(todo, done, strict=True):
+        for (key, slot, _, _), result in zip(todo, done, strict=True):
             if isinstance(result, bytes):
                 self._index[key] = (slot, result)
                 self.counters["disk_cache_stored"] += 1
@@ -280,8 +288,11 @@ class DiskCache:
                 return None
             return buf[:]
 
-    def _write_slots(self, todo: list[tuple[int, bytes]]) -> list[bytes | OSError]:
-        """Each block's digest once written to its slot, or the error that kept it out.
+    def _write_slots(
+        self, todo: list[tuple[int, bytes, bytes | None]]
+    ) -> list[bytes | OSError]:
+        """Each block's digest once written to its slot (the one given, else hashed here), or
+        the error that kept it out.
 
         Blocks bound for consecutive slots (the usual case while the file grows) go out in one
         ``pwritev``: one system call and one GIL round trip for the lot.
@@ -289,7 +300,7 @@ class DiskCache:
         out: list[bytes | OSError] = []
         try:
             with self._io(len(todo)) as bufs:
-                for buf, (_, data) in zip(bufs, todo, strict=True):
+                for buf, (_, data, _) in zip(bufs, todo, strict=True):
                     buf[:] = data
                 start = 0
                 while start < len(todo):
@@ -303,7 +314,10 @@ class DiskCache:
                         if exc.errno == errno.ENOSPC:
                             break
                     else:
-                        out.extend(hashlib.sha256(d).digest() for _, d in todo[start:end])
+                        out.extend(
+                            h if h is not None else hashlib.sha256(d).digest()
+                            for _, d, h in todo[start:end]
+                        )
                     start = end
         except _Closed as exc:
             out.clear()
@@ -382,16 +396,22 @@ class DiskCachedBlocks:
         self.below = below
         self.cache = cache
         self.key = key
+        # Optional below: the block with the digest it was verified against.
+        self._read_verified = getattr(below, "read_verified", None)
 
     async def read_block(self, index: BlockIndex) -> bytes | None:
         key = (self.key, int(index))
         data = await self.cache.load(key)
         if data is not None:
             return data
-        data = await self.below.read_block(index)
+        digest: bytes | None = None
+        if self._read_verified is not None:
+            data, digest = await self._read_verified(index)
+        else:
+            data = await self.below.read_block(index)
         if data is not None:  # a hole costs nothing below: neither a miss nor worth storing
             self.cache.counters["disk_cache_misses"] += 1
-            self.cache.store_soon(key, data)
+            self.cache.store_soon(key, data, digest)
         return data
 
     def stats(self) -> dict[str, int]:

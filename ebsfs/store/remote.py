@@ -9,13 +9,15 @@ is a hole: it reads as zeros with no request.
 A window whose tokens near their ExpiryTime is fetched again before use, and a token that AWS
 refuses (INVALID_BLOCK_TOKEN) drops its window and is retried once re-listed. A block failing
 its SHA256 check is fetched again, a bounded number of times, then the read fails with
-ChecksumError and one log line. A snapshot that completed moments ago may answer 404 for up to
-a minute (ebs-direct-api.md §4.4): such answers are retried until ``not_found_grace`` seconds
-after this layer was created. Connection failures and 5xx answers were already retried by
-botocore (bounded); what it gives up on is retried here with back-off until no call of the
-mount has succeeded for ``io_timeout`` seconds (a stopped or failing backend), or at most four
-times that (a backend that only throttles), then the read fails (EIO at the FUSE edge):
-nothing hangs, and throttling alone is never an error.
+ChecksumError and one log line. ``read_verified`` also hands up the digest the block was
+checked against, for a layer above that keeps blocks and would otherwise hash them again. A
+snapshot that completed moments ago may answer 404 for up to a minute (ebs-direct-api.md
+§4.4): such answers are retried until ``not_found_grace`` seconds after this layer was
+created. Connection failures and 5xx answers were already retried by botocore (bounded); what
+it gives up on is retried here with back-off until no call of the mount has succeeded for
+``io_timeout`` seconds (a stopped or failing backend), or at most four times that (a backend
+that only throttles), then the read fails (EIO at the FUSE edge): nothing hangs, and
+throttling alone is never an error.
 """
 
 from __future__ import annotations
@@ -62,7 +64,9 @@ class BlockApi(Protocol):
         next_token: str | None = None,
     ) -> BlockPage: ...
 
-    def get_block(self, snapshot_id: str, index: int, token: str) -> bytes: ...
+    def get_verified_block(
+        self, snapshot_id: str, index: int, token: str
+    ) -> tuple[bytes, bytes]: ...
 
 
 class _Holder:
@@ -299,8 +303,14 @@ class RemoteBlocks:
 
     async def read_block(self, index: BlockIndex) -> bytes | None:
         """The verified block, or None for a hole."""
+        return (await self.read_verified(index))[0]
+
+    async def read_verified(self, index: BlockIndex) -> tuple[bytes | None, bytes | None]:
+        """The verified block and the raw SHA256 digest it was checked against, or
+        ``(None, None)`` for a hole: a layer above that keeps the block (the disk cache) takes
+        the digest rather than hashing the block again."""
         if not 0 <= index < self.volume_blocks:
-            return None
+            return None, None
         t = self.tuning
         checksum_failures = token_failures = 0
         started = trio.current_time()
@@ -314,12 +324,16 @@ class RemoteBlocks:
                 block_token = w.tokens.get(index)
                 if block_token is None:
                     self.counters["holes"] += 1
-                    return None
-                data = await self._call(
-                    "GetSnapshotBlock", self.api.get_block, self.snapshot_id, index, block_token
+                    return None, None
+                data, digest = await self._call(
+                    "GetSnapshotBlock",
+                    self.api.get_verified_block,
+                    self.snapshot_id,
+                    index,
+                    block_token,
                 )
                 self.counters["bytes_fetched"] += len(data)
-                return data
+                return data, digest
             except ChecksumError as exc:
                 checksum_failures += 1
                 if checksum_failures >= t.checksum_attempts:

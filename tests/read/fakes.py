@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from collections import Counter
@@ -67,6 +68,12 @@ class FakeBlockApi:
             next_token=str(rest[0]) if rest else None,
             volume_size=self.volume_gib,
         )
+
+    def get_verified_block(
+        self, snapshot_id: str, index: int, token: str
+    ) -> tuple[bytes, bytes]:
+        data = self.get_block(snapshot_id, index, token)
+        return data, hashlib.sha256(data).digest()
 
     def get_block(self, snapshot_id: str, index: int, token: str) -> bytes:
         self._count("get")

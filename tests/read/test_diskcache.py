@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import logging
 import mmap
 import os
@@ -332,3 +333,90 @@ def test_direct_writes_refused_fall_back_to_buffered(
     run(main)
     assert not cache._direct
     assert sum("O_DIRECT writes fail" in r.getMessage() for r in caplog.records) == 1
+
+
+class _CountingHashlib:
+    """Stands in for the disk cache module's ``hashlib``: counts the blocks it hashes."""
+
+    def __init__(self) -> None:
+        self.blocks = 0
+
+    def sha256(self, data: bytes | mmap.mmap = b"") -> hashlib._Hash:
+        if len(data) == BLOCK_SIZE:
+            self.blocks += 1
+        return hashlib.sha256(data)
+
+
+class _PlainBelow:
+    """A lower layer with ``read_block`` only (no verified digest to offer)."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+
+    async def read_block(self, index: BlockIndex) -> bytes | None:
+        self.reads += 1
+        return block_of(index)
+
+    def stats(self) -> dict[str, int]:
+        return {}
+
+
+def test_a_fetched_block_is_stored_with_the_digest_it_was_verified_against(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    counting = _CountingHashlib()
+    monkeypatch.setattr(diskcache, "hashlib", counting)
+    api = fake_api()
+
+    async def main() -> None:
+        async with running(DiskCache(tmp_path / "blocks", 8 * BLOCK_SIZE)) as cache:
+            blocks = layer(api, cache)
+            for i in (0, 2, 4):
+                assert await blocks.read_block(B(i)) == block_of(i)
+            await stored(cache, 3)
+            assert counting.blocks == 0  # the remote layer's digests were taken as they are
+            assert cache._index[(SNAP, 2)][1] == hashlib.sha256(block_of(2)).digest()
+            # Reading back still checks every block against its digest.
+            for i in (0, 2, 4):
+                assert await blocks.read_block(B(i)) == block_of(i)
+            assert counting.blocks == 3
+            assert api.calls["get"] == 3
+
+    run(main)
+
+
+def test_a_block_whose_digest_is_not_known_is_hashed_when_stored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    counting = _CountingHashlib()
+    monkeypatch.setattr(diskcache, "hashlib", counting)
+    below = _PlainBelow()
+
+    async def main() -> None:
+        async with running(DiskCache(tmp_path / "blocks", 8 * BLOCK_SIZE)) as cache:
+            blocks = DiskCachedBlocks(below, cache, SNAP)
+            assert await blocks.read_block(B(3)) == block_of(3)
+            await stored(cache, 1)
+            assert counting.blocks == 1
+            assert cache._index[(SNAP, 3)][1] == hashlib.sha256(block_of(3)).digest()
+            assert await blocks.read_block(B(3)) == block_of(3)
+            assert (below.reads, counting.blocks) == (1, 2)
+
+    run(main)
+
+
+def test_a_given_digest_that_does_not_match_is_caught_on_reading_back(tmp_path: Path) -> None:
+    # The digest handed down is what the read back is checked against: a wrong one (a bug
+    # below) costs a fetch, never wrong bytes.
+    below = _PlainBelow()
+
+    async def main() -> None:
+        async with running(DiskCache(tmp_path / "blocks", 8 * BLOCK_SIZE)) as cache:
+            cache.store_soon((SNAP, 5), block_of(5), hashlib.sha256(b"other").digest())
+            await stored(cache, 1)
+            blocks = DiskCachedBlocks(below, cache, SNAP)
+            assert await blocks.read_block(B(5)) == block_of(5)
+            assert below.reads == 1
+            assert cache.counters["disk_cache_errors"] == 1
+
+    run(main)
