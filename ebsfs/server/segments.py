@@ -27,6 +27,7 @@ freed; new records always go to ``N.rec`` files.
 import contextlib
 import ctypes
 import errno
+import fcntl
 import logging
 import mmap
 import os
@@ -366,14 +367,43 @@ class Segments:
                 done = 0
                 break
         if done < total:
-            rest = (bytes(pieces[0]) + bytes(view))[done:]
-            while rest:
-                n = os.pwrite(fd, rest, start + done)
-                done += n
-                rest = rest[n:]
-            flags = 0
+            self._finish(segment, fd, pieces, start, done)
+            flags = 0  # the rest was written without RWF_DSYNC
         if durable and not flags:
+            # Either descriptor will do: fdatasync flushes the file, not the descriptor.
             os.fdatasync(fd)
+
+    def _finish(
+        self, segment: int, fd: int, pieces: list[memoryview], start: int, done: int
+    ) -> None:
+        """Write what a short ``pwritev`` left of a record, from byte ``done`` on.
+
+        The rest starts at an offset and an address of no particular alignment, which an
+        ``O_DIRECT`` descriptor refuses (EINVAL), so it goes through a buffered descriptor
+        of the same file; its dirty pages are the file's, so the caller's ``fdatasync`` (or
+        the group sync) covers them as it covers the direct part."""
+        offset = start + done
+        rest: list[memoryview] = []
+        for piece in pieces:
+            if done < len(piece):
+                rest.append(piece[done:])
+            done = max(0, done - len(piece))
+        direct = fcntl.fcntl(fd, fcntl.F_GETFL) & getattr(os, "O_DIRECT", 0)
+        out = os.open(self._name(segment), os.O_WRONLY) if direct else fd
+        try:
+            while rest:
+                n = os.pwritev(out, rest, offset)
+                if n <= 0:
+                    raise OSError(errno.EIO, f"write to {self._name(segment)} made no progress")
+                offset += n
+                while rest and n >= len(rest[0]):
+                    n -= len(rest[0])
+                    rest.pop(0)
+                if n:
+                    rest[0] = rest[0][n:]
+        finally:
+            if out != fd:
+                os.close(out)
 
     def _punch(self, fd: int, offset: int, length: int) -> None:
         if not self._can_punch or _fallocate is None:

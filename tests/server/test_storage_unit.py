@@ -1,7 +1,9 @@
 """The store on its own: sealing and deletion against puts racing them."""
 
 import errno
+import fcntl
 import hashlib
+import mmap
 import os
 import sqlite3
 import threading
@@ -284,3 +286,84 @@ def test_a_put_whose_sync_fails_leaves_no_record_to_replay(
         4: hashlib.sha256(data).digest()
     }
     store.close()
+
+
+@pytest.mark.parametrize("alone", [True, False])
+@pytest.mark.parametrize("short", [4096 + 65536, 4096 + 100_003])
+@pytest.mark.parametrize("direct", [True, False])
+def test_a_short_record_write_is_finished_and_made_durable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, direct: bool, short: int, alone: bool
+) -> None:
+    # pwritev may write less than asked. The rest must reach the file (with O_DIRECT on,
+    # not through the direct descriptor, which refuses an unaligned buffer or offset), and
+    # the put acknowledged only once all of it is durable: a lone put's RWF_DSYNC covered
+    # only the first part. Short by a multiple of the block size (as O_DIRECT stops) or not.
+    store = Store(tmp_path, index_delay=3600)
+    store.segments._direct = direct
+    snap = _snapshot(store, "snap-00000000000000010")
+    data = os.urandom(BLOCK_SIZE)
+    pwritev, fdatasync = os.pwritev, os.fdatasync
+    # (inode, O_DIRECT set, RWF_DSYNC asked, bytes written) per write; in ``events`` with
+    # ("sync", inode) per fdatasync, in order.
+    writes: list[tuple[int, bool, bool, int]] = []
+    events: list[tuple[object, ...]] = []
+
+    def short_write(fd: int, buffers: list[memoryview], offset: int, flags: int = 0) -> int:
+        is_direct = bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT)
+        if writes:
+            done = pwritev(fd, buffers, offset, flags)
+        else:
+            head = b"".join(bytes(b) for b in buffers)[:short]
+            # An O_DIRECT write stops at a block boundary; a part of a block can only
+            # have been written through the page cache.
+            out = fd if short % 4096 == 0 else os.open(f"/proc/self/fd/{fd}", os.O_WRONLY)
+            try:
+                done = pwritev(out, [memoryview(_aligned_copy(head))[:short]], offset)
+            finally:
+                if out != fd:
+                    os.close(out)
+            assert done == short
+        writes.append((os.fstat(fd).st_ino, is_direct, bool(flags), done))
+        events.append(("write", *writes[-1]))
+        return done
+
+    def recorded_sync(fd: int) -> None:
+        fdatasync(fd)
+        events.append(("sync", os.fstat(fd).st_ino))
+
+    monkeypatch.setattr(os, "pwritev", short_write)
+    monkeypatch.setattr(os, "fdatasync", recorded_sync)
+    if not alone:
+        store._writing += 1  # another put under way: this one shares a group sync
+    _put(store, snap, 7, data)  # acknowledged: returns without an error
+    monkeypatch.undo()
+    if not alone:
+        store._writing -= 1
+    assert store.segments._direct is direct  # no fallback to buffered writes on the way
+    inode = writes[0][0]
+    assert {w[0] for w in writes} == {inode}
+    assert writes[0][1] is direct and writes[0][2] is alone
+    # The rest went through a buffered descriptor, and a sync of the file came after it.
+    assert not any(w[1] for w in writes[1:])
+    assert events[-1] == ("sync", inode) and events.count(("sync", inode)) == 1
+    store.close(index=False)  # as kill -9 would leave it: only the record says the put was
+
+    store = Store(tmp_path, index_delay=3600)
+    snap = store.snapshots[snap.snapshot_id]
+    digest = hashlib.sha256(data).digest()
+    assert _rows(store, snap) == {7: digest}
+    located = store.locate(digest)
+    assert located is not None
+    with open(located[0], "rb") as f:
+        f.seek(located[1] - 4096)
+        record = f.read(RECORD_SIZE)
+    assert record[4096:] == data
+    assert record[:8] == b"EBSFSREC"
+    store.close()
+
+
+def _aligned_copy(data: bytes) -> mmap.mmap:
+    """``data`` in a page-aligned buffer, as O_DIRECT wants it."""
+    buf = mmap.mmap(-1, -(-len(data) // mmap.PAGESIZE) * mmap.PAGESIZE)
+    buf[: len(data)] = data
+    return buf
