@@ -34,6 +34,7 @@ from ebsfs.config import AwsConfig, MountConfig
 from ebsfs.errors import UsageError
 from ebsfs.logsetup import LEVELS, register_secret
 from ebsfs.sizes import parse_size
+from ebsfs.types import BLOCK_SIZE
 
 DEFAULT_CONFIG_PATH = "/etc/ebsfs/ebsfs.toml"
 CONFIG_ENV = "EBSFS_CONFIG"
@@ -98,6 +99,14 @@ def _size(value: Any) -> int:
     if isinstance(value, str):
         return parse_size(value)
     raise ValueError(f"expected a size such as 512KiB or 1GiB, not {value!r}")
+
+
+def _disk_cache(value: Any) -> int:
+    size = _size(value)
+    if 0 < size < BLOCK_SIZE:
+        # It holds whole blocks: less than one would silently mean "off".
+        raise ValueError(f"expected 0 (off) or at least 512KiB (one block), not {value!r}")
+    return size
 
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -192,7 +201,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "filters": Key(_filters, ("EBSFS_FILTERS",)),
         "owner": Key(_str, ("EBSFS_OWNER",)),
         "cache_size": Key(_size, ("EBSFS_CACHE_SIZE",)),
-        "disk_cache": Key(_size, ("EBSFS_DISK_CACHE",)),
+        "disk_cache": Key(_disk_cache, ("EBSFS_DISK_CACHE",)),
         "cache_dir": Key(_str, ("EBSFS_CACHE_DIR",)),
         "read_ahead": Key(_size, ("EBSFS_READ_AHEAD",)),
         "max_concurrency": Key(_int, ("EBSFS_MAX_CONCURRENCY",)),
