@@ -43,7 +43,7 @@ class StackConfig:
     io_timeout: float = 30.0
     not_found_grace: float = 60.0
     max_stacks: int = 256
-    disk_cache: int = 0  # bytes of the local disk cache; under a block turns it off
+    disk_cache: int = 0  # bytes of the local disk cache; 0: off (settings refuse under a block)
     disk_cache_file: str = ""  # its file (diskcache.cache_file)
 
 

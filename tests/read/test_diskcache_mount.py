@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import stat
 import subprocess
 import time
@@ -16,6 +17,7 @@ import pytest
 
 from ebsfs import settings
 from ebsfs.commands.mount import mount_config_from_args
+from ebsfs.errors import UsageError
 from ebsfs.fstab import translate
 from tests.mounting import MountProc, drop_page_cache, ebsfs
 from tests.serverproc import LocalServer, upload_image
@@ -189,3 +191,45 @@ def test_flags_environment_file_and_fstab(tmp_path: Path) -> None:
     cfg = mount_config_from_args(ns)
     assert cfg.cache_dir == os.path.join(os.getcwd(), "rel")
     assert cfg.spool_dir == os.path.join(os.getcwd(), "spool-rel")
+
+
+def test_a_size_under_one_block_is_refused_from_every_source(tmp_path: Path) -> None:
+    """Above 0 but under a block would silently mean "off": refused, naming where it came from."""
+    refused = "expected 0 (off) or at least 512KiB (one block)"
+    with pytest.raises(UsageError, match=f"^--disk-cache: {re.escape(refused)}, not '100KiB'$"):
+        settings.mount_config("/mnt/x", {"disk_cache": "100KiB"}, environ={})
+    with pytest.raises(UsageError, match=f"^EBSFS_DISK_CACHE: {re.escape(refused)}"):
+        settings.mount_config("/mnt/x", {}, environ={"EBSFS_DISK_CACHE": "1"})
+    conf = tmp_path / "ebsfs.toml"
+    conf.write_text("[mount]\ndisk_cache = 524287\n")
+    with pytest.raises(UsageError, match=f"^{conf}: mount.disk_cache: {re.escape(refused)}"):
+        settings.load_config(str(conf), environ={})
+    conf.write_text('[mount."/mnt/x"]\ndisk_cache = "4KiB"\n')
+    with pytest.raises(UsageError, match=f'mount."/mnt/x".disk_cache: {re.escape(refused)}'):
+        settings.load_config(str(conf), environ={})
+    # The bounds themselves are fine: 0 is off, one block is the smallest cache.
+    for size, expected in (("0", 0), ("512KiB", BLOCK), (BLOCK, BLOCK), ("1MiB", 2 * BLOCK)):
+        cfg = settings.mount_config("/mnt/x", {"disk_cache": size}, environ={})
+        assert cfg.disk_cache == expected
+
+
+def test_a_size_under_one_block_is_a_one_line_cli_error(tmp_path: Path) -> None:
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    conf = tmp_path / "ebsfs.toml"
+    conf.write_text('[mount]\ndisk_cache = "64KiB"\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EBSFS_")}
+    cases = [
+        (("mount", str(mnt), "--disk-cache", "100KiB"), env, "ebsfs: --disk-cache: "),
+        (("mount", str(mnt)), {**env, "EBSFS_DISK_CACHE": "4096"}, "ebsfs: EBSFS_DISK_CACHE: "),
+        (("mount", str(mnt), "--config", str(conf)), env, f"ebsfs: {conf}: mount.disk_cache: "),
+        # mount -t fuse.ebsfs / fstab: mount.fuse3 runs ebsfs SOURCE MOUNTPOINT -o OPTIONS.
+        (("ebsfs", str(mnt), "-o", "ro,disk_cache=1k"), env, "ebsfs: --disk-cache: "),
+    ]
+    for args, environ, prefix in cases:
+        done = ebsfs(*args, env=environ, timeout=60)
+        assert done.returncode == 2, (args, done.stderr)
+        lines = done.stderr.splitlines()
+        assert len(lines) == 1 and lines[0].startswith(prefix), (args, done.stderr)
+        assert "at least 512KiB (one block)" in lines[0]
+        assert not os.path.ismount(mnt)
