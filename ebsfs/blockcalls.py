@@ -20,22 +20,39 @@ the client uses, once per call and nothing else:
   ``ClientError`` subclass the client raises.
 
 Only botocore's exceptions leave this module: ``ebsfs.api`` converts them.
+
+Some of those parts are botocore's internals (the client's ``_endpoint.http_session``, the
+standard retry classes). ``block_calls`` builds ``BlockCalls`` once, when the ``Api`` is made;
+if this botocore lacks or renamed a part it needs, it logs one line saying which and falls
+back to ``ClientBlockCalls``: the client's own ``get_snapshot_block``/``put_snapshot_block``,
+slower but with the same answers and the same botocore exceptions.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
+import botocore
 import botocore.exceptions
-import botocore.parsers
-from botocore.auth import SigV4Auth
-from botocore.awsrequest import AWSRequest, AWSResponse
-from botocore.response import StreamingBody
-from botocore.retries import quota, standard
-from botocore.utils import percent_encode
 
-__all__ = ["BlockCalls"]
+# The parts the lean calls are made of. Should a botocore release move one, importing this
+# module must still work: the Api then uses the client's own calls.
+_MISSING: ImportError | None = None
+try:
+    import botocore.parsers
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest, AWSResponse
+    from botocore.response import StreamingBody
+    from botocore.retries import quota, standard
+    from botocore.utils import percent_encode
+except ImportError as exc:
+    _MISSING = exc
+
+__all__ = ["BlockCalls", "ClientBlockCalls", "block_calls"]
+
+log = logging.getLogger(__name__)
 
 #: What botocore sends for PutSnapshotBlock (its model marks the body unsigned).
 UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
@@ -49,6 +66,9 @@ class BlockCalls:
     """The two block calls of one boto3 ``ebs`` client, made without the client's machinery."""
 
     def __init__(self, client: Any, credentials: Any) -> None:
+        """Raises (ImportError, AttributeError...) when this botocore lacks a part it needs."""
+        if _MISSING is not None:
+            raise _MISSING
         meta = client.meta
         model = meta.service_model
         self._base = meta.endpoint_url.rstrip("/")
@@ -57,6 +77,10 @@ class BlockCalls:
         self._credentials = credentials
         # The client's own transport: pool, timeouts, proxies, TLS verification, client cert.
         self._http = client._endpoint.http_session
+        if not callable(getattr(self._http, "send", None)):
+            raise AttributeError("the client's http_session has no send()")
+        if not callable(getattr(client.exceptions, "from_code", None)):
+            raise AttributeError("the client's exceptions have no from_code()")
         self._model = model
         self._get_op = model.operation_model("GetSnapshotBlock")
         self._put_op = model.operation_model("PutSnapshotBlock")
@@ -183,6 +207,67 @@ class BlockCalls:
                 code = parsed.get("Error", {}).get("Code")
                 raise self._exceptions.from_code(code)(parsed, op.name)
             time.sleep(delay)
+
+
+class ClientBlockCalls:
+    """The two block calls through the boto3 client's own methods, answering as ``BlockCalls``
+    does: the fallback when this botocore lacks a part ``BlockCalls`` is made of."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+    def get(self, snapshot_id: str, index: int, token: str) -> tuple[Any, dict[str, str]]:
+        """GetSnapshotBlock: the unread body and the checksum headers of the answer."""
+        r = self._client.get_snapshot_block(
+            SnapshotId=snapshot_id, BlockIndex=index, BlockToken=token
+        )
+        headers: dict[str, str] = {}
+        if "Checksum" in r:
+            headers["x-amz-Checksum"] = r["Checksum"]
+        if "ChecksumAlgorithm" in r:
+            headers["x-amz-Checksum-Algorithm"] = r["ChecksumAlgorithm"]
+        return r["BlockData"], headers
+
+    def put(
+        self,
+        snapshot_id: str,
+        index: int,
+        data: bytes | memoryview,
+        checksum_b64: str,
+        progress: int | None = None,
+    ) -> Any:
+        """PutSnapshotBlock of ``data``; returns the answer's headers."""
+        if isinstance(data, memoryview):
+            data = data.tobytes()  # the client's parameter check takes bytes, not views
+        kwargs: dict[str, Any] = {}
+        if progress is not None:
+            kwargs["Progress"] = progress
+        r = self._client.put_snapshot_block(
+            SnapshotId=snapshot_id,
+            BlockIndex=index,
+            BlockData=data,
+            DataLength=len(data),
+            Checksum=checksum_b64,
+            ChecksumAlgorithm="SHA256",
+            **kwargs,
+        )
+        return r.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+
+
+def block_calls(client: Any, credentials: Any) -> BlockCalls | ClientBlockCalls:
+    """``BlockCalls`` for ``client``, or ``ClientBlockCalls`` (one log line saying why) when
+    this botocore lacks a part the lean calls are made of."""
+    try:
+        return BlockCalls(client, credentials)
+    except Exception as exc:  # whatever broke here, the client's own calls still work
+        log.info(
+            "GetSnapshotBlock/PutSnapshotBlock go through the boto3 client's own calls "
+            "(more CPU per block): botocore %s lacks a part ebsfs makes them from (%s: %s)",
+            botocore.__version__,
+            type(exc).__name__,
+            exc,
+        )
+        return ClientBlockCalls(client)
 
 
 def _check(snapshot_id: str, index: int) -> None:
