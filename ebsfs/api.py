@@ -39,7 +39,7 @@ import botocore.credentials
 import botocore.exceptions
 
 from ebsfs import checksum
-from ebsfs.blockcalls import BlockCalls
+from ebsfs.blockcalls import block_calls
 from ebsfs.config import (
     DEFAULT_LOCAL_ENDPOINT,
     DEFAULT_LOCAL_REGION,
@@ -302,7 +302,8 @@ class Api:
                 if key_id and secret
                 else session.get_credentials()
             )
-            self.blocks = BlockCalls(self.ebs, credentials)
+            # The lean block calls, or the client's own where this botocore lacks their parts.
+            self.blocks = block_calls(self.ebs, credentials)
 
     # ---- EC2 -------------------------------------------------------------------------------
 
