@@ -4,6 +4,7 @@ import contextlib
 import datetime
 import hashlib
 import json
+import logging
 import os
 import socket
 import threading
@@ -12,13 +13,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import boto3.session
 import botocore.exceptions
 import pytest
 from botocore.credentials import RefreshableCredentials
 
 from ebsfs import checksum, errors
 from ebsfs.api import Api, _convert, new_client_token
-from ebsfs.blockcalls import BlockCalls
+from ebsfs.blockcalls import BlockCalls, ClientBlockCalls
 from ebsfs.config import DEV_ACCESS_KEY_ID, DEV_SECRET_ACCESS_KEY, AwsConfig
 from ebsfs.server.sigv4 import Verifier
 from ebsfs.types import BLOCK_SIZE
@@ -295,8 +297,62 @@ def test_lean_requests_are_what_boto3_sends(
     assert lean_put.body == data
 
 
-def test_lean_round_trip_through_the_local_server(server: LocalServer) -> None:
-    api = _lean_api(server.endpoint_url)
+class _EndpointWithoutSession:
+    """A client's endpoint as a botocore that renamed ``http_session`` would have it."""
+
+    def __init__(self, real: Any) -> None:
+        self._real = real
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "http_session":
+            raise AttributeError(name)
+        return getattr(self._real, name)
+
+
+def _without_http_session(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ebs clients made from now on have an ``_endpoint`` without ``http_session``."""
+    real = boto3.session.Session.client
+
+    def client(self: boto3.session.Session, service: str, *args: Any, **kw: Any) -> Any:
+        made = real(self, service, *args, **kw)
+        if service == "ebs":
+            made._endpoint = _EndpointWithoutSession(made._endpoint)
+        return made
+
+    monkeypatch.setattr(boto3.session.Session, "client", client)
+
+
+@pytest.fixture(params=["lean", "client"])
+def block_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each test twice: with the lean block calls, and with the ebs client's ``_endpoint``
+    lacking ``http_session`` (the fallback to the client's own calls)."""
+    if request.param == "client":
+        _without_http_session(monkeypatch)
+    return str(request.param)
+
+
+def _api_on(url: str, block_path: str, **config: Any) -> Api:
+    api = _lean_api(url, **config)
+    wanted = ClientBlockCalls if block_path == "client" else BlockCalls
+    assert type(api.blocks) is wanted
+    return api
+
+
+def test_without_http_session_the_clients_own_calls_are_used(
+    server: LocalServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    _without_http_session(monkeypatch)
+    with caplog.at_level(logging.INFO, logger="ebsfs.blockcalls"):
+        api = _api_on(server.endpoint_url, "client")
+    lines = [r.getMessage() for r in caplog.records if r.name == "ebsfs.blockcalls"]
+    assert len(lines) == 1, lines
+    assert "client's own calls" in lines[0] and "http_session" in lines[0]
+    sid, tokens, image = _completed(server, 2)
+    assert api.get_block(sid, 1, tokens[1]) == image[BLOCK_SIZE:]
+
+
+def test_lean_round_trip_through_the_local_server(server: LocalServer, block_path: str) -> None:
+    api = _api_on(server.endpoint_url, block_path)
     info = api.start_snapshot(1, client_token=new_client_token())
     blocks = {0: _block(0), 5: _block(5), 2047: _block(7)}
     for index, data in blocks.items():
@@ -325,9 +381,9 @@ def _completed(server: LocalServer, nblocks: int = 2) -> tuple[str, dict[int, st
     return sid, tokens, image
 
 
-def test_lean_error_answers_map_to_the_same_errors(server: LocalServer) -> None:
+def test_lean_error_answers_map_to_the_same_errors(server: LocalServer, block_path: str) -> None:
     sid, tokens, _ = _completed(server)
-    api = _lean_api(server.endpoint_url)
+    api = _api_on(server.endpoint_url, block_path)
     with pytest.raises(errors.InvalidTokenError) as bad_token:
         api.get_block(sid, 0, tokens[1])
     assert bad_token.value.reason == "INVALID_BLOCK_TOKEN"
@@ -344,17 +400,28 @@ def test_lean_error_answers_map_to_the_same_errors(server: LocalServer) -> None:
     with pytest.raises(errors.ApiError) as short:
         api.put_block(pending, 0, data[:1000], checksum.block_checksum(data[:1000]))
     assert short.value.code == "ValidationException"
+    # Damaged bytes on the way, throttling past the attempts, a stopped endpoint.
+    server.restart("--corrupt-rate", "1")
+    with pytest.raises(errors.ChecksumError, match="GetSnapshotBlock"):
+        api.get_block(sid, 0, tokens[0])
+    server.restart("--throttle-rate", "1")
+    with pytest.raises(errors.ApiError) as throttled:
+        _api_on(server.endpoint_url, block_path, max_attempts=1).get_block(sid, 0, tokens[0])
+    assert throttled.value.code == "RequestThrottledException"
+    server.stop()
+    with pytest.raises(errors.BackendUnavailableError, match="GetSnapshotBlock"):
+        _api_on(server.endpoint_url, block_path, max_attempts=1).get_block(sid, 0, tokens[0])
 
 
 def test_lean_wrong_secret_is_access_denied(
-    server: LocalServer, monkeypatch: pytest.MonkeyPatch
+    server: LocalServer, monkeypatch: pytest.MonkeyPatch, block_path: str
 ) -> None:
     sid, tokens, _ = _completed(server, 1)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", DEV_ACCESS_KEY_ID)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
     for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
         monkeypatch.delenv(name, raising=False)
-    api = _lean_api(server.endpoint_url)
+    api = _api_on(server.endpoint_url, block_path)
     with pytest.raises(errors.AccessDeniedError, match="GetSnapshotBlock"):
         api.get_block(sid, 0, tokens[0])
     data = _block(1)
