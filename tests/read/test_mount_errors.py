@@ -186,3 +186,43 @@ def test_a_signal_before_the_mount_first_answers_is_a_clean_stop(tmp_path: Path)
     with pytest.raises(FileNotFoundError):
         trio.run(attempt, trio.Event())
     assert announced == []
+
+
+def test_ls_takes_the_aws_table_of_the_configuration_file(server, tmp_path: Path) -> None:
+    """`ebsfs ls` reads [aws] (endpoint, profile...) from the file; the [mount] keys choose
+    what a mount shows (only completed snapshots, its filters, its owner), not what is listed."""
+    ebs, ec2 = server.ebs(), server.ec2()
+    prod = upload_image(ebs, ec2, os.urandom(BLOCK), name="prod")
+    other = upload_image(ebs, ec2, os.urandom(BLOCK), name="other")
+    ec2.create_tags(Resources=[prod], Tags=[{"Key": "Env", "Value": "prod"}])
+    profiles = tmp_path / "aws-config"
+    profiles.write_text(
+        f"[profile good]\naws_access_key_id = {server.access_key_id}\n"
+        f"aws_secret_access_key = {server.secret_access_key}\n"
+        f"[profile bad]\naws_access_key_id = {server.access_key_id}\n"
+        "aws_secret_access_key = not-the-secret\n"
+    )
+    conf = tmp_path / "ebsfs.toml"
+    conf.write_text(
+        f'[aws]\nendpoint_url = "{server.endpoint_url}"\nprofile = "good"\n\n'
+        f'[mount]\nfilters = ["tag:Env=prod"]\nowner = "123456789012"\nsnapshots = ["{prod}"]\n'
+    )
+    env = {
+        k: v for k, v in server.env().items()
+        if not k.startswith(("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY", "AWS_SECRET", "EBSFS_"))
+    }
+    env.update(AWS_CONFIG_FILE=str(profiles), AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"))
+
+    def listed(*args: str, environ: dict[str, str] = env) -> set[str]:
+        out = ebsfs("ls", "--json", *args, env=environ, check=True).stdout
+        return {s["snapshot_id"] for s in json.loads(out)}
+
+    assert listed("--config", str(conf)) == {prod, other}
+    assert listed(environ={**env, "EBSFS_CONFIG": str(conf)}) == {prod, other}
+    assert listed("--config", str(conf), "--filter", "tag:Env=prod") == {prod}
+    # The file's profile signs the requests: one with a wrong secret is refused.
+    bad = tmp_path / "bad.toml"
+    bad.write_text(conf.read_text().replace('profile = "good"', 'profile = "bad"'))
+    denied = ebsfs("ls", "--config", str(bad), env=env)
+    assert denied.returncode == 4, denied.stderr
+    _one_clear_line(denied)
