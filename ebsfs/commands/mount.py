@@ -72,8 +72,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         metavar="SIZE",
         help="keep up to SIZE of fetched blocks in a local file below the memory cache, so "
-        "reading them again needs no request (default: 0, off: the file holds snapshot data "
-        "unencrypted; removed at unmount)",
+        "reading them again needs no request; 0 or at least 512KiB, one block (default: 0, "
+        "off: the file holds snapshot data unencrypted; removed at unmount)",
     )
     perf.add_argument(
         "--cache-dir",
