@@ -9,7 +9,9 @@ mount runs them in worker threads under one trio CapacityLimiter.
 
 GetSnapshotBlock and PutSnapshotBlock, one call per 512 KiB block, skip the client's per-call
 machinery: ``ebsfs.blockcalls`` builds them from the client's own botocore parts (signer,
-HTTP session, standard retry objects, error parser): about a third less CPU per call.
+HTTP session, standard retry objects, error parser): about a third less CPU per call. Where
+the botocore installed lacks one of those parts, ``blockcalls.block_calls`` says so in one log
+line and the client's own calls are used (the same answers and exceptions).
 
 Endpoint resolution, in this order (documented in docs/usage.md):
 
