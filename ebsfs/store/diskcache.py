@@ -11,12 +11,12 @@ when it stops: nothing survives a remount.
 ``DiskCachedBlocks`` puts it in front of one snapshot's lower layer. A block found in the index
 is read back and checked against its digest, so nothing on disk is trusted: a mismatch or an
 I/O error drops the entry, logs one line, and the block is read from below instead. A fetched
-block (never a hole) is queued for storing and the reader goes on; its digest is the one the
-layer below checked it against when that layer offers it (``read_verified``, as the remote
-layer does, which verified the block against the checksum AWS sent), so a block fetched from
-the server is hashed once, not twice; only a block whose digest is not known is hashed when
-stored. when the writers fall
+block (never a hole) is queued for storing and the reader goes on; when the writers fall
 behind, blocks are not stored rather than queued without bound. A full disk stops storing.
+The digest stored with a block is the one the layer below checked it against when that layer
+offers it (the optional ``read_verified(index) -> (block, digest)``: the remote layer verified
+the block against the checksum AWS sent), so a block fetched from the server is hashed once,
+not twice; only a block whose digest is not known is hashed when stored.
 
 Disk I/O runs in worker threads (its own ``Calls`` runner and limiter: the disk must neither
 take the network's threads nor count as a call that reached the backend), with ``O_DIRECT``
