@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
@@ -50,6 +51,22 @@ def test_blocks_and_holes() -> None:
     run(main)
     # one listing for the whole (small) volume, one GET per block, no request for holes
     assert api.calls == {"list": 1, "get": 2}
+
+
+def test_read_verified_hands_up_the_digest_the_block_was_checked_against() -> None:
+    api = FakeBlockApi({0: block_of(0), 5: block_of(5)})
+
+    async def main() -> None:
+        r = remote(api)
+        assert await r.read_verified(BlockIndex(5)) == (
+            block_of(5),
+            hashlib.sha256(block_of(5)).digest(),
+        )
+        assert await r.read_verified(BlockIndex(6)) == (None, None)  # a hole
+        assert await r.read_verified(BlockIndex(2048)) == (None, None)  # past the volume
+
+    run(main)
+    assert api.calls == {"list": 1, "get": 1}
 
 
 def test_huge_sparse_volume_lists_lazily() -> None:
