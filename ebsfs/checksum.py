@@ -10,8 +10,8 @@ import hashlib
 from collections.abc import Iterable
 
 
-def digest(data: bytes) -> bytes:
-    """The raw 32-byte SHA256 digest of ``data``."""
+def digest(data: bytes | bytearray | memoryview) -> bytes:
+    """The raw 32-byte SHA256 digest of ``data`` (any contiguous bytes-like object)."""
     return hashlib.sha256(data).digest()
 
 

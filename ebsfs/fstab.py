@@ -41,6 +41,7 @@ FLAG_OPTIONS: dict[str, str] = {
     "read_only": "--read-only",
     "allow_other": "--allow-other",
     "allow_delete": "--allow-delete",
+    "no_upload_process": "--no-upload-process",
 }
 
 #: Options for mount(8) or mount.fuse3 alone, or that every ebsfs mount has anyway: the

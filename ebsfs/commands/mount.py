@@ -136,6 +136,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="a fully written block is stored once unchanged this long (default: 0.5)",
     )
     write.add_argument(
+        "--no-upload-process",
+        dest="upload_process",
+        action="store_const",
+        const=False,
+        default=None,
+        help="store blocks from the mount's own threads instead of a child process",
+    )
+    write.add_argument(
         "--read-only",
         action="store_const",
         const=True,

@@ -63,6 +63,7 @@ from ebsfs.types import BLOCK_SIZE, MAX_VOLUME_BYTES, BlockIndex
 
 if TYPE_CHECKING:
     from ebsfs.fs.newdir import NewDirectory
+    from ebsfs.putproc import PutProcess
 
 log = logging.getLogger(__name__)
 
@@ -329,7 +330,7 @@ class SnapshotDraft:
         age = max(0.0, time.time() - float(self.m.get("started_at") or time.time()))
         self.wb.attach(
             RemoteWriter(
-                self.owner.api,
+                self.owner.put_api or self.owner.api,
                 snapshot_id,
                 self.owner.limiter,
                 started_at=trio.current_time() - age,
@@ -561,8 +562,12 @@ class Drafts:
         put_tuning: PutTuning | None = None,
         seal_tuning: SealTuning | None = None,
         seal_fault: str | None = None,
+        put_api: PutProcess | None = None,
     ) -> None:
         self.api = api
+        #: Where blocks are stored (PutSnapshotBlock in a child process); None: ``api``.
+        #: Closed with the directory.
+        self.put_api = put_api
         self.spool_root = Path(spool_root)
         self.nursery = nursery
         self.limiter = limiter
@@ -640,6 +645,8 @@ class Drafts:
         if scope.cancelled_caught:
             log.warning("unmount: storing timed out after %.0f s; the spool keeps the rest",
                         timeout)
+        if self.put_api is not None:
+            await trio.to_thread.run_sync(self.put_api.close)
 
     def stats(self) -> dict[str, int]:
         """Counters summed over every draft."""
@@ -647,6 +654,9 @@ class Drafts:
         for draft in self._drafts.values():
             total.update(draft.stats())
         total["drafts"] = len(self._drafts)
+        if self.put_api is not None:
+            total["upload_process_starts"] = self.put_api.started
+            total["puts_in_mount_threads"] = self.put_api.fallback_calls
         return dict(total)
 
     # ---- NewDirectory ------------------------------------------------------------------------

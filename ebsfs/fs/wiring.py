@@ -17,6 +17,7 @@ from ebsfs.config import MountConfig
 from ebsfs.fs.drafts import Drafts
 from ebsfs.fs.newdir import NewDirectory
 from ebsfs.fs.ops import EmptyNewDirectory
+from ebsfs.putproc import PutProcess
 from ebsfs.store.stack import ReadStacks
 from ebsfs.store.writeback import WriteTuning
 from ebsfs.types import BlockIndex
@@ -65,6 +66,14 @@ async def open_new_directory(ctx: MountContext) -> NewDirectory:
             delay=config.writeback_delay,
             max_uploads=config.max_concurrency,
         ),
+        put_api=PutProcess(
+            config.aws,
+            ctx.api,
+            config.max_concurrency,
+            log_level="DEBUG" if config.log_level.upper() == "DEBUG" else "WARNING",
+        )
+        if config.upload_process
+        else None,
     )
 
 

@@ -23,6 +23,7 @@ import trio
 from ebsfs import checksum
 from ebsfs.errors import ApiError, BackendUnavailableError, ChecksumError, EbsfsError, NotFoundError
 from ebsfs.store.remote import Calls
+from ebsfs.types import BLOCK_SIZE
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,34 @@ class PutApi(Protocol):
 
 #: Makes a block's bytes in the worker thread of its PutSnapshotBlock; None: nothing to store.
 BlockLoader = Callable[[], bytes | None]
+
+
+@dataclass(frozen=True)
+class SpooledBlock:
+    """A whole block written to a spool's data file at ``offset`` of ``path``.
+
+    Callable as a ``BlockLoader``; a put API with ``put_spooled_block`` (the upload process)
+    reads, checks and hashes it there itself, so its bytes never cross into the mount's
+    threads. ``skip_if_zero``: an all-zero block is not stored (it reads as zeros anyway)."""
+
+    path: str
+    offset: int
+    skip_if_zero: bool
+    load: BlockLoader
+
+    def __call__(self) -> bytes | None:
+        return self.load()
+
+
+class SpooledPutApi(Protocol):
+    """The optional call of a put API that reads a ``SpooledBlock`` itself."""
+
+    def put_spooled_block(
+        self, snapshot_id: str, index: int, path: str, offset: int, skip_if_zero: bool
+    ) -> bytes | None:
+        """PutSnapshotBlock of the block at ``offset`` of ``path``; its raw SHA256 digest, or
+        None if it was all zeros and ``skip_if_zero``."""
+        ...
 
 
 class BlockSink(Protocol):
@@ -121,6 +150,15 @@ class RemoteWriter:
         # Loading and hashing in the same worker thread as the request: one thread hand-off
         # per block, and the trio thread (which answers every FUSE request) touches no bytes.
         # ``block`` keeps [bytes, digest] across attempts: a retry sends the same bytes.
+        spooled: Callable[..., bytes | None] | None = getattr(self.api, "put_spooled_block", None)
+        if spooled is not None and isinstance(data, SpooledBlock) and not block:
+            # Read, hashed and sent by the upload process; a retry reads the file again, and
+            # the digest is always that of the bytes this attempt stored.
+            digest = spooled(self.snapshot_id, index, data.path, data.offset, data.skip_if_zero)
+            if digest is None:
+                return False
+            block += (b"", digest)
+            return True
         if not block:
             body = data if isinstance(data, bytes) else data()
             if body is None:
@@ -164,5 +202,5 @@ class RemoteWriter:
             if not stored:
                 return None
             self.counters["puts"] += 1
-            self.counters["bytes_put"] += len(block[0])
+            self.counters["bytes_put"] += len(block[0]) or BLOCK_SIZE
             return block[1]

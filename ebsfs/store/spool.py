@@ -100,6 +100,11 @@ class Spool:
         #: ``P`` records not yet appended (see the module's docstring).
         self._stored_records = bytearray()
 
+    @property
+    def data_path(self) -> Path:
+        """The data file: block ``i``'s bytes are at ``slots[i] * BLOCK_SIZE``."""
+        return self.directory / DATA
+
     # ---- life cycle --------------------------------------------------------------------------
 
     @classmethod

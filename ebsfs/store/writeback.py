@@ -44,8 +44,8 @@ import trio
 from ebsfs import checksum
 from ebsfs.errors import EbsfsError, NotFoundError
 from ebsfs.store.base import BlockReader
-from ebsfs.store.remote_write import BlockLoader, BlockSink
-from ebsfs.store.spool import Spool
+from ebsfs.store.remote_write import BlockLoader, BlockSink, SpooledBlock
+from ebsfs.store.spool import FULL, Spool
 from ebsfs.types import BLOCK_SIZE, ZERO_BLOCK, BlockIndex
 
 log = logging.getLogger(__name__)
@@ -374,6 +374,10 @@ class WriteBack:
                 data = spool.compose(slot, cov, base)
             return None if skippable and data == inherited else data
 
+        if cov is FULL and slot is not None and (base is None or not skippable):
+            # Wholly in the spool (nothing of ``base`` shows through, and an all-zero block is
+            # the only one to skip): whoever stores it may read it from the file itself.
+            return SpooledBlock(str(spool.data_path), slot * BLOCK_SIZE, skippable, load)
         return load
 
     def _done(self, index: int, version: int, digest: bytes | None) -> None:
