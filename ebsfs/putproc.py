@@ -16,8 +16,10 @@ see in-process. The child:
 * starts at the first put (a mount that only reads never starts one), inherits the mount's
   environment (credentials resolve as they do for the mount; nothing secret is passed on its
   command line) and its AWS settings (endpoints, region, profile, timeouts, attempts);
-* exits when the mount closes the socket, and dies with the mount (``PR_SET_PDEATHSIG``)
-  even after a ``kill -9``;
+* exits when its socket reaches end of file: the mount closed it (unmount), or the mount
+  died, even by ``kill -9``, and the kernel closed it. (Not ``PR_SET_PDEATHSIG``: it fires
+  when the *thread* that started the child ends, and trio retires idle worker threads.)
+  Nothing else holds the mount's end: later children are started with ``close_fds``;
 * if it dies, the calls waiting on it fail with ``BackendUnavailableError`` (transient: the
   write layer retries them) and the next call starts a new one. If it cannot start, or dies
   three times within a minute, puts run in the mount's own threads from then on (the
@@ -219,7 +221,7 @@ class _Link:
             end.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
         try:
             proc = subprocess.Popen(
-                [*command, str(theirs.fileno()), str(os.getpid())],
+                [*command, str(theirs.fileno())],
                 pass_fds=(theirs.fileno(),),
                 stdin=subprocess.DEVNULL,
                 # Its own session: a terminal's Ctrl-C reaches the mount, which then closes
@@ -436,19 +438,6 @@ def _decode_error(answer: dict[str, Any]) -> EbsfsError:
 # ---- the child --------------------------------------------------------------------------------
 
 
-def _die_with_parent(parent: int) -> None:
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        pr_set_pdeathsig = 1
-        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
-    except (OSError, AttributeError):
-        pass
-    if os.getppid() != parent:  # the mount died before the line above
-        os._exit(0)
-
-
 class _Buffers:
     """Reused 512 KiB receive buffers: a fresh one per block would cost its page faults."""
 
@@ -530,12 +519,11 @@ def _serve(sock: socket.socket) -> int:
 
 
 def main(argv: Sequence[str]) -> int:
-    """Entry point of the child: ``python -m ebsfs.putproc FD PARENT_PID``."""
-    if len(argv) != 2:
+    """Entry point of the child: ``python -m ebsfs.putproc FD``."""
+    if len(argv) != 1 or not argv[0].isdigit():
         print("ebsfs.putproc is started by ebsfs mount, not by hand", file=sys.stderr)
         return 2
-    fd, parent = int(argv[0]), int(argv[1])
-    _die_with_parent(parent)
+    fd = int(argv[0])
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     sock = socket.socket(fileno=fd)
     try:

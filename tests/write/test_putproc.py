@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -164,6 +165,23 @@ def test_a_dead_child_is_replaced(server: LocalServer, puts: PutProcess):
     assert puts.pid not in (None, first)
     assert puts.started == 2 and puts.fallback_calls == 0
     assert set(_stored(server, sid, 2)) == {0, 1}
+
+
+def test_the_child_outlives_the_thread_that_started_it(server: LocalServer, puts: PutProcess):
+    # Trio retires idle worker threads: the child must not be tied to the one that made it.
+    sid = _snapshot(server)
+    data = _block(8)
+    starter = threading.Thread(
+        target=puts.put_block, args=(sid, 0, data, checksum.block_checksum(data))
+    )
+    starter.start()
+    starter.join()
+    pid = puts.pid
+    assert pid is not None
+    time.sleep(0.5)
+    assert _alive(pid)
+    puts.put_block(sid, 1, data, checksum.block_checksum(data))
+    assert puts.pid == pid and puts.started == 1
 
 
 def test_a_child_that_cannot_start_means_uploads_in_the_mount(
