@@ -524,7 +524,10 @@ def main(argv: Sequence[str]) -> int:
         print("ebsfs.putproc is started by ebsfs mount, not by hand", file=sys.stderr)
         return 2
     fd = int(argv[0])
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A service stop signals every process of the unit at once; the mount then still has to
+    # store what is dirty through this process, and closes its socket when done.
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_IGN)
     sock = socket.socket(fileno=fd)
     try:
         code = _serve(sock)

@@ -167,7 +167,9 @@ def test_a_dead_child_is_replaced(server: LocalServer, puts: PutProcess):
     assert set(_stored(server, sid, 2)) == {0, 1}
 
 
-def test_the_child_outlives_the_thread_that_started_it(server: LocalServer, puts: PutProcess):
+def test_the_child_outlives_its_starting_thread_and_stop_signals(
+    server: LocalServer, puts: PutProcess
+):
     # Trio retires idle worker threads: the child must not be tied to the one that made it.
     sid = _snapshot(server)
     data = _block(8)
@@ -179,6 +181,11 @@ def test_the_child_outlives_the_thread_that_started_it(server: LocalServer, puts
     pid = puts.pid
     assert pid is not None
     time.sleep(0.5)
+    assert _alive(pid)
+    # A service stop signals the whole unit: the child waits for the mount to close its socket.
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        os.kill(pid, signum)
+    time.sleep(0.3)
     assert _alive(pid)
     puts.put_block(sid, 1, data, checksum.block_checksum(data))
     assert puts.pid == pid and puts.started == 1
