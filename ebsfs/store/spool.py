@@ -21,6 +21,15 @@ daemon rebuilds its drafts from it. One directory per draft holds three files:
 blocks, not one ``write`` each: a crash can lose only the latest few, which means only that
 those blocks are stored again after the restart.
 
+The journal grows with every write (a filesystem built over days writes millions of times),
+and a restart replays all of it. It is *compacted* when it passes ``COMPACT_MIN`` bytes and
+four times the size of the state it describes (also when a spool is loaded): the state is
+written as ``S``, ``W`` and ``P`` records to ``journal.tmp``, the data file and that file are
+flushed to disk, and it replaces the journal by ``rename`` (then the directory is flushed), so
+a crash at any moment leaves either the old journal or the compacted one, both whole. The new
+journal takes the old one's descriptor number (``dup2``), so a ``sync`` running in a worker
+thread meanwhile flushes one file or the other, never a closed descriptor.
+
 Crash guarantees: a write's bytes go to ``data`` and its ``W`` record to ``journal`` before
 ``write()`` returns, both with plain ``pwrite``/``write`` calls, so they are in the kernel's page
 cache: a daemon that dies (even ``kill -9``) loses nothing that ``write()`` accepted. ``sync``
@@ -33,6 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import struct
@@ -44,12 +54,18 @@ from typing import Any
 
 from ebsfs.types import BLOCK_SIZE
 
+log = logging.getLogger(__name__)
+
 MANIFEST = "manifest.json"
 DATA = "data"
 JOURNAL = "journal"
 
 # kind, crc32 of the rest, a, b, digest
 _RECORD = struct.Struct("<c3xIQQ32s")
+#: A journal smaller than this is never compacted (its replay takes well under a second).
+COMPACT_MIN = 16 << 20
+#: ... nor one less than this many times the size of its compacted form.
+COMPACT_RATIO = 4
 _NO_DIGEST = bytes(32)
 
 Interval = tuple[int, int]
@@ -99,6 +115,8 @@ class Spool:
         self._journal_end = 0
         #: ``P`` records not yet appended (see the module's docstring).
         self._stored_records = bytearray()
+        #: Journal size at which compaction is next considered.
+        self._compact_at = COMPACT_MIN
 
     @property
     def data_path(self) -> Path:
@@ -126,6 +144,7 @@ class Spool:
             spool.manifest = json.load(f)
         spool._open()
         spool._replay()
+        spool._maybe_compact()
         return spool
 
     @staticmethod
@@ -166,11 +185,7 @@ class Spool:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.directory / MANIFEST)
-        dfd = os.open(self.directory, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        _fsync_dir(self.directory)
         self.manifest = dict(manifest)
 
     # ---- journal -----------------------------------------------------------------------------
@@ -195,6 +210,73 @@ class Spool:
             raise
         del self._stored_records[: len(pending)]
         self._journal_end = start + len(records)
+
+    def _check_compact(self) -> None:
+        # Called once memory holds what the journal says (never between an append and the
+        # change it records, or the compacted journal would miss that change).
+        if self._journal_end >= self._compact_at:
+            self._maybe_compact()
+
+    def _state_records(self) -> bytes:
+        """The journal of the current state: what replaying it gives is what is in memory."""
+        out = bytearray()
+        for index, slot in self.slots.items():
+            out += self._record(b"S", index, slot)
+        covered = 0
+        for index, cov in self.coverage.items():
+            base = index * BLOCK_SIZE
+            for s, e in cov:
+                out += self._record(b"W", base + s, base + e)
+            covered = max(covered, base + cov[-1][1])
+        if self.max_end > covered:  # an empty write past the data still set the end
+            out += self._record(b"W", self.max_end, self.max_end)
+        # Replayed W records make every written block dirty; a P record marked current
+        # makes a stored one clean again.
+        for index, digest in self.stored.items():
+            out += self._record(b"P", index, 0 if index in self.dirty else 1, digest)
+        return bytes(out)
+
+    def _maybe_compact(self) -> None:
+        """Compact the journal if it has grown past its thresholds (see the module's docs).
+        A failure (a full disk) leaves the journal as it was and is retried later."""
+        if self._journal_end < COMPACT_MIN:
+            self._compact_at = COMPACT_MIN
+            return
+        state = self._state_records()
+        if self._journal_end < COMPACT_RATIO * len(state):
+            self._compact_at = max(COMPACT_MIN, COMPACT_RATIO * len(state))
+            return
+        try:
+            self._compact(state)
+        except OSError as exc:
+            log.warning("%s: journal not compacted (%s); trying again later", self.directory, exc)
+            self._compact_at = self._journal_end + COMPACT_MIN
+            return
+        self._compact_at = max(COMPACT_MIN, COMPACT_RATIO * len(state))
+
+    def _compact(self, state: bytes) -> None:
+        tmp = self.directory / (JOURNAL + ".tmp")
+        flags = os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
+        fd = os.open(tmp, flags, 0o600)
+        try:
+            view = memoryview(state)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+            # The records claim data: it must be on disk before they replace the journal.
+            os.fdatasync(self._data_fd)
+            os.replace(tmp, self.directory / JOURNAL)
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        # From the rename on, appends must go to the new file: switch the descriptor first.
+        os.dup2(fd, self._journal_fd, inheritable=False)
+        os.close(fd)
+        self._journal_end = len(state)
+        self._stored_records.clear()  # they are in the state just written
+        _fsync_dir(self.directory)
 
     def _replay(self) -> None:
         with open(self.directory / JOURNAL, "rb") as f:
@@ -285,7 +367,9 @@ class Spool:
             for index in new_slots:
                 del self.slots[index]
             raise
-        return self._cover(offset, end)
+        touched = self._cover(offset, end)
+        self._check_compact()
+        return touched
 
     def is_full(self, index: int) -> bool:
         """Whether every byte of the block was written."""
@@ -314,18 +398,20 @@ class Spool:
 
     def mark_stored(self, index: int, digest: bytes, current: bool) -> None:
         """PutSnapshotBlock of ``index`` succeeded; ``current``: no write since it was read."""
-        self._stored_records += self._record(b"P", index, 1 if current else 0, digest)
-        if len(self._stored_records) >= 64 * _RECORD.size:
-            self._append(b"")
         self.stored[index] = digest
         if current:
             self.dirty.discard(index)
+        self._stored_records += self._record(b"P", index, 1 if current else 0, digest)
+        if len(self._stored_records) >= 64 * _RECORD.size:
+            self._append(b"")
+            self._check_compact()
 
     def reset_stored(self) -> None:
         """Forget what was stored (the snapshot is being started again): all written is dirty."""
         self._append(self._record(b"R", 0, 0))
         self.stored.clear()
         self.dirty = set(self.coverage)
+        self._check_compact()
 
     def sync(self) -> None:
         """Flush data and journal to the disk (fsync of the file).
@@ -353,6 +439,15 @@ class Spool:
             os.posix_fadvise(
                 self._data_fd, slot * BLOCK_SIZE, count * BLOCK_SIZE, os.POSIX_FADV_DONTNEED
             )
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make the directory's entries (a rename) durable."""
+    dfd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
 
 
 def _runs(slots: list[int]) -> list[tuple[int, int]]:

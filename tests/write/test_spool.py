@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from ebsfs.store import spool as spool_module
 from ebsfs.store.spool import JOURNAL, Spool
 from ebsfs.types import BLOCK_SIZE
 
@@ -211,4 +212,77 @@ def test_a_background_flush_drops_the_pages_of_forgotten_slots_only(tmp_path: Pa
     # Nothing is lost: the dropped slots read back from the disk.
     for index, block in enumerate(blocks):
         assert spool.read_block(index, None) == block
+    spool.close()
+
+
+def _state(spool: Spool) -> tuple[object, ...]:
+    return (spool.slots, spool.coverage, spool.stored, spool.dirty, spool.max_end)
+
+
+def _many_writes(spool: Spool, count: int) -> None:
+    # The same few small ranges over three blocks rewritten again and again, as a
+    # filesystem's metadata is.
+    for i in range(count):
+        offset = (i % 40) * 40_000 + (i % 7)
+        spool.write(offset, bytes([i % 251]) * 300)
+        if i % 50 == 0:
+            spool.mark_stored((offset // BS) % 3, bytes([i % 256]) * 32, current=i % 100 == 0)
+
+
+def test_a_long_journal_is_compacted_to_the_same_state(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(spool_module, "COMPACT_MIN", 64 * 1024)
+    spool = Spool.create(tmp_path, {"name": "x"})
+    _many_writes(spool, 5000)  # about 5000 records of 56 bytes: several compactions
+    spool.write(6 * BS, b"")  # an empty write past the data still moves the end
+    journal = spool.directory / JOURNAL
+    assert journal.stat().st_size < 64 * 1024 + 1000
+    blocks = [spool.read_block(i, None) for i in range(3)]
+    before = _state(spool)
+    spool.commit_records()
+    # Nothing is lost by a crash (no close) after compactions.
+    again = Spool.load(spool.directory)
+    assert _state(again) == before
+    assert [again.read_block(i, None) for i in range(3)] == blocks
+    assert not (spool.directory / (JOURNAL + ".tmp")).exists()
+    # It goes on appending to the compacted journal.
+    again.write(BS, b"new")
+    again.commit_records()
+    third = Spool.load(spool.directory)
+    assert third.read_block(1, None)[:3] == b"new"  # type: ignore[index]
+    for s in (spool, again, third):
+        s.close()
+
+
+def test_compaction_happens_at_load_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spool = Spool.create(tmp_path, {"name": "x"})
+    _many_writes(spool, 3000)  # under the default threshold: not compacted
+    spool.close()
+    size = (spool.directory / JOURNAL).stat().st_size
+    monkeypatch.setattr(spool_module, "COMPACT_MIN", 4096)
+    again = Spool.load(spool.directory)
+    assert (spool.directory / JOURNAL).stat().st_size < size // 4
+    assert _state(Spool.load(spool.directory)) == _state(again)
+    again.close()
+
+
+def test_a_failed_compaction_keeps_the_old_journal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(spool_module, "COMPACT_MIN", 64 * 1024)
+
+    def no_rename(src: object, dst: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    spool = Spool.create(tmp_path, {"name": "x"})
+    monkeypatch.setattr(spool_module.os, "replace", no_rename)
+    with caplog.at_level("WARNING", logger="ebsfs.store.spool"):
+        _many_writes(spool, 3000)  # every write is still accepted
+    assert "journal not compacted" in caplog.text
+    assert (spool.directory / JOURNAL).stat().st_size > 64 * 1024
+    assert not (spool.directory / (JOURNAL + ".tmp")).exists()
+    spool.commit_records()
+    monkeypatch.undo()
+    assert _state(Spool.load(spool.directory)) == _state(spool)
     spool.close()
