@@ -117,7 +117,7 @@ class PutProcess:
         """PutSnapshotBlock of one full block, as ``Api.put_block``."""
         link = self._current()
         if link is None:
-            self.fallback_calls += 1
+            self._count_fallback()
             self.fallback.put_block(snapshot_id, index, data, checksum_b64)
             return
         link.call({"op": "put", "args": [snapshot_id, index, checksum_b64]}, data,
@@ -130,7 +130,7 @@ class PutProcess:
         the child: its raw SHA256 digest, or None if it was all zeros and ``skip_if_zero``."""
         link = self._current()
         if link is None:
-            self.fallback_calls += 1
+            self._count_fallback()
             return put_file_block(self.fallback, snapshot_id, index, path, offset, skip_if_zero)
         args = [snapshot_id, index, path, offset, skip_if_zero]
         answer = link.call({"op": "spooled", "args": args}, b"", self.answer_timeout)
@@ -143,6 +143,10 @@ class PutProcess:
             link, self._link = self._link, None
         if link is not None:
             link.close()
+
+    def _count_fallback(self) -> None:
+        with self._lock:
+            self.fallback_calls += 1
 
     @property
     def pid(self) -> int | None:
