@@ -4,9 +4,14 @@ Writing through a mount is bound by Python on both of its sides: the trio thread
 every FUSE request and writes the spool, and up to ``--max-concurrency`` worker threads run
 botocore for each 512 KiB PutSnapshotBlock. In one process they share one GIL, and every
 ``write()`` of the user's ``dd`` waits until the trio thread wins it back from the upload
-threads. :class:`PutProcess` is a drop-in for ``Api.put_block`` that hands each block over a
-Unix socket to a child (``python -m ebsfs.putproc``) running the same ``Api.put_block`` in
-its own threads, under its own GIL; the mount's worker thread only waits for the answer.
+threads. :class:`PutProcess` is a drop-in for ``Api.put_block`` that hands each block to a
+child (``python -m ebsfs.putproc``) running the same ``Api.put_block`` in its own threads,
+under its own GIL; the mount's worker thread only waits for the answer. A block wholly in
+the spool goes as (file, offset): the child reads and hashes it itself.
+
+The child has one Unix socket pair per call that may run at once (``--max-concurrency``):
+a call takes an idle connection, sends its request and reads the answer on it, and one
+thread of the child serves that connection; no thread wakes another on either side.
 
 The contract is ``Api.put_block``'s: the call returns once AWS acknowledged the block, or
 raises the ``ebsfs.errors`` exception ``Api`` raised in the child (class, message, code,
@@ -16,10 +21,12 @@ see in-process. The child:
 * starts at the first put (a mount that only reads never starts one), inherits the mount's
   environment (credentials resolve as they do for the mount; nothing secret is passed on its
   command line) and its AWS settings (endpoints, region, profile, timeouts, attempts);
-* exits when its socket reaches end of file: the mount closed it (unmount), or the mount
-  died, even by ``kill -9``, and the kernel closed it. (Not ``PR_SET_PDEATHSIG``: it fires
-  when the *thread* that started the child ends, and trio retires idle worker threads.)
-  Nothing else holds the mount's end: later children are started with ``close_fds``;
+* exits when a connection reaches end of file: the mount closed them (unmount), or the
+  mount died, even by ``kill -9``, and the kernel closed them. (Not ``PR_SET_PDEATHSIG``:
+  it fires when the *thread* that started the child ends, and trio retires idle worker
+  threads.) Nothing else holds the mount's ends: later children are started with
+  ``close_fds``, and SIGTERM, SIGINT and SIGHUP are ignored (a service stop signals every
+  process of the unit, and the mount still stores what is dirty through the child);
 * if it dies, the calls waiting on it fail with ``BackendUnavailableError`` (transient: the
   write layer retries them) and the next call starts a new one. If it cannot start, or dies
   three times within a minute, puts run in the mount's own threads from then on (the
@@ -36,6 +43,7 @@ import contextlib
 import json
 import logging
 import os
+import queue
 import signal
 import socket
 import struct
@@ -44,7 +52,6 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from typing import Any, Protocol
 
@@ -175,7 +182,7 @@ class PutProcess:
                     )
                     return None
             try:
-                link = _Link.start(self.command, self._settings())
+                link = _Link.start(self.command, self._settings(), self.threads)
             except (OSError, EbsfsError) as exc:
                 self._disabled = True
                 log.error(
@@ -192,123 +199,125 @@ class PutProcess:
         return {"aws": asdict(self.aws), "threads": self.threads, "log_level": self.log_level}
 
 
-class _Waiter:
-    __slots__ = ("done", "error", "result")
-
-    def __init__(self) -> None:
-        self.done = threading.Event()
-        self.error: EbsfsError | None = None
-        self.result: Any = None
-
-
 class _Link:
-    """One child process and the socket to it: requests go out under a lock from the calling
-    threads, answers come back on a reader thread that wakes the caller."""
+    """One child process and its connections: a Unix socket pair per call that may run at
+    once, so a call sends its request and reads its answer on a connection of its own, and in
+    the child a thread per connection serves it. No thread hands anything to another on
+    either side (a reader thread waking callers cost more CPU than the call itself)."""
 
-    def __init__(self, proc: subprocess.Popen[bytes], sock: socket.socket) -> None:
+    def __init__(self, proc: subprocess.Popen[bytes], conns: list[socket.socket]) -> None:
         self.proc = proc
-        self.sock = sock
         self.dead = False
+        self._conns = conns
+        self._idle: queue.SimpleQueue[socket.socket] = queue.SimpleQueue()
+        for conn in conns:
+            self._idle.put(conn)
         self._lock = threading.Lock()
-        self._send_lock = threading.Lock()
-        self._pending: dict[int, _Waiter] = {}
-        self._next_id = 0
-        self._reader = threading.Thread(target=self._read_answers, name="put-answers", daemon=True)
 
     @classmethod
-    def start(cls, command: Sequence[str], settings: dict[str, Any]) -> _Link:
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        for end in (ours, theirs):
-            # Room for a few blocks: a 512 KiB send completes at once instead of waking the
-            # reader for every piece of it.
-            end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
-            end.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
+    def start(cls, command: Sequence[str], settings: dict[str, Any], connections: int) -> _Link:
+        ours: list[socket.socket] = []
+        theirs: list[socket.socket] = []
         try:
+            for _ in range(connections):
+                a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+                ours.append(a)
+                theirs.append(b)
+                # Room for a whole block: its send completes at once instead of waking the
+                # reader for every piece of it.
+                a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
+            fds = [str(t.fileno()) for t in theirs]
             proc = subprocess.Popen(
-                [*command, str(theirs.fileno())],
-                pass_fds=(theirs.fileno(),),
+                [*command, ",".join(fds)],
+                pass_fds=[t.fileno() for t in theirs],
                 stdin=subprocess.DEVNULL,
                 # Its own session: a terminal's Ctrl-C reaches the mount, which then closes
-                # the socket, rather than killing uploads under it.
+                # the sockets, rather than killing uploads under it.
                 start_new_session=True,
             )
         except BaseException:
-            ours.close()
-            theirs.close()
+            for sock in ours + theirs:
+                sock.close()
             raise
-        theirs.close()
+        for sock in theirs:
+            sock.close()
         link = cls(proc, ours)
+        first = ours[0]
         try:
-            ours.settimeout(START_TIMEOUT)
-            _send_frame(ours, 0, settings)
-            _, answer = _recv_json(ours)
+            first.settimeout(START_TIMEOUT)
+            _send_frame(first, 0, settings)
+            _, answer = _recv_json(first)
             if isinstance(answer, dict) and isinstance(answer.get("error"), dict):
                 raise _decode_error(answer["error"])
             if not isinstance(answer, dict) or answer.get("ready") is not True:
                 raise BackendUnavailableError("the upload process did not start")
-            ours.settimeout(None)
-        except (OSError, EbsfsError, ValueError) as exc:
-            link._kill()
+        except (OSError, EbsfsError, ValueError, EOFError) as exc:
+            link._stop(kill=True)
+            for sock in ours:
+                sock.close()
             if isinstance(exc, EbsfsError):
                 raise
             raise BackendUnavailableError(f"the upload process did not start: {exc}") from exc
-        link._reader.start()
         return link
 
     def call(self, request: dict[str, Any], data: bytes | memoryview, timeout: float) -> Any:
         """Send ``request`` (and ``data``); the child's result, or its error raised."""
-        waiter = _Waiter()
-        with self._lock:
-            if self.dead:
-                raise BackendUnavailableError("PutSnapshotBlock: the upload process has exited")
-            self._next_id += 1
-            request_id = self._next_id
-            self._pending[request_id] = waiter
+        if self.dead:
+            raise BackendUnavailableError("PutSnapshotBlock: the upload process has exited")
+        try:
+            # The mount's limiter never lets more calls run than there are connections.
+            conn = self._idle.get(timeout=timeout)
+        except queue.Empty:
+            raise BackendUnavailableError("PutSnapshotBlock: no free upload connection") from None
         body = json.dumps(request).encode()
         view = memoryview(data).cast("B")
         try:
-            with self._send_lock:
-                head = _REQUEST.pack(request_id, len(body), len(view))
-                _send_parts(self.sock, [head, body, view])
-        except OSError as exc:
-            self._fail(f"cannot be reached ({exc})")
-        if not waiter.done.wait(timeout):
+            conn.settimeout(timeout)
+            _send_parts(conn, [_REQUEST.pack(0, len(body), len(view)), body, view])
+            _, answer = _recv_json(conn)
+        except TimeoutError:
             self._fail(f"did not answer within {timeout:.0f} s")
-        if waiter.error is not None:
-            raise waiter.error
-        return waiter.result
+            raise BackendUnavailableError(
+                f"PutSnapshotBlock: the upload process did not answer within {timeout:.0f} s"
+            ) from None
+        except (OSError, EOFError, ValueError) as exc:
+            self._fail(f"exited ({exc or 'connection closed'})")
+            raise BackendUnavailableError(
+                f"PutSnapshotBlock: the upload process exited ({exc or 'connection closed'})"
+            ) from None
+        self._idle.put(conn)
+        if isinstance(answer, dict) and isinstance(answer.get("error"), dict):
+            raise _decode_error(answer["error"])
+        if not isinstance(answer, dict):
+            raise BackendUnavailableError("PutSnapshotBlock: a garbled answer")
+        return answer.get("ok")
 
     def close(self) -> None:
+        """Close the connections (the child then exits) and wait for it."""
+        self._stop(kill=False)
+        for conn in self._conns:
+            conn.close()
+
+    def _stop(self, kill: bool) -> None:
+        # Shut down, not close: calls blocked on their connections wake up with end of file,
+        # and no descriptor number is freed (and reused) under them.
         with self._lock:
             self.dead = True
-        with contextlib.suppress(OSError):
-            self.sock.shutdown(socket.SHUT_RDWR)
+        for conn in self._conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+        if kill and self.proc.poll() is None:
+            with contextlib.suppress(OSError):
+                self.proc.kill()
         try:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
-            self._kill()
-        self.sock.close()
-        self._fail_pending("was stopped")
-
-    def _read_answers(self) -> None:
-        while True:
+            with contextlib.suppress(OSError):
+                self.proc.kill()
             try:
-                request_id, answer = _recv_json(self.sock)
-            except (OSError, ValueError, EOFError) as exc:
-                if not self.dead:
-                    self._fail(f"exited ({exc or 'connection closed'})")
-                return
-            with self._lock:
-                waiter = self._pending.pop(request_id, None)
-            if waiter is None:
-                continue  # a call that gave up waiting
-            if isinstance(answer, dict) and "error" in answer:
-                waiter.error = _decode_error(answer["error"])
-            elif isinstance(answer, dict):
-                waiter.result = answer.get("ok")
-            else:
-                waiter.error = BackendUnavailableError("PutSnapshotBlock: a garbled answer")
-            waiter.done.set()
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                log.error("upload process %d does not exit after SIGKILL", self.proc.pid)
 
     def _fail(self, why: str) -> None:
         with self._lock:
@@ -322,26 +331,8 @@ class _Link:
                 why,
                 "" if code is None else f" (exit status {code})",
             )
-            self._kill()
-            with contextlib.suppress(OSError):
-                self.sock.shutdown(socket.SHUT_RDWR)
-        self._fail_pending(why)
-
-    def _fail_pending(self, why: str) -> None:
-        with self._lock:
-            waiting, self._pending = self._pending, {}
-        for waiter in waiting.values():
-            waiter.error = BackendUnavailableError(f"PutSnapshotBlock: the upload process {why}")
-            waiter.done.set()
-
-    def _kill(self) -> None:
-        if self.proc.poll() is None:
-            with contextlib.suppress(OSError):
-                self.proc.kill()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                log.error("upload process %d does not exit after SIGKILL", self.proc.pid)
+            # Calls still waiting on their connections fail now, not at their timeout.
+            self._stop(kill=True)
 
 
 def put_file_block(
@@ -442,30 +433,11 @@ def _decode_error(answer: dict[str, Any]) -> EbsfsError:
 # ---- the child --------------------------------------------------------------------------------
 
 
-class _Buffers:
-    """Reused 512 KiB receive buffers: a fresh one per block would cost its page faults."""
-
-    def __init__(self) -> None:
-        self._free: list[bytearray] = []
-        self._lock = threading.Lock()
-
-    def take(self, size: int) -> bytearray:
-        with self._lock:
-            for i, buf in enumerate(self._free):
-                if len(buf) == size:
-                    return self._free.pop(i)
-        return bytearray(size)
-
-    def give(self, buf: bytearray) -> None:
-        with self._lock:
-            if buf and len(self._free) < 256:
-                self._free.append(buf)
-
-
-def _serve(sock: socket.socket) -> int:
+def _serve(socks: list[socket.socket]) -> int:
     from ebsfs.api import Api  # boto3 is imported here, in the child only
 
-    _, settings = _recv_json(sock)
+    first = socks[0]
+    _, settings = _recv_json(first)
     logging.basicConfig(
         level=str(settings.get("log_level", "WARNING")).upper(),
         format="ebsfs upload process: %(levelname)s %(name)s: %(message)s",
@@ -473,73 +445,80 @@ def _serve(sock: socket.socket) -> int:
     try:
         api = Api(AwsConfig(**settings["aws"]))
     except EbsfsError as exc:
-        _send_frame(sock, 0, {"error": _encode_error(exc)})
+        _send_frame(first, 0, {"error": _encode_error(exc)})
         return 1
-    _send_frame(sock, 0, {"ready": True})
-    send_lock = threading.Lock()
-    buffers = _Buffers()
-    pool = ThreadPoolExecutor(int(settings.get("threads", 32)), thread_name_prefix="put")
+    _send_frame(first, 0, {"ready": True})
+    for sock in socks:
+        threading.Thread(target=_serve_connection, args=(api, sock), daemon=True).start()
+    threading.Event().wait()  # the connection threads end the process
+    return 0
 
-    def one(request_id: int, request: dict[str, Any], block: bytearray) -> None:
-        answer: dict[str, Any]
-        try:
-            args = request["args"]
-            if request["op"] == "spooled":
-                snapshot_id, index, path, offset, skip = args
-                block = buffers.take(BLOCK_SIZE)
-                digest = put_file_block(api, snapshot_id, index, path, offset, bool(skip), block)
-                answer = {"ok": None if digest is None else base64.b64encode(digest).decode()}
-            else:
-                snapshot_id, index, checksum_b64 = args
-                api.put_block(str(snapshot_id), int(index), memoryview(block), str(checksum_b64))
-                answer = {"ok": None}
-        except EbsfsError as exc:
-            answer = {"error": _encode_error(exc)}
-        except Exception as exc:  # any failure goes back as an answer
-            error = BackendUnavailableError(f"PutSnapshotBlock: {exc!r}")
-            answer = {"error": _encode_error(error)}
-        finally:
-            buffers.give(block)
-        body = json.dumps(answer).encode()
-        with send_lock:
-            _send_parts(sock, [_ANSWER.pack(request_id, len(body)), body])
 
+def _serve_connection(api: PutApi, sock: socket.socket) -> None:
+    """Answer the requests of one connection, one at a time, until it closes."""
     head = bytearray(_REQUEST.size)
+    block = bytearray(BLOCK_SIZE)  # reused: a fresh 512 KiB per request costs page faults
     while True:
         try:
             _recv_exact(sock, memoryview(head))
-            request_id, args_length, data_length = _REQUEST.unpack(head)
+            _, args_length, data_length = _REQUEST.unpack(head)
             if args_length > _MAX_JSON or data_length > _MAX_DATA:
                 raise ValueError("oversized request")
-            args = bytearray(args_length)
-            _recv_exact(sock, memoryview(args))
-            block = buffers.take(data_length)
-            _recv_exact(sock, memoryview(block))
+            raw = bytearray(args_length)
+            _recv_exact(sock, memoryview(raw))
+            if len(block) != data_length:
+                block = bytearray(data_length) if data_length else block
+            data = memoryview(block)[:data_length]
+            _recv_exact(sock, data)
+            request = json.loads(raw)
         except (OSError, EOFError, ValueError):
-            # The mount closed the socket (unmount) or is gone: puts still under way are
-            # abandoned; their blocks stay in the mount's spool.
-            return 0
-        pool.submit(one, request_id, json.loads(args), block)
+            # The mount closed its connections (unmount) or is gone: puts still under way on
+            # other connections are abandoned; their blocks stay in the mount's spool.
+            os._exit(0)
+        answer = _answer(api, request, data, block)
+        body = json.dumps(answer).encode()
+        try:
+            _send_parts(sock, [_ANSWER.pack(0, len(body)), body])
+        except OSError:
+            os._exit(0)
+
+
+def _answer(api: PutApi, request: Any, data: memoryview, block: bytearray) -> dict[str, Any]:
+    try:
+        args = request["args"]
+        if request["op"] == "spooled":
+            snapshot_id, index, path, offset, skip = args
+            if len(block) < BLOCK_SIZE:
+                block = bytearray(BLOCK_SIZE)
+            digest = put_file_block(api, snapshot_id, index, path, offset, bool(skip), block)
+            return {"ok": None if digest is None else base64.b64encode(digest).decode()}
+        snapshot_id, index, checksum_b64 = args
+        api.put_block(str(snapshot_id), int(index), data, str(checksum_b64))
+        return {"ok": None}
+    except EbsfsError as exc:
+        return {"error": _encode_error(exc)}
+    except Exception as exc:  # any failure goes back as an answer
+        return {"error": _encode_error(BackendUnavailableError(f"PutSnapshotBlock: {exc!r}"))}
 
 
 def main(argv: Sequence[str]) -> int:
-    """Entry point of the child: ``python -m ebsfs.putproc FD``."""
-    if len(argv) != 1 or not argv[0].isdigit():
+    """Entry point of the child: ``python -m ebsfs.putproc FD[,FD...]``."""
+    fds = argv[0].split(",") if len(argv) == 1 else []
+    if not fds or not all(fd.isdigit() for fd in fds):
         print("ebsfs.putproc is started by ebsfs mount, not by hand", file=sys.stderr)
         return 2
-    fd = int(argv[0])
     # A service stop signals every process of the unit at once; the mount then still has to
-    # store what is dirty through this process, and closes its socket when done.
+    # store what is dirty through this process, and closes its connections when done.
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, signal.SIG_IGN)
-    sock = socket.socket(fileno=fd)
+    socks = [socket.socket(fileno=int(fd)) for fd in fds]
     try:
-        code = _serve(sock)
+        code = _serve(socks)
     except (OSError, EOFError, ValueError, KeyError, TypeError) as exc:
         print(f"ebsfs upload process: {exc}", file=sys.stderr)
         code = 1
     sys.stdout.flush()
-    # Worker threads may still wait on the network: do not join them.
+    # Connection threads may still wait on the network: do not join them.
     os._exit(code)
 
 

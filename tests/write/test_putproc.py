@@ -210,7 +210,7 @@ def test_a_child_that_does_not_answer_is_killed(server: LocalServer, env: None, 
     script = tmp_path / "mute.py"
     script.write_text(textwrap.dedent("""
         import json, socket, struct, sys, time
-        sock = socket.socket(fileno=int(sys.argv[1]))
+        sock = socket.socket(fileno=int(sys.argv[1].split(",")[0]))
         head = sock.recv(12)
         sock.recv(struct.unpack("!QI", head)[1])
         body = json.dumps({"ready": True}).encode()
@@ -228,6 +228,7 @@ def test_a_child_that_does_not_answer_is_killed(server: LocalServer, env: None, 
         mute.put_block("snap-0123456789abcdef0", 0, data, checksum.block_checksum(data))
     assert time.monotonic() - started < 10
     assert mute._link is not None and mute._link.proc.poll() is not None  # killed
+    assert mute._link.dead
     mute.close()
 
 
