@@ -5,6 +5,8 @@
    ``--max-concurrency``, each block's SHA256 computed, CompleteSnapshot, wait for
    ``completed``). Then through a mount: ``truncate -s 1G``, ``dd bs=1M conv=notrunc,fsync``,
    ``ebsfs complete``. Ratio: mount throughput / bare throughput (target at least 0.8).
+   For reference, the same through a mount with ``--no-upload-process`` (uploads from the
+   mount's own threads, under the GIL of the trio thread that answers ``dd``).
 2. Peak RSS (VmHWM) of the mount daemon during flow A, plus that of its upload process (a
    child: their sum bounds the peak of the two together), against ``--cache-size`` + the dirty
    limit + 100 MiB. The CPU reported for the mount is also the two together.
@@ -86,13 +88,14 @@ def _peak_rss(pid: int) -> int:
     return 0
 
 
-def _mount(server: LocalServer, where: Path) -> MountProc:
+def _mount(server: LocalServer, where: Path, *flags: str) -> MountProc:
     env = {**server.env(), "EBSFS_DIRTY_LIMIT": DIRTY}
     return MountProc(
         server, where,
         "--cache-size", CACHE,
         "--max-concurrency", str(CONCURRENCY),
         "--log-level", "warning",
+        *flags,
         env=env,
     ).start()
 
@@ -113,8 +116,10 @@ def _write_stats(mountpoint: Path) -> dict[str, int]:
     return dict(json.loads(raw).get("write", {}))
 
 
-def _flow_a(server: LocalServer, image: Path, where: Path) -> tuple[float, float, int]:
-    m = _mount(server, where)
+def _flow_a(
+    server: LocalServer, image: Path, where: Path, *flags: str
+) -> tuple[float, float, int]:
+    m = _mount(server, where, *flags)
     try:
         assert m.proc is not None
         target = m.path / "new" / "bench-a"
@@ -186,6 +191,7 @@ def main() -> None:
         try:
             bare, bare_cpu = _bare_upload(server, image)
             mounted, mount_cpu, rss = _flow_a(server, image, root / "ma")
+            threads, threads_cpu, _ = _flow_a(server, image, root / "mt", "--no-upload-process")
             c_seconds, puts, distinct = _flow_c(server, root)
         finally:
             server.stop()
@@ -200,6 +206,9 @@ def main() -> None:
     print(f"| mount: truncate + dd + ebsfs complete | {mounted:.1f} | {rate_mount:.1f} | "
           f"{rate_mount / rate_bare:.2f} (target >= 0.8) | {mount_cpu:.1f} (daemon + upload "
           f"process) |")
+    print(f"| mount, `--no-upload-process` (uploads in the mount's threads) | {threads:.1f} | "
+          f"{size / MIB / threads:.1f} | {size / MIB / threads / rate_bare:.2f} | "
+          f"{threads_cpu:.1f} (daemon) |")
     print(f"peak RSS of the mount and its upload process during flow A: {format_size(rss)}; "
           f"budget "
           f"--cache-size {CACHE} + dirty {DIRTY} + 100 MiB = {format_size(budget)}: "
