@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -291,13 +292,17 @@ class Api:
                 aws_access_key_id=key_id,
                 aws_secret_access_key=secret,
             )
-            self.ec2: Any = session.client(
-                "ec2",
-                endpoint_url=self.endpoints.ec2,
-                config=config,
-                aws_access_key_id=key_id,
-                aws_secret_access_key=secret,
-            )
+            # The ec2 client is made at its first use (loading its model costs about 0.2 s of
+            # CPU): a mount given --snapshot ids, and the upload process, never need it.
+            self._ec2_args: dict[str, Any] = {
+                "endpoint_url": self.endpoints.ec2,
+                "config": config,
+                "aws_access_key_id": key_id,
+                "aws_secret_access_key": secret,
+            }
+            self._session = session
+            self._ec2: Any = None
+            self._ec2_lock = threading.Lock()
             # The credentials object the ebs client signs with (refreshable ones refresh).
             credentials = (
                 botocore.credentials.Credentials(key_id, secret)
@@ -306,6 +311,16 @@ class Api:
             )
             # The lean block calls, or the client's own where this botocore lacks their parts.
             self.blocks = block_calls(self.ebs, credentials)
+
+    @property
+    def ec2(self) -> Any:
+        """The boto3 ``ec2`` client (made at the first use; boto3 sessions are not
+        thread-safe, hence the lock)."""
+        with self._ec2_lock:
+            if self._ec2 is None:
+                with _converted("AWS configuration"):
+                    self._ec2 = self._session.client("ec2", **self._ec2_args)
+            return self._ec2
 
     # ---- EC2 -------------------------------------------------------------------------------
 
