@@ -330,7 +330,7 @@ class EbsService:
             return None
         if self.state(snap)[0] == ERROR:
             return None
-        raw = req.body_sha256 or hashlib.sha256(req.body).digest()
+        raw = hashlib.sha256(req.body).digest()
         computed = base64.b64encode(raw).decode()
         if computed != sent:
             return None

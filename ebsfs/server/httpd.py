@@ -6,7 +6,6 @@ email-based parser, which cost more CPU than everything else in a GetSnapshotBlo
 """
 
 import contextlib
-import hashlib
 import logging
 import mmap
 import os
@@ -34,9 +33,6 @@ HEAD_BUFFER = 65536
 #: of a block's body is read along with it has to be copied out again.
 HEAD_READ = 4096
 SOCKET_BUFFER = 4 << 20
-#: Bytes of a block body received at a time once it is there, each piece hashed at once:
-#: half of the L2 cache of a block's size (smaller pieces cost more calls than they save).
-HASH_PIECE = 256 << 10
 MAX_HEADERS = 100
 
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
@@ -191,13 +187,10 @@ class Handler(socketserver.BaseRequestHandler):
             self._pos += n
         return n
 
-    def _receive(self, view: memoryview, hasher: "hashlib._Hash | None" = None) -> int:
-        """Fill ``view`` from the buffer, then the socket; how many bytes arrived. With
-        ``hasher``, each piece is hashed into it right after it was received."""
+    def _receive(self, view: memoryview) -> int:
+        """Fill ``view`` from the buffer, then the socket; how many bytes arrived."""
         got = self._take(view)
         length = len(view)
-        if hasher is not None and got:
-            hasher.update(view[:got])
         if got == length:
             return got
         sock = self.request
@@ -210,25 +203,6 @@ class Handler(socketserver.BaseRequestHandler):
             while got < length:
                 if not self._poller.poll(IDLE_TIMEOUT * 1000):
                     break
-                if hasher is not None:
-                    # What the mark asked for is there: take it a piece at a time, and hash
-                    # each while it is still in the CPU cache (a whole block is as large as
-                    # the L2 cache, so its start would be evicted by the time it is hashed).
-                    n = 1
-                    while got < length:
-                        try:
-                            n = sock.recv_into(view[got:got + HASH_PIECE], 0, socket.MSG_DONTWAIT)
-                        except BlockingIOError:
-                            break
-                        if not n:
-                            break
-                        hasher.update(view[got:got + n])
-                        got += n
-                    if not n:
-                        break
-                    if got < length:
-                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, length - got)
-                    continue
                 try:
                     n = sock.recv_into(view[got:], 0, socket.MSG_DONTWAIT)
                 except BlockingIOError:
@@ -244,15 +218,12 @@ class Handler(socketserver.BaseRequestHandler):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
         return got
 
-    def _read_body(
-        self, method: str, headers: dict[str, str]
-    ) -> tuple[bytes | memoryview, bool, bytes | None]:
-        """(body, whether it is complete, its SHA256 if it was hashed as it arrived)."""
+    def _read_body(self, method: str, headers: dict[str, str]) -> tuple[bytes | memoryview, bool]:
         if "transfer-encoding" in headers:
             raise _BadRequest("chunked request bodies are not supported")
         text = headers.get("content-length")
         if text is None:
-            return b"", True, None
+            return b"", True
         try:
             length = int(text)
         except ValueError:
@@ -260,9 +231,9 @@ class Handler(socketserver.BaseRequestHandler):
         if length < 0 or length > MAX_BODY:
             # Refused unread: the connection cannot be reused.
             self.close_connection = True
-            return b"", False, None
+            return b"", False
         if length == 0:
-            return b"", True, None
+            return b"", True
         if headers.get("expect", "").lower() == "100-continue":
             self.request.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
         body: bytes | memoryview
@@ -270,19 +241,16 @@ class Handler(socketserver.BaseRequestHandler):
             view = self._block_buffer
             if view is None:
                 view = self._block_buffer = memoryview(mmap.mmap(-1, BLOCK_SIZE))
-            hasher = hashlib.sha256()
-            got = self._receive(view, hasher)
-            if got == BLOCK_SIZE:
-                return view, True, hasher.digest()
-            body = view[:got]
+            got = self._receive(view)
+            body = view if got == BLOCK_SIZE else view[:got]
         else:
             data = bytearray(length)
             body = bytes(data[: self._receive(memoryview(data))])
         if len(body) < length:
             # The client sent less than it announced: the connection cannot be reused.
             self.close_connection = True
-            return body, False, None
-        return body, True, None
+            return body, False
+        return body, True
 
     def _one(self) -> bool:
         head = self._read_head()
@@ -291,8 +259,8 @@ class Handler(socketserver.BaseRequestHandler):
         started = time.perf_counter() if self._debug else 0.0
         method, target, _, headers = head
         raw_path, _, raw_query = target.partition("?")
-        body, complete, digest = self._read_body(method, headers)
-        req = Request(method, raw_path, raw_query, headers, body, complete, digest)
+        body, complete = self._read_body(method, headers)
+        req = Request(method, raw_path, raw_query, headers, body, complete)
         resp = self.server.app.handle(req)
         sent = self._send(resp, head_only=method == "HEAD")
         if self._debug:

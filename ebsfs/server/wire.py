@@ -24,9 +24,6 @@ class Request:
     #: the response was sent.
     body: bytes | memoryview = b""
     body_complete: bool = True
-    #: SHA256 of ``body`` when the transport hashed it while receiving it (a block-sized
-    #: PUT), so that each piece was hashed while still in the CPU cache; else None.
-    body_sha256: bytes | None = None
     request_id: str = field(default_factory=lambda: _request_id())
     operation: str = "-"
 
