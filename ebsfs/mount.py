@@ -37,9 +37,15 @@ from ebsfs.errors import EbsfsError, MountError
 from ebsfs.exgroups import first_error
 from ebsfs.fs.catalog import Catalog, CatalogConfig
 from ebsfs.fs.ops import EbsfsOperations, OpsConfig
-from ebsfs.fs.wiring import MountContext, close_new_directory, open_new_directory
+from ebsfs.fs.wiring import (
+    MountContext,
+    close_new_directory,
+    open_new_directory,
+    upload_process,
+)
 from ebsfs.logsetup import setup_logging
 from ebsfs.notify import notify_ready, notify_stopping
+from ebsfs.putproc import PutProcess
 from ebsfs.store.diskcache import cache_file
 from ebsfs.store.remote import Calls
 from ebsfs.store.stack import ReadStacks, StackConfig
@@ -90,7 +96,11 @@ def fuse_options(config: MountConfig) -> set[str]:
 
 
 async def _serve(
-    config: MountConfig, options: DaemonOptions, ready: Callable[[], None], api: Api
+    config: MountConfig,
+    options: DaemonOptions,
+    ready: Callable[[], None],
+    api: Api,
+    put_process: PutProcess | None = None,
 ) -> None:
     limiter = trio.CapacityLimiter(config.max_concurrency)
     calls = Calls(limiter)
@@ -119,7 +129,9 @@ async def _serve(
             ),
         )
         await catalog.load()
-        newdir = await open_new_directory(MountContext(config, api, nursery, limiter, stacks))
+        newdir = await open_new_directory(
+            MountContext(config, api, nursery, limiter, stacks, put_process)
+        )
 
         async def delete(snapshot_id: str) -> None:
             await calls.run(api.delete_snapshot, snapshot_id)
@@ -280,8 +292,13 @@ async def _trim_memory(budget: int) -> None:
 def _run(config: MountConfig, options: DaemonOptions, ready: Callable[[], None]) -> None:
     _tame_malloc()
     api = Api(config.aws)
+    put_process = upload_process(config, api)
+    if put_process is not None:
+        # Forked now, while this process has one thread: it shares the loaded modules and
+        # clients, and the first upload does not wait for a new interpreter to start.
+        put_process.prefork()
     try:
-        trio.run(_serve, config, options, ready, api)
+        trio.run(_serve, config, options, ready, api, put_process)
     except BaseExceptionGroup as group:
         raise first_error(group) from None
 

@@ -143,6 +143,24 @@ class PutProcess:
         answer = link.call({"op": "spooled", "args": args}, b"", self.answer_timeout)
         return None if answer is None else base64.b64decode(answer)
 
+    def prefork(self) -> None:
+        """Start the child now with ``fork()``: it shares the modules and the clients of
+        ``fallback`` (the mount's ``Api``) that this process has loaded, so it costs no
+        import and no client to build, and the first upload does not wait for it. Only
+        while this process has a single thread (before the mount starts trio); a child
+        started later (after one died) is a fresh ``python -m ebsfs.putproc``."""
+        with self._lock:
+            if self._link is not None or self._closed or self._disabled:
+                return
+            try:
+                link = _Link.fork(self.fallback, self.threads)
+            except OSError as exc:
+                log.warning("upload process not forked (%s); it starts at the first upload", exc)
+                return
+            self._link = link
+            self.started += 1
+        log.info("upload process %d forked", link.proc.pid)
+
     def close(self) -> None:
         """Stop the child (its socket closes; it exits); later calls use the fallback."""
         with self._lock:
@@ -199,13 +217,76 @@ class PutProcess:
         return {"aws": asdict(self.aws), "threads": self.threads, "log_level": self.log_level}
 
 
+class _Child(Protocol):
+    """What ``_Link`` uses of its child: ``subprocess.Popen``'s, or ``_Forked``."""
+
+    pid: int
+
+    def poll(self) -> int | None: ...
+
+    def kill(self) -> None: ...
+
+    def wait(self, timeout: float | None = None) -> int: ...
+
+
+class _Forked:
+    """A child made by ``os.fork()``, with the part of ``Popen``'s interface ``_Link`` uses."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:
+                self.returncode = -1
+            else:
+                if pid:
+                    self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def kill(self) -> None:
+        if self.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while (code := self.poll()) is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(str(self.pid), timeout or 0.0)
+            time.sleep(0.01)
+        return code
+
+
+def _socket_pairs(count: int) -> tuple[list[socket.socket], list[socket.socket]]:
+    """(the mount's ends, the child's ends) of ``count`` Unix socket pairs."""
+    ours: list[socket.socket] = []
+    theirs: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            ours.append(a)
+            theirs.append(b)
+            # Room for a whole block: its send completes at once instead of waking the
+            # reader for every piece of it.
+            a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
+    except BaseException:
+        for sock in ours + theirs:
+            sock.close()
+        raise
+    return ours, theirs
+
+
 class _Link:
     """One child process and its connections: a Unix socket pair per call that may run at
     once, so a call sends its request and reads its answer on a connection of its own, and in
     the child a thread per connection serves it. No thread hands anything to another on
     either side (a reader thread waking callers cost more CPU than the call itself)."""
 
-    def __init__(self, proc: subprocess.Popen[bytes], conns: list[socket.socket]) -> None:
+    def __init__(self, proc: _Child, conns: list[socket.socket]) -> None:
         self.proc = proc
         self.dead = False
         self._conns = conns
@@ -216,16 +297,8 @@ class _Link:
 
     @classmethod
     def start(cls, command: Sequence[str], settings: dict[str, Any], connections: int) -> _Link:
-        ours: list[socket.socket] = []
-        theirs: list[socket.socket] = []
+        ours, theirs = _socket_pairs(connections)
         try:
-            for _ in range(connections):
-                a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-                ours.append(a)
-                theirs.append(b)
-                # Room for a whole block: its send completes at once instead of waking the
-                # reader for every piece of it.
-                a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
             fds = [str(t.fileno()) for t in theirs]
             proc = subprocess.Popen(
                 [*command, ",".join(fds)],
@@ -259,6 +332,25 @@ class _Link:
                 raise
             raise BackendUnavailableError(f"the upload process did not start: {exc}") from exc
         return link
+
+    @classmethod
+    def fork(cls, api: PutApi, connections: int) -> _Link:
+        ours, theirs = _socket_pairs(connections)
+        try:
+            pid = os.fork()
+        except BaseException:
+            for sock in ours + theirs:
+                sock.close()
+            raise
+        if pid == 0:  # the child: serve until the mount closes the connections
+            try:
+                _leave_the_mount([sock.fileno() for sock in theirs])
+                _serve_connections(api, theirs)
+            finally:
+                os._exit(1)
+        for sock in theirs:
+            sock.close()
+        return cls(_Forked(pid), ours)
 
     def call(self, request: dict[str, Any], data: bytes | memoryview, timeout: float) -> Any:
         """Send ``request`` (and ``data``); the child's result, or its error raised."""
@@ -448,10 +540,38 @@ def _serve(socks: list[socket.socket]) -> int:
         _send_frame(first, 0, {"error": _encode_error(exc)})
         return 1
     _send_frame(first, 0, {"ready": True})
+    _serve_connections(api, socks)
+    return 0
+
+
+def _leave_the_mount(keep: list[int]) -> None:
+    """In a forked child: close every descriptor of the mount but ``keep`` and stdio (the
+    pipe ``ebsfs mount`` waits on, the mount's log file...), log to stderr only, and ignore
+    the stop signals."""
+    last = -1
+    for fd in [*sorted({0, 1, 2, *keep}), os.sysconf("SC_OPEN_MAX")]:
+        if fd > last + 1:  # never an empty range: closerange(n, n) closes from n to the end
+            os.closerange(last + 1, fd)
+        last = fd
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("ebsfs upload process: %(levelname)s %(message)s"))
+    logging.getLogger().handlers = [handler]
+    _ignore_stop_signals()
+
+
+def _ignore_stop_signals() -> None:
+    # A service stop signals every process of the unit at once; the mount then still has to
+    # store what is dirty through this process, and closes its connections when done.
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_IGN)
+
+
+def _serve_connections(api: PutApi, socks: list[socket.socket]) -> None:
+    """Serve each connection in a thread of its own; never returns (the threads end the
+    process when the mount closes the connections)."""
     for sock in socks:
         threading.Thread(target=_serve_connection, args=(api, sock), daemon=True).start()
-    threading.Event().wait()  # the connection threads end the process
-    return 0
+    threading.Event().wait()
 
 
 def _serve_connection(api: PutApi, sock: socket.socket) -> None:
@@ -507,10 +627,7 @@ def main(argv: Sequence[str]) -> int:
     if not fds or not all(fd.isdigit() for fd in fds):
         print("ebsfs.putproc is started by ebsfs mount, not by hand", file=sys.stderr)
         return 2
-    # A service stop signals every process of the unit at once; the mount then still has to
-    # store what is dirty through this process, and closes its connections when done.
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, signal.SIG_IGN)
+    _ignore_stop_signals()
     socks = [socket.socket(fileno=int(fd)) for fd in fds]
     try:
         code = _serve(socks)

@@ -32,6 +32,8 @@ class MountContext:
     nursery: trio.Nursery
     limiter: trio.CapacityLimiter  # the one limiter of every blocking API call
     stacks: ReadStacks  # stacks.get(snapshot_id, volume_gib) reads a completed parent
+    #: Where blocks are stored from (the upload process); None: the mount's own threads.
+    put_process: PutProcess | None = None
 
 
 class _ParentBlocks:
@@ -50,6 +52,14 @@ class _ParentBlocks:
         return {}
 
 
+def upload_process(config: MountConfig, api: Api) -> PutProcess | None:
+    """The mount's upload process (not started yet), if its configuration asks for one."""
+    if config.read_only or not config.upload_process:
+        return None
+    level = "DEBUG" if config.log_level.upper() == "DEBUG" else "WARNING"
+    return PutProcess(config.aws, api, config.max_concurrency, log_level=level)
+
+
 async def open_new_directory(ctx: MountContext) -> NewDirectory:
     """The ``new/`` directory of a mount: drafts spooled under ``--spool-dir``."""
     config = ctx.config
@@ -66,14 +76,7 @@ async def open_new_directory(ctx: MountContext) -> NewDirectory:
             delay=config.writeback_delay,
             max_uploads=config.max_concurrency,
         ),
-        put_api=PutProcess(
-            config.aws,
-            ctx.api,
-            config.max_concurrency,
-            log_level="DEBUG" if config.log_level.upper() == "DEBUG" else "WARNING",
-        )
-        if config.upload_process
-        else None,
+        put_api=ctx.put_process,
     )
 
 

@@ -298,3 +298,40 @@ def test_mounts_upload_through_the_process_unless_told_not_to(server: LocalServe
             assert download_image(server.ebs(), sid, length=len(data)) == data
         finally:
             m.stop()
+
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        out += [int(p) for p in (task / "children").read_text().split()]
+    return out
+
+
+def test_a_mount_forks_its_upload_process_and_it_keeps_none_of_the_mounts_files(
+    server: LocalServer, tmp_path: Path
+):
+    m = MountProc(server, tmp_path / "m", "--max-concurrency", "4").start()
+    try:
+        assert m.proc is not None
+        children = _children(m.proc.pid)
+        assert len(children) == 1, "the upload process is forked at mount time"
+        child = children[0]
+        fds = {
+            int(fd): os.readlink(f"/proc/{child}/fd/{fd}") for fd in os.listdir(f"/proc/{child}/fd")
+        }
+        others = {fd: what for fd, what in fds.items() if fd > 2}
+        # One connection per --max-concurrency, nothing else (no /dev/fuse, pipe, log file).
+        assert len(others) == 4 and all(w.startswith("socket:") for w in others.values()), fds
+        # Writing through it works, and a kill -9 of the mount takes it away too.
+        data = os.urandom(2 * BLOCK_SIZE)
+        target = m.path / "new" / "forked"
+        sh("truncate", "-s", "1G", target)
+        with open(target, "r+b") as f:
+            f.write(data)
+            os.fsync(f.fileno())
+        stats = json.loads(os.getxattr(m.path, "user.ebsfs.stats"))["write"]
+        assert (stats["upload_process_starts"], stats["puts"]) == (1, 2)
+        m.kill()
+        assert _wait_gone(child), "the upload process outlived a kill -9 of its mount"
+    finally:
+        m.stop()
