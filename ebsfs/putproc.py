@@ -18,9 +18,12 @@ raises the ``ebsfs.errors`` exception ``Api`` raised in the child (class, messag
 reason and status carried over), so the write layer's retries see exactly what they would
 see in-process. The child:
 
-* starts at the first put (a mount that only reads never starts one), inherits the mount's
-  environment (credentials resolve as they do for the mount; nothing secret is passed on its
-  command line) and its AWS settings (endpoints, region, profile, timeouts, attempts);
+* is forked by a writable mount when it starts (:meth:`PutProcess.prefork`, before trio
+  runs: the child shares the modules and the clients already loaded, and keeps none of the
+  mount's descriptors but its connections); one that replaces a dead child, or any child of
+  a ``PutProcess`` not preforked, is a fresh ``python -m ebsfs.putproc`` started at a put,
+  which inherits the mount's environment (credentials resolve as they do for the mount;
+  nothing secret is passed on its command line) and AWS settings;
 * exits when a connection reaches end of file: the mount closed them (unmount), or the
   mount died, even by ``kill -9``, and the kernel closed them. (Not ``PR_SET_PDEATHSIG``:
   it fires when the *thread* that started the child ends, and trio retires idle worker
