@@ -38,6 +38,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from ebsfs.durable import fsync_path
 from ebsfs.types import BLOCK_SIZE
 
 log = logging.getLogger(__name__)
@@ -438,14 +439,5 @@ def data_bytes(path: Path) -> int:
             pos = os.lseek(fd, start, os.SEEK_HOLE)
             total += pos - start
         return total
-    finally:
-        os.close(fd)
-
-
-def fsync_path(path: Path) -> None:
-    """fsync a file or directory by path (a directory: so its entries survive a crash)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
     finally:
         os.close(fd)

@@ -52,6 +52,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from ebsfs.durable import fsync_path
 from ebsfs.types import BLOCK_SIZE
 
 log = logging.getLogger(__name__)
@@ -185,7 +186,7 @@ class Spool:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.directory / MANIFEST)
-        _fsync_dir(self.directory)
+        fsync_path(self.directory)
         self.manifest = dict(manifest)
 
     # ---- journal -----------------------------------------------------------------------------
@@ -276,7 +277,7 @@ class Spool:
         os.close(fd)
         self._journal_end = len(state)
         self._stored_records.clear()  # they are in the state just written
-        _fsync_dir(self.directory)
+        fsync_path(self.directory)
 
     def _replay(self) -> None:
         with open(self.directory / JOURNAL, "rb") as f:
@@ -439,15 +440,6 @@ class Spool:
             os.posix_fadvise(
                 self._data_fd, slot * BLOCK_SIZE, count * BLOCK_SIZE, os.POSIX_FADV_DONTNEED
             )
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make the directory's entries (a rename) durable."""
-    dfd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
 
 
 def _runs(slots: list[int]) -> list[tuple[int, int]]:
