@@ -11,7 +11,10 @@ CapacityLimiter.
 
 Optional: a layer that can tell whether a block is cached or already being fetched offers
 ``cached(index) -> bool`` (the cache does, read-ahead passes it on); ``ranges.read_range``
-uses it to wait for such blocks in turn instead of starting a task for each.
+uses it to wait for such blocks in turn instead of starting a task for each. A layer that
+verifies blocks against a digest offers ``async read_verified(index) -> (block, digest)``
+(the remote layer: ``(None, None)`` for a hole); the disk cache keeps that digest instead
+of hashing the block again. Both are found with ``getattr``, so layers without them work.
 """
 
 from typing import Protocol
