@@ -61,16 +61,18 @@ from typing import Any, Protocol
 from ebsfs import checksum, errors
 from ebsfs.config import AwsConfig
 from ebsfs.errors import BackendUnavailableError, EbsfsError
+from ebsfs.store.remote_write import PutApi
 from ebsfs.types import BLOCK_SIZE, ZERO_BLOCK
 
 log = logging.getLogger(__name__)
 
 __all__ = ["PutProcess"]
 
-#: Request frame: id, length of the JSON arguments, length of the block.
-_REQUEST = struct.Struct("!QII")
-#: Answer frame (and the start-up frames, with id 0): id, length of the JSON result.
-_ANSWER = struct.Struct("!QI")
+#: Request frame: length of the JSON arguments, length of the block (each connection carries
+#: one call at a time, so frames need no id).
+_REQUEST = struct.Struct("!II")
+#: Answer frame (and the start-up frames): length of the JSON that follows.
+_ANSWER = struct.Struct("!I")
 #: The longest JSON a frame may carry (arguments, answers, the start-up settings).
 _MAX_JSON = 1 << 20
 #: The largest block a request may carry (a block is 512 KiB).
@@ -82,14 +84,6 @@ START_TIMEOUT = 60.0
 #: A child that died this many times within RESTART_WINDOW seconds is not started again.
 MAX_RESTARTS = 3
 RESTART_WINDOW = 60.0
-
-
-class PutApi(Protocol):
-    """What this module needs of ``ebsfs.api.Api`` (and offers in its place)."""
-
-    def put_block(
-        self, snapshot_id: str, index: int, data: bytes | memoryview, checksum_b64: str
-    ) -> None: ...
 
 
 class PutProcess:
@@ -321,8 +315,8 @@ class _Link:
         first = ours[0]
         try:
             first.settimeout(START_TIMEOUT)
-            _send_frame(first, 0, settings)
-            _, answer = _recv_json(first)
+            _send_frame(first, settings)
+            answer = _recv_json(first)
             if isinstance(answer, dict) and isinstance(answer.get("error"), dict):
                 raise _decode_error(answer["error"])
             if not isinstance(answer, dict) or answer.get("ready") is not True:
@@ -367,9 +361,10 @@ class _Link:
         body = json.dumps(request).encode()
         view = memoryview(data).cast("B")
         try:
-            conn.settimeout(timeout)
-            _send_parts(conn, [_REQUEST.pack(0, len(body), len(view)), body, view])
-            _, answer = _recv_json(conn)
+            if conn.gettimeout() != timeout:  # a system call: only when it changes
+                conn.settimeout(timeout)
+            _send_parts(conn, [_REQUEST.pack(len(body), len(view)), body, view])
+            answer = _recv_json(conn)
         except TimeoutError:
             self._fail(f"did not answer within {timeout:.0f} s")
             raise BackendUnavailableError(
@@ -479,9 +474,9 @@ def _send_parts(sock: socket.socket, parts: list[bytes | memoryview]) -> None:
                 sent = 0
 
 
-def _send_frame(sock: socket.socket, frame_id: int, value: Any) -> None:
+def _send_frame(sock: socket.socket, value: Any) -> None:
     body = json.dumps(value).encode()
-    _send_parts(sock, [_ANSWER.pack(frame_id, len(body)), body])
+    _send_parts(sock, [_ANSWER.pack(len(body)), body])
 
 
 def _recv_exact(sock: socket.socket, view: memoryview) -> None:
@@ -493,15 +488,15 @@ def _recv_exact(sock: socket.socket, view: memoryview) -> None:
         got += n
 
 
-def _recv_json(sock: socket.socket) -> tuple[int, Any]:
+def _recv_json(sock: socket.socket) -> Any:
     head = bytearray(_ANSWER.size)
     _recv_exact(sock, memoryview(head))
-    frame_id, length = _ANSWER.unpack(head)
+    (length,) = _ANSWER.unpack(head)
     if length > _MAX_JSON:
         raise ValueError(f"a frame of {length} bytes")
     body = bytearray(length)
     _recv_exact(sock, memoryview(body))
-    return frame_id, json.loads(body)
+    return json.loads(body)
 
 
 def _encode_error(exc: EbsfsError) -> dict[str, Any]:
@@ -532,7 +527,7 @@ def _serve(socks: list[socket.socket]) -> int:
     from ebsfs.api import Api  # boto3 is imported here, in the child only
 
     first = socks[0]
-    _, settings = _recv_json(first)
+    settings = _recv_json(first)
     logging.basicConfig(
         level=str(settings.get("log_level", "WARNING")).upper(),
         format="ebsfs upload process: %(levelname)s %(name)s: %(message)s",
@@ -540,9 +535,9 @@ def _serve(socks: list[socket.socket]) -> int:
     try:
         api = Api(AwsConfig(**settings["aws"]))
     except EbsfsError as exc:
-        _send_frame(first, 0, {"error": _encode_error(exc)})
+        _send_frame(first, {"error": _encode_error(exc)})
         return 1
-    _send_frame(first, 0, {"ready": True})
+    _send_frame(first, {"ready": True})
     _serve_connections(api, socks)
     return 0
 
@@ -584,7 +579,7 @@ def _serve_connection(api: PutApi, sock: socket.socket) -> None:
     while True:
         try:
             _recv_exact(sock, memoryview(head))
-            _, args_length, data_length = _REQUEST.unpack(head)
+            args_length, data_length = _REQUEST.unpack(head)
             if args_length > _MAX_JSON or data_length > _MAX_DATA:
                 raise ValueError("oversized request")
             raw = bytearray(args_length)
@@ -601,7 +596,7 @@ def _serve_connection(api: PutApi, sock: socket.socket) -> None:
         answer = _answer(api, request, data, block)
         body = json.dumps(answer).encode()
         try:
-            _send_parts(sock, [_ANSWER.pack(0, len(body)), body])
+            _send_parts(sock, [_ANSWER.pack(len(body)), body])
         except OSError:
             os._exit(0)
 

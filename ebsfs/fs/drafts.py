@@ -96,7 +96,9 @@ class DraftApi(Protocol):
         encrypted: bool = False,
     ) -> Any: ...
 
-    def put_block(self, snapshot_id: str, index: int, data: bytes, checksum_b64: str) -> None: ...
+    def put_block(
+        self, snapshot_id: str, index: int, data: bytes | memoryview, checksum_b64: str
+    ) -> None: ...
 
     def complete_snapshot(
         self, snapshot_id: str, changed_blocks_count: int, aggregate_b64: str | None

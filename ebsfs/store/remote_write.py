@@ -31,9 +31,12 @@ T = TypeVar("T")
 
 
 class PutApi(Protocol):
-    """The part of ``ebsfs.api.Api`` this layer uses."""
+    """The part of ``ebsfs.api.Api`` this layer uses (``ebsfs.putproc.PutProcess`` offers it
+    too, with the optional ``put_spooled_block`` that reads a ``SpooledBlock`` itself)."""
 
-    def put_block(self, snapshot_id: str, index: int, data: bytes, checksum_b64: str) -> None: ...
+    def put_block(
+        self, snapshot_id: str, index: int, data: bytes | memoryview, checksum_b64: str
+    ) -> None: ...
 
 
 #: Makes a block's bytes in the worker thread of its PutSnapshotBlock; None: nothing to store.
@@ -55,17 +58,6 @@ class SpooledBlock:
 
     def __call__(self) -> bytes | None:
         return self.load()
-
-
-class SpooledPutApi(Protocol):
-    """The optional call of a put API that reads a ``SpooledBlock`` itself."""
-
-    def put_spooled_block(
-        self, snapshot_id: str, index: int, path: str, offset: int, skip_if_zero: bool
-    ) -> bytes | None:
-        """PutSnapshotBlock of the block at ``offset`` of ``path``; its raw SHA256 digest, or
-        None if it was all zeros and ``skip_if_zero``."""
-        ...
 
 
 class BlockSink(Protocol):

@@ -211,10 +211,10 @@ def test_a_child_that_does_not_answer_is_killed(server: LocalServer, env: None, 
     script.write_text(textwrap.dedent("""
         import json, socket, struct, sys, time
         sock = socket.socket(fileno=int(sys.argv[1].split(",")[0]))
-        head = sock.recv(12)
-        sock.recv(struct.unpack("!QI", head)[1])
+        head = sock.recv(4)
+        sock.recv(struct.unpack("!I", head)[0])
         body = json.dumps({"ready": True}).encode()
-        sock.sendall(struct.pack("!QI", 0, len(body)) + body)
+        sock.sendall(struct.pack("!I", len(body)) + body)
         while sock.recv(1 << 20):
             pass
         time.sleep(600)
