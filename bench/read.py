@@ -9,7 +9,11 @@
    of the same image from a local file (page-cached, as the mount's pages are), and B', the
    local file read after its pages were dropped (from the disk). Also with a
    ``--cache-size`` that holds the whole image, and with ``--disk-cache 2GiB`` (the blocks the
-   kernel dropped come back from a local file instead of the server).
+   kernel dropped come back from a local file instead of the server). Also the number of
+   blocks the warm pass fetched again (pages the kernel dropped after the cold pass). For
+   reference, the image read twice through ``bench/_memfs.py``, a pyfuse3 filesystem that
+   serves it from memory: its second pass is the kernel's FUSE page cache alone, the bound
+   on any FUSE filesystem's warm read here.
 5. Peak RSS (VmHWM) of each mount daemon, against ``--cache-size`` + 100 MiB.
 6. CPU seconds of the cold read: the mount daemon's (``/proc/PID/stat``) against the bare
    downloader's (``getrusage`` of this process); stable under load, unlike wall time. Also
@@ -128,9 +132,10 @@ def _peak_rss(pid: int) -> int:
 
 def _mount_read(
     server: LocalServer, sid: str, where: Path, cache: str, *flags: str
-) -> tuple[float, float, int, float, int, dict[str, int]]:
+) -> tuple[float, float, int, float, int, dict[str, int], int]:
     """(cold seconds, warm seconds, peak RSS, daemon CPU seconds and page faults of the cold
-    read, the mount's read counters after the warm read)."""
+    read, the mount's read counters after the warm read, blocks the warm read fetched from
+    the server: those of pages the kernel had dropped and the memory cache no longer held)."""
     extra = ["--read-ahead", READ_AHEAD] if READ_AHEAD and "--read-ahead" not in flags else []
     m = MountProc(
         server,
@@ -150,10 +155,37 @@ def _mount_read(
         cpu, faults = _cpu_of(m.proc.pid), _faults_of(m.proc.pid)
         cold = _dd(snap)
         cpu, faults = _cpu_of(m.proc.pid) - cpu, _faults_of(m.proc.pid) - faults
+        fetched = _counters(m.path).get("GetSnapshotBlock.ok", 0)
         warm = _dd(snap)
         rss = _peak_rss(m.proc.pid)
-        counters = json.loads(os.getxattr(m.path, "user.ebsfs.stats"))["read"]
-    return cold, warm, rss, cpu, faults, counters
+        counters = _counters(m.path)
+    refetched = counters.get("GetSnapshotBlock.ok", 0) - fetched
+    return cold, warm, rss, cpu, faults, counters, refetched
+
+
+def _counters(mountpoint: Path) -> dict[str, int]:
+    read: dict[str, int] = json.loads(os.getxattr(mountpoint, "user.ebsfs.stats"))["read"]
+    return read
+
+
+def _memfs_read(image: Path, where: Path) -> tuple[float, float]:
+    """(first, second pass seconds) of ``image`` through bench/_memfs.py: the kernel's FUSE
+    page cache with no daemon work behind it."""
+    where.mkdir()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench._memfs", str(image), str(where)],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        if proc.stdout.readline().strip() != "ready":
+            raise RuntimeError("bench._memfs did not start")
+        first = _dd(where / "image")
+        second = _dd(where / "image")
+    finally:
+        subprocess.run(["umount", str(where)], check=False)
+        proc.wait(timeout=30)
+    return first, second
 
 
 def main() -> None:
@@ -170,20 +202,23 @@ def main() -> None:
             sid = _upload(server, image)
             server.restart("--latency-ms", LATENCY_MS)
             bare, bare_cpu = _bare_download(server, sid)
-            cold, warm, rss, cold_cpu, cold_faults, _ = _mount_read(
+            cold, warm, rss, cold_cpu, cold_faults, _, refetched = _mount_read(
                 server, sid, root / "m1", CACHE
             )
-            cold_off, _, rss_off, _, _, _ = _mount_read(
+            cold_off, _, rss_off, _, _, _, _ = _mount_read(
                 server, sid, root / "m2", CACHE, "--read-ahead", "0"
             )
             big_cache = f"{GIB * 1024 + 256}MiB"
-            _, warm_big, rss_big, _, _, _ = _mount_read(server, sid, root / "m3", big_cache)
-            cold_disk, warm_disk, rss_disk, cold_disk_cpu, _, disk = _mount_read(
+            _, warm_big, rss_big, _, _, _, refetched_big = _mount_read(
+                server, sid, root / "m3", big_cache
+            )
+            cold_disk, warm_disk, rss_disk, cold_disk_cpu, _, disk, _ = _mount_read(
                 server, sid, root / "m4", CACHE, "--disk-cache", DISK_CACHE,
                 "--cache-dir", str(root / "disk-cache"),
             )
         finally:
             server.stop()
+        memfs_first, memfs_second = _memfs_read(image, root / "m5")
         # Local file baselines: page-cached like the mount's second pass, and cold (pages
         # dropped first, so read from the disk).
         _dd(image)
@@ -204,6 +239,8 @@ def main() -> None:
     rows.insert(4, (f"mount, warm, --cache-size {big_cache}", warm_big))
     rows.insert(5, (f"mount, cold, --disk-cache {DISK_CACHE}", cold_disk))
     rows.insert(6, (f"mount, warm, --disk-cache {DISK_CACHE}", warm_disk))
+    rows.insert(7, ("in-memory pyfuse3 file, first pass", memfs_first))
+    rows.insert(8, ("in-memory pyfuse3 file, second pass", memfs_second))
     print(
         f"1 snapshot of {GIB} GiB, server --latency-ms {LATENCY_MS}, "
         f"--max-concurrency {CONCURRENCY}, --cache-size {CACHE}, "
@@ -220,6 +257,9 @@ def main() -> None:
     print(f"  cold, read-ahead 0 / bare    {bare / cold_off:5.2f}")
     print(f"  warm / local file            {local / warm:5.2f}   (target >= 0.5)")
     print(f"  warm, big cache / local file {local / warm_big:5.2f}")
+    print(f"  in-memory pyfuse3, 2nd pass / local file {local / memfs_second:5.2f}"
+          "   (the kernel's FUSE page cache alone)")
+    print(f"  blocks fetched again by the warm pass: {refetched} (big cache: {refetched_big})")
     print(f"  warm, disk cache / local file {local / warm_disk:5.2f}   (target >= 0.5)")
     print(f"  cold, disk cache / bare      {bare / cold_disk:5.2f}")
     print(

@@ -11,12 +11,17 @@ BENCH_SERVER_OPS (``put``, ``get`` or ``put,get``, the default).
 
 import os
 import resource
+import subprocess
+import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import boto3
+import botocore.config
 
 from ebsfs import checksum
 from ebsfs.types import BLOCK_SIZE
@@ -79,6 +84,9 @@ def main() -> None:
             rows = _measure(srv, pid, total)
         finally:
             srv.stop()
+        if "put" in os.environ.get("BENCH_SERVER_OPS", "put,get").split(","):
+            rows += _measure_floor(Path(tmp) / "floor.data", total, contract=False)
+            rows += _measure_floor(Path(tmp) / "floor.data", total, contract=True)
     print()
     print("| operation | clients | req/s | MiB/s | server CPU ms/req | of which kernel "
           "| client CPU ms/req | server/client |")
@@ -88,9 +96,79 @@ def main() -> None:
         print(f"| {op} | {threads} | {rate:.0f} | {rate * BLOCK_SIZE / 2**20:.0f} | "
               f"{scpu / total * 1000:.2f} | {ssys / total * 1000:.2f} | "
               f"{ccpu / total * 1000:.2f} | {scpu / ccpu:.2f} |")
-    worst = max(scpu / ccpu for *_, scpu, _kernel, ccpu in rows)
+    worst = max(scpu / ccpu for op, *_, scpu, _kernel, ccpu in rows if op not in FLOORS)
+    print()
+    for name, what in FLOORS.items():
+        floor = [scpu / ccpu for op, *_, scpu, _kernel, ccpu in rows if op == name]
+        if floor:
+            print(f"{what}: server/client {' / '.join(f'{r:.2f}' for r in floor)} with "
+                  f"{' / '.join(map(str, LEVELS))} clients")
     verdict = "meets" if worst <= 1 / 3 else "MISSES"
     print(f"\nworst server/client CPU ratio {worst:.2f}: {verdict} the target of 0.33")
+
+
+FLOOR = "PutSnapshotBlock, floor"
+FLOOR_CONTRACT = "PutSnapshotBlock, floor + SigV4 + sync"
+FLOORS = {
+    FLOOR: "floor (a minimal Python server: no SigV4, validation, index or sync)",
+    FLOOR_CONTRACT: "floor with SigV4 and a durable write (what SPEC.md requires of a put)",
+}
+
+
+def _put_worker(clients: list[Any], target: str, threads: int, base: bytes) -> Any:
+    """A worker factory: thread ``t`` puts distinct blocks to ``target`` with its client."""
+
+    def make(t: int) -> Callable[[int], None]:
+        ebs = clients[t]
+
+        def one(n: int) -> None:
+            index = (n * threads + t) % (64 * 2048)
+            # Every block distinct, as a real upload's are: no deduplication helps.
+            block = os.urandom(16) + base[16:]
+            ebs.put_snapshot_block(
+                SnapshotId=target, BlockIndex=index, BlockData=block,
+                DataLength=BLOCK_SIZE, Checksum=checksum.block_checksum(block),
+                ChecksumAlgorithm="SHA256")
+
+        return one
+
+    return make
+
+
+def _measure_floor(
+    data_file: Path, total: int, contract: bool
+) -> list[tuple[str, int, float, float, float, float]]:
+    """The put load of ``_measure`` against bench/_floor_server.py."""
+    flags = ["--contract"] if contract else []
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench._floor_server", *flags, str(data_file)],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        port = int(proc.stdout.readline())
+        config = botocore.config.Config(
+            retries={"mode": "standard", "max_attempts": 3}, max_pool_connections=4,
+            connect_timeout=5, read_timeout=30,
+        )
+        clients = [
+            boto3.session.Session().client(
+                "ebs", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1",
+                aws_access_key_id="floor", aws_secret_access_key="floor", config=config,
+            )
+            for _ in range(max(LEVELS))
+        ]
+        base = os.urandom(BLOCK_SIZE)
+        rows = []
+        for threads in LEVELS:
+            make = _put_worker(clients, "snap-0123456789abcdef0", threads, base)
+            name = FLOOR_CONTRACT if contract else FLOOR
+            rows.append((name, threads, *_run(threads, total, make, proc.pid)))
+            print(f"  {name}, {threads} clients done", flush=True)
+        return rows
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def _measure(
@@ -117,22 +195,6 @@ def _measure(
     for threads in LEVELS:
         target = clients[0].start_snapshot(VolumeSize=64)["SnapshotId"]
 
-        def put_worker(t: int, target: str = target, threads: int = threads) -> Any:
-            ebs = clients[t]
-            counter = [0]
-
-            def one(n: int) -> None:
-                index = (n * threads + t) % (64 * 2048)
-                # Every block distinct, as a real upload's are: no deduplication helps.
-                block = os.urandom(16) + base[16:]
-                counter[0] += 1
-                ebs.put_snapshot_block(
-                    SnapshotId=target, BlockIndex=index, BlockData=block,
-                    DataLength=BLOCK_SIZE, Checksum=checksum.block_checksum(block),
-                    ChecksumAlgorithm="SHA256")
-
-            return one
-
         def get_worker(t: int, threads: int = threads) -> Any:
             ebs = clients[t]
 
@@ -146,6 +208,7 @@ def _measure(
             return one
 
         if "put" in ops:
+            put_worker = _put_worker(clients, target, threads, base)
             rows.append(("PutSnapshotBlock", threads, *_run(threads, total, put_worker, pid)))
         if "get" in ops:
             rows.append(("GetSnapshotBlock", threads, *_run(threads, total, get_worker, pid)))
