@@ -348,6 +348,7 @@ class Segments:
         # RWF_DSYNC: the write returns once it is durable (what fdatasync would make it),
         # without a second system call.
         flags = self._dsync_flag if durable else 0
+        retried = False
         while True:
             try:
                 done = os.pwritev(fd, pieces, start, flags)
@@ -357,8 +358,16 @@ class Segments:
                     log.info("RWF_DSYNC is not supported here; writes are synced by fdatasync")
                     self._dsync_flag = flags = 0
                     continue
-                if exc.errno != errno.EINVAL or not self._direct:
+                if exc.errno != errno.EINVAL:
                     raise
+                if not self._direct:
+                    # Another put's write failed the same way first and made this very
+                    # descriptor buffered (below) while this write was under way: retry,
+                    # once. Any other EINVAL is an error.
+                    if retried or fcntl.fcntl(fd, fcntl.F_GETFL) & getattr(os, "O_DIRECT", 0):
+                        raise
+                    retried = True
+                    continue
                 # A filesystem that takes O_DIRECT opens but not the writes.
                 log.info("O_DIRECT writes fail in %s (%s); using buffered writes", self.dir, exc)
                 self._direct = False

@@ -367,3 +367,75 @@ def _aligned_copy(data: bytes) -> mmap.mmap:
     buf = mmap.mmap(-1, -(-len(data) // mmap.PAGESIZE) * mmap.PAGESIZE)
     buf[: len(data)] = data
     return buf
+
+
+@pytest.mark.parametrize("race", [False, True])
+def test_a_filesystem_refusing_direct_writes_gets_buffered_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, race: bool
+) -> None:
+    # Some filesystems accept an O_DIRECT open and refuse the writes (EINVAL). The put
+    # must still be stored durably, through a buffered descriptor, and later puts too.
+    # With ``race``, another put met the EINVAL first and made the shared descriptor
+    # buffered while this one's write was failing: this one retries instead of failing.
+    store = Store(tmp_path, index_delay=3600)
+    segments = store.segments
+    assert segments._direct  # this machine's filesystem takes O_DIRECT
+    snap = _snapshot(store, "snap-00000000000000011")
+    blocks = [os.urandom(BLOCK_SIZE) for _ in range(3)]
+    pwritev = os.pwritev
+    refused: list[int] = []
+
+    def refusing_direct(fd: int, buffers: list[memoryview], offset: int, flags: int = 0) -> int:
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
+            refused.append(fd)
+            if race:
+                # What the other put's fallback did in the meantime.
+                segments._direct = False
+                buffered = os.open(f"/proc/self/fd/{fd}", os.O_WRONLY)
+                os.dup2(buffered, fd)
+                os.close(buffered)
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return pwritev(fd, buffers, offset, flags)
+
+    monkeypatch.setattr(os, "pwritev", refusing_direct)
+    for i, data in enumerate(blocks):
+        _put(store, snap, i, data)  # acknowledged: no error
+    monkeypatch.undo()
+    assert len(refused) == 1  # once buffered, the descriptor stays so
+    assert not segments._direct
+    store.close(index=False)  # as kill -9 leaves it: only the records say the puts were
+
+    store = Store(tmp_path, index_delay=3600)
+    assert _rows(store, store.snapshots[snap.snapshot_id]) == {
+        i: hashlib.sha256(data).digest() for i, data in enumerate(blocks)
+    }
+    for data in blocks:
+        located = store.locate(hashlib.sha256(data).digest())
+        assert located is not None
+        with open(located[0], "rb") as f:
+            f.seek(located[1])
+            assert f.read(BLOCK_SIZE) == data
+    store.close()
+
+
+def test_a_buffered_write_refused_with_einval_is_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The retry above is for a descriptor made buffered under a write, once; an EINVAL
+    # from a buffered write is an error of its own, reported, never retried for ever.
+    store = Store(tmp_path, index_delay=3600)
+    store.segments._direct = False
+    snap = _snapshot(store, "snap-00000000000000012")
+    calls: list[int] = []
+
+    def refusing(fd: int, buffers: list[memoryview], offset: int, flags: int = 0) -> int:
+        calls.append(fd)
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+    monkeypatch.setattr(os, "pwritev", refusing)
+    with pytest.raises(OSError) as caught:
+        _put(store, snap, 0, os.urandom(BLOCK_SIZE))
+    monkeypatch.undo()
+    assert caught.value.errno == errno.EINVAL
+    assert len(calls) == 2
+    store.close()
