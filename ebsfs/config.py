@@ -48,8 +48,9 @@ class MountConfig:
     spool_dir: str = "/var/lib/ebsfs/spool"
     dirty_limit: int = 128 << 20
     writeback_delay: float = 0.5
-    #: PutSnapshotBlock in a child process (its own GIL) rather than the mount's threads.
-    upload_process: bool = True
+    #: PutSnapshotBlock in a child process (its own GIL) rather than the mount's threads;
+    #: None: when the mount may run on two CPUs or more (on one, the child only adds work).
+    upload_process: bool | None = None
     read_only: bool = False
     allow_other: bool = False
     allow_delete: bool = False

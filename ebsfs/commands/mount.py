@@ -136,11 +136,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="a fully written block is stored once unchanged this long (default: 0.5)",
     )
     write.add_argument(
+        "--upload-process",
+        dest="upload_process",
+        action="store_const",
+        const=True,
+        default=None,
+        help="store blocks from a child process with its own GIL (default: when the mount "
+        "may use two CPUs or more)",
+    )
+    write.add_argument(
         "--no-upload-process",
         dest="upload_process",
         action="store_const",
         const=False,
-        default=None,
         help="store blocks from the mount's own threads instead of a child process",
     )
     write.add_argument(

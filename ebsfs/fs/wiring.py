@@ -7,6 +7,8 @@ before the kernel mount goes away), so buffered writes can be flushed.
 
 from __future__ import annotations
 
+import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +23,8 @@ from ebsfs.putproc import PutProcess
 from ebsfs.store.stack import ReadStacks
 from ebsfs.store.writeback import WriteTuning
 from ebsfs.types import BlockIndex
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -52,9 +56,26 @@ class _ParentBlocks:
         return {}
 
 
+def usable_cpus() -> int:
+    """How many CPUs this process may run on (its affinity mask, not the machine's count)."""
+    return len(os.sched_getaffinity(0))
+
+
 def upload_process(config: MountConfig, api: Api) -> PutProcess | None:
-    """The mount's upload process (not started yet), if its configuration asks for one."""
-    if config.read_only or not config.upload_process:
+    """The mount's upload process (not started yet), if its configuration asks for one or
+    leaves it to the machine and the mount may use two CPUs or more."""
+    if config.read_only:
+        return None
+    wanted = config.upload_process
+    if wanted is None:
+        cpus = usable_cpus()
+        wanted = cpus >= 2
+        if not wanted:
+            # Measured (docs/benchmarks.md): on one CPU the child adds a fifth to the CPU of
+            # an upload and makes it slower on average.
+            log.info("%d CPU usable: blocks are stored from the mount's own threads "
+                     "(--upload-process to use a child process anyway)", cpus)
+    if not wanted:
         return None
     level = "DEBUG" if config.log_level.upper() == "DEBUG" else "WARNING"
     return PutProcess(config.aws, api, config.max_concurrency, log_level=level)

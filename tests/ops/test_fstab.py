@@ -52,6 +52,11 @@ COMMANDS = ("mount", "umount", "ls", "server", "diff")
             ["ebsfs", "/mnt/s", "-o", "dirty_limit=64MiB,writeback-delay=0.2"],
             ["mount", "/mnt/s", "--dirty-limit", "64MiB", "--writeback-delay", "0.2"],
         ),
+        (["ebsfs", "/mnt/s", "-o", "upload_process"], ["mount", "/mnt/s", "--upload-process"]),
+        (
+            ["ebsfs", "/mnt/s", "-o", "no_upload_process"],
+            ["mount", "/mnt/s", "--no-upload-process"],
+        ),
         (
             ["ebsfs", "/mnt/s", "-o", "config=/etc/ebsfs/a.toml,owner=self,allow_delete"],
             [

@@ -194,3 +194,17 @@ def test_snapshot_ids_are_checked(config_file: Path) -> None:
         _mount(config_file, snapshots=["bogus"])
     with pytest.raises(UsageError, match="EBSFS_SNAPSHOTS: not a snapshot id: 'snap-XYZ'"):
         _mount(config_file, {"EBSFS_SNAPSHOTS": "snap-0123456789abcdef0,snap-XYZ"})
+
+
+def test_upload_process_is_left_to_the_machine_unless_set(tmp_path: Path) -> None:
+    # None (decided at mount by the usable CPUs) unless a flag, the environment or the file
+    # says; then exactly what it says.
+    empty = tmp_path / "empty.toml"
+    empty.write_text("")
+    assert _mount(empty, {}).upload_process is None
+    assert _mount(empty, {"EBSFS_UPLOAD_PROCESS": "yes"}).upload_process is True
+    assert _mount(empty, {"EBSFS_UPLOAD_PROCESS": "off"}).upload_process is False
+    assert _mount(empty, {"EBSFS_UPLOAD_PROCESS": "off"}, upload_process=True).upload_process
+    on = tmp_path / "on.toml"
+    on.write_text("[mount]\nupload_process = true\n")
+    assert _mount(on, {}).upload_process is True

@@ -281,13 +281,33 @@ def test_the_child_dies_with_the_mount(server: LocalServer, env: None, tmp_path:
 
 
 def test_mounts_upload_through_the_process_unless_told_not_to(server: LocalServer, tmp_path):
+    # By default the child is used when the mount may run on two CPUs or more: on one it
+    # only adds work. The flags decide either way.
     data = os.urandom(3 * BLOCK_SIZE)
     image = tmp_path / "img"
     image.write_bytes(data)
-    for flags, starts in (((), 1), (("--no-upload-process",), 0)):
-        m = MountProc(server, tmp_path / f"m{starts}", *flags).start()
+    everywhere = os.sched_getaffinity(0)
+    one_cpu = {min(everywhere)}
+    cases = (
+        ((), everywhere, 1 if len(everywhere) >= 2 else 0),
+        (("--no-upload-process",), everywhere, 0),
+        ((), one_cpu, 0),
+        (("--upload-process",), one_cpu, 1),
+    )
+    for n, (flags, cpus, starts) in enumerate(cases):
+        # The mount inherits the CPUs of the thread that starts it.
+        os.sched_setaffinity(0, cpus)
         try:
-            target = m.path / "new" / f"p{starts}"
+            m = MountProc(server, tmp_path / f"m{n}", *flags).start()
+        finally:
+            os.sched_setaffinity(0, everywhere)
+        try:
+            assert m.proc is not None
+            assert os.sched_getaffinity(m.proc.pid) == cpus
+            # Leaving it out by itself is said, with the way to have it anyway.
+            said = "1 CPU usable" in m.log_text() and "--upload-process" in m.log_text()
+            assert said is (not flags and len(cpus) == 1)
+            target = m.path / "new" / f"p{n}"
             sh("truncate", "-s", "1G", target)
             sh("dd", f"if={image}", f"of={target}", "bs=1M", "conv=notrunc,fsync", "status=none")
             stats = json.loads(os.getxattr(m.path, "user.ebsfs.stats"))["write"]
@@ -310,7 +330,7 @@ def _children(pid: int) -> list[int]:
 def test_a_mount_forks_its_upload_process_and_it_keeps_none_of_the_mounts_files(
     server: LocalServer, tmp_path: Path
 ):
-    m = MountProc(server, tmp_path / "m", "--max-concurrency", "4").start()
+    m = MountProc(server, tmp_path / "m", "--max-concurrency", "4", "--upload-process").start()
     try:
         assert m.proc is not None
         children = _children(m.proc.pid)
