@@ -111,8 +111,8 @@ def main(args: list[str]) -> None:
     next_offset, lock = [0], threading.Lock()
     while True:
         conn, _ = listener.accept()
-        args = (conn, fd, next_offset, lock, verifier, sync_flag, ring)
-        threading.Thread(target=_serve, args=args, daemon=True).start()
+        state = (conn, fd, next_offset, lock, verifier, sync_flag, ring)
+        threading.Thread(target=_serve, args=state, daemon=True).start()
 
 
 if __name__ == "__main__":
