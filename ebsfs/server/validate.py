@@ -48,7 +48,9 @@ class Checks:
         self.at_most(value, wire, high)
 
     def pattern(self, value: str | None, wire: str, regex: str) -> None:
-        if value is not None and not re.search(regex, value):
+        # The whole value must match, as Java's matches() does: with re.search, "$" would
+        # also match before a trailing newline ("snap-abc\n").
+        if value is not None and not re.fullmatch(regex, value):
             self._fail(value, wire, f"Member must satisfy regular expression pattern: {regex}")
 
     def length(self, value: str | None, wire: str, low: int, high: int) -> None:
@@ -72,14 +74,30 @@ class Checks:
             raise framework(self.violations)
 
 
+#: The range of the APIs' Integer members (Java's int): longer text is not even converted.
+INT_MIN, INT_MAX = -(2**31), 2**31 - 1
+_INTEGER = re.compile(r"-?[0-9]{1,10}")
+
+
+def parse_int(text: str) -> int | None:
+    """The value of an optional minus and ASCII digits that fits an Integer member; None for
+    anything else (``+1``, ``1_0``, `` 1``, non-ASCII digits, 5000 digits)."""
+    if not _INTEGER.fullmatch(text):
+        return None
+    value = int(text)
+    return value if INT_MIN <= value <= INT_MAX else None
+
+
 def to_int(text: str | None, wire: str) -> int | None:
-    """An integer from a header, path segment or query value; bad text cannot be parsed."""
+    """An integer from a header, path segment or query value; text that is not an Integer
+    cannot be deserialised (SerializationException, as for any other member type error)."""
     if text is None:
         return None
-    try:
-        return int(text.strip())
-    except ValueError:
-        raise serialization(f"Unable to parse '{text}' as an integer for '{wire}'.") from None
+    value = parse_int(text)
+    if value is None:
+        shown = text if len(text) <= 64 else text[:64] + "..."
+        raise serialization(f"Unable to parse '{shown}' as an integer for '{wire}'.")
+    return value
 
 
 def serialization(message: str) -> EbsError:
