@@ -29,6 +29,9 @@ _AUTH_RE = re.compile(
 _SPACES = re.compile(r"\s+")
 _AMZ_DATE = re.compile(r"([0-9]{4})([0-9]{2})([0-9]{2})T([0-9]{2})([0-9]{2})([0-9]{2})Z")
 _SIGNATURE = re.compile(r"[0-9a-f]{64}")
+# A path whose segments are non-empty runs of unreserved characters not starting with a dot:
+# its canonical form is itself.
+_PLAIN_PATH = re.compile(r"/|(?:/[A-Za-z0-9_~-][A-Za-z0-9._~-]*)+/?")
 #: Authorization headers remembered (up to the signature) before the cache starts afresh.
 _AUTH_CACHE = 64
 
@@ -226,7 +229,7 @@ class Verifier:
         canonical = "\n".join(
             (
                 method,
-                raw_path or "/",
+                canonical_uri(raw_path),
                 canonical_query(raw_query),
                 canonical_headers,
                 scope.signed_names,
@@ -256,6 +259,25 @@ def _header_value(value: str) -> str:
     if "  " in value or not value.isprintable():
         return _SPACES.sub(" ", value)
     return value
+
+
+def canonical_uri(raw_path: str) -> str:
+    """The path as SigV4 canonicalises it for services other than S3: dot segments and empty
+    segments removed (a leading and a trailing slash kept), then the path as sent
+    percent-encoded once more (``%0A`` becomes ``%250A``, ``+`` becomes ``%2B``)."""
+    if _PLAIN_PATH.fullmatch(raw_path):
+        return raw_path  # every EBS request botocore makes: nothing to do
+    segments: list[str] = []
+    for segment in raw_path.split("/"):
+        if segment == "..":
+            if segments:
+                segments.pop()
+        elif segment and segment != ".":
+            segments.append(segment)
+    path = "/" + "/".join(segments)
+    if raw_path.endswith("/") and segments:
+        path += "/"
+    return quote(path, safe="/~")
 
 
 def canonical_query(raw_query: str) -> str:
