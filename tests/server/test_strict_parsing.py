@@ -63,7 +63,7 @@ def test_content_length_is_ascii_digits(shared: Shared, value: str) -> None:
     head = sign(shared.server, "POST", "/snapshots", b'{"VolumeSize":1}',
                 {"Content-Type": "application/json"})
     lines = [f"{k}: {v}" for k, v in head.items() if k.lower() != "content-length"]
-    data = ("POST /snapshots HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n" % shared.server.port
+    data = (f"POST /snapshots HTTP/1.1\r\nHost: 127.0.0.1:{shared.server.port}\r\n"
             + "\r\n".join(lines) + f"\r\nContent-Length: {value}\r\n\r\n")
     answer = exchange(shared.server.port, data.encode() + b'{"VolumeSize":1}')
     assert status_of(answer) == 400, answer[:300]
