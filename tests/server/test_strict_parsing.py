@@ -5,6 +5,7 @@ pattern matches, bounds before conversion. Each lenient reading that used to be 
 import json
 import os
 import socket
+import time
 
 import pytest
 
@@ -139,3 +140,18 @@ def test_deeply_nested_json_is_a_serialization_error(shared: Shared) -> None:
     answer = signed(shared.server, "POST", "/snapshots", body[:60000],
                     {"Content-Type": "application/json"})
     assert answer.status == 400 and answer.error_type == "SerializationException"
+
+
+def test_backtracking_kms_arn_is_answered_at_once(shared: Shared) -> None:
+    arn = "arn:aws:kms:" + ":000000000000:key/" * 3500 + "\n"
+    body = json.dumps({"VolumeSize": 1, "KmsKeyArn": arn}).encode()
+    started = time.monotonic()
+    answer = signed(shared.server, "POST", "/snapshots", body,
+                    {"Content-Type": "application/json"})
+    assert answer.status == 400 and answer.error_type == "ValidationException"
+    message = answer.json()["message"]
+    assert "less than or equal to 2048" in message
+    # Too long to be matched at all: only the length is reported.
+    assert "regular expression" not in message
+    # Only a hang guard: it took 2.5 s of the server's GIL before, milliseconds now.
+    assert time.monotonic() - started < 10
