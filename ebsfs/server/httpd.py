@@ -92,6 +92,7 @@ class Server(socketserver.ThreadingTCPServer):
         super().__init__(address, Handler)
         self.app = app
         self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self._refused, self._refused_logged = 0, 0.0
         app.allowed_hosts = loopback_hosts(address[0], self.server_address)
 
     def server_bind(self) -> None:
@@ -109,8 +110,12 @@ class Server(socketserver.ThreadingTCPServer):
         else answer 503 at once and close it (a thread and its buffers per connection are
         what an unlimited number of idle connections would exhaust)."""
         if not self._slots.acquire(blocking=False):
-            log.warning("more than %d connections: refusing one from %s",
-                        MAX_CONNECTIONS, client_address[0])
+            self._refused += 1
+            now = time.monotonic()
+            if now - self._refused_logged >= 1.0:  # one line a second, not one per refusal
+                log.warning("more than %d connections: refused %d (the last from %s)",
+                            MAX_CONNECTIONS, self._refused, client_address[0])
+                self._refused, self._refused_logged = 0, now
             head = (
                 "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
                 "x-amzn-ErrorType: ServiceUnavailableException\r\nRetry-After: 1\r\n"
