@@ -13,6 +13,9 @@ DEFAULT_LOCAL_ENDPOINT = f"http://{DEFAULT_SERVER_HOST}:{DEFAULT_SERVER_PORT}"
 #: The development key pair the local server accepts on loopback when given no other.
 DEV_ACCESS_KEY_ID = "AKIAEBSFSLOCALDEV000"
 DEV_SECRET_ACCESS_KEY = "ebsfs-local-development-secret-key"
+#: Shortest secret access key the local server accepts on a non-loopback address (the
+#: development pair is refused there whatever its length: it is published).
+MIN_SERVER_SECRET_LENGTH = 16
 #: The region used with the local server when none is configured.
 DEFAULT_LOCAL_REGION = "us-east-1"
 

@@ -8,7 +8,14 @@ import argparse
 from typing import Any
 
 from ebsfs import settings
-from ebsfs.config import DEFAULT_SERVER_HOST, DEFAULT_SERVER_PORT, ServerConfig
+from ebsfs.config import (
+    DEFAULT_SERVER_HOST,
+    DEFAULT_SERVER_PORT,
+    DEV_ACCESS_KEY_ID,
+    DEV_SECRET_ACCESS_KEY,
+    MIN_SERVER_SECRET_LENGTH,
+    ServerConfig,
+)
 from ebsfs.errors import UsageError
 from ebsfs.logsetup import register_secret, setup_logging
 
@@ -21,8 +28,11 @@ examples:
   AWS_ENDPOINT_URL_EC2=http://{DEFAULT_SERVER_HOST}:{DEFAULT_SERVER_PORT} aws ec2 describe-snapshots
 
 Without a key pair the server accepts only the development pair from ebsfs.config, and only
-on a loopback address. Ready when the port accepts connections. Exit codes: 0 stopped by
-SIGTERM/SIGINT, 2 bad arguments or unusable address or data directory.
+on a loopback address; on any other address it refuses the development pair and secrets
+shorter than 16 characters, wherever they come from. On loopback it answers only requests
+whose Host is localhost, 127.0.0.1 or [::1] (or the listen name) with its port. Ready when
+the port accepts connections. Exit codes: 0 stopped by SIGTERM/SIGINT, 2 bad arguments,
+unusable address or key pair, or unusable data directory.
 """
 
 
@@ -30,13 +40,10 @@ def _listen(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep or not host:
         raise argparse.ArgumentTypeError(f"expected HOST:PORT, not {text!r}")
-    try:
-        number = int(port)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {port!r}") from None
-    if not 0 <= number <= 65535:
+    # ASCII digits only: int() would also take "+80", "8_0" or " 80".
+    if not (port.isascii() and port.isdigit() and len(port) <= 5) or int(port) > 65535:
         raise argparse.ArgumentTypeError(f"not a port number: {port!r}")
-    return host.strip("[]"), number
+    return host.strip("[]"), int(port)
 
 
 def _rate(text: str) -> float:
@@ -127,10 +134,32 @@ def build_config(args: argparse.Namespace | dict[str, Any]) -> ServerConfig:
     )
 
 
+def check_key_pair(config: ServerConfig) -> None:
+    """Refuse a guessable key pair on a non-loopback address: the published development
+    pair (or either half of it), or a short secret, whether given by flag or environment."""
+    from ebsfs.server.runner import is_loopback, resolve_credentials
+
+    key_id, secret, _ = resolve_credentials(config)
+    if is_loopback(config.host):
+        return
+    if key_id == DEV_ACCESS_KEY_ID or secret == DEV_SECRET_ACCESS_KEY:
+        raise UsageError(
+            f"refusing to listen on non-loopback {config.host} with the published development "
+            "key pair; give a key pair of your own (--access-key-id and --secret-access-key, "
+            "or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY)"
+        )
+    if len(secret) < MIN_SERVER_SECRET_LENGTH:
+        raise UsageError(
+            f"refusing to listen on non-loopback {config.host} with a secret access key of "
+            f"{len(secret)} characters; use at least {MIN_SERVER_SECRET_LENGTH}"
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     from ebsfs.server.runner import run as serve
 
     config = build_config(args)
+    check_key_pair(config)
     setup_logging(config.log_level)
     register_secret(config.secret_access_key)
     return serve(config)
