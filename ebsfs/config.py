@@ -28,6 +28,13 @@ class AwsConfig:
     read_timeout: float = 30.0
     max_attempts: int = 6
     max_pool_connections: int = 32
+    #: Where each setting that was given came from ("--region", "AWS_REGION",
+    #: "/etc/ebsfs/ebsfs.toml [aws] region"), so errors caused by configuration can say so.
+    origins: tuple[tuple[str, str], ...] = ()
+
+    def origin(self, key: str) -> str | None:
+        """Where ``key`` was set, or None when it was left at its default."""
+        return dict(self.origins).get(key)
 
 
 @dataclass(frozen=True)

@@ -344,12 +344,15 @@ def resolve(
     config: ConfigFile,
     mountpoint: str | None = None,
     environ: Mapping[str, str] | None = None,
+    origins: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """The section's settings that any layer sets: command line, then environment, then file.
 
     ``given`` holds command-line values by key, None meaning "not given"; keys outside the
     section are ignored. The result holds only keys some layer set, coerced to their types.
+    ``origins``, when given, receives where each of them came from.
     """
+    origins = {} if origins is None else origins
     environ = os.environ if environ is None else environ
     schema = SCHEMA[section]
     from_file = config.values(section, mountpoint)
@@ -363,6 +366,7 @@ def resolve(
                 raise UsageError(
                     f"{_FLAGS.get(key, '--' + key.replace('_', '-'))}: {exc}"
                 ) from None
+            origins[key] = _FLAGS.get(key, "--" + key.replace("_", "-"))
             continue
         env_name = next((name for name in spec.env if environ.get(name)), None)
         if env_name is not None:
@@ -370,12 +374,22 @@ def resolve(
                 out[key] = spec.coerce(environ[env_name])
             except ValueError as exc:
                 raise UsageError(f"{env_name}: {exc}") from None
+            origins[key] = env_name
             continue
         if any(environ.get(name) for name in spec.yields_to):
             continue
         if key in from_file:
             out[key] = from_file[key]
+            origins[key] = f"{config.path} [{section}] {key}"
     return out
+
+
+def _aws(
+    given: Mapping[str, Any], config: ConfigFile, environ: Mapping[str, str] | None
+) -> AwsConfig:
+    origins: dict[str, str] = {}
+    values = resolve("aws", given, config=config, environ=environ, origins=origins)
+    return AwsConfig(**values, origins=tuple(sorted(origins.items())))
 
 
 def add_config_option(parser: argparse.ArgumentParser) -> None:
@@ -403,7 +417,7 @@ def aws_config(
     given = _given(args)
     if config is None:
         config = load_config(given.get("config"), environ)
-    return AwsConfig(**resolve("aws", given, config=config, environ=environ))
+    return _aws(given, config, environ)
 
 
 def mount_config(
@@ -421,7 +435,7 @@ def mount_config(
     given = _given(args)
     if config is None:
         config = load_config(given.get("config"), environ)
-    aws = AwsConfig(**resolve("aws", given, config=config, environ=environ))
+    aws = _aws(given, config, environ)
     values = resolve("mount", given, config=config, mountpoint=mountpoint, environ=environ)
     return MountConfig(
         mountpoint=mountpoint,

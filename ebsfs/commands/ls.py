@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from dataclasses import asdict
 
@@ -27,8 +28,9 @@ examples:
   ebsfs ls --region eu-west-1 --owner 123456789012
 
 Every state is listed (pending, completed, error), unlike the mount, which shows only
-completed snapshots. Exit codes: 0 listed, 2 bad option or configuration, 3 a --snapshot
-that does not exist, 4 access denied, 5 endpoint unreachable (docs/errors.md).
+completed snapshots. The first line, on stderr, says which endpoint was used and why.
+Exit codes: 0 listed, 2 bad option or configuration, 3 a --snapshot that does not exist,
+4 access denied, 5 endpoint unreachable (docs/errors.md).
 """,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -89,6 +91,8 @@ def table(infos: list[SnapshotInfo]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     api = Api(settings.aws_config(args))
+    # On stderr, so that the table and --json stay what scripts parse.
+    print(f"endpoint: {api.endpoints.describe()}", file=sys.stderr)
     infos = api.describe_snapshots(args.snapshots, args.owner, _filters(args.filters))
     if args.json:
         print(json.dumps([asdict(i) | {"name": i.name} for i in infos], indent=2, sort_keys=True))
