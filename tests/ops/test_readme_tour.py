@@ -45,10 +45,9 @@ def test_the_readme_tour_runs_literally_after_make_install(tmp_path: Path) -> No
 set -euo pipefail
 mount -t tmpfs tmpfs {q(str(layers))}
 for top in /etc /usr/local /var; do
-    name=$(echo "$top" | tr / _)
-    mkdir -p {q(str(layers))}/$name/upper {q(str(layers))}/$name/work
-    mount -t overlay overlay \\
-        -o lowerdir=$top,upperdir={q(str(layers))}/$name/upper,workdir={q(str(layers))}/$name/work $top
+    layer={q(str(layers))}/$(echo "$top" | tr / _)
+    mkdir -p "$layer/upper" "$layer/work"
+    mount -t overlay overlay -o "lowerdir=$top,upperdir=$layer/upper,workdir=$layer/work" "$top"
 done
 mount -t tmpfs tmpfs /mnt
 rm -rf /etc/ebsfs /var/lib/ebsfs /var/tmp/ebsfs-server*
