@@ -91,9 +91,10 @@ def table(infos: list[SnapshotInfo]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     api = Api(settings.aws_config(args))
-    # On stderr, so that the table and --json stay what scripts parse.
-    print(f"endpoint: {api.endpoints.describe()}", file=sys.stderr)
     infos = api.describe_snapshots(args.snapshots, args.owner, _filters(args.filters))
+    # On stderr, so that the table and --json stay what scripts parse; after the listing, so
+    # that an error stays the one line a command prints.
+    print(f"endpoint: {api.endpoints.describe()}", file=sys.stderr)
     if args.json:
         print(json.dumps([asdict(i) | {"name": i.name} for i in infos], indent=2, sort_keys=True))
     else:
