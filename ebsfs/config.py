@@ -54,6 +54,8 @@ class MountConfig:
     max_concurrency: int = 32
     spool_dir: str = "/var/lib/ebsfs/spool"
     dirty_limit: int = 128 << 20
+    #: Bytes of copied blocks all scratch overlays of the mount may keep in the spool.
+    scratch_limit: int = 1 << 30
     writeback_delay: float = 0.5
     #: PutSnapshotBlock in a child process (its own GIL) rather than the mount's threads;
     #: None: when the mount may run on two CPUs or more (on one, the child only adds work).

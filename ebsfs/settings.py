@@ -6,7 +6,8 @@ exists (no file at all is fine). It has three tables, each key optional::
     [aws]       endpoint_url, region, profile, connect_timeout, read_timeout, max_attempts,
                 max_pool_connections
     [mount]     snapshots, filters, owner, cache_size, disk_cache, cache_dir, read_ahead,
-                max_concurrency, spool_dir, dirty_limit, writeback_delay, upload_process,
+                max_concurrency, spool_dir, dirty_limit, scratch_limit, writeback_delay,
+                upload_process,
                 read_only, allow_other, allow_delete, refresh, log_level, io_timeout
     [mount."/srv/snapshots"]   the same keys, for the mount at that path only
     [server]    data_dir, listen, access_key_id, secret_access_key, latency_ms, throttle_rate,
@@ -207,6 +208,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "max_concurrency": Key(_int, ("EBSFS_MAX_CONCURRENCY",)),
         "spool_dir": Key(_str, ("EBSFS_SPOOL_DIR",)),
         "dirty_limit": Key(_size, ("EBSFS_DIRTY_LIMIT",)),
+        "scratch_limit": Key(_size, ("EBSFS_SCRATCH_LIMIT",)),
         "writeback_delay": Key(_float, ("EBSFS_WRITEBACK_DELAY",)),
         "upload_process": Key(_bool, ("EBSFS_UPLOAD_PROCESS",)),
         "read_only": Key(_bool, ("EBSFS_READ_ONLY",)),

@@ -17,6 +17,7 @@ The namespace (SPEC.md "The namespace")::
     /parts/snap-.../by-label/LABEL   symlink ../N, for each GPT partition name
     /parts/new/NAME/  0555 dir   the same for the draft new/NAME (read again at each lookup);
                                  its partition files are 0600 and writable, within their size
+    /scratch/NAME     0600 file  a local copy-on-write overlay of a snapshot or partition
 
 Anything that would change a completed snapshot, the root or ``by-name/`` is EROFS, as is
 every change on a ``--read-only`` mount. ``rm snap-...`` deletes the snapshot only with
@@ -45,10 +46,20 @@ from ebsfs.api import SnapshotInfo
 from ebsfs.errors import NotFoundError, ReadOnlyError
 from ebsfs.fs.catalog import Catalog
 from ebsfs.fs.edge import ERRNO_COUNTS, fail, fuse_errors
-from ebsfs.fs.inodes import BY_NAME, DIRECTORIES, NEW, PARTS, PARTS_NEW, ROOT, InodeTable
+from ebsfs.fs.inodes import (
+    BY_NAME,
+    DIRECTORIES,
+    NEW,
+    PARTS,
+    PARTS_NEW,
+    ROOT,
+    SCRATCH,
+    InodeTable,
+)
 from ebsfs.fs.newdir import Draft, NewDirectory
 from ebsfs.fs.partitions import Partition
 from ebsfs.fs.partview import DRAFT_PREFIX, PartitionTables
+from ebsfs.fs.scratch import XATTR_BASE, XATTR_KEEP, Overlay, ScratchDirectory
 from ebsfs.store.ranges import read_range
 from ebsfs.store.stack import ReadStacks
 from ebsfs.types import BLOCK_SIZE
@@ -82,6 +93,7 @@ class _Handle:
     #: A partition file: its owner (snapshot id or new/NAME) and the partition.
     part_owner: str = ""
     part: Partition | None = None
+    overlay: Overlay | None = None
 
 
 def snapshot_xattrs(info: SnapshotInfo) -> dict[str, bytes]:
@@ -132,6 +144,7 @@ class EbsfsOperations(pyfuse3.Operations):
         config: OpsConfig,
         nursery: trio.Nursery,
         delete_snapshot: Callable[[str], Awaitable[None]] | None = None,
+        scratch: Callable[[PartitionTables], ScratchDirectory] | None = None,
     ) -> None:
         super().__init__()
         self.catalog = catalog
@@ -142,6 +155,8 @@ class EbsfsOperations(pyfuse3.Operations):
         self.delete_snapshot = delete_snapshot
         self.inodes = InodeTable()
         self.partitions = PartitionTables(catalog, stacks, newdir)
+        #: None on a --read-only mount: scratch/ is then empty and refuses every change.
+        self.scratch = scratch(self.partitions) if scratch is not None else None
         self.handles: dict[int, _Handle] = {}
         self.draft_opens: Counter[str] = Counter()
         self.counters: Counter[str] = Counter()
@@ -168,7 +183,7 @@ class EbsfsOperations(pyfuse3.Operations):
 
     def _dir_attr(self, inode: int) -> pyfuse3.EntryAttributes:
         a = pyfuse3.EntryAttributes()
-        writable = inode == NEW and not self.config.read_only
+        writable = inode in (NEW, SCRATCH) and not self.config.read_only
         a.st_mode = stat.S_IFDIR | (0o755 if writable else 0o555)
         a.st_nlink = 2
         a.st_size = 0
@@ -312,6 +327,25 @@ class EbsfsOperations(pyfuse3.Operations):
             out.append(("by-label", self._owner_dir_attr("labeldir", owner)))
         return out
 
+    # ---- scratch/ ---------------------------------------------------------------------------
+
+    def _overlay(self, name: str) -> Overlay:
+        overlay = self.scratch.get(name) if self.scratch is not None else None
+        if overlay is None:
+            raise fail(errno.ENOENT)
+        return overlay
+
+    def _scratch_attr(self, overlay: Overlay) -> pyfuse3.EntryAttributes:
+        a = pyfuse3.EntryAttributes()
+        a.st_mode = stat.S_IFREG | 0o600
+        a.st_nlink = 1
+        a.st_size = overlay.size
+        a.st_mtime_ns = a.st_ctime_ns = a.st_atime_ns = overlay.created_ns
+        # Local and cheap to ask: no attribute caching, so a new base's size shows at once.
+        a = self._common(a, self.inodes.number("scratch", overlay.name), 0.0, 0.0)
+        a.st_blocks = len(overlay.copied) * (BLOCK_SIZE // 512)
+        return a
+
     def _draft(self, name: str) -> Draft:
         draft = self.newdir.get(name)
         if draft is None:
@@ -335,6 +369,8 @@ class EbsfsOperations(pyfuse3.Operations):
             if target is None:
                 raise fail(errno.ENOENT)
             return self._link_attr(name, target)
+        if kind == "scratch":
+            return self._scratch_attr(self._overlay(name))
         if kind in ("partdir", "labeldir"):
             self._owner_of(inode)
             return self._owner_dir_attr(kind, name)
@@ -384,6 +420,8 @@ class EbsfsOperations(pyfuse3.Operations):
                 return self._dir_attr(NEW)
             if text == "parts":
                 return self._dir_attr(PARTS)
+            if text == "scratch":
+                return self._dir_attr(SCRATCH)
             info = await self.catalog.lookup(text)
             if info is None:
                 raise fail(errno.ENOENT)
@@ -395,6 +433,8 @@ class EbsfsOperations(pyfuse3.Operations):
             return self._link_attr(text, target)
         if parent_inode == NEW:
             return self._draft_attr(self._draft(text))
+        if parent_inode == SCRATCH:
+            return self._scratch_attr(self._overlay(text))
         if parent_inode in (PARTS, PARTS_NEW) or self._is_dir(parent_inode):
             return await self._parts_lookup(parent_inode, text)
         raise fail(errno.ENOTDIR)
@@ -431,6 +471,7 @@ class EbsfsOperations(pyfuse3.Operations):
                 ("by-name", self._dir_attr(BY_NAME)),
                 ("new", self._dir_attr(NEW)),
                 ("parts", self._dir_attr(PARTS)),
+                ("scratch", self._dir_attr(SCRATCH)),
             ]
             for sid in sorted(self.catalog.snapshots):
                 out.append((sid, self._snapshot_attr(self.catalog.snapshots[sid])))
@@ -449,7 +490,12 @@ class EbsfsOperations(pyfuse3.Operations):
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         # A listing is a snapshot of the names at opendir time would be nicer, but offsets
         # into a sorted list are stable enough: names only appear or vanish on refresh.
-        if fh in (ROOT, BY_NAME, NEW):
+        if fh == SCRATCH:
+            entries = [
+                (n, self._scratch_attr(self._overlay(n)))
+                for n in (self.scratch.names() if self.scratch else [])
+            ]
+        elif fh in (ROOT, BY_NAME, NEW):
             entries = self._entries(fh)
         else:
             entries = await self._parts_entries(fh)
@@ -484,6 +530,11 @@ class EbsfsOperations(pyfuse3.Operations):
         if self._is_dir(inode) or entry is None:
             raise fail(errno.EISDIR if self._is_dir(inode) else errno.ENOENT)
         kind, name = entry
+        if kind == "scratch":
+            if writing and self.config.read_only:
+                raise self._refuse_change()
+            fh = self._new_handle(_Handle(inode, overlay=self._overlay(name)))
+            return pyfuse3.FileInfo(fh=fh, keep_cache=False)
         if kind == "part":
             owner, _, number = name.rpartition("\0")
             of_draft = owner.startswith(DRAFT_PREFIX)
@@ -525,9 +576,15 @@ class EbsfsOperations(pyfuse3.Operations):
     async def create(
         self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        text = os.fsdecode(name)
+        if parent_inode == SCRATCH and self.scratch is not None and not self.config.read_only:
+            if self.scratch.get(text) is not None:
+                raise fail(errno.EEXIST)
+            overlay = await self.scratch.create(text)
+            fh = self._new_handle(_Handle(self.inodes.number("scratch", text), overlay=overlay))
+            return pyfuse3.FileInfo(fh=fh, keep_cache=False), self._scratch_attr(overlay)
         if parent_inode != NEW or self.config.read_only:
             raise self._refuse_change()
-        text = os.fsdecode(name)
         draft = await self.newdir.create(text)
         fh = self._new_handle(
             _Handle(self.inodes.number("draft", text), draft=draft, draft_name=text)
@@ -542,6 +599,9 @@ class EbsfsOperations(pyfuse3.Operations):
         handle = self._handle(fh)
         if handle.draft is not None:
             return await handle.draft.read(off, size)
+        if handle.overlay is not None:
+            assert self.scratch is not None
+            return await self.scratch.read(handle.overlay, off, size)
         if handle.part is not None:
             data = await self.partitions.read(handle.part_owner, handle.part, off, size)
             self.counters["reads"] += 1
@@ -558,6 +618,8 @@ class EbsfsOperations(pyfuse3.Operations):
     @fuse_errors
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         handle = self._handle(fh)
+        if handle.overlay is not None and self.scratch is not None:
+            return await self.scratch.write(handle.overlay, off, buf)
         if handle.part is not None and handle.draft_name and not self.config.read_only:
             return await self.partitions.write(handle.part_owner, handle.part, off, buf)
         if handle.draft is None or self.config.read_only:
@@ -597,6 +659,11 @@ class EbsfsOperations(pyfuse3.Operations):
         ctx: pyfuse3.RequestContext,
     ) -> pyfuse3.EntryAttributes:
         entry = self.inodes.entry(inode)
+        if entry is not None and entry[0] == "scratch" and not self.config.read_only:
+            # Its size is its base's: truncation is ignored, as on a block device.
+            if fields.update_mode or fields.update_uid or fields.update_gid:
+                raise fail(errno.EPERM)
+            return self._attr_of(inode)
         of_draft = entry is not None and entry[1].startswith(DRAFT_PREFIX)
         if entry is not None and entry[0] == "part" and of_draft and not self.config.read_only:
             # A partition keeps its size, as a block device does: O_TRUNC and truncate are
@@ -634,6 +701,8 @@ class EbsfsOperations(pyfuse3.Operations):
             return snapshot_xattrs(info) if info else {}
         if kind == "draft":
             return self._draft(name).xattrs()
+        if kind == "scratch" and self.scratch is not None:
+            return self.scratch.xattrs(self._overlay(name))
         return {}
 
     @fuse_errors
@@ -652,6 +721,18 @@ class EbsfsOperations(pyfuse3.Operations):
         self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext
     ) -> None:
         entry = self.inodes.entry(inode)
+        if entry is not None and entry[0] == "scratch" and self.scratch is not None:
+            overlay, key = self._overlay(entry[1]), os.fsdecode(name)
+            if key == XATTR_BASE:
+                await self.scratch.set_base(overlay, value)
+            elif key == XATTR_KEEP:
+                await self.scratch.keep(overlay, value, self.newdir)
+                leaf = value.decode(errors="replace").strip().encode()
+                with contextlib.suppress(Exception):
+                    pyfuse3.invalidate_entry_async(NEW, leaf, ignore_enoent=True)
+            else:
+                raise fail(errno.ENOTSUP)
+            return
         if entry is None or entry[0] != "draft" or self.config.read_only:
             raise self._refuse_change()
         await self._draft(entry[1]).setxattr(os.fsdecode(name), value)
@@ -673,6 +754,9 @@ class EbsfsOperations(pyfuse3.Operations):
         if parent_inode == NEW:
             await self.newdir.remove(text)
             return
+        if parent_inode == SCRATCH and self.scratch is not None:
+            await self.scratch.remove(text)
+            return
         if parent_inode == ROOT and text in self.catalog.snapshots:
             if not self.config.allow_delete or self.delete_snapshot is None:
                 raise self._refuse_change()
@@ -680,7 +764,7 @@ class EbsfsOperations(pyfuse3.Operations):
             self.catalog.remove(text)
             self.counters["deleted"] += 1
             return
-        if parent_inode in (ROOT, BY_NAME) or self._is_dir(parent_inode):
+        if parent_inode in (ROOT, BY_NAME, SCRATCH) or self._is_dir(parent_inode):
             raise self._refuse_change()
         raise fail(errno.ENOENT)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from cachetools import LRUCache
 
-from ebsfs.errors import FileTooLargeError, ReadOnlyError
+from ebsfs.errors import FileTooLargeError, NotFoundError, ReadOnlyError
 from ebsfs.fs.catalog import Catalog
 from ebsfs.fs.newdir import NewDirectory
 from ebsfs.fs.partitions import Partition, label_links, read_partitions
@@ -44,7 +44,7 @@ class PartitionTables:
         if not owner.startswith(DRAFT_PREFIX) and owner in self._tables:
             return self._tables[owner]
         size = self._size(owner)
-        found = await read_partitions(lambda off, n: self._read_disk(owner, off, n), size)
+        found = await read_partitions(lambda off, n: self.read_disk(owner, off, n), size)
         self._tables[owner] = found
         return found
 
@@ -63,7 +63,7 @@ class PartitionTables:
         length = min(length, part.size - offset)
         if length <= 0:
             return b""
-        return await self._read_disk(owner, part.start + offset, length)
+        return await self.read_disk(owner, part.start + offset, length)
 
     async def write(self, owner: str, part: Partition, offset: int, data: bytes) -> int:
         """Write into a draft's partition; nothing may cross its end (EFBIG)."""
@@ -79,6 +79,19 @@ class PartitionTables:
             )
         return await draft.write(part.start + offset, data)
 
+    async def resolve(self, snapshot_id: str, number: int | None) -> tuple[int, Partition | None]:
+        """The size of a completed snapshot, or of its partition ``number``, and that
+        partition (NotFoundError when there is no such snapshot or partition)."""
+        info = await self.catalog.lookup(snapshot_id)
+        if info is None:
+            raise NotFoundError(f"{snapshot_id}: no such completed snapshot")
+        if number is None:
+            return info.volume_size << 30, None
+        part = next((p for p in await self.table(snapshot_id) if p.number == number), None)
+        if part is None:
+            raise NotFoundError(f"{snapshot_id} has no partition {number}")
+        return part.size, part
+
     def _size(self, owner: str) -> int:
         if owner.startswith(DRAFT_PREFIX):
             draft = self.newdir.get(owner[len(DRAFT_PREFIX) :])
@@ -86,7 +99,8 @@ class PartitionTables:
         info = self.catalog.snapshots.get(owner)
         return info.volume_size << 30 if info is not None else 0
 
-    async def _read_disk(self, owner: str, offset: int, length: int) -> bytes | memoryview:
+    async def read_disk(self, owner: str, offset: int, length: int) -> bytes | memoryview:
+        """Bytes of the owner's whole disk, through its own read path."""
         if owner.startswith(DRAFT_PREFIX):
             draft = self.newdir.get(owner[len(DRAFT_PREFIX) :])
             return await draft.read(offset, length) if draft is not None else b""
