@@ -44,6 +44,7 @@ import trio
 
 from ebsfs.api import SnapshotInfo
 from ebsfs.errors import NotFoundError, ReadOnlyError
+from ebsfs.fs.blockcount import BlockCounts
 from ebsfs.fs.catalog import Catalog
 from ebsfs.fs.edge import ERRNO_COUNTS, fail, fuse_errors
 from ebsfs.fs.inodes import (
@@ -155,6 +156,7 @@ class EbsfsOperations(pyfuse3.Operations):
         self.delete_snapshot = delete_snapshot
         self.inodes = InodeTable()
         self.partitions = PartitionTables(catalog, stacks, newdir)
+        self.block_counts = BlockCounts(stacks.api, stacks.calls, nursery, self._counted)
         #: None on a --read-only mount: scratch/ is then empty and refuses every change.
         self.scratch = scratch(self.partitions) if scratch is not None else None
         self.handles: dict[int, _Handle] = {}
@@ -180,6 +182,12 @@ class EbsfsOperations(pyfuse3.Operations):
             # The kernel may not know the name at all; nothing to do then.
             with contextlib.suppress(Exception):
                 pyfuse3.invalidate_entry_async(parent, entry.encode(), ignore_enoent=True)
+
+    def _counted(self, snapshot_id: str) -> None:
+        """A snapshot's blocks were counted: the kernel asks for its attributes again."""
+        ino = self.inodes.number("snapshot", snapshot_id)
+        with contextlib.suppress(Exception):
+            pyfuse3.invalidate_inode(ino, attr_only=True)
 
     def _dir_attr(self, inode: int) -> pyfuse3.EntryAttributes:
         a = pyfuse3.EntryAttributes()
@@ -209,7 +217,11 @@ class EbsfsOperations(pyfuse3.Operations):
         a.st_size = info.volume_size << 30
         a.st_mtime_ns = a.st_ctime_ns = a.st_atime_ns = int(info.start_time * 1e9)
         ino = self.inodes.number("snapshot", info.snapshot_id)
-        return self._common(a, ino, ENTRY_TIMEOUT, SNAPSHOT_ATTR_TIMEOUT)
+        a = self._common(a, ino, ENTRY_TIMEOUT, SNAPSHOT_ATTR_TIMEOUT)
+        held = self.block_counts.get(info.snapshot_id)
+        if held is not None:  # else the full size until counted (an upper bound)
+            a.st_blocks = held * (BLOCK_SIZE // 512)
+        return a
 
     def _link_attr(self, name: str, target: str) -> pyfuse3.EntryAttributes:
         a = pyfuse3.EntryAttributes()
