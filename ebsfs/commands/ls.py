@@ -67,6 +67,11 @@ def _filters(texts: list[str]) -> list[tuple[str, str]]:
     return out
 
 
+def _iso(epoch: float) -> str:
+    """ISO 8601 in UTC, as the AWS CLI prints StartTime."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch)) + f".{int(epoch % 1 * 1000):03d}Z"
+
+
 def table(infos: list[SnapshotInfo]) -> str:
     """The table ``ebsfs ls`` prints."""
     header = ("SNAPSHOT", "STATE", "SIZE", "NAME", "PROGRESS", "STARTED")
@@ -96,7 +101,8 @@ def run(args: argparse.Namespace) -> int:
     # that an error stays the one line a command prints.
     print(f"endpoint: {api.endpoints.describe()}", file=sys.stderr)
     if args.json:
-        print(json.dumps([asdict(i) | {"name": i.name} for i in infos], indent=2, sort_keys=True))
+        rows = [asdict(i) | {"name": i.name, "start_time": _iso(i.start_time)} for i in infos]
+        print(json.dumps(rows, indent=2, sort_keys=True))
     else:
         print(table(infos))
     return 0
