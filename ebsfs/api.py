@@ -94,6 +94,10 @@ _ACCESS_CODES = frozenset(
         "OptInRequired",
     }
 )
+#: The tag in which ebsfs records a snapshot's parent at StartSnapshot (DescribeSnapshots has
+#: no parent field; this is where AWS keeps it for us).
+PARENT_TAG = "ebsfs:parent"
+
 _NOT_FOUND_CODES = frozenset({"ResourceNotFoundException", "InvalidSnapshot.NotFound"})
 _TOKEN_REASONS = frozenset({"INVALID_BLOCK_TOKEN", "INVALID_PAGE_TOKEN"})
 _BAD_VALUE_CODES = frozenset({"InvalidParameterValue", "InvalidSnapshot.Malformed"})
@@ -308,6 +312,7 @@ def _ec2_info(item: dict[str, Any]) -> SnapshotInfo:
         owner_id=str(item.get("OwnerId", "")),
         state_message=str(item.get("StateMessage", "")),
         encrypted=bool(item.get("Encrypted", False)),
+        parent=_tags(item.get("Tags")).get(PARENT_TAG, ""),
     )
 
 
@@ -525,8 +530,10 @@ class Api:
     ) -> SnapshotInfo:
         """StartSnapshot; the same ``client_token`` makes a retry safe (idempotent)."""
         kwargs: dict[str, Any] = {"VolumeSize": volume_size, "ClientToken": client_token}
+        tags = dict(tags or {})
         if parent:
             kwargs["ParentSnapshotId"] = parent
+            tags[PARENT_TAG] = parent
         if description:
             kwargs["Description"] = description
         if tags:
@@ -546,7 +553,7 @@ class Api:
             tags=_tags(r.get("Tags")),
             owner_id=str(r.get("OwnerId", "")),
             encrypted=bool(r.get("KmsKeyArn")),
-            parent=str(r.get("ParentSnapshotId") or ""),
+            parent=str(r.get("ParentSnapshotId") or parent or ""),
         )
 
     def put_block(

@@ -74,7 +74,7 @@ def _iso(epoch: float) -> str:
 
 def table(infos: list[SnapshotInfo]) -> str:
     """The table ``ebsfs ls`` prints."""
-    header = ("SNAPSHOT", "STATE", "SIZE", "NAME", "PROGRESS", "STARTED")
+    header = ("SNAPSHOT", "STATE", "SIZE", "NAME", "PARENT", "PROGRESS", "STARTED")
     rows = [header]
     for i in sorted(infos, key=lambda i: (i.start_time, i.snapshot_id)):
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(i.start_time))
@@ -84,6 +84,7 @@ def table(infos: list[SnapshotInfo]) -> str:
                 i.state,
                 f"{i.volume_size} GiB",
                 i.name or "-",
+                i.parent or "-",
                 i.progress or "-",
                 started + "Z",
             )

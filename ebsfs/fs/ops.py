@@ -161,6 +161,9 @@ class EbsfsOperations(pyfuse3.Operations):
         self.scratch = scratch(self.partitions) if scratch is not None else None
         self.handles: dict[int, _Handle] = {}
         self.draft_opens: Counter[str] = Counter()
+        #: Directory handles: the inode and its entries, listed once at the first readdir so
+        #: that a directory of 20,000 names is not rebuilt for every page of it.
+        self.dir_handles: dict[int, tuple[int, list[tuple[str, pyfuse3.EntryAttributes]]]] = {}
         self.counters: Counter[str] = Counter()
         self._next_fh = 1
         self.started = time.time_ns()
@@ -475,7 +478,10 @@ class EbsfsOperations(pyfuse3.Operations):
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
         if not self._is_dir(inode):
             raise fail(errno.ENOTDIR)
-        return inode
+        fh = self._next_fh
+        self._next_fh += 1
+        self.dir_handles[fh] = (inode, [])
+        return fh
 
     def _entries(self, inode: int) -> list[tuple[str, pyfuse3.EntryAttributes]]:
         if inode == ROOT:
@@ -500,8 +506,17 @@ class EbsfsOperations(pyfuse3.Operations):
 
     @fuse_errors
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-        # A listing is a snapshot of the names at opendir time would be nicer, but offsets
-        # into a sorted list are stable enough: names only appear or vanish on refresh.
+        inode, listed = self.dir_handles.get(fh, (fh, []))
+        if not listed or start_id == 0:
+            listed[:] = await self._list_dir(inode)
+            self.dir_handles[fh] = (inode, listed)
+        for pos in range(start_id, len(listed)):
+            name, attr = listed[pos]
+            if not pyfuse3.readdir_reply(token, os.fsencode(name), attr, pos + 1):
+                break
+
+    async def _list_dir(self, fh: int) -> list[tuple[str, pyfuse3.EntryAttributes]]:
+        """The entries of directory ``fh`` (an inode), in a stable order."""
         if fh == SCRATCH:
             entries = [
                 (n, self._scratch_attr(self._overlay(n)))
@@ -511,14 +526,11 @@ class EbsfsOperations(pyfuse3.Operations):
             entries = self._entries(fh)
         else:
             entries = await self._parts_entries(fh)
-        for pos in range(start_id, len(entries)):
-            name, attr = entries[pos]
-            if not pyfuse3.readdir_reply(token, os.fsencode(name), attr, pos + 1):
-                break
+        return entries
 
     @fuse_errors
     async def releasedir(self, fh: int) -> None:
-        return None
+        self.dir_handles.pop(fh, None)
 
     @fuse_errors
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
