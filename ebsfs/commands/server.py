@@ -5,7 +5,11 @@ the configuration file (docs/operations.md), else its default.
 """
 
 import argparse
-from typing import Any
+import os
+import socket
+import sys
+import time
+from typing import Any, TextIO
 
 from ebsfs import settings
 from ebsfs.config import (
@@ -27,13 +31,20 @@ examples:
   ebsfs server --data-dir /tmp/s --listen 127.0.0.1:0 --latency-ms 50 --throttle-rate 0.05
   AWS_ENDPOINT_URL_EC2=http://{DEFAULT_SERVER_HOST}:{DEFAULT_SERVER_PORT} aws ec2 describe-snapshots
 
+  ebsfs server --data-dir /var/tmp/s --background --log-file /var/tmp/s.log
+
 Without a key pair the server accepts only the development pair from ebsfs.config, and only
 on a loopback address; on any other address it refuses the development pair and secrets
 shorter than 16 characters, wherever they come from. On loopback it answers only requests
 whose Host is localhost, 127.0.0.1 or [::1] (or the listen name) with its port. Ready when
-the port accepts connections. Exit codes: 0 stopped by SIGTERM/SIGINT, 2 bad arguments,
-unusable address or key pair, or unusable data directory.
+the port accepts connections; with --background the command returns then, its pid in
+DATA_DIR.pid (stop it with kill). Exit codes: 0 stopped by SIGTERM/SIGINT (with
+--background: started), 2 bad arguments, unusable address or key pair, or unusable data
+directory.
 """
+
+#: How long --background waits for the port to accept connections.
+START_TIMEOUT = 60.0
 
 
 def _listen(text: str) -> tuple[str, int]:
@@ -112,6 +123,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "(default: 60; tests shorten it)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
                    help="debug logs one line per request (default: info)")
+    p.add_argument("--log-file", metavar="FILE",
+                   help="append the log to FILE (mode 0600) instead of stderr")
+    p.add_argument("--background", action="store_true",
+                   help="run detached; return once the port accepts connections (the log goes "
+                   "to --log-file, else DATA_DIR.log; the pid to DATA_DIR.pid)")
     settings.add_config_option(p)
     p.set_defaults(func=run)
 
@@ -155,11 +171,74 @@ def check_key_pair(config: ServerConfig) -> None:
         )
 
 
-def run(args: argparse.Namespace) -> int:
+def _open_log(path: str) -> TextIO:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise UsageError(f"--log-file {path}: {exc.strerror}") from None
+    return os.fdopen(fd, "a", buffering=1)
+
+
+def _accepts(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+def _background(config: ServerConfig, log_path: str) -> int:
+    """Fork a detached server; return once its port accepts connections (or it died)."""
+    if config.port == 0:
+        raise UsageError("--background needs a fixed port (--listen HOST:PORT, not port 0)")
+    log_file = _open_log(log_path)
+    if _accepts(config.host, config.port):
+        raise UsageError(f"something already listens on {config.host}:{config.port}")
+    pid = os.fork()
+    if pid == 0:  # the server: its own session, stdio on the log file
+        code = 1
+        try:
+            os.setsid()
+            null = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(null, 0)
+            os.dup2(log_file.fileno(), 1)
+            os.dup2(log_file.fileno(), 2)
+            code = _serve(config, log_file)
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            raise UsageError(
+                f"the server exited at start (code {os.waitstatus_to_exitcode(status)}); "
+                f"see {log_path}"
+            )
+        if _accepts(config.host, config.port):
+            pid_path = config.data_dir.rstrip("/") + ".pid"
+            with open(pid_path, "w") as fh:
+                fh.write(f"{pid}\n")
+            print(f"ebsfs server: pid {pid} (in {pid_path}), listening on "
+                  f"{config.host}:{config.port}, log {log_path}")
+            return 0
+        time.sleep(0.1)
+    raise UsageError(f"the server (pid {pid}) did not listen within {START_TIMEOUT:.0f} s; "
+                     f"see {log_path}")
+
+
+def _serve(config: ServerConfig, stream: TextIO | None) -> int:
     from ebsfs.server.runner import run as serve
 
-    config = build_config(args)
-    check_key_pair(config)
-    setup_logging(config.log_level)
+    setup_logging(config.log_level, stream)
     register_secret(config.secret_access_key)
     return serve(config)
+
+
+def run(args: argparse.Namespace) -> int:
+    config = build_config(args)
+    check_key_pair(config)
+    log_file = getattr(args, "log_file", None)
+    if getattr(args, "background", False):
+        return _background(config, log_file or config.data_dir.rstrip("/") + ".log")
+    sys.stdout.flush()
+    return _serve(config, _open_log(log_file) if log_file else None)
