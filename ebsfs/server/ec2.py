@@ -289,25 +289,23 @@ class Ec2Service:
                 )
             merged[snap.snapshot_id] = list(new.items())
         self._dry_run(params)
-        for snap in snaps:
-            snap.tags = merged[snap.snapshot_id]
-            self.store.save(snap)
+        # One transaction for all of them, published only once it is committed.
+        self.store.replace(*[(s, s.copy(tags=merged[s.snapshot_id])) for s in snaps])
         return "<return>true</return>"
 
     def op_DeleteTags(self, params: dict[str, str]) -> str:
         snaps = self._resources(params)
         tags = _tags(params)
         self._dry_run(params)
+        changes = []
         for snap in snaps:
-            if not tags:
-                snap.tags = []
-            else:
-                snap.tags = [
-                    (k, v)
-                    for k, v in snap.tags
-                    if not any(k == dk and (dv is None or dv == v) for dk, dv in tags)
-                ]
-            self.store.save(snap)
+            kept = [
+                (k, v)
+                for k, v in snap.tags
+                if tags and not any(k == dk and (dv is None or dv == v) for dk, dv in tags)
+            ]
+            changes.append((snap, snap.copy(tags=kept)))
+        self.store.replace(*changes)
         return "<return>true</return>"
 
 

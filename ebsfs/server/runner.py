@@ -102,8 +102,7 @@ def sweep(app: App) -> None:
                 app.ebs.state(snap)[1],
             )
             app.store.drop_blocks(snap.snapshot_id)
-            snap.blocks_dropped = True
-            app.store.save(snap)
+            app.store.replace((snap, snap.copy(blocks_dropped=True)))
 
 
 def run(config: ServerConfig) -> int:

@@ -27,10 +27,13 @@ overlaid, so inherited blocks are never copied. Block contents are stored once (
 SHA256) and their space is given back (a hole punched, or the whole segment removed) when
 the last row referencing them goes.
 
-Snapshot metadata is small and kept in memory as well; every change is written through.
+Snapshot metadata is small and kept in memory as well. A change is built on a copy, written
+and committed, and only then published in memory (``replace``): what the server answers
+from memory is always what a restart would find, also when a commit fails (a full disk).
 """
 
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import itertools
@@ -44,6 +47,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ebsfs.server.segments import (
     SEGMENT_BLOCKS,
@@ -170,6 +174,12 @@ class Snapshot:
     def completion_time(self) -> float | None:
         return self.complete_at if self.final_status == COMPLETED else None
 
+    def copy(self, **changes: Any) -> "Snapshot":
+        """A copy to build a change on (``Store.replace`` publishes it)."""
+        new = dataclasses.replace(self, **changes)
+        new.tags = list(new.tags)
+        return new
+
     def to_doc(self) -> str:
         doc = dict(self.__dict__)
         doc["tags"] = [list(t) for t in self.tags]
@@ -276,13 +286,8 @@ class Store:
         with self._wlock:
             if index_first:
                 self._index_pending()
-            self._writer.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._writer
-            except BaseException:
-                self._writer.execute("ROLLBACK")
-                raise
-            self._writer.execute("COMMIT")
+            with _transaction(self._writer) as db:
+                yield db
 
     def _load_token_key(self) -> bytes:
         path = self.root / "token.key"
@@ -323,12 +328,36 @@ class Store:
     def live(self) -> list[Snapshot]:
         return [s for s in list(self.snapshots.values()) if not s.deleted]
 
-    def save(self, snap: Snapshot) -> None:
-        """Write a changed snapshot record through to the database."""
+    def replace(self, *changes: tuple[Snapshot, Snapshot]) -> None:
+        """Store new versions (built with ``Snapshot.copy``) of snapshots in one transaction,
+        then publish each into its in-memory record; on any error nothing changes."""
         with self._write() as db:
-            db.execute(
-                "UPDATE snapshots SET doc = ? WHERE id = ?", (snap.to_doc(), snap.snapshot_id)
+            db.executemany(
+                "UPDATE snapshots SET doc = ? WHERE id = ?",
+                [(new.to_doc(), old.snapshot_id) for old, new in changes],
             )
+        with self._index_lock:
+            for old, new in changes:
+                _publish(old, new)
+
+    def save(self, snap: Snapshot) -> None:
+        """Write a snapshot changed in place through; on failure its in-memory record is
+        put back as stored. ``replace`` is better: this shows the change before its commit."""
+        try:
+            with self._write() as db:
+                db.execute(
+                    "UPDATE snapshots SET doc = ? WHERE id = ?",
+                    (snap.to_doc(), snap.snapshot_id),
+                )
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error), self._reader() as db:
+                row = db.execute(
+                    "SELECT doc FROM snapshots WHERE id = ?", (snap.snapshot_id,)
+                ).fetchone()
+                if row is not None:
+                    with self._index_lock:
+                        _publish(snap, Snapshot.from_doc(row[0]))
+            raise
 
     def client_token(self, token: str) -> tuple[str, str] | None:
         """(fingerprint, response JSON) stored with a StartSnapshot ClientToken."""
@@ -350,7 +379,7 @@ class Store:
                     "INSERT INTO client_tokens (token, fingerprint, response) VALUES (?, ?, ?)",
                     (token, fingerprint, response),
                 )
-            self.snapshots[snap.snapshot_id] = snap
+        self.snapshots[snap.snapshot_id] = snap
 
     def chain(self, snap: Snapshot) -> list[str]:
         """The snapshot's id followed by its ancestors' ids, nearest first."""
@@ -495,8 +524,7 @@ class Store:
         by_snap: dict[str, list[_Acked]] = {}
         for w in batch:
             by_snap.setdefault(w.snap.snapshot_id, []).append(w)
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with _transaction(db):
             # What each index held before, so that contents left unreferenced are freed.
             current: dict[tuple[str, int], bytes] = {}
             for sid, writes in by_snap.items():
@@ -539,10 +567,6 @@ class Store:
                     some,
                 ):
                     stored[bytes(d)] = (int(seg), int(off))
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
         for w in batch:
             w.used = stored.get(w.digest) == (w.segment, w.offset)
 
@@ -577,18 +601,22 @@ class Store:
         decide: Callable[[list[tuple[int, bytes]]], tuple[str, str]],
         complete_at: float,
     ) -> None:
+        new = snap.copy()
         with self._write() as db:
             rows = db.execute(
                 "SELECT idx, digest FROM blocks WHERE snapshot_id = ? ORDER BY idx",
                 (snap.snapshot_id,),
             ).fetchall()
             final, message = decide([(i, bytes(d)) for i, d in rows])
-            snap.full_blocks = self._count_view(db, snap) if final == COMPLETED else 0
-            snap.final_status, snap.final_message = final, message
-            snap.complete_at = complete_at
-            snap.sealed_at = time.time()
+            new.full_blocks = self._count_view(db, snap) if final == COMPLETED else 0
+            new.final_status, new.final_message = final, message
+            new.complete_at = complete_at
+            new.sealed_at = time.time()
             db.execute("UPDATE snapshots SET doc = ? WHERE id = ?",
-                       (snap.to_doc(), snap.snapshot_id))
+                       (new.to_doc(), snap.snapshot_id))
+        # Puts stay refused meanwhile: the seal holds the snapshot in ``_closing``.
+        with self._index_lock:
+            _publish(snap, new)
 
     def lookup(self, snap: Snapshot, index: int) -> tuple[bytes, Path | None, int] | None:
         """(digest, segment file, offset) of block ``index`` in the snapshot's full view;
@@ -641,8 +669,7 @@ class Store:
 
     def delete(self, snap: Snapshot) -> None:
         """Delete a snapshot; its blocks stay while a live descendant inherits them."""
-        snap.deleted = True
-        self.save(snap)
+        self.replace((snap, snap.copy(deleted=True)))
         self.prune()
 
     def drop_blocks(self, snapshot_id: str) -> None:
@@ -812,3 +839,26 @@ class Store:
             "allocated": self.segments.allocated(),
             "snapshots": len(self.snapshots),
         }
+
+
+@contextlib.contextmanager
+def _transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One write transaction; rolled back on any error, its COMMIT's included (SQLite may
+    leave a transaction open after a COMMIT that failed, e.g. on a full disk)."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield db
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+        raise
+
+
+def _publish(snap: Snapshot, new: Snapshot) -> None:
+    """Make ``snap`` (the record everyone holds) say what ``new`` says, once it is stored.
+    ``last_activity`` stays: puts move it on in memory, and the index writes it."""
+    fresh = {k: v for k, v in new.__dict__.items() if k != "last_activity"}
+    # One dict update: a reader never sees half of a change (sealed_at without complete_at).
+    snap.__dict__.update(fresh)
