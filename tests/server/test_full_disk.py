@@ -162,3 +162,24 @@ def test_acknowledged_puts_survive_and_failed_ones_never_show(
     assert sorted(tokens) == sorted(acked)
     for index, token in tokens.items():
         assert get_block(ebs, sid, index, token) == acked[index]
+
+
+def test_the_server_takes_changes_again_once_there_is_room(
+    small: tuple[LocalServer, SmallFs],
+) -> None:
+    srv, fs = small
+    ebs, ec2 = srv.ebs(max_attempts=0), srv.ec2(max_attempts=0)
+    sid = ebs.start_snapshot(VolumeSize=1)["SnapshotId"]
+    fs.fill()
+    for n in range(3):
+        assert not _attempt(lambda: ec2.create_tags(  # noqa: B023
+            Resources=[sid], Tags=[{"Key": f"k{n}", "Value": "v" * 250}]))
+    fs.unfill()  # no restart: the failed transactions must not linger
+    ec2.create_tags(Resources=[sid], Tags=[{"Key": "after", "Value": "room"}])
+    other = ebs.start_snapshot(VolumeSize=1)["SnapshotId"]
+    shown = _view(ebs, ec2)
+    assert [(s[0], s[2]) for s in shown] == sorted(
+        [(sid, [("after", "room")]), (other, [])])
+    srv.kill()
+    srv.start()
+    assert _view(ebs, ec2) == shown
