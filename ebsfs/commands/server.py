@@ -5,6 +5,7 @@ the configuration file (docs/operations.md), else its default.
 """
 
 import argparse
+import os
 from typing import Any
 
 from ebsfs import settings
@@ -134,6 +135,8 @@ def run(args: argparse.Namespace) -> int:
     from ebsfs.server.runner import run as serve
 
     config = build_config(args)
+    # Snapshot data, the token key and the database are the server's own.
+    os.umask(0o077)
     setup_logging(config.log_level)
     register_secret(config.secret_access_key)
     return serve(config)

@@ -113,7 +113,7 @@ class Segments:
 
     def __init__(self, directory: Path, segment_blocks: int = SEGMENT_BLOCKS) -> None:
         self.dir = directory
-        self.dir.mkdir(exist_ok=True)
+        self.dir.mkdir(mode=0o700, exist_ok=True)
         self._dirname = str(directory)
         self._segment_blocks = segment_blocks
         self._lock = threading.Lock()
@@ -310,14 +310,14 @@ class Segments:
         flags = os.O_WRONLY | os.O_CREAT
         if self._direct:
             try:
-                fd = os.open(path, flags | os.O_DIRECT, 0o644)
+                fd = os.open(path, flags | os.O_DIRECT, 0o600)
             except OSError:
                 log.info("O_DIRECT is not supported in %s; using buffered writes", self.dir)
                 self._direct = False
             else:
                 fsync_path(self.dir)
                 return fd
-        fd = os.open(path, flags, 0o644)
+        fd = os.open(path, flags, 0o600)
         fsync_path(self.dir)
         return fd
 

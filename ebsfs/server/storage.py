@@ -42,6 +42,7 @@ import logging
 import os
 import queue
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -202,21 +203,25 @@ class Store:
         index_delay: float = INDEX_DELAY,
     ) -> None:
         self.root = Path(data_dir)
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _make_private(self.root)
         # One server per data directory: a second one would keep its own picture of the
         # snapshots in memory. The lock goes with the process, kill -9 included.
-        self._lock_fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        self._lock_fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(self._lock_fd)
             raise DataDirBusy(f"data directory {self.root} is in use by another server") from None
         self._tmp_dir = self.root / "tmp"
-        self._tmp_dir.mkdir(exist_ok=True)
+        self._tmp_dir.mkdir(mode=0o700, exist_ok=True)
         self.segments = Segments(self.root / "segments", segment_blocks)
         for stale in self._tmp_dir.iterdir():
             stale.unlink()
         self._db_path = self.root / "meta.sqlite3"
+        # SQLite creates its files 0644 (less the umask), its -wal and -shm files with the
+        # database's mode: create the database 0600 first.
+        os.close(os.open(self._db_path, os.O_RDWR | os.O_CREAT, 0o600))
         # Reentrant: a transaction first indexes the acknowledged puts, which may collect.
         self._wlock = threading.RLock()
         self._prune_lock = threading.Lock()
@@ -293,7 +298,11 @@ class Store:
         path = self.root / "token.key"
         if not path.exists():
             tmp = self._tmp_dir / "token.key"
-            tmp.write_bytes(os.urandom(32))
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.write(fd, os.urandom(32))
+            finally:
+                os.close(fd)
             fsync_path(tmp)
             os.replace(tmp, path)
             fsync_path(self.root)
@@ -862,3 +871,21 @@ def _publish(snap: Snapshot, new: Snapshot) -> None:
     fresh = {k: v for k, v in new.__dict__.items() if k != "last_activity"}
     # One dict update: a reader never sees half of a change (sealed_at without complete_at).
     snap.__dict__.update(fresh)
+
+
+def _make_private(root: Path) -> None:
+    """Close a data directory an older server (or an umask) left open to other users:
+    directories 0700, files 0600. The blocks of the oldest layout are left to their move."""
+    for top, dirs, files in os.walk(root):
+        if Path(top) == root:
+            dirs[:] = [d for d in dirs if d in ("segments", "tmp")]
+        for name, private in [(top, 0o700)] + [(os.path.join(top, f), 0o600) for f in files]:
+            try:
+                mode = os.lstat(name).st_mode
+            except FileNotFoundError:
+                continue
+            if stat.S_ISLNK(mode) or not stat.S_IMODE(mode) & 0o077:
+                continue
+            log.info("%s was open to other users (%o); making it %o", name,
+                     stat.S_IMODE(mode), private)
+            os.chmod(name, private)
