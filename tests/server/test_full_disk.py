@@ -172,8 +172,8 @@ def test_the_server_takes_changes_again_once_there_is_room(
     sid = ebs.start_snapshot(VolumeSize=1)["SnapshotId"]
     fs.fill()
     for n in range(3):
-        assert not _attempt(lambda: ec2.create_tags(
-            Resources=[sid], Tags=[{"Key": f"k{n}", "Value": "v" * 250}]))
+        tags = [{"Key": f"k{n}", "Value": "v" * 250}]
+        assert not _attempt(lambda t=tags: ec2.create_tags(Resources=[sid], Tags=t))
     fs.unfill()  # no restart: the failed transactions must not linger
     ec2.create_tags(Resources=[sid], Tags=[{"Key": "after", "Value": "room"}])
     other = ebs.start_snapshot(VolumeSize=1)["SnapshotId"]
