@@ -610,7 +610,7 @@ class EbsService:
             raise validation("INVALID_BLOCK_TOKEN", f"The block token {token} is invalid.")
         digest, path, offset = found
         why = "no stored data" if path is None else _damage(path, offset, digest)
-        if why is not None:
+        if path is None or why is not None:
             log.error("GetSnapshotBlock %s block %d: %s (segment %s, offset %d, checksum %s); "
                       "answering 500", snapshot_id, index, why, path, offset,
                       base64.b64encode(digest).decode())
