@@ -433,7 +433,7 @@ class Store:
                     self._sync(segment)
                 except BaseException:
                     with contextlib.suppress(OSError):
-                        self.segments.free(segment, offset, durable=True)
+                        self.segments.discard(segment, offset)
                     self.segments.release(segment)
                     raise
         finally:
@@ -453,7 +453,7 @@ class Store:
             return
         # The record is on disk: make its hole durable too, or a restart would find it.
         try:
-            self.segments.free(segment, offset, durable=True)
+            self.segments.discard(segment, offset)
         finally:
             self.segments.release(segment)
         raise Refused(why)
