@@ -18,7 +18,7 @@ from ebsfs.server.ebs import BLOCK_TOKEN_TTL, DEFAULT_KMS_KEY_ARN, PAGE_TOKEN_TT
 from ebsfs.server.faults import Faults
 from ebsfs.server.httpd import Server
 from ebsfs.server.sigv4 import Verifier
-from ebsfs.server.storage import ERROR, DataDirBusy, Store
+from ebsfs.server.storage import ERROR, DataDirBusy, Snapshot, Store
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,11 @@ def sweep(app: App) -> None:
                 app.ebs.state(snap)[1],
             )
             app.store.drop_blocks(snap.snapshot_id)
-            app.store.replace((snap, snap.copy(blocks_dropped=True)))
+            app.store.update([snap], _mark_dropped)
+
+
+def _mark_dropped(snap: Snapshot) -> None:
+    snap.blocks_dropped = True
 
 
 def run(config: ServerConfig) -> int:

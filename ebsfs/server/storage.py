@@ -45,7 +45,7 @@ import sqlite3
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -337,21 +337,28 @@ class Store:
     def live(self) -> list[Snapshot]:
         return [s for s in list(self.snapshots.values()) if not s.deleted]
 
-    def replace(self, *changes: tuple[Snapshot, Snapshot]) -> None:
-        """Store new versions (built with ``Snapshot.copy``) of snapshots in one transaction,
-        then publish each into its in-memory record; on any error nothing changes."""
-        with self._write() as db:
-            db.executemany(
-                "UPDATE snapshots SET doc = ? WHERE id = ?",
-                [(new.to_doc(), old.snapshot_id) for old, new in changes],
-            )
-        with self._index_lock:
-            for old, new in changes:
-                _publish(old, new)
+    def update(self, snaps: Sequence[Snapshot], change: Callable[[Snapshot], None]) -> None:
+        """Change snapshots in one transaction: ``change`` edits a copy of each, the copies
+        are committed, and only then published into the in-memory records; on any error
+        nothing changes. Copying, committing and publishing all hold the write lock, so a
+        change never writes back a snapshot as it was before another one (a seal)."""
+        with self._wlock:
+            new = {}
+            for snap in snaps:
+                new[snap.snapshot_id] = copy = snap.copy()
+                change(copy)
+            with self._write() as db:
+                db.executemany(
+                    "UPDATE snapshots SET doc = ? WHERE id = ?",
+                    [(c.to_doc(), sid) for sid, c in new.items()],
+                )
+            with self._index_lock:
+                for snap in snaps:
+                    _publish(snap, new[snap.snapshot_id])
 
     def save(self, snap: Snapshot) -> None:
         """Write a snapshot changed in place through; on failure its in-memory record is
-        put back as stored. ``replace`` is better: this shows the change before its commit."""
+        put back as stored. ``update`` is better: this shows the change before its commit."""
         try:
             with self._write() as db:
                 db.execute(
@@ -678,7 +685,7 @@ class Store:
 
     def delete(self, snap: Snapshot) -> None:
         """Delete a snapshot; its blocks stay while a live descendant inherits them."""
-        self.replace((snap, snap.copy(deleted=True)))
+        self.update([snap], _mark_deleted)
         self.prune()
 
     def drop_blocks(self, snapshot_id: str) -> None:
@@ -889,3 +896,7 @@ def _make_private(root: Path) -> None:
             log.info("%s was open to other users (%o); making it %o", name,
                      stat.S_IMODE(mode), private)
             os.chmod(name, private)
+
+
+def _mark_deleted(snap: Snapshot) -> None:
+    snap.deleted = True

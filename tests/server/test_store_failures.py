@@ -5,12 +5,14 @@ import ctypes
 import errno
 import hashlib
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from ebsfs.server import segments as segments_mod
+from ebsfs.server.ec2 import Ec2Service
 from ebsfs.server.storage import COMPLETED, Snapshot, Store
 from ebsfs.types import BLOCK_SIZE
 
@@ -100,4 +102,47 @@ def test_a_punch_that_failed_once_does_not_stop_space_coming_back(
     _put(store, snap, 1, os.urandom(BLOCK_SIZE))
     store.flush()
     assert store.stats()["allocated"] <= before + 2 * (BLOCK_SIZE + 4096) - BLOCK_SIZE
+    store.close()
+
+
+def test_a_tag_change_racing_a_seal_loses_neither(tmp_path: Path) -> None:
+    # CreateTags builds its change while CompleteSnapshot seals the same snapshot: the
+    # tag change must not write back the snapshot as it was before the seal.
+    store = Store(tmp_path)
+    snap = _snapshot(store, "snap-0000000000000000c")
+    ec2 = Ec2Service(store, "000000000000", lambda s: ("pending", ""), None)  # type: ignore[arg-type]
+    original = Snapshot.copy
+    sealers: list[threading.Thread] = []
+
+    def copy_then_let_a_seal_in(self: Snapshot, **changes: Any) -> Snapshot:
+        new = original(self, **changes)
+        if threading.current_thread().name == "tagger" and not sealers:
+            sealer = threading.Thread(
+                target=store.seal, args=(snap, lambda rows: (COMPLETED, ""), 0.0)
+            )
+            sealers.append(sealer)
+            sealer.start()
+            sealer.join(0.5)  # done by now unless it has to wait for the tag change
+        return new
+
+    Snapshot.copy = copy_then_let_a_seal_in  # type: ignore[method-assign]
+    try:
+        tagger = threading.Thread(
+            target=ec2.op_CreateTags,
+            args=({"ResourceId.1": snap.snapshot_id, "Tag.1.Key": "k", "Tag.1.Value": "v"},),
+            name="tagger",
+        )
+        tagger.start()
+        tagger.join(10)
+        for sealer in sealers:
+            sealer.join(10)
+    finally:
+        Snapshot.copy = original  # type: ignore[method-assign]
+    assert sealers
+    shown = store.snapshots[snap.snapshot_id]
+    assert shown.sealed and shown.tags == [("k", "v")], shown
+    store.close()
+    store = Store(tmp_path)
+    stored = store.snapshots[snap.snapshot_id]
+    assert stored.sealed and stored.tags == [("k", "v")], stored
     store.close()
