@@ -509,6 +509,12 @@ class Store:
                 return
             try:
                 self.flush()
+            except (OSError, sqlite3.OperationalError) as exc:
+                # A full disk, typically: one line a second, not a traceback.
+                log.error("indexing %d acknowledged puts failed (%s); their records are on "
+                          "disk; retrying in a second", len(self._acked), exc)
+                time.sleep(1.0)
+                self._kick.set()
             except Exception:
                 log.exception("indexing acknowledged blocks failed; retrying in a second")
                 time.sleep(1.0)
