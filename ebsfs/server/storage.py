@@ -28,7 +28,7 @@ SHA256) and their space is given back (a hole punched, or the whole segment remo
 the last row referencing them goes.
 
 Snapshot metadata is small and kept in memory as well. A change is built on a copy, written
-and committed, and only then published in memory (``replace``): what the server answers
+and committed, and only then published in memory (``update``): what the server answers
 from memory is always what a restart would find, also when a commit fails (a full disk).
 """
 
@@ -176,7 +176,7 @@ class Snapshot:
         return self.complete_at if self.final_status == COMPLETED else None
 
     def copy(self, **changes: Any) -> "Snapshot":
-        """A copy to build a change on (``Store.replace`` publishes it)."""
+        """A copy to build a change on (``Store.update`` publishes it)."""
         new = dataclasses.replace(self, **changes)
         new.tags = list(new.tags)
         return new
