@@ -761,13 +761,26 @@ class Store:
             highest = int(db.execute("SELECT COALESCE(MAX(seq), 0) FROM blocks").fetchone()[0])
             found = sorted(self.segments.scan(live), key=lambda r: r[2].seq)
             replayed = 0
+            # A replayed put was activity the index never saw: its segment's last write is
+            # when it happened at the latest (a Timeout counts from it).
+            active: dict[str, float] = {}
             for segment, offset, record in found:
                 highest = max(highest, record.seq)
                 if self._replay(db, segment, offset, record):
                     replayed += 1
+                    written = self.segments.path(segment).stat().st_mtime
+                    active[record.snapshot_id] = max(
+                        written, active.get(record.snapshot_id, 0.0)
+                    )
             if found:
                 log.info("found %d unindexed records in the segments; indexed %d",
                          len(found), replayed)
+            for sid, when in active.items():
+                snap = self.snapshots[sid]
+                if when > snap.last_activity:
+                    db.execute("UPDATE snapshots SET last_activity = ? WHERE id = ?",
+                               (when, sid))
+                    snap.last_activity = when
             db.execute("DELETE FROM objects WHERE digest NOT IN (SELECT digest FROM blocks)")
             live = self._live(db)
         self.segments.recover(live, max(live, default=0))

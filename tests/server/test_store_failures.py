@@ -146,3 +146,23 @@ def test_a_tag_change_racing_a_seal_loses_neither(tmp_path: Path) -> None:
     stored = store.snapshots[snap.snapshot_id]
     assert stored.sealed and stored.tags == [("k", "v")], stored
     store.close()
+
+
+def test_a_replayed_put_counts_as_activity(tmp_path: Path) -> None:
+    # A put acknowledged but not yet indexed when the server died keeps its snapshot from
+    # timing out as a put does: after the restart the snapshot's last activity is no older
+    # than that put (else a snapshot shown pending with minutes to go could be in error
+    # right after a restart).
+    store = Store(tmp_path, index_delay=3600)
+    snap = _snapshot(store, "snap-0000000000000000d")
+    idle_since = snap.last_activity
+    _put(store, snap, 0, os.urandom(BLOCK_SIZE))
+    acted = snap.last_activity
+    assert acted > idle_since
+    store.close(index=False)
+    store = Store(tmp_path)
+    assert store.snapshots[snap.snapshot_id].last_activity >= acted - 5
+    store.close()
+    store = Store(tmp_path)  # and it was written down, not only worked out
+    assert store.snapshots[snap.snapshot_id].last_activity >= acted - 5
+    store.close()
