@@ -112,6 +112,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="share of GetSnapshotBlock answers with altered bytes")
     faults.add_argument("--fault-seed", type=int, metavar="N",
                         help="seed for the fault choices (default: random)")
+    p.add_argument("--encryption-by-default", action="store_const", const=True, default=None,
+                   help="encrypt every new snapshot with a default KMS key ARN, as an account "
+                   "with EBS encryption by default does (docs/server.md)")
     timing = p.add_argument_group("timing")
     timing.add_argument("--token-ttl", type=_seconds, metavar="SECONDS",
                         help="block and page token lifetime (default: as AWS, 7 days and "
@@ -229,6 +232,8 @@ def _background(config: ServerConfig, log_path: str) -> int:
 def _serve(config: ServerConfig, stream: TextIO | None) -> int:
     from ebsfs.server.runner import run as serve
 
+    # Snapshot data, the token key and the database are the server's own.
+    os.umask(0o077)
     setup_logging(config.log_level, stream)
     register_secret(config.secret_access_key)
     return serve(config)

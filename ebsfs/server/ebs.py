@@ -46,6 +46,8 @@ PAGE_TOKEN_TTL = 3600.0
 DEFAULT_MAX_RESULTS = 100
 COUNT_MISMATCH = "Changed blocks count mismatch for snapshot"
 CHECKSUM_MISMATCH = "Checksum mismatch for snapshot"
+#: The account's default EBS key under ``--encryption-by-default`` (no KMS here: a name only).
+DEFAULT_KMS_KEY_ARN = f"arn:aws:kms:us-east-1:{ACCOUNT_ID}:key/ebd0c0de-0000-4000-8000-000000000001"
 
 _ROUTES = [
     ("POST", re.compile(r"^/snapshots$"), "StartSnapshot"),
@@ -95,9 +97,12 @@ class Timing:
 class EbsService:
     """Handlers of the EBS direct APIs over a Store."""
 
-    def __init__(self, store: Store, timing: Timing) -> None:
+    def __init__(self, store: Store, timing: Timing, encryption_by_default: bool = False) -> None:
         self.store = store
         self.timing = timing
+        #: The key every new snapshot is encrypted with unless asked for another; None:
+        #: encryption only on request (``--encryption-by-default`` sets it).
+        self.default_key: str | None = DEFAULT_KMS_KEY_ARN if encryption_by_default else None
         self.mint = tokens.TokenMint(store.token_key)
         self._start_lock = threading.Lock()
 
@@ -206,6 +211,14 @@ class EbsService:
                         f"Volume size {volume_size} GiB is smaller than the size of the "
                         f"parent snapshot ({parent.volume_size} GiB).",
                     )
+                if self.default_key is not None and not parent.encrypted:
+                    # AWS: with encryption by default, an unencrypted parent must first be
+                    # copied encrypted (ValidationException; Reason and text unobserved).
+                    raise validation(
+                        "INVALID_PARAMETER_VALUE",
+                        f"Parent snapshot ({parent_id}) is not encrypted, and encryption by "
+                        "default is enabled for this account.",
+                    )
             now = time.time()
             snap = Snapshot(
                 snapshot_id="snap-" + secrets.token_hex(9)[:17],
@@ -221,6 +234,13 @@ class EbsService:
                 encrypted=bool(encrypted) or bool(parent and parent.encrypted),
                 kms_key_arn=kms if kms is not None else (parent.kms_key_arn if parent else None),
             )
+            if self.default_key is not None:
+                # Every new snapshot is encrypted (Encrypted=false included); a child
+                # reaching here has an encrypted parent and keeps its key.
+                snap.encrypted = True
+            if snap.encrypted and snap.kms_key_arn is None:
+                # AWS encrypts with the account's default key when none is named.
+                snap.kms_key_arn = DEFAULT_KMS_KEY_ARN
             if not snap.root_id:
                 snap.root_id = snap.snapshot_id
             body = {
@@ -553,13 +573,8 @@ class EbsService:
         if found is None:
             return None
         digest, path, offset = found
-        if path is None:
-            return None
-        try:
-            if os.stat(path).st_size < offset + BLOCK_SIZE:
-                return None
-        except FileNotFoundError:
-            return None
+        if path is None or _damage(path, offset, digest) is not None:
+            return None  # the general path logs and answers it
         return self._block_response(req, digest, path, offset)
 
     def _block_response(self, req: Request, digest: bytes, path: Path, offset: int) -> Response:
@@ -597,19 +612,41 @@ class EbsService:
         if found is None:
             raise validation("INVALID_BLOCK_TOKEN", f"The block token {token} is invalid.")
         digest, path, offset = found
-        if path is None:
-            log.error("no stored data for %s[%d] (%s)", snapshot_id, index, digest.hex())
-            raise EbsError(500, "InternalServerException", "Block data unavailable.")
-        try:
-            size = os.stat(path).st_size
-        except FileNotFoundError:
-            log.error("segment of %s[%d] is missing: %s", snapshot_id, index, path)
-            raise EbsError(500, "InternalServerException", "Block data unavailable.") from None
-        if size < offset + BLOCK_SIZE:
-            log.error("segment of %s[%d] ends at %d, before the block's end: %s",
-                      snapshot_id, index, size, path)
+        why = "no stored data" if path is None else _damage(path, offset, digest)
+        if path is None or why is not None:
+            log.error("GetSnapshotBlock %s block %d: %s (segment %s, offset %d, checksum %s); "
+                      "answering 500", snapshot_id, index, why, path, offset,
+                      base64.b64encode(digest).decode())
             raise EbsError(500, "InternalServerException", "Block data unavailable.")
         return self._block_response(req, digest, path, offset)
+
+
+def _damage(path: Path, offset: int, digest: bytes) -> str | None:
+    """What is wrong with the stored block at ``offset`` of ``path``, None if it is whole.
+
+    The block is read and hashed on every GetSnapshotBlock (a 512 KiB SHA256: a fraction of
+    a millisecond), so damage on disk is never served with the checksum of what was put.
+    The read leaves the block in the page cache, where the answer's sendfile finds it; the
+    block cannot change in between: a completed snapshot's contents are immutable and
+    freed only once no snapshot refers to them.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return "its segment file is missing"
+    except OSError as exc:
+        return f"its segment file cannot be opened ({exc.strerror})"
+    try:
+        data = os.pread(fd, BLOCK_SIZE, offset)
+    except OSError as exc:
+        return f"reading it failed ({exc.strerror})"
+    finally:
+        os.close(fd)
+    if len(data) < BLOCK_SIZE:
+        return f"its segment ends {len(data)} bytes into it"
+    if hashlib.sha256(data).digest() != digest:
+        return "its data does not match its checksum"
+    return None
 
 
 def _typed(doc: dict[str, Any], key: str, kind: type) -> Any:

@@ -286,36 +286,36 @@ class Ec2Service:
                     "InvalidParameterValue",
                     "Tag keys starting with 'aws:' are reserved for internal use",
                 )
-        merged = {}
         for snap in snaps:
-            new = dict(snap.tags)
-            new.update((k, v or "") for k, v in tags)
-            if len(new) > MAX_TAGS:
+            if len({k for k, _ in snap.tags} | {k for k, _ in tags}) > MAX_TAGS:
                 raise Ec2Error(
                     "TagLimitExceeded",
                     "The maximum number of Tags for a resource has been reached.",
                 )
-            merged[snap.snapshot_id] = list(new.items())
         self._dry_run(params)
-        for snap in snaps:
-            snap.tags = merged[snap.snapshot_id]
-            self.store.save(snap)
+
+        def add(snap: Snapshot) -> None:
+            merged = dict(snap.tags)
+            merged.update((k, v or "") for k, v in tags)
+            snap.tags = list(merged.items())
+
+        # One transaction for all of them, published only once it is committed.
+        self.store.update(snaps, add)
         return "<return>true</return>"
 
     def op_DeleteTags(self, params: dict[str, str]) -> str:
         snaps = self._resources(params)
         tags = _tags(params)
         self._dry_run(params)
-        for snap in snaps:
-            if not tags:
-                snap.tags = []
-            else:
-                snap.tags = [
-                    (k, v)
-                    for k, v in snap.tags
-                    if not any(k == dk and (dv is None or dv == v) for dk, dv in tags)
-                ]
-            self.store.save(snap)
+
+        def remove(snap: Snapshot) -> None:
+            snap.tags = [
+                (k, v)
+                for k, v in snap.tags
+                if tags and not any(k == dk and (dv is None or dv == v) for dk, dv in tags)
+            ]
+
+        self.store.update(snaps, remove)
         return "<return>true</return>"
 
 
