@@ -82,3 +82,6 @@ class ServerConfig:
     timeout_unit: float = 60.0
     #: Seed of the fault injector's random choices, for reproducible runs.
     fault_seed: int | None = None
+    #: A second account (access key id, secret, account id) whose snapshots the server
+    #: also holds, to test sharing (``--second-account``; docs/server.md).
+    second_account: tuple[str, str, str] | None = None

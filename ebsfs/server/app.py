@@ -36,10 +36,18 @@ class App:
     """The server's request handling, independent of the HTTP transport."""
 
     def __init__(
-        self, store: Store, verifier: Verifier, faults: Faults, timing: ebs_mod.Timing
+        self,
+        store: Store,
+        verifier: Verifier,
+        faults: Faults,
+        timing: ebs_mod.Timing,
+        others: dict[str, tuple[Verifier, str]] | None = None,
     ) -> None:
         self.store = store
         self.verifier = verifier
+        #: Further key pairs by access key id, each with the account id it signs for
+        #: (``--second-account``); the main pair signs for ebs.ACCOUNT_ID.
+        self.others = others or {}
         self.faults = faults
         self.ebs = ebs_mod.EbsService(store, timing)
         self.ec2 = Ec2Service(store, ebs_mod.ACCOUNT_ID, self.ebs.state, self.ebs.mint)
@@ -55,7 +63,12 @@ class App:
                 digest.append(hashlib.sha256(req.body).hexdigest())
             return digest[0]
 
-        self.verifier.verify(
+        verifier = self.verifier
+        if self.others:
+            key_id = _key_id(req.headers.get("authorization", ""))
+            if key_id in self.others:
+                verifier, req.account = self.others[key_id]
+        verifier.verify(
             req.method, req.raw_path, req.raw_query, req.headers, body_sha256, service
         )
 
@@ -139,3 +152,9 @@ class App:
         if self.faults.drop():
             resp.drop = True
         return resp
+
+
+def _key_id(auth: str) -> str:
+    """The access key id an Authorization header names ("" if none)."""
+    _, found, rest = auth.partition("Credential=")
+    return rest.partition("/")[0] if found else ""

@@ -26,6 +26,8 @@ class Request:
     body_complete: bool = True
     request_id: str = field(default_factory=lambda: _request_id())
     operation: str = "-"
+    #: The account whose key signed the request (set by the SigV4 check; app.py).
+    account: str = "000000000000"
 
     @property
     def path(self) -> str:
