@@ -111,6 +111,8 @@ class SnapshotInfo:
     parent: str = ""  # ParentSnapshotId when known (StartSnapshot answers carry it)
     #: ``standard`` or ``archive``: the EBS direct APIs cannot read an archived snapshot.
     storage_tier: str = "standard"
+    #: Set for an Outposts local snapshot, which the EBS direct APIs cannot read either.
+    outpost_arn: str = ""
 
     @property
     def name(self) -> str:
@@ -259,6 +261,7 @@ def _ec2_info(item: dict[str, Any]) -> SnapshotInfo:
         state_message=str(item.get("StateMessage", "")),
         encrypted=bool(item.get("Encrypted", False)),
         storage_tier=str(item.get("StorageTier") or "standard"),
+        outpost_arn=str(item.get("OutpostArn") or ""),
     )
 
 

@@ -75,8 +75,9 @@ def is_snapshot_id(name: str) -> bool:
 
 
 def readable(info: SnapshotInfo) -> bool:
-    """Whether the EBS direct APIs can read it: completed, and not in the archive tier."""
-    return info.state == "completed" and info.storage_tier != "archive"
+    """Whether the EBS direct APIs can read it: completed, not in the archive tier, not an
+    Outposts local snapshot."""
+    return info.state == "completed" and info.storage_tier != "archive" and not info.outpost_arn
 
 
 def usable_name(name: str) -> bool:
@@ -209,6 +210,11 @@ class Catalog:
                 log.warning(
                     "%s is archived (StorageTier archive): the EBS direct APIs cannot read it "
                     "until it is restored (RestoreSnapshotTier)", name
+                )
+            elif info.state == "completed" and info.outpost_arn:
+                log.warning(
+                    "%s is an Outposts local snapshot (%s): the EBS direct APIs cannot read it",
+                    name, info.outpost_arn,
                 )
             elif readable(info):
                 self.snapshots[name] = info
