@@ -65,6 +65,16 @@ _TOKEN_RE = re.compile(TOKEN_PATTERN)
 _BLOCK_SIZE_TEXT = str(BLOCK_SIZE)
 
 
+def archived(snapshot_id: str) -> EbsError:
+    """The answer to a read of an archived snapshot. AWS documents that it cannot be read
+    but not the error; this one is our choice (docs/server.md)."""
+    return validation(
+        "INVALID_SNAPSHOT_ID",
+        f"The snapshot '{snapshot_id}' is in the archive storage tier; restore it with "
+        "RestoreSnapshotTier to read it.",
+    )
+
+
 def _plain_int(text: str | None) -> int | None:
     """The value of a string of ASCII digits that fits an Integer; None for anything else
     (left to the checks of the general path)."""
@@ -111,10 +121,20 @@ class EbsService:
     def state(self, snap: Snapshot) -> tuple[str, str]:
         return snap.state(time.time(), self.timing.minute)
 
-    def _readable(self, snapshot_id: str) -> Snapshot:
-        """A completed snapshot; anything else reads as 404, as on AWS."""
+    def _readable(self, snapshot_id: str, account: str = ACCOUNT_ID) -> Snapshot:
+        """A completed snapshot ``account`` may read; anything else reads as 404, as on
+        AWS, bar an archived one (docs/server.md: its answer is our choice)."""
         snap = self.store.get(snapshot_id)
-        if snap is None or self.state(snap)[0] != COMPLETED:
+        if snap is None or not snap.may_read(account) or self.state(snap)[0] != COMPLETED:
+            raise not_found(snapshot_id)
+        if snap.storage_tier(time.time()) == "archive":
+            raise archived(snapshot_id)
+        return snap
+
+    def _own(self, snapshot_id: str, account: str) -> Snapshot:
+        """A snapshot of ``account`` (writes); another account's reads as 404."""
+        snap = self.store.get(snapshot_id)
+        if snap is None or snap.owner_id != account:
             raise not_found(snapshot_id)
         return snap
 
@@ -199,7 +219,11 @@ class EbsService:
             parent = None
             if parent_id is not None:
                 parent = self.store.get(parent_id)
-                if parent is None or self.state(parent)[0] == ERROR:
+                if (
+                    parent is None
+                    or not parent.may_read(req.account)
+                    or self.state(parent)[0] == ERROR
+                ):
                     raise not_found(parent_id)
                 if self.state(parent)[0] != COMPLETED:
                     raise validation(
@@ -223,7 +247,7 @@ class EbsService:
             snap = Snapshot(
                 snapshot_id="snap-" + secrets.token_hex(9)[:17],
                 volume_size=volume_size,
-                owner_id=ACCOUNT_ID,
+                owner_id=req.account,
                 start_time=round(now, 3),
                 timeout_minutes=timeout if timeout is not None else 60,
                 last_activity=now,
@@ -247,7 +271,7 @@ class EbsService:
                 "BlockSize": BLOCK_SIZE,
                 "Description": description,
                 "KmsKeyArn": snap.kms_key_arn,
-                "OwnerId": ACCOUNT_ID,
+                "OwnerId": req.account,
                 "ParentSnapshotId": parent_id,
                 "SnapshotId": snap.snapshot_id,
                 "SseType": "sse-kms" if snap.encrypted else None,
@@ -281,9 +305,7 @@ class EbsService:
         c.between(progress, "progress", 0, 100)
         c.done()
         assert index is not None and data_length is not None and sent is not None
-        snap = self.store.get(snapshot_id)
-        if snap is None:
-            raise not_found(snapshot_id)
+        snap = self._own(snapshot_id, req.account)
         status = self.state(snap)[0]
         if status == ERROR:
             raise not_found(snapshot_id)
@@ -351,6 +373,8 @@ class EbsService:
         snap = self.store.get(snapshot_id)
         if snap is None or snap.sealed or index >= snap.block_count:
             return None
+        if snap.owner_id != req.account:
+            return None
         if self.state(snap)[0] == ERROR:
             return None
         raw = hashlib.sha256(req.body).digest()
@@ -389,9 +413,7 @@ class EbsService:
         c.enum(algorithm, "checksumAlgorithm", ["SHA256"])
         c.enum(method, "checksumAggregationMethod", ["LINEAR"])
         c.done()
-        snap = self.store.get(snapshot_id)
-        if snap is None:
-            raise not_found(snapshot_id)
+        snap = self._own(snapshot_id, req.account)
         status = self.state(snap)[0]
         if status == ERROR or snap.sealed:
             return json_response(202, {"Status": status}, req.request_id)
@@ -450,7 +472,7 @@ class EbsService:
         max_results, start, token, c = self._page_args(req)
         c.snapshot_id(snapshot_id, "snapshotId")
         c.done()
-        snap = self._readable(snapshot_id)
+        snap = self._readable(snapshot_id, req.account)
         cursor = self._cursor(token, tokens.PAGE_BLOCKS, snapshot_id, start)
         rows = self.store.view(snap, cursor, max_results + 1) if cursor < snap.block_count else []
         now = time.time()
@@ -490,8 +512,8 @@ class EbsService:
         c.done()
         if not first_id:
             raise validation("INVALID_SNAPSHOT_ID", "First snapshot should not be empty or null")
-        first = self._readable(first_id)
-        second = self._readable(second_id)
+        first = self._readable(first_id, req.account)
+        second = self._readable(second_id, req.account)
         if first.root_id != second.root_id:
             raise validation(
                 "UNRELATED_SNAPSHOTS",
@@ -567,6 +589,8 @@ class EbsService:
         snap = self.store.get(snapshot_id)
         if snap is None or self.state(snap)[0] != COMPLETED:
             return None
+        if not snap.may_read(req.account) or snap.archived:
+            return None  # the general path refuses it, or checks a temporary restore
         if self.mint.verify(token, tokens.BLOCK, f"{snapshot_id}:{index}") != index:
             return None
         found = self.store.lookup(snap, index)
@@ -604,7 +628,7 @@ class EbsService:
             c.pattern(token, "blockToken", TOKEN_PATTERN)
         c.done()
         assert token is not None
-        snap = self._readable(snapshot_id)
+        snap = self._readable(snapshot_id, req.account)
         found = None
         if self.mint.verify(token, tokens.BLOCK, f"{snapshot_id}:{index}") == index:
             assert index is not None

@@ -149,6 +149,15 @@ class Snapshot:
     failed_status_message: str | None = None
     blocks_dropped: bool = False
     deleted: bool = False
+    #: Storage tier (ModifySnapshotTier / RestoreSnapshotTier): archived, when the archive
+    #: move started, and a temporary restore's start and expiry (None: none, or permanent).
+    archived: bool = False
+    tiering_start: float | None = None
+    restore_start: float | None = None
+    restore_expiry: float | None = None
+    #: createVolumePermission: the account ids it is shared with, and group ``all``.
+    shared_with: list[str] = field(default_factory=list)
+    public: bool = False
 
     @property
     def block_count(self) -> int:
@@ -171,6 +180,20 @@ class Snapshot:
         if now - self.last_activity > self.timeout_minutes * minute:
             return ERROR, TIMED_OUT_MESSAGE
         return PENDING, ""
+
+    def storage_tier(self, now: float) -> str:
+        """``archive`` or ``standard``; a temporary restore reads ``standard`` until it
+        expires, then the snapshot is archived again."""
+        if not self.archived:
+            return "standard"
+        if self.restore_expiry is not None and now < self.restore_expiry:
+            return "standard"
+        return "archive"
+
+    def may_read(self, account_id: str) -> bool:
+        """Whether that account may read it through the EBS direct APIs: its owner, or an
+        account it was shared with (public snapshots cannot be read that way)."""
+        return self.owner_id == account_id or account_id in self.shared_with
 
     def completion_time(self) -> float | None:
         return self.complete_at if self.final_status == COMPLETED else None
