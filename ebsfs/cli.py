@@ -6,8 +6,10 @@ derived from ``EbsfsError`` become one line on stderr and their documented exit 
 """
 
 import argparse
+import contextlib
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
@@ -55,8 +57,29 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+#: The exit code after the reader of stdout went away (``ebsfs ls | head``): what a shell
+#: reports for a command that SIGPIPE ended, as coreutils' commands do.
+EXIT_BROKEN_PIPE = 128 + 13
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
+    try:
+        try:
+            return _main(argv)
+        finally:
+            # Flush here, not at interpreter exit, where a closed pipe prints a warning.
+            sys.stdout.flush()
+    except BrokenPipeError:
+        # Whoever read our output stopped reading: nothing to report, nobody to report it
+        # to. Point stdout at /dev/null so that the interpreter's last flush stays quiet.
+        with contextlib.suppress(OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+
+
+def _main(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if fstab.is_helper_call(argv, COMMANDS):
         # mount.fuse3 (mount -t fuse.ebsfs, /etc/fstab) runs ``ebsfs SOURCE MOUNTPOINT -o ...``.

@@ -60,10 +60,13 @@ class DaemonOptions:
     """How the mount process runs (not part of what it mounts)."""
 
     log_file: str | None = None
+    #: Mount over a directory that is not empty (its files are hidden while mounted).
+    nonempty: bool = False
 
 
-def check_mountpoint(path: str) -> str:
-    """The absolute mount point; MountError if it cannot be mounted on."""
+def check_mountpoint(path: str, nonempty: bool = False) -> str:
+    """The absolute mount point; MountError if it cannot be mounted on (or, unless
+    ``nonempty``, holds files that the mount would hide)."""
     mountpoint = os.path.abspath(path)
     try:
         st = os.stat(mountpoint)
@@ -81,6 +84,17 @@ def check_mountpoint(path: str) -> str:
         raise MountError(f"{mountpoint} is already a mount point")
     if not os.path.exists(FUSE_DEVICE):
         raise MountError(f"FUSE is unavailable: {FUSE_DEVICE} does not exist (modprobe fuse?)")
+    if not nonempty:
+        try:
+            with os.scandir(mountpoint) as entries:
+                first = next(entries, None)
+        except OSError as exc:
+            raise MountError(f"mount point {mountpoint}: {exc.strerror}") from None
+        if first is not None:
+            raise MountError(
+                f"mount point {mountpoint} is not empty ({first.name} ...): the mount would "
+                "hide its files; use an empty directory, or --nonempty"
+            )
     return mountpoint
 
 
@@ -306,7 +320,7 @@ def _run(config: MountConfig, options: DaemonOptions, ready: Callable[[], None])
 def run_mount(config: MountConfig, options: DaemonOptions | None = None) -> int:
     """Mount and serve until unmounted; returns the exit code (see ``ebsfs mount --help``)."""
     options = options or DaemonOptions()
-    mountpoint = check_mountpoint(config.mountpoint)
+    mountpoint = check_mountpoint(config.mountpoint, options.nonempty)
     if mountpoint != config.mountpoint:
         from dataclasses import replace
 

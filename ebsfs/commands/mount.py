@@ -174,6 +174,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="let other users see the mount (FUSE allow_other)",
     )
     daemon.add_argument(
+        "--nonempty",
+        action="store_true",
+        help="mount even if MOUNTPOINT holds files (they are hidden until the unmount)",
+    )
+    daemon.add_argument(
         "--foreground", action="store_true", help="stay in the foreground, logging to stderr"
     )
     daemon.add_argument(
@@ -208,4 +213,4 @@ def mount_config_from_args(args: argparse.Namespace) -> MountConfig:
 
 def run(args: argparse.Namespace) -> int:
     config = mount_config_from_args(args)
-    return run_mount(config, DaemonOptions(log_file=args.log_file))
+    return run_mount(config, DaemonOptions(log_file=args.log_file, nonempty=args.nonempty))

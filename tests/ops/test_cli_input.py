@@ -1,0 +1,80 @@
+"""The command line on a closed pipe and on a mount point that is not empty: one line or
+nothing, never a traceback, never a silent surprise."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.ops.mounts import ebsfs, ebsfs_env, in_mount_table, unmount
+from tests.serverproc import LocalServer, upload_image
+
+
+def run_into_closed_pipe(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``ebsfs ARGV | head -0``, deterministically: stdout is a pipe nobody reads any more."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        return subprocess.run(
+            [sys.executable, "-m", "ebsfs", *argv],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        os.close(write_end)
+
+
+@pytest.mark.parametrize(
+    "argv", [["ls", "--json"], ["ls"], ["--help"], ["--version"], ["ls", "--help"]]
+)
+def test_a_closed_pipe_is_a_quiet_exit(
+    argv: list[str], server: LocalServer, tmp_path: Path
+) -> None:
+    upload_image(server.ebs(), server.ec2(), os.urandom(1 << 20), name="piped")
+    done = run_into_closed_pipe(argv, ebsfs_env(server, tmp_path))
+    assert done.stderr == ""
+    # argparse itself swallows a failed write of its help: that is quiet too.
+    assert done.returncode == (0 if "--help" in argv or "--version" in argv else 141)
+
+
+def test_stats_into_a_closed_pipe(server: LocalServer, tmp_path: Path) -> None:
+    env = ebsfs_env(server, tmp_path)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    ebsfs("mount", str(mnt), env=env)
+    try:
+        done = run_into_closed_pipe(["stats", "--json", str(mnt)], env)
+        assert (done.returncode, done.stderr) == (141, "")
+    finally:
+        unmount(mnt, env)
+
+
+def test_mount_refuses_a_directory_that_is_not_empty(
+    server: LocalServer, tmp_path: Path
+) -> None:
+    env = ebsfs_env(server, tmp_path)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    (mnt / "precious.txt").write_text("hidden by a mount\n")
+    try:
+        for extra in ([], ["--foreground"]):
+            done = ebsfs("mount", str(mnt), *extra, env=env, check=False, timeout=60)
+            assert done.returncode == 6, done.stderr
+            assert "not empty" in done.stderr and "--nonempty" in done.stderr
+            assert len(done.stderr.strip().splitlines()) == 1
+            assert not in_mount_table(mnt)
+        # Asked for, it mounts over them.
+        ebsfs("mount", str(mnt), "--nonempty", env=env)
+        assert in_mount_table(mnt)
+        assert not (mnt / "precious.txt").exists()
+    finally:
+        unmount(mnt, env)
+    assert (mnt / "precious.txt").read_text() == "hidden by a mount\n"
