@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from ebsfs import __version__, fstab
+from ebsfs import __version__, fstab, logsetup
 from ebsfs.errors import EbsfsError
 
 log = logging.getLogger(__name__)
@@ -81,6 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    # Before anything can log or echo the command line.
+    logsetup.register_argv_secrets(argv)
     if fstab.is_helper_call(argv, COMMANDS):
         # mount.fuse3 (mount -t fuse.ebsfs, /etc/fstab) runs ``ebsfs SOURCE MOUNTPOINT -o ...``.
         try:

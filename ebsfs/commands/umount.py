@@ -93,7 +93,7 @@ def _unmount_dead(mountpoint: str, entry: MountEntry, lazy: bool) -> None:
             continue
         if done.returncode == 0 and not _in_table(entry):
             return
-        errors.append((done.stderr.strip() or f"{cmd[0]} exited {done.returncode}"))
+        errors.append(done.stderr.strip() or f"{cmd[0]} exited {done.returncode}")
     raise MountError(f"could not unmount {mountpoint}: {errors[-1].splitlines()[-1]}")
 
 

@@ -12,10 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.mounting import drop_page_cache
 from tests.ops.mounts import ebsfs, ebsfs_env, in_mount_table, mounted, unmount
 from tests.serverproc import LocalServer, upload_image
 
 PID_XATTR = "user.ebsfs.pid"
+HOLD_OPEN = "import os, sys, time; fd = os.open(sys.argv[1], os.O_RDONLY); time.sleep(300)"
 
 
 def sh(*argv: str | Path) -> str:
@@ -134,7 +136,8 @@ def test_umount_refuses_while_a_loop_device_holds_a_snapshot(
                 assert device in done.stderr and "busy" in done.stderr
                 assert len(done.stderr.strip().splitlines()) == 1
                 # The loop mount still reads, from a daemon still serving.
-                sh("sh", "-c", f"echo 3 > /proc/sys/vm/drop_caches")
+                for cached in (loop_dir / "hello.txt", loop_dir / "big.bin", mnt / snap):
+                    drop_page_cache(cached)
                 assert (loop_dir / "hello.txt").read_text() == "hello from a loop mount\n"
                 assert len((loop_dir / "big.bin").read_bytes()) == 3 << 20
                 assert in_mount_table(mnt)
@@ -163,8 +166,7 @@ def test_umount_refuses_while_a_process_holds_it(server: LocalServer, tmp_path: 
     with mounted(tmp_path / "mnt", env=env) as mnt:
         in_dir = subprocess.Popen(["sleep", "300"], cwd=mnt)
         holder = subprocess.Popen(
-            [sys.executable, "-c", "import os,sys,time; fd=os.open(sys.argv[1], os.O_RDONLY); time.sleep(300)",
-             str(mnt / "new")],
+            [sys.executable, "-c", HOLD_OPEN, str(mnt / "new")],
             cwd="/",
         )
         try:
