@@ -25,7 +25,7 @@ TOKEN = "IQoJb3JpZ2luX2VjEXAMPLETOKENvalue0123456789"
 @pytest.fixture(autouse=True)
 def _fresh_secrets(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setattr(logsetup, "_secrets", set())
-    for name in ("INVOCATION_ID", "JOURNAL_STREAM", *logsetup.SECRET_ENVIRONMENT):
+    for name in ("INVOCATION_ID", "JOURNAL_STREAM", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
         monkeypatch.delenv(name, raising=False)
     yield
 
