@@ -24,13 +24,14 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from functools import partial
 
 import pyfuse3
 import trio
 
+from ebsfs import mounttable
 from ebsfs.api import Api
 from ebsfs.config import MountConfig
 from ebsfs.errors import EbsfsError, MountError, UsageError
@@ -187,13 +188,50 @@ async def _serve(
             nursery.cancel_scope.cancel()
 
 
+#: While a stop waits for a busy mount to be free, how often it looks again.
+BUSY_RECHECK = 1.0
+
+
+def _holders(mountpoint: str) -> list[str]:
+    """What keeps our mount busy (nothing once it is detached from the mount table)."""
+    entry = mounttable.top_mount(mountpoint)
+    if entry is None or entry.fstype != mounttable.FSTYPE:
+        return []
+    return mounttable.holders(mountpoint, entry, {os.getpid()})
+
+
 async def _signals(mountpoint: str, stopping: trio.Event) -> None:
+    # libfuse's unmount is lazy: stopping while a loop device or a process holds the mount
+    # would leave them with I/O errors. SIGTERM and SIGHUP therefore wait until it is free
+    # (as umount(8) refuses); SIGINT, or `ebsfs umount --lazy`, which detaches it first,
+    # stop at once.
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async for signum in signals:
-            log.info("%s: unmounting %s", signal.Signals(signum).name, mountpoint)
+            name = signal.Signals(signum).name
+            if signum != signal.SIGINT:
+                held = await trio.to_thread.run_sync(_holders, mountpoint)
+                if held:
+                    log.warning(
+                        "%s: %s is busy, held by: %s; unmounting once it is free "
+                        "(SIGINT or `ebsfs umount --lazy` to stop now)",
+                        name, mountpoint, "; ".join(held[:5]),
+                    )
+                    name = await _until_free(mountpoint, signals) or name
+            log.info("%s: unmounting %s", name, mountpoint)
             stopping.set()
             pyfuse3.terminate()
             return
+
+
+async def _until_free(mountpoint: str, signals: AsyncIterator[int]) -> str | None:
+    """Return once nothing holds the mount, or with "SIGINT" when one arrives first."""
+    while True:
+        with trio.move_on_after(BUSY_RECHECK):
+            async for signum in signals:
+                if signum == signal.SIGINT:
+                    return "SIGINT"
+        if not await trio.to_thread.run_sync(_holders, mountpoint):
+            return None
 
 
 async def _announce_when_answering(

@@ -10,7 +10,7 @@ import argparse
 import json
 from typing import Any
 
-from ebsfs.commands import mounttable
+from ebsfs import mounttable
 from ebsfs.errors import MountError
 from ebsfs.fs.ops import STATS_XATTR
 

@@ -9,10 +9,10 @@ import signal
 import subprocess
 import time
 
-from ebsfs.commands import mounttable
-from ebsfs.commands.mounttable import MountEntry
+from ebsfs import mounttable
 from ebsfs.errors import MountError
 from ebsfs.fs.ops import PID_XATTR
+from ebsfs.mounttable import MountEntry
 
 EPILOG = """\
 examples:
@@ -75,6 +75,17 @@ def _in_table(entry: MountEntry) -> bool:
     return any(e.mount_id == entry.mount_id for e in mounttable.mount_table())
 
 
+def _detach(mountpoint: str, entry: MountEntry) -> None:
+    for cmd in (["umount", "-l", mountpoint], ["fusermount3", "-u", "-z", mountpoint]):
+        try:
+            subprocess.run(cmd, capture_output=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        if not _in_table(entry):
+            return
+    raise MountError(f"could not detach {mountpoint} (umount -l failed)")
+
+
 def _unmount_dead(mountpoint: str, entry: MountEntry, lazy: bool) -> None:
     """Unmount a mount whose daemon is gone (nothing left to flush)."""
     if not lazy:
@@ -118,7 +129,11 @@ def unmount(mountpoint: str, timeout: float = 600.0, lazy: bool = False) -> None
             f"{mountpoint} is not an ebsfs mount (no daemon pid: {exc.strerror})"
         ) from None
     pid = mounttable.daemon_pid(mountpoint, entry, raw)
-    if not lazy:
+    if lazy:
+        # Detached first: the daemon, which does not stop while its mount is busy, then
+        # finds nothing mounted, flushes and exits; what held the mount gets I/O errors.
+        _detach(mountpoint, entry)
+    else:
         _refuse_if_busy(mountpoint, entry, pid)
     try:
         os.kill(pid, signal.SIGTERM)

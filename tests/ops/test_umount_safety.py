@@ -92,7 +92,7 @@ def test_umount_never_signals_a_pid_from_another_filesystem(
 
 
 def test_umount_refuses_a_pid_that_is_not_an_ebsfs_daemon() -> None:
-    from ebsfs.commands import mounttable
+    from ebsfs import mounttable
     from ebsfs.errors import MountError
 
     entry = mounttable.MountEntry(1, 0, "0:1", "/m", "fuse.ebsfs", "ebsfs", "user_id=0")
@@ -254,3 +254,30 @@ def test_umount_waits_for_the_mount_to_leave_the_table(
                 umount.kill()
         assert umount.returncode == 0, err
         assert not in_mountinfo(mnt)
+
+
+def test_daemon_told_to_stop_while_busy_waits_until_free(
+    server: LocalServer, tmp_path: Path
+) -> None:
+    """SIGTERM straight to the daemon (systemd's stop, after ExecStop refused): it does not
+    pull the mount from under its holders, and stops by itself once they let go."""
+    env = ebsfs_env(server, tmp_path)
+    log = tmp_path / "mount.log"
+    with mounted(tmp_path / "mnt", "--log-file", str(log), env=env) as mnt:
+        pid = int(os.getxattr(mnt, PID_XATTR))
+        holder = subprocess.Popen(["sleep", "300"], cwd=mnt)
+        try:
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 30
+            while "is busy" not in log.read_text() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert f"pid {holder.pid}" in log.read_text()
+            assert in_mountinfo(mnt) and running(pid)
+            assert "new" in os.listdir(mnt)  # still served
+        finally:
+            holder.kill()
+            holder.wait()
+        deadline = time.monotonic() + 60
+        while (in_mountinfo(mnt) or running(pid)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not in_mountinfo(mnt) and not running(pid)
