@@ -112,5 +112,10 @@ step "the mount's counters"
 
 step "cleaning up"
 umount "$LOOP"
+# The kernel lets go of an autoclear loop device a moment after its unmount; until then it
+# holds the snapshot file and `ebsfs umount` (like umount(8)) refuses the busy mount.
+for _ in $(seq 100); do [ -z "$(losetup -j "$MNT/$SNAP")" ] && break; sleep 0.1; done
 "$EBSFS" umount "$MNT"
+# It returns once the mount is gone from the mount table and the daemon has exited.
+! is_mounted "$MNT" || die "$MNT is still mounted after ebsfs umount"
 printf '\ndemo OK: wrote, sealed, loop-mounted and read back %s\n' "$SNAP"

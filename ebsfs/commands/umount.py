@@ -32,6 +32,8 @@ Exit codes: 0 unmounted, 6 not an ebsfs mount, busy, or it did not go within --t
 
 #: Once the daemon has exited, how long its mount may take to leave the table.
 GONE_GRACE = 5.0
+#: How long a busy mount may take to become free before the command refuses.
+BUSY_GRACE = 2.0
 POLL = 0.05
 
 
@@ -63,6 +65,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _refuse_if_busy(mountpoint: str, entry: MountEntry, daemon: int | None) -> None:
     exclude = {os.getpid()} | ({daemon} if daemon else set())
     held = mounttable.holders(mountpoint, entry, exclude)
+    # A loop device whose file system was just unmounted lets go a moment later (the kernel
+    # detaches an autoclear loop device asynchronously): look again for a short while.
+    grace = time.monotonic() + BUSY_GRACE
+    while held and time.monotonic() < grace:
+        time.sleep(0.1)
+        held = mounttable.holders(mountpoint, entry, exclude)
     if held:
         raise MountError(
             f"{mountpoint} is busy, held by: {'; '.join(held[:5])}"
