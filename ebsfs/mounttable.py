@@ -103,9 +103,9 @@ def top_mount(path: str, table: list[MountEntry] | None = None) -> MountEntry | 
     return found
 
 
-def ebsfs_mount(path: str) -> tuple[str, MountEntry]:
+def ebsfs_mount(path: str, unmounted: str = "is not mounted") -> tuple[str, MountEntry]:
     """The canonical mount point and its entry; MountError unless ``path`` is exactly the
-    mount point of a ``fuse.ebsfs`` mount."""
+    mount point of a ``fuse.ebsfs`` mount (``unmounted`` says what nothing mounted means)."""
     mountpoint = canonical(path)
     table = mount_table()
     entry = top_mount(mountpoint, table)
@@ -115,7 +115,7 @@ def ebsfs_mount(path: str) -> tuple[str, MountEntry]:
     if entry is None:
         if not os.path.lexists(mountpoint):
             raise MountError(f"{mountpoint} does not exist")
-        raise MountError(f"{mountpoint} is not mounted")
+        raise MountError(f"{mountpoint} {unmounted}")
     if entry.fstype != FSTYPE:
         raise MountError(f"{mountpoint} is not an ebsfs mount (it is {entry.fstype})")
     return mountpoint, entry

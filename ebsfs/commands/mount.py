@@ -22,7 +22,8 @@ Returns once the mount answers (the daemon keeps serving); stop it with `ebsfs u
 Reads are checked against each block's SHA256; a block that cannot be read after retries
 fails the read with EIO and one log line. The mount's counters: `ebsfs stats MOUNTPOINT`.
 Exit codes: 0 mounted, 2 bad option, 3 a --snapshot that does not exist, 4 access denied or
-no credentials, 5 endpoint unreachable, 6 FUSE unavailable or a bad/busy mount point.
+no credentials, 5 endpoint unreachable, 6 FUSE unavailable or a bad, busy or non-empty
+mount point (--nonempty mounts over files). Once mounted it prints where the daemon logs.
 """
 
 

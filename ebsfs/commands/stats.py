@@ -41,7 +41,9 @@ ebsfs mount (or the mount is gone).
 def read_stats(mountpoint: str) -> dict[str, Any]:
     """The counters of the mount at ``mountpoint``: only from a ``fuse.ebsfs`` mount, and
     only a JSON object (any filesystem can carry a ``user.ebsfs.stats`` attribute)."""
-    mountpoint, _ = mounttable.ebsfs_mount(mountpoint)
+    mountpoint, _ = mounttable.ebsfs_mount(
+        mountpoint, "is not an ebsfs mount (nothing is mounted there)"
+    )
     try:
         raw = mounttable.bounded_getxattr(mountpoint, STATS_XATTR)
     except TimeoutError as exc:
