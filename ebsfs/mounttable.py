@@ -14,7 +14,7 @@ import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from ebsfs.errors import MountError
+from ebsfs.errors import MountError, UsageError
 
 FSTYPE = "fuse.ebsfs"
 FUSE_DEVICE = "/dev/fuse"
@@ -106,12 +106,17 @@ def top_mount(path: str, table: list[MountEntry] | None = None) -> MountEntry | 
 def ebsfs_mount(path: str, unmounted: str = "is not mounted") -> tuple[str, MountEntry]:
     """The canonical mount point and its entry; MountError unless ``path`` is exactly the
     mount point of a ``fuse.ebsfs`` mount (``unmounted`` says what nothing mounted means)."""
-    mountpoint = canonical(path)
-    table = mount_table()
-    entry = top_mount(mountpoint, table)
-    if entry is None and os.path.realpath(path) != mountpoint:
-        mountpoint = os.path.realpath(path)
+    if not path:
+        raise UsageError("MOUNTPOINT must not be empty")
+    try:
+        mountpoint = canonical(path)
+        table = mount_table()
         entry = top_mount(mountpoint, table)
+        if entry is None and os.path.realpath(path) != mountpoint:
+            mountpoint = os.path.realpath(path)
+            entry = top_mount(mountpoint, table)
+    except OSError as exc:
+        raise MountError(f"{path}: {exc.strerror}") from None
     if entry is None:
         if not os.path.lexists(mountpoint):
             raise MountError(f"{mountpoint} does not exist")

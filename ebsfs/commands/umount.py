@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import math
 import os
 import signal
 import subprocess
@@ -49,7 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("mountpoint", metavar="MOUNTPOINT")
     p.add_argument(
         "--timeout",
-        type=float,
+        type=_seconds,
         default=600.0,
         metavar="SECONDS",
         help="give up waiting for the flush after this long (default: 600)",
@@ -60,6 +61,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="unmount even while busy: what holds the mount then gets I/O errors (umount -l)",
     )
     p.set_defaults(func=run)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
+    return value
 
 
 def _refuse_if_busy(mountpoint: str, entry: MountEntry, daemon: int | None) -> None:

@@ -78,3 +78,47 @@ def test_mount_refuses_a_directory_that_is_not_empty(
     finally:
         unmount(mnt, env)
     assert (mnt / "precious.txt").read_text() == "hidden by a mount\n"
+
+
+@pytest.mark.parametrize(
+    ("argv", "code", "fragment"),
+    [
+        (["umount", "--timeout", "nan", "/tmp"], 2, "--timeout"),
+        (["umount", "--timeout", "-5", "/tmp"], 2, "--timeout"),
+        (["umount", "--timeout", "inf", "/tmp"], 2, "--timeout"),
+        (["umount", ""], 2, "MOUNTPOINT"),
+        (["stats", ""], 2, "MOUNTPOINT"),
+        (["mount", "MNT", "--io-timeout", "nan"], 2, "--io-timeout"),
+        (["mount", "MNT", "--refresh", "nan"], 2, "--refresh"),
+        (["mount", "MNT", "--writeback-delay", "inf"], 2, "--writeback-delay"),
+    ],
+)
+def test_bad_numbers_and_empty_paths_are_one_line(
+    argv: list[str], code: int, fragment: str, tmp_path: Path
+) -> None:
+    """NaN or infinity as a time would make a wait without bound (every comparison false)."""
+    (tmp_path / "mnt").mkdir()
+    argv = [str(tmp_path / "mnt") if a == "MNT" else a for a in argv]
+    env = dict(os.environ, EBSFS_CONFIG="/dev/null")
+    if argv[0] == "mount":
+        argv.append("--foreground")
+    done = ebsfs(*argv, env=env, check=False, timeout=60)
+    assert done.returncode == code, done.stderr
+    assert fragment in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert not in_mount_table(tmp_path / "mnt")
+
+
+def test_an_unreadable_path_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ebsfs import cli
+
+    def denied(path: str, *args: object, **kwargs: object) -> str:
+        raise PermissionError(13, "Permission denied", path)
+
+    monkeypatch.setattr(os.path, "realpath", denied)
+    for command in ("umount", "stats"):
+        assert cli.main([command, "/proc/1/root/mnt"]) == 6
+        err = capsys.readouterr().err
+        assert err.startswith("ebsfs: ") and "Permission denied" in err, err
