@@ -9,6 +9,7 @@ import argparse
 import contextlib
 import importlib
 import logging
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -34,6 +35,18 @@ def add_aws_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--region", help="AWS region (default: from the environment or profile)")
     group.add_argument("--profile", help="AWS profile from ~/.aws/config")
+
+
+def positive_seconds(text: str) -> float:
+    """An argparse type: a finite number of seconds above 0 (NaN or infinity as a time limit
+    would make a wait without end)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
+    return value
 
 
 class _Parser(argparse.ArgumentParser):

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import errno
-import math
 import os
 import signal
 import subprocess
 import time
 
 from ebsfs import mounttable
+from ebsfs.cli import positive_seconds
 from ebsfs.errors import MountError
 from ebsfs.fs.ops import PID_XATTR
 from ebsfs.mounttable import MountEntry
@@ -50,7 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("mountpoint", metavar="MOUNTPOINT")
     p.add_argument(
         "--timeout",
-        type=_seconds,
+        type=positive_seconds,
         default=600.0,
         metavar="SECONDS",
         help="give up waiting for the flush after this long (default: 600)",
@@ -61,16 +61,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="unmount even while busy: what holds the mount then gets I/O errors (umount -l)",
     )
     p.set_defaults(func=run)
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
-    return value
 
 
 def _refuse_if_busy(mountpoint: str, entry: MountEntry, daemon: int | None) -> None:

@@ -281,3 +281,25 @@ def test_daemon_told_to_stop_while_busy_waits_until_free(
         while (in_mountinfo(mnt) or running(pid)) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert not in_mountinfo(mnt) and not running(pid)
+
+
+def test_complete_does_not_act_on_attributes_of_another_filesystem(
+    ext4_mount: Path, server: LocalServer, tmp_path: Path
+) -> None:
+    """A file on ext4 dressed up as an ebsfs file being written: not sealed (chmod) nor
+    waited on."""
+    (ext4_mount / "new").mkdir()
+    victim = ext4_mount / "new" / "file"
+    victim.write_bytes(b"x")
+    victim.chmod(0o644)
+    os.setxattr(victim, "user.ebsfs.state", b"writing")
+    done = ebsfs("complete", str(victim), env=ebsfs_env(server, tmp_path), check=False)
+    assert done.returncode == 2, done.stderr
+    assert "not a file of an ebsfs mount" in done.stderr
+    assert victim.stat().st_mode & 0o777 == 0o644
+
+
+def test_complete_timeout_must_be_finite(server: LocalServer, tmp_path: Path) -> None:
+    done = ebsfs("complete", "--timeout", "nan", "/x/new/y", env=ebsfs_env(server, tmp_path),
+                 check=False)
+    assert done.returncode == 2 and "--timeout" in done.stderr, done.stderr
