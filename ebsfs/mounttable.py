@@ -148,6 +148,12 @@ def bounded_getxattr(path: str, name: str, timeout: float = XATTR_TIMEOUT) -> by
     return result[0]
 
 
+def printable(text: str) -> str:
+    """``text`` with control characters escaped: names that come from other processes or
+    from a mount must not drive the terminal they are printed on."""
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
+
+
 def _read(path: str) -> str | None:
     try:
         with open(path, "rb") as f:
@@ -223,7 +229,7 @@ def _under(path: str, mountpoint: str) -> bool:
 
 
 def _process_name(pid: str) -> str:
-    return (_read(f"/proc/{pid}/comm") or "?").strip()
+    return printable((_read(f"/proc/{pid}/comm") or "?").strip())
 
 
 def _loop_holders(mountpoint: str, table: list[MountEntry]) -> Iterable[str]:
@@ -234,7 +240,7 @@ def _loop_holders(mountpoint: str, table: list[MountEntry]) -> Iterable[str]:
         device = "/dev/" + backing.split("/")[3]
         where = [e.mountpoint for e in table if e.source == device]
         mounted = f", mounted at {', '.join(where)}" if where else ""
-        yield f"loop device {device} (backing file {target}{mounted})"
+        yield printable(f"loop device {device} (backing file {target}{mounted})")
 
 
 def _process_holders(mountpoint: str, exclude: set[int]) -> Iterable[str]:
@@ -273,7 +279,7 @@ def holders(mountpoint: str, entry: MountEntry, exclude: set[int]) -> list[str]:
     processes with a file, directory or mapping in it (those in ``exclude`` aside)."""
     table = mount_table()
     found = [
-        f"a mount at {e.mountpoint}"
+        printable(f"a mount at {e.mountpoint}")
         for e in table
         if e.parent_id == entry.mount_id and e.mount_id != entry.mount_id
     ]

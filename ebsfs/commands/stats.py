@@ -52,7 +52,7 @@ def read_stats(mountpoint: str) -> dict[str, Any]:
         raise MountError(f"{mountpoint} is not an ebsfs mount ({exc.strerror})") from None
     try:
         result = json.loads(raw)
-    except ValueError:  # UnicodeDecodeError included
+    except (ValueError, RecursionError):  # UnicodeDecodeError included; absurd nesting
         result = None
     if not isinstance(result, dict):
         raise MountError(f"{mountpoint}: its {STATS_XATTR} attribute is not the counters' JSON")
@@ -73,8 +73,12 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(stats, indent=2, sort_keys=True))
         return 0
     rows: list[tuple[str, Any]] = []
-    _flatten("", stats, rows)
+    try:
+        _flatten("", stats, rows)
+    except RecursionError:
+        raise MountError(f"{args.mountpoint}: its counters nest too deeply") from None
     width = max((len(k) for k, _ in rows), default=0)
     for key, value in rows:
-        print(f"{key:<{width}}  {value}")
+        # The mount wrote these: no control characters reach the terminal.
+        print(mounttable.printable(f"{key:<{width}}  {value}"))
     return 0

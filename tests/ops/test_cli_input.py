@@ -122,3 +122,33 @@ def test_an_unreadable_path_is_one_line(
         assert cli.main([command, "/proc/1/root/mnt"]) == 6
         err = capsys.readouterr().err
         assert err.startswith("ebsfs: ") and "Permission denied" in err, err
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"[" * 60000, b'{"a": ' * 5000 + b"1" + b"}" * 5000],
+)
+def test_stats_from_a_hostile_mount_is_one_line(
+    raw: bytes, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ebsfs import cli, mounttable
+
+    monkeypatch.setattr(mounttable, "ebsfs_mount", lambda path, *a: (path, None))
+    monkeypatch.setattr(mounttable, "bounded_getxattr", lambda *a, **k: raw)
+    assert cli.main(["stats", "/m"]) == 6
+    err = capsys.readouterr().err
+    assert err.startswith("ebsfs: /m") and len(err.splitlines()) == 1
+
+
+def test_stats_escapes_control_characters(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ebsfs import cli, mounttable
+
+    monkeypatch.setattr(mounttable, "ebsfs_mount", lambda path, *a: (path, None))
+    monkeypatch.setattr(
+        mounttable, "bounded_getxattr", lambda *a, **k: b'{"read": {"x\\u001b]0;pwned\\u0007": 1}}'
+    )
+    assert cli.main(["stats", "/m"]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out and "pwned" in out
