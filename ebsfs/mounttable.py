@@ -243,7 +243,41 @@ def _loop_holders(mountpoint: str, table: list[MountEntry]) -> Iterable[str]:
         yield printable(f"loop device {device} (backing file {target}{mounted})")
 
 
-def _process_holders(mountpoint: str, exclude: set[int]) -> Iterable[str]:
+def _fdinfo_mnt_id(path: str) -> int | None:
+    for line in (_read(path) or "").splitlines():
+        if line.startswith("mnt_id:"):
+            with contextlib.suppress(ValueError):
+                return int(line.split()[1])
+    return None
+
+
+def _link_mnt_id(path: str) -> int | None:
+    """The mount id of what the /proc link ``path`` points at (an O_PATH open: the mount's
+    daemon is not asked anything)."""
+    try:
+        fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        return _fdinfo_mnt_id(f"/proc/self/fdinfo/{fd}")
+    finally:
+        os.close(fd)
+
+
+def _device(text: str, base: int) -> tuple[int, int] | None:
+    major, _, minor = text.partition(":")
+    try:
+        return int(major, base), int(minor, base)
+    except ValueError:
+        return None
+
+
+def _process_holders(entry: MountEntry, exclude: set[int]) -> Iterable[str]:
+    # A path under the mount point is only a candidate: the directory under the mount (a
+    # shell that was in it before the mount) has the same name. The mount id, or the
+    # device of a mapping, says which.
+    mountpoint = entry.mountpoint
+    device = _device(entry.device, 10)
     own_ns = _link("/proc/self/ns/mnt")
     for pid in sorted((p for p in os.listdir("/proc") if p.isdigit()), key=int):
         if int(pid) in exclude or _link(f"/proc/{pid}/ns/mnt") != own_ns:
@@ -251,17 +285,28 @@ def _process_holders(mountpoint: str, exclude: set[int]) -> Iterable[str]:
         uses = []
         for what in ("cwd", "root", "exe"):
             target = _link(f"/proc/{pid}/{what}")
-            if target and _under(target, mountpoint):
+            if (
+                target
+                and _under(target, mountpoint)
+                and _link_mnt_id(f"/proc/{pid}/{what}") == entry.mount_id
+            ):
                 uses.append(what)
         try:
             fds = os.listdir(f"/proc/{pid}/fd")
         except OSError:
             fds = []
-        if any(_under(_link(f"/proc/{pid}/fd/{fd}") or "", mountpoint) for fd in fds):
+        if any(
+            _under(_link(f"/proc/{pid}/fd/{fd}") or "", mountpoint)
+            and _fdinfo_mnt_id(f"/proc/{pid}/fdinfo/{fd}") == entry.mount_id
+            for fd in fds
+        ):
             uses.append("open file")
         maps = _read(f"/proc/{pid}/maps") or ""
         mapped = (line.split(maxsplit=5) for line in maps.splitlines())
-        if any(len(parts) == 6 and _under(parts[5], mountpoint) for parts in mapped):
+        if any(
+            len(parts) == 6 and _under(parts[5], mountpoint) and _device(parts[3], 16) == device
+            for parts in mapped
+        ):
             uses.append("mapped file")
         if uses:
             yield f"{_process_name(pid)} (pid {pid}: {', '.join(uses)})"
@@ -284,5 +329,5 @@ def holders(mountpoint: str, entry: MountEntry, exclude: set[int]) -> list[str]:
         if e.parent_id == entry.mount_id and e.mount_id != entry.mount_id
     ]
     found += list(_loop_holders(mountpoint, table))
-    found += list(_process_holders(mountpoint, exclude))
+    found += list(_process_holders(entry, exclude))
     return found

@@ -303,3 +303,21 @@ def test_complete_timeout_must_be_finite(server: LocalServer, tmp_path: Path) ->
     done = ebsfs("complete", "--timeout", "nan", "/x/new/y", env=ebsfs_env(server, tmp_path),
                  check=False)
     assert done.returncode == 2 and "--timeout" in done.stderr, done.stderr
+
+
+def test_a_process_in_the_directory_under_the_mount_does_not_hold_it(
+    server: LocalServer, tmp_path: Path
+) -> None:
+    """A shell that was in MOUNTPOINT before the mount is in the directory underneath, not
+    in the mount: umount(8) would not call that busy, and neither does ebsfs umount."""
+    env = ebsfs_env(server, tmp_path)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    below = subprocess.Popen(["sleep", "300"], cwd=mnt)
+    try:
+        with mounted(mnt, env=env):
+            ebsfs("umount", str(mnt), env=env)
+            assert not in_mountinfo(mnt)
+    finally:
+        below.kill()
+        below.wait()
