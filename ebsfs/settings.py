@@ -24,6 +24,7 @@ a typo never goes unnoticed.
 
 import argparse
 import difflib
+import math
 import os
 import re
 import tomllib
@@ -80,6 +81,8 @@ def _float(value: Any) -> float:
             raise ValueError(f"expected a number, not {value!r}") from None
     if not isinstance(value, int | float) or value < 0:
         raise ValueError(f"expected a number of at least 0, not {value!r}")
+    if not math.isfinite(value):  # NaN or infinity as a time: a wait without end
+        raise ValueError(f"expected a finite number, not {value!r}")
     return float(value)
 
 
