@@ -14,7 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ebsfs import fstab, settings as ebsfs_settings
+from ebsfs import fstab
+from ebsfs import settings as ebsfs_settings
 from ebsfs.cli import build_parser
 from ebsfs.errors import UsageError
 from ebsfs.sizes import format_size, parse_size
