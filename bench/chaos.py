@@ -365,11 +365,12 @@ class Chaos:
         return str(done[0]) if done else None
 
     def seal(self, snap: Snap, path: Path, env: dict[str, str]) -> None:
-        deadline = time.monotonic() + 10 * HANG
+        began = time.monotonic()
+        deadline = began + self.args.seal_timeout
         while time.monotonic() < deadline:
             if not self.wait_mount():
                 return
-            rc, out, err = _run([sys.executable, "-m", "ebsfs", "complete", "--timeout", "120",
+            rc, out, err = _run([sys.executable, "-m", "ebsfs", "complete", "--timeout", "60",
                                  str(path)], self.stats, f"{snap.name} complete", env=env)
             if rc == 0 and out.strip():
                 snap.snapshot_id = out.strip().splitlines()[-1]
@@ -384,6 +385,11 @@ class Chaos:
                 return
             time.sleep(1)
         if snap.snapshot_id is None:
+            if not self.halt.is_set():
+                # Not lost (the draft stays under new/ and is checked there at the end), but
+                # a seal that cannot finish is a hang for whoever waits on it.
+                self.stats.note("hung", f"{snap.name}: not sealed after "
+                                f"{time.monotonic() - began:.0f}s of `ebsfs complete` retries")
             return
         self.stats.add("ops", "snapshots sealed")
         with self.lock:
@@ -574,6 +580,28 @@ class Chaos:
             return
         self.compare(snap, lo, got, how)
 
+    def _unmount_all(self) -> None:
+        proc = self.mount.proc if self.mount is not None else None
+        if os.path.ismount(self.mnt) and proc is not None and proc.poll() is None:
+            # The orderly way first: what is buffered gets stored.
+            _run([sys.executable, "-m", "ebsfs", "umount", str(self.mnt)], self.stats,
+                 "teardown umount", env=self.server.env(), timeout=60)
+        for path in (self.mnt, self.work / "fresh"):
+            if os.path.ismount(path):
+                lazy_unmount(path)
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(10)
+
+    def _stop_server(self) -> None:
+        proc = self.server.proc
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(10)
+        self.server.proc = None
+
     def report(self) -> int:
         s = self.stats
         bad = s.bytes_lost or s.bytes_wrong or s.hung or s.lost or s.wrong
@@ -603,21 +631,22 @@ class Chaos:
         return 1 if bad else 0
 
     def teardown(self) -> None:
-        """Leave nothing behind: mounts, the server, the loop device (and the files)."""
-        for path in (self.mnt, self.work / "fresh"):
-            if os.path.ismount(path):
-                if self.mount is not None and path == self.mnt and self.mount.proc is not None:
-                    with contextlib.suppress(Exception):
-                        _run([sys.executable, "-m", "ebsfs", "umount", str(path)], self.stats,
-                             "teardown umount", env=self.server.env(), timeout=60)
-                if os.path.ismount(path):
-                    lazy_unmount(path)
-        if self.mount is not None and self.mount.proc is not None:
-            with contextlib.suppress(Exception):
-                self.mount.kill()
-        self.server.kill()
-        self.disk.teardown()
+        """Leave nothing behind: mounts, the server, the loop device (and the files).
+
+        Each step runs whatever the others did, with Ctrl-C and SIGTERM ignored meanwhile."""
+        old = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            for step in (self._unmount_all, self._stop_server, self.disk.teardown):
+                try:
+                    step()
+                except Exception as exc:
+                    print(f"chaos: teardown: {step.__name__}: {exc}", file=sys.stderr)
+        finally:
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
         if self.args.keep or self.stats.lost or self.stats.wrong or self.stats.hung:
+            with contextlib.suppress(OSError):
+                self.disk.image.unlink()  # the logs and the server's data stay
             print(f"chaos: logs kept in {self.work}", flush=True)
         else:
             shutil.rmtree(self.work, ignore_errors=True)
@@ -635,6 +664,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--outage", type=float, default=3.0, help="seconds a kill keeps it down")
     p.add_argument("--events", type=int, default=0, help="stop after this many events (0: none)")
     p.add_argument("--pause", type=float, default=0.05, help="seconds between a writer's dd's")
+    p.add_argument("--seal-timeout", type=float, default=300.0,
+                   help="seconds of `ebsfs complete` retries before a seal counts as hung")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: random)")
     p.add_argument("--workdir", default=None, help="where the work directory goes (/tmp)")
     p.add_argument("--keep", action="store_true", help="keep the work directory and logs")
@@ -655,7 +686,8 @@ def main(argv: list[str] | None = None) -> int:
     def on_term(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
-    old = signal.signal(signal.SIGTERM, on_term)
+    # SIGINT too: a shell starts background jobs with it ignored, and Python keeps that.
+    old = {sig: signal.signal(sig, on_term) for sig in (signal.SIGINT, signal.SIGTERM)}
     print(f"chaos: work directory {chaos.work}, seed {args.seed}", flush=True)
     try:
         try:
@@ -673,7 +705,8 @@ def main(argv: list[str] | None = None) -> int:
         chaos.halt.set()
         chaos.stop.set()
         chaos.teardown()
-        signal.signal(signal.SIGTERM, old)
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
 
 
 if __name__ == "__main__":
