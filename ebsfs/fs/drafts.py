@@ -504,6 +504,9 @@ class SnapshotDraft:
             self.m["aws_error"] = True
         else:
             self.m["state"] = PENDING
+            # The CompleteSnapshot may never have reached AWS: the next seal sends it again
+            # (a repeat is harmless: AWS answers the snapshot's state).
+            self.m.pop("complete_called", None)
         self.m["state_message"] = message
         self.progress = ""
         self._touch()
