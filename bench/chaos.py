@@ -46,6 +46,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,6 +114,8 @@ class Stats:
         self.wrong: list[str] = []
         self.lost: list[str] = []
         self.hung: list[str] = []
+        #: Failures of the bench itself (a thread that died): the run proves nothing.
+        self.broken: list[str] = []
         self.bytes_read = 0
         self.bytes_written = 0
         self.bytes_checked = 0
@@ -152,6 +155,17 @@ def _errno_name(text: str) -> str:
         if name in text:
             return name
     return text.strip().splitlines()[-1][:60] if text.strip() else "unknown"
+
+
+def _present(path: Path) -> bool:
+    """Whether ``path`` exists; True when that cannot be told (a dead mount: ENOTCONN)."""
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+    return True
 
 
 class SpoolDisk:
@@ -299,10 +313,10 @@ class Chaos:
 
     def draft_gone(self, snap: Snap, path: Path) -> bool:
         """After a failure: True if the draft left new/ while acknowledged data was in it."""
-        if not snap.acked or path.exists() or not self.mount_up.is_set():
+        if not snap.acked or _present(path) or not self.mount_up.is_set():
             return False
         time.sleep(1)  # a remount may be under way
-        if path.exists() or not self.mount_up.is_set():
+        if _present(path) or not self.mount_up.is_set():
             return False
         snap.lost_draft = True
         self.stats.note("lost", f"{snap.name}: the draft is gone from new/ after "
@@ -439,6 +453,14 @@ class Chaos:
                 self.stats.note("wrong", f"read of {snap.name} ({snap.snapshot_id}) at "
                                 f"{offset}+{length}: {bad} bytes differ")
 
+    def guarded(self, target: Any, n: int) -> None:
+        """Run a writer or reader; an exception of the bench itself voids the run."""
+        try:
+            target(n)
+        except Exception as exc:
+            traceback.print_exc()
+            self.stats.note("broken", f"{target.__name__} {n} stopped: {exc!r}")
+
     # ---- the controller --------------------------------------------------------------------
 
     def inject(self, kind: str) -> None:
@@ -480,9 +502,9 @@ class Chaos:
 
     def run(self) -> int:
         end = time.monotonic() + self.args.duration
-        threads = [threading.Thread(target=self.writer, args=(i,), daemon=True)
+        threads = [threading.Thread(target=self.guarded, args=(self.writer, i), daemon=True)
                    for i in range(self.args.writers)]
-        threads += [threading.Thread(target=self.reader, args=(i,), daemon=True)
+        threads += [threading.Thread(target=self.guarded, args=(self.reader, i), daemon=True)
                     for i in range(self.args.readers)]
         for t in threads:
             t.start()
@@ -604,7 +626,7 @@ class Chaos:
 
     def report(self) -> int:
         s = self.stats
-        bad = s.bytes_lost or s.bytes_wrong or s.hung or s.lost or s.wrong
+        bad = s.bytes_lost or s.bytes_wrong or s.hung or s.lost or s.wrong or s.broken
         lines = [
             "",
             f"chaos summary ({self.args.duration:.0f}s, seed {self.args.seed}, "
@@ -622,9 +644,10 @@ class Chaos:
             "  writer errors:   " + (", ".join(f"{k} {v}" for k, v in
                                                sorted(s.write_errors.items())) or "none"),
             f"  hung:            {len(s.hung)}",
+            f"  bench failures:  {len(s.broken)}",
             f"  result:          {'FAILED' if bad else 'OK'}",
         ]
-        for kind in ("lost", "wrong", "hung"):
+        for kind in ("lost", "wrong", "hung", "broken"):
             for text in getattr(s, kind):
                 lines.append(f"  {kind}: {text}")
         print("\n".join(lines), flush=True)
@@ -644,7 +667,8 @@ class Chaos:
         finally:
             for sig, handler in old.items():
                 signal.signal(sig, handler)
-        if self.args.keep or self.stats.lost or self.stats.wrong or self.stats.hung:
+        s = self.stats
+        if self.args.keep or s.lost or s.wrong or s.hung or s.broken or s.bytes_lost:
             with contextlib.suppress(OSError):
                 self.disk.image.unlink()  # the logs and the server's data stay
             print(f"chaos: logs kept in {self.work}", flush=True)
@@ -696,6 +720,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"chaos: set-up failed: {exc}", file=sys.stderr)
             return 2
         return chaos.run()
+    except Exception:
+        traceback.print_exc()
+        print("chaos: the bench itself failed (above); the run proves nothing", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         chaos.halt.set()
         chaos.stop.set()
