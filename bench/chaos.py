@@ -318,6 +318,12 @@ class Chaos:
         time.sleep(1)  # a remount may be under way
         if _present(path) or not self.mount_up.is_set():
             return False
+        # It may have left new/ because it completed, with nobody told (the endpoint failed
+        # just after): AWS has the last word, once it answers.
+        found = self.find_sealed(snap, patience=60)
+        if found:
+            snap.snapshot_id = found
+            return False
         snap.lost_draft = True
         self.stats.note("lost", f"{snap.name}: the draft is gone from new/ after "
                         f"{sum(e - s for s, e in snap.acked)} bytes were acknowledged")
@@ -366,17 +372,23 @@ class Chaos:
             time.sleep(self.args.pause)
         self.seal(snap, path, env)
 
-    def find_sealed(self, snap: Snap) -> str | None:
-        """The id of a completed snapshot named ``snap.name`` (a seal nobody heard of)."""
-        try:
-            ec2 = self.server.ec2(max_attempts=3)
-            found = ec2.describe_snapshots(
-                OwnerIds=["self"], Filters=[{"Name": "tag:Name", "Values": [snap.name]}]
-            )["Snapshots"]
-        except Exception:  # the server may be down right now: ask again later
-            return None
-        done = [s["SnapshotId"] for s in found if s["State"] == "completed"]
-        return str(done[0]) if done else None
+    def find_sealed(self, snap: Snap, patience: float = 0.0) -> str | None:
+        """The id of a completed snapshot named ``snap.name`` (a seal nobody heard of);
+        asks again for ``patience`` seconds while the server does not answer."""
+        deadline = time.monotonic() + patience
+        while True:
+            try:
+                ec2 = self.server.ec2(max_attempts=3)
+                found = ec2.describe_snapshots(
+                    OwnerIds=["self"], Filters=[{"Name": "tag:Name", "Values": [snap.name]}]
+                )["Snapshots"]
+            except Exception:  # the server is down right now
+                if time.monotonic() > deadline or self.halt.is_set():
+                    return None
+                time.sleep(1)
+                continue
+            done = [s["SnapshotId"] for s in found if s["State"] == "completed"]
+            return str(done[0]) if done else None
 
     def seal(self, snap: Snap, path: Path, env: dict[str, str]) -> None:
         began = time.monotonic()
@@ -391,12 +403,11 @@ class Chaos:
                 break
             self.stats.add("ops", "seals retried")
             self.stats.add("write_errors", f"complete rc={rc}: {_errno_name(err)}")
-            found = self.find_sealed(snap)
-            if found:
-                snap.snapshot_id = found
-                break
             if self.draft_gone(snap, path):
                 return
+            if snap.snapshot_id is not None:  # it had completed: found by its Name tag
+                self.stats.add("ops", "seals found by Name tag")
+                break
             time.sleep(1)
         if snap.snapshot_id is None:
             if not self.halt.is_set():
