@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
+from bench.chaos import SpoolDisk
 from tests.mounting import MountProc, ebsfs
 from tests.serverproc import LocalServer, download_image
 
@@ -77,3 +80,38 @@ def test_seal_resumed_after_a_crash_before_complete_snapshot_completes(
     assert done.returncode == 0, done.stderr
     got = download_image(server.ebs(max_attempts=3), done.stdout.strip(), length=len(data))
     assert got == data
+
+
+def test_seal_on_a_full_spool_disk_fails_with_enospc_and_can_be_retried(
+    server: LocalServer, mount_factory: Callable[..., MountProc], tmp_path: Path
+) -> None:
+    """A seal whose manifest cannot be saved (the spool's disk is full) is refused, cleanly.
+
+    It answered EIO (a traceback in the log) and left the draft "sealing" in memory with
+    nothing to finish it: every later `ebsfs complete` only waited, until a remount (found by
+    bench/chaos.py, a `spool-full` landing on a seal)."""
+    disk = SpoolDisk(tmp_path, 64)
+    disk.setup()
+    m = None
+    try:
+        m = mount_factory(server, "--io-timeout", "5", spool_dir=disk.path / "spool")
+        path = m.path / "new" / "z"
+        data = bytes(range(253)) * (2 * MIB // 253)
+        subprocess.run(["truncate", "-s", "1G", str(path)], check=True)
+        with open(path, "r+b") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        disk.fill()
+        with pytest.raises(OSError) as refused:
+            os.chmod(path, 0o444)
+        assert refused.value.errno == errno.ENOSPC
+        disk.free()
+        done = ebsfs("complete", "--timeout", "30", str(path), env=server.env(), timeout=120)
+        assert done.returncode == 0, done.stderr
+        got = download_image(server.ebs(max_attempts=3), done.stdout.strip(), length=len(data))
+        assert got == data
+    finally:
+        if m is not None:
+            m.stop()
+        disk.teardown()
