@@ -75,7 +75,7 @@ def test_seal_resumed_after_a_crash_before_complete_snapshot_completes(
     m.kill()
     server.start()
     m2 = mount_factory(server, "--io-timeout", "5", name="m1", spool_dir=m_spool)
-    done = ebsfs("complete", "--timeout", "30", str(m2.path / "new" / "y"), env=server.env(),
+    done = ebsfs("complete", "--timeout", "15", str(m2.path / "new" / "y"), env=server.env(),
                  timeout=120)
     assert done.returncode == 0, done.stderr
     got = download_image(server.ebs(max_attempts=3), done.stdout.strip(), length=len(data))
