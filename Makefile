@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 APT_PACKAGES := fuse3 libfuse3-dev pkg-config e2fsprogs xfsprogs dosfstools mtools fdisk attr systemd
 STAMP := $(VENV)/.installed
 
-.PHONY: deps venv test lint demo bench clean install uninstall
+.PHONY: deps venv test lint demo bench chaos clean install uninstall
 
 deps:
 	@missing=""; for p in $(APT_PACKAGES); do \
@@ -63,6 +63,11 @@ uninstall:
 
 bench: venv
 	$(PY) -m bench
+
+# Readers and dd writers through a mount while the server, the mount and the spool's disk
+# fail (docs/reliability.md). CHAOS_ARGS="--duration 600 --seed 7" for a longer run.
+chaos: venv
+	$(PY) -m bench.chaos $(CHAOS_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

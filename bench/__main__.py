@@ -6,10 +6,15 @@ import sys
 from pathlib import Path
 
 
+def _default(name: str) -> bool:
+    return bool(getattr(importlib.import_module(f"bench.{name}"), "DEFAULT_RUN", True))
+
+
 def main(argv: list[str]) -> int:
     here = Path(__file__).parent
     names = sorted(m.name for m in pkgutil.iter_modules([str(here)]) if not m.name.startswith("_"))
-    wanted = argv or names
+    # Modules with DEFAULT_RUN = False (the chaos run) run only when named.
+    wanted = argv or [n for n in names if _default(n)]
     unknown = [n for n in wanted if n not in names]
     if unknown:
         print(f"bench: unknown benchmark(s): {', '.join(unknown)}; have: {', '.join(names)}",

@@ -1,6 +1,7 @@
 """Byte sizes as users write them: ``512KiB``, ``1GiB``, ``8G``, ``4096``."""
 
 import re
+from fractions import Fraction
 
 _UNITS = {
     "": 1,
@@ -18,7 +19,7 @@ _UNITS = {
     "tb": 1000**4,
     "tib": 1 << 40,
 }
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$", re.ASCII)
 
 
 def parse_size(text: str) -> int:
@@ -30,8 +31,10 @@ def parse_size(text: str) -> int:
     unit = m.group(2).lower() if m else ""
     if not m or unit not in _UNITS:
         raise ValueError(f"not a size: {text!r} (examples: 4096, 512KiB, 1GiB, 8G)")
-    value = float(m.group(1)) * _UNITS[unit]
-    if value != int(value):
+    # Exact arithmetic: a float loses bytes past 2**53, turns 64.1GB into a fraction and
+    # overflows (a traceback) on a long string of digits.
+    value = Fraction(m.group(1)) * _UNITS[unit]
+    if value.denominator != 1:
         raise ValueError(f"not a whole number of bytes: {text!r}")
     return int(value)
 

@@ -441,11 +441,21 @@ class SnapshotDraft:
             self.m["state_message"] = ""
             self._save()
         await self._fix_size()
+        before = (self.m["state"], self.m.get("state_message", ""))
         self.m["state"] = SEALING
         self.m["state_message"] = ""
         self.progress = "storing"
         self._touch()
-        self._save()
+        try:
+            self._save()
+        except OSError as exc:
+            # Not sealing after all (a full spool disk): left "sealing" in memory, with no
+            # task to finish it, every later seal would only wait.
+            self.m["state"], self.m["state_message"] = before
+            self.progress = ""
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise NoSpaceError(f"{self.name}: the spool's disk is full") from None
+            raise
         self._begin_finish()
 
     def _begin_finish(self) -> None:
@@ -504,6 +514,9 @@ class SnapshotDraft:
             self.m["aws_error"] = True
         else:
             self.m["state"] = PENDING
+            # The CompleteSnapshot may never have reached AWS: the next seal sends it again
+            # (a repeat is harmless: AWS answers the snapshot's state).
+            self.m.pop("complete_called", None)
         self.m["state_message"] = message
         self.progress = ""
         self._touch()
