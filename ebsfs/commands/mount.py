@@ -22,7 +22,8 @@ Returns once the mount answers (the daemon keeps serving); stop it with `ebsfs u
 Reads are checked against each block's SHA256; a block that cannot be read after retries
 fails the read with EIO and one log line. The mount's counters: `ebsfs stats MOUNTPOINT`.
 Exit codes: 0 mounted, 2 bad option, 3 a --snapshot that does not exist, 4 access denied or
-no credentials, 5 endpoint unreachable, 6 FUSE unavailable or a bad/busy mount point.
+no credentials, 5 endpoint unreachable, 6 FUSE unavailable, a bad/busy mount point, or a
+spool another mount holds (the message names it).
 """
 
 
@@ -121,7 +122,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--spool-dir",
         default=None,
         metavar="DIR",
-        help="where data written to new/ waits until it is stored (default: /var/lib/ebsfs/spool)",
+        help="where data written to new/ waits until it is stored; one mount at a time "
+        "(default: /var/lib/ebsfs/spool/MOUNTPOINT escaped as systemd-escape --path does; "
+        "$EBSFS_SPOOL_ROOT moves /var/lib/ebsfs/spool)",
     )
     write.add_argument(
         "--dirty-limit",

@@ -57,7 +57,7 @@ from ebsfs.errors import (
 from ebsfs.seal import SealTuning, complete_and_wait
 from ebsfs.store.base import BlockReader
 from ebsfs.store.remote_write import PutTuning, RemoteWriter, retrying
-from ebsfs.store.spool import Spool
+from ebsfs.store.spool import Spool, SpoolLock
 from ebsfs.store.writeback import WriteBack, WriteTuning
 from ebsfs.types import BLOCK_SIZE, MAX_VOLUME_BYTES, BlockIndex
 
@@ -579,6 +579,8 @@ class Drafts:
         self.seal_tuning = seal_tuning or SealTuning()
         self.seal_fault = os.environ.get(SEAL_FAULT_ENV, "") if seal_fault is None else seal_fault
         self._drafts: dict[str, SnapshotDraft] = {}
+        #: The lock of ``spool_root`` the mount holds (see ``ebsfs.fs.wiring``).
+        self.spool_lock: SpoolLock | None = None
         self._callbacks: list[Callable[[str, str], None]] = []
         #: Counters of drafts that completed or were removed, so totals never go backwards.
         self._retired: Counter[str] = Counter()
