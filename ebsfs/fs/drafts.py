@@ -3,10 +3,12 @@
 A file created in ``new/`` is a *draft*. Its size is declared by ``truncate`` (rounded up to a
 whole GiB, since snapshots are GiB-sized), inherited from a parent set with the
 ``user.ebsfs.parent`` attribute, or taken from the data: the end of the highest write, rounded
-up to a GiB at the first ``fsync`` or ``close``. StartSnapshot is called at the first write once
-the size is known (or when it becomes known), with the Name tag set to the file's name, the
-parent, description and tags given as attributes before, and a ClientToken kept in the spool,
-so a retried StartSnapshot, even after a crash, finds the same snapshot.
+up to a GiB at the first ``fsync`` or ``close``. Writes always go to the spool first; StartSnapshot
+is called in the background after a write once the size is known, and awaited by ``fsync``,
+``close`` and sealing (so an endpoint that is down never fails a write), with the Name tag set
+to the file's name, the parent, description and tags given as attributes before, and a
+ClientToken kept in the spool, so a retried StartSnapshot, even after a crash, finds the same
+snapshot.
 
 States (``user.ebsfs.state``)::
 
@@ -32,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import math
 import os
 import re
 import time
@@ -71,6 +74,8 @@ T = TypeVar("T")
 GIB = 1 << 30
 #: StartSnapshot Timeout: a draft may sit idle this long (a filesystem being built by hand).
 TIMEOUT_MINUTES = 1440
+#: Seconds between two background StartSnapshot attempts of a draft after one failed.
+START_RETRY = 30.0
 #: Environment variable of a test-only fault: "checksum" or "count" makes CompleteSnapshot
 #: carry a wrong aggregate or ChangedBlocksCount, so the error path can be tested end to end.
 SEAL_FAULT_ENV = "EBSFS_TEST_SEAL_FAULT"
@@ -139,6 +144,12 @@ class SnapshotDraft:
         )
         self.progress = ""
         self._start_lock = trio.Lock()
+        #: The background StartSnapshot under way (see ``_start_soon``), and when a failed
+        #: one may be tried again.
+        self._start_scope: trio.CancelScope | None = None
+        self._start_retry_at = -math.inf
+        #: Removed (``rm``): no snapshot may be started for it any more.
+        self._gone = False
         self._wb_scope = trio.CancelScope()
         self._seal_scope: trio.CancelScope | None = None
         self._mtime_ns = int(self.m.get("mtime_ns") or time.time_ns())
@@ -170,7 +181,9 @@ class SnapshotDraft:
         return int(declared) if declared is not None else self.spool.max_end
 
     def mode(self) -> int:
-        return 0o644 if self.state in (DRAFT, PENDING) else 0o444
+        # Owner only, like the spool (0700): disk images may hold secrets, and allow_other
+        # lets every user of the machine into the mount.
+        return 0o600 if self.state in (DRAFT, PENDING) else 0o400
 
     def mtime_ns(self) -> int:
         return self._mtime_ns
@@ -215,8 +228,6 @@ class SnapshotDraft:
             )
         if not data:
             return 0
-        if declared is not None and not self.snapshot_id:
-            await self._start()
         if not self.m.get("written"):
             self.m["written"] = True
             self._save()
@@ -229,7 +240,33 @@ class SnapshotDraft:
                 raise NoSpaceError(f"{self.name}: the spool's disk is full") from None
             raise EbsfsError(f"{self.name}: spool: {exc.strerror or exc}") from None
         self._touch()
+        if declared is not None and not self.snapshot_id:
+            self._start_soon()
         return len(data)
+
+    def _start_soon(self) -> None:
+        """Start the snapshot in the background, so uploads can begin while writes go on.
+
+        The writes never wait for it: they are in the spool already, and an endpoint that is
+        down only delays the StartSnapshot (tried again here at most every
+        ``START_RETRY`` seconds, and by every fsync, close and seal)."""
+        if self._start_scope is not None or trio.current_time() < self._start_retry_at:
+            return
+        self._start_scope = trio.CancelScope()
+        self.owner.nursery.start_soon(self._start_in_background, self._start_scope)
+
+    async def _start_in_background(self, scope: trio.CancelScope) -> None:
+        with scope:
+            try:
+                await self._start()
+            except (EbsfsError, OSError) as exc:
+                self._start_retry_at = trio.current_time() + START_RETRY
+                log.warning("%s: snapshot not started yet, the writes wait in the spool: %s",
+                            self.name, exc)
+            except Exception:  # a bug here must not take the mount down
+                self._start_retry_at = trio.current_time() + START_RETRY
+                log.exception("%s: starting the snapshot failed unexpectedly", self.name)
+        self._start_scope = None
 
     async def truncate(self, size: int) -> None:
         if size > MAX_VOLUME_BYTES:
@@ -285,7 +322,7 @@ class SnapshotDraft:
 
     async def _start(self) -> None:
         async with self._start_lock:
-            if self.snapshot_id:
+            if self.snapshot_id or self._gone:
                 return
             owner = self.owner
             if not self.m.get("client_token"):
@@ -537,14 +574,33 @@ class SnapshotDraft:
             self._begin_finish()
 
     async def abandon(self) -> None:
-        """``rm``: delete the snapshot unless it completed, then the spool."""
+        """``rm``: delete the snapshot if it is not completed, then the spool.
+
+        Whatever the manifest says, AWS is asked first (DescribeSnapshots): a snapshot that
+        completed (sealed by another mount, or by hand) is never deleted here; only the local
+        draft goes. Only ``rm`` of ``snap-ID`` with ``--allow-delete`` deletes those."""
         if self._seal_scope is not None:
             self._seal_scope.cancel()
-        snapshot_id = self.snapshot_id
+        self._gone = True
+        async with self._start_lock:
+            # A StartSnapshot under way ends first: cancelled, its snapshot would be left
+            # behind, pending, with no draft to name it.
+            snapshot_id = self.snapshot_id
         if snapshot_id and self.state != COMPLETED:
-            with contextlib.suppress(NotFoundError):
-                await self.owner.call(partial(self.owner.api.delete_snapshot, snapshot_id))
-            log.info("%s: abandoned snapshot %s", self.name, snapshot_id)
+            owner = self.owner
+            try:
+                info = await retrying(owner.call, partial(owner.api.describe_snapshot, snapshot_id))
+            except NotFoundError:
+                info = None
+            # Not found may also be DescribeSnapshots lagging behind a fresh StartSnapshot.
+            if info is not None and info.state == COMPLETED:
+                log.warning(
+                    "%s: snapshot %s is completed: it is kept, only the draft is removed",
+                    self.name, snapshot_id)
+            else:
+                with contextlib.suppress(NotFoundError):
+                    await owner.call(partial(owner.api.delete_snapshot, snapshot_id))
+                log.info("%s: abandoned snapshot %s", self.name, snapshot_id)
         self._wb_scope.cancel()
         self.spool.destroy()
 

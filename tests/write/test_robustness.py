@@ -190,6 +190,8 @@ def test_rm_abandons_a_pending_snapshot_and_the_draft(
     sh("truncate", "-s", "1G", target)
     with open(target, "r+b") as f:
         f.write(b"soon gone")
+        f.flush()
+        os.fsync(f.fileno())  # started (StartSnapshot does not hold up the writes)
     snapshot_id = os.getxattr(target, "user.ebsfs.snapshot_id").decode()
     os.unlink(target)
     assert not target.exists()
