@@ -471,7 +471,8 @@ class SnapshotDraft:
                     self.snapshot_id,
                 )
                 self.wb.restart()
-                for key in ("snapshot_id", "started_at", "aws_error", "complete_called"):
+                for key in ("snapshot_id", "started_at", "aws_error", "complete_called",
+                            "complete_accepted", "encrypted"):
                     self.m.pop(key, None)
                 self.m["client_token"] = _new_token()
             self.m["state"] = PENDING if self.snapshot_id else DRAFT
@@ -495,14 +496,15 @@ class SnapshotDraft:
         assert snapshot_id is not None
         with scope:
             try:
-                resumed = bool(self.m.get("complete_called"))
+                # Recorded only once AWS answered CompleteSnapshot: until then every seal
+                # (and a restart) sends it again. ("complete_called", written before the
+                # call by earlier versions, proves nothing: it is sent again too.)
+                resumed = bool(self.m.get("complete_accepted"))
                 count, aggregate = 0, ""
                 if not resumed:
                     self.progress = f"storing {self.wb.dirty_blocks} blocks"
                     await self.wb.flush()
                     count, aggregate = self.owner.fault(*self.wb.summary())
-                    self.m["complete_called"] = True
-                    self._save()
                 await complete_and_wait(
                     self.owner.api,
                     self.owner.call,
@@ -510,6 +512,7 @@ class SnapshotDraft:
                     count,
                     aggregate if count else None,
                     on_progress=self._set_progress,
+                    on_accepted=self._complete_accepted,
                     complete=not resumed,
                     tuning=self.owner.seal_tuning,
                 )
@@ -528,6 +531,11 @@ class SnapshotDraft:
             else:
                 self._completed(snapshot_id)
         self._seal_scope = None
+
+    def _complete_accepted(self) -> None:
+        self.m["complete_accepted"] = True
+        self.m.pop("complete_called", None)
+        self._save()
 
     def _set_progress(self, text: str) -> None:
         self.progress = text

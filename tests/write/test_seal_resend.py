@@ -1,0 +1,121 @@
+"""Sealing against the fake API: a CompleteSnapshot that failed is sent again, and state is
+recorded only once the action it records succeeded."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import trio
+
+from ebsfs.errors import AccessDeniedError, ApiError
+from ebsfs.fs.drafts import Drafts
+
+from .fakes import FakeApi
+from .test_drafts import BS, run, sealed
+
+
+class RefusingApi(FakeApi):
+    """CompleteSnapshot fails its first ``refusals`` calls (an IAM policy without
+    ebs:CompleteSnapshot, fixed meanwhile)."""
+
+    def __init__(self, refusals: int = 1) -> None:
+        super().__init__()
+        self.refusals = refusals
+
+    def complete_snapshot(self, snapshot_id, changed_blocks_count, aggregate_b64):
+        if self.refusals:
+            self.refusals -= 1
+            self.calls["complete_refused"] += 1
+            raise AccessDeniedError("CompleteSnapshot: not authorized")
+        return super().complete_snapshot(snapshot_id, changed_blocks_count, aggregate_b64)
+
+
+async def _settled(draft) -> None:
+    with trio.fail_after(10):
+        while draft.state == "sealing":
+            await trio.sleep(0.01)
+
+
+def test_a_refused_complete_snapshot_is_sent_again_by_the_next_seal(tmp_path: Path) -> None:
+    api = RefusingApi()
+    data = os.urandom(2 * BS)
+
+    async def body(drafts: Drafts, api: FakeApi) -> None:
+        d = await drafts.create("img")
+        await d.write(0, data)
+        await d.seal()
+        await _settled(d)
+        assert d.state == "pending", d.m
+        assert "not authorized" in d.xattrs()["user.ebsfs.state_message"].decode()
+        sid = await sealed(drafts, d)
+        assert api.calls["complete"] == 1 and api.calls["complete_refused"] == 1
+        assert api.snaps[sid].state == "completed" and api.image(sid, len(data)) == data
+
+    run(tmp_path, body, api=api)
+
+
+def test_a_restart_after_a_refused_complete_sends_it_again(tmp_path: Path) -> None:
+    api = RefusingApi()
+    data = os.urandom(BS)
+
+    async def first(drafts: Drafts, api: FakeApi) -> None:
+        d = await drafts.create("img")
+        await d.write(0, data)
+        await d.seal()
+        await _settled(d)
+        # As if the daemon had died right after the refused call, while still sealing.
+        d.m["state"] = "sealing"
+        d._save()
+
+    async def second(drafts: Drafts, api: FakeApi) -> None:
+        done: list[str] = []
+        drafts.on_completed(lambda name, sid: done.append(sid))
+        with trio.fail_after(10):
+            while not done:
+                await trio.sleep(0.01)
+        assert api.image(done[0], BS) == data
+
+    run(tmp_path, first, api=api)
+    run(tmp_path, second, api=api)
+
+
+def test_a_complete_sent_again_to_a_completed_snapshot_is_success(tmp_path: Path) -> None:
+    class AnsweredOnce(FakeApi):
+        """AWS completed the snapshot, but the answer was lost; sent again, it is refused."""
+
+        def complete_snapshot(self, snapshot_id, changed_blocks_count, aggregate_b64):
+            status = super().complete_snapshot(snapshot_id, changed_blocks_count, aggregate_b64)
+            if self.calls["complete"] == 1:
+                raise ApiError("connection reset", "RequestTimeout", "", 0)
+            raise ApiError("snapshot is not pending", "ValidationException",
+                           "INVALID_SNAPSHOT_ID", 400) if status == "completed" else ApiError(
+                               "?", "X", "", 400)
+
+    api = AnsweredOnce()
+
+    async def body(drafts: Drafts, api: FakeApi) -> None:
+        d = await drafts.create("img")
+        await d.write(0, os.urandom(BS))
+        await d.seal()
+        await _settled(d)
+        if d.state == "pending":  # the lost answer made this seal fail: the next one succeeds
+            await sealed(drafts, d)
+        assert d.state == "completed", d.m
+
+    run(tmp_path, body, api=api)
+
+
+def test_the_manifest_says_accepted_only_after_the_answer(tmp_path: Path) -> None:
+    api = RefusingApi(refusals=1)
+
+    async def body(drafts: Drafts, api: FakeApi) -> None:
+        d = await drafts.create("img")
+        await d.write(0, os.urandom(BS))
+        await d.seal()
+        await _settled(d)
+        manifest = json.loads((d.spool.directory / "manifest.json").read_text())
+        assert not manifest.get("complete_accepted") and not manifest.get("complete_called")
+
+    run(tmp_path, body, api=api)
