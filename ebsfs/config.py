@@ -82,3 +82,5 @@ class ServerConfig:
     timeout_unit: float = 60.0
     #: Seed of the fault injector's random choices, for reproducible runs.
     fault_seed: int | None = None
+    #: Encrypt every new snapshot, as an account with EBS encryption by default does.
+    encryption_by_default: bool = False

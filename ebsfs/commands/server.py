@@ -94,6 +94,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="share of GetSnapshotBlock answers with altered bytes")
     faults.add_argument("--fault-seed", type=int, metavar="N",
                         help="seed for the fault choices (default: random)")
+    p.add_argument("--encryption-by-default", action="store_const", const=True, default=None,
+                   help="encrypt every new snapshot with a default KMS key ARN, as an account "
+                   "with EBS encryption by default does (docs/server.md)")
     timing = p.add_argument_group("timing")
     timing.add_argument("--token-ttl", type=_seconds, metavar="SECONDS",
                         help="block and page token lifetime (default: as AWS, 7 days and "

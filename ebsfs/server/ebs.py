@@ -45,6 +45,8 @@ PAGE_TOKEN_TTL = 3600.0
 DEFAULT_MAX_RESULTS = 100
 COUNT_MISMATCH = "Changed blocks count mismatch for snapshot"
 CHECKSUM_MISMATCH = "Checksum mismatch for snapshot"
+#: The account's default EBS key under ``--encryption-by-default`` (no KMS here: a name only).
+DEFAULT_KMS_KEY_ARN = f"arn:aws:kms:us-east-1:{ACCOUNT_ID}:key/ebd0c0de-0000-4000-8000-000000000001"
 
 _ROUTES = [
     ("POST", re.compile(r"^/snapshots$"), "StartSnapshot"),
@@ -93,9 +95,12 @@ class Timing:
 class EbsService:
     """Handlers of the EBS direct APIs over a Store."""
 
-    def __init__(self, store: Store, timing: Timing) -> None:
+    def __init__(self, store: Store, timing: Timing, encryption_by_default: bool = False) -> None:
         self.store = store
         self.timing = timing
+        #: The key every new snapshot is encrypted with unless asked for another; None:
+        #: encryption only on request (``--encryption-by-default`` sets it).
+        self.default_key: str | None = DEFAULT_KMS_KEY_ARN if encryption_by_default else None
         self.mint = tokens.TokenMint(store.token_key)
         self._start_lock = threading.Lock()
 
@@ -203,6 +208,14 @@ class EbsService:
                         f"Volume size {volume_size} GiB is smaller than the size of the "
                         f"parent snapshot ({parent.volume_size} GiB).",
                     )
+                if self.default_key is not None and not parent.encrypted:
+                    # AWS: with encryption by default, an unencrypted parent must first be
+                    # copied encrypted (ValidationException; Reason and text unobserved).
+                    raise validation(
+                        "INVALID_PARAMETER_VALUE",
+                        f"Parent snapshot ({parent_id}) is not encrypted, and encryption by "
+                        "default is enabled for this account.",
+                    )
             now = time.time()
             snap = Snapshot(
                 snapshot_id="snap-" + secrets.token_hex(9)[:17],
@@ -218,6 +231,13 @@ class EbsService:
                 encrypted=bool(encrypted) or bool(parent and parent.encrypted),
                 kms_key_arn=kms if kms is not None else (parent.kms_key_arn if parent else None),
             )
+            if self.default_key is not None:
+                # Every new snapshot is encrypted (Encrypted=false included); a child
+                # reaching here has an encrypted parent and keeps its key.
+                snap.encrypted = True
+            if snap.encrypted and snap.kms_key_arn is None:
+                # AWS encrypts with the account's default key when none is named.
+                snap.kms_key_arn = DEFAULT_KMS_KEY_ARN
             if not snap.root_id:
                 snap.root_id = snap.snapshot_id
             body = {

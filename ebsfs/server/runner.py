@@ -14,7 +14,7 @@ from ebsfs.config import DEV_ACCESS_KEY_ID, DEV_SECRET_ACCESS_KEY, ServerConfig
 from ebsfs.errors import UsageError
 from ebsfs.notify import notify_ready, notify_stopping
 from ebsfs.server.app import App
-from ebsfs.server.ebs import BLOCK_TOKEN_TTL, PAGE_TOKEN_TTL, Timing
+from ebsfs.server.ebs import BLOCK_TOKEN_TTL, DEFAULT_KMS_KEY_ARN, PAGE_TOKEN_TTL, Timing
 from ebsfs.server.faults import Faults
 from ebsfs.server.httpd import Server
 from ebsfs.server.sigv4 import Verifier
@@ -82,6 +82,8 @@ def build(config: ServerConfig) -> tuple[Server, Store]:
         seed=config.fault_seed,
     )
     app = App(store, Verifier(key_id, secret), faults, timing)
+    if config.encryption_by_default:
+        app.ebs.default_key = DEFAULT_KMS_KEY_ARN
     try:
         server = Server((config.host, config.port), app)
     except OSError as exc:
@@ -126,6 +128,9 @@ def run(config: ServerConfig) -> int:
     signal.signal(signal.SIGINT, on_signal)
     host, port = server.server_address[:2]
     log.info("ebsfs server listening on %s:%s, data in %s", host, port, config.data_dir)
+    if config.encryption_by_default:
+        log.info("encryption by default: new snapshots are encrypted with %s",
+                 DEFAULT_KMS_KEY_ARN)
     notify_ready(f"listening on {config.host}:{port}")
     thread = threading.Thread(target=sweeper, name="sweeper", daemon=True)
     thread.start()
