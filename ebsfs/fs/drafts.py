@@ -99,6 +99,7 @@ class DraftApi(Protocol):
         client_token: str,
         timeout_minutes: int | None = None,
         encrypted: bool = False,
+        kms_key_arn: str | None = None,
     ) -> Any: ...
 
     def put_block(
@@ -139,6 +140,7 @@ class SnapshotDraft:
         self.wb = WriteBack(
             spool,
             owner.parent_reader(parent, self.m["parent_gib"]) if parent else None,
+            encrypted=self._encrypted(),
             tuning=owner.tuning,
             counters=self.counters,
         )
@@ -168,6 +170,14 @@ class SnapshotDraft:
     @property
     def snapshot_id(self) -> str | None:
         return self.m.get("snapshot_id") or None
+
+    def _encrypted(self) -> bool:
+        """Whether the snapshot is encrypted, as StartSnapshot answered. A started snapshot
+        whose manifest does not say (written by an earlier version) counts as encrypted:
+        storing zero blocks is only slower, skipping them over an encrypted hole is wrong."""
+        if "encrypted" in self.m:
+            return bool(self.m["encrypted"])
+        return bool(self.m.get("snapshot_id"))
 
     def _save(self) -> None:
         self.m["mtime_ns"] = self._mtime_ns
@@ -335,6 +345,11 @@ class SnapshotDraft:
                 tags=tags,
                 timeout_minutes=TIMEOUT_MINUTES,
             )
+            if self.m.get("encrypt") and not self.m.get("parent"):
+                # With a parent AWS refuses Encrypted: the child takes the parent's encryption.
+                kwargs["encrypted"] = True
+                if self.m.get("kms_key_arn"):
+                    kwargs["kms_key_arn"] = self.m["kms_key_arn"]
             gib = int(self.m["size"]) // GIB
             try:
                 # The ClientToken makes a repeated StartSnapshot return the same snapshot.
@@ -357,6 +372,11 @@ class SnapshotDraft:
                 )
             self.m["snapshot_id"] = info.snapshot_id
             self.m["started_at"] = time.time()
+            # What AWS did, not what was asked (encryption by default, an encrypted parent):
+            # it decides whether zero blocks may be skipped, so it is kept across remounts.
+            self.m["encrypted"] = bool(getattr(info, "encrypted", False)) or bool(
+                self.m.get("parent_encrypted"))
+            self.wb.encrypted = self.m["encrypted"]
             if self.state == DRAFT:
                 self.m["state"] = PENDING
             self._save()
@@ -390,6 +410,10 @@ class SnapshotDraft:
             out["description"] = self.m["description"]
         if self.m.get("parent"):
             out["parent"] = self.m["parent"]
+        if "encrypted" in self.m or self.m.get("encrypt"):
+            out["encrypted"] = "true" if self.m.get("encrypted", self.m.get("encrypt")) else "false"
+        if self.m.get("kms_key_arn"):
+            out["kms_key_arn"] = self.m["kms_key_arn"]
         if self.m.get("state_message"):
             out["state_message"] = self.m["state_message"]
         if self.state == SEALING and self.progress:
@@ -404,7 +428,9 @@ class SnapshotDraft:
         if not name.startswith(XATTR):
             raise NotPermittedError(f"{self.name}: only user.ebsfs.* attributes can be set")
         key = name[len(XATTR) :]
-        if key not in ("parent", "description") and not key.startswith("tag."):
+        if key not in ("parent", "description", "encrypted", "kms_key_arn") and not (
+            key.startswith("tag.")
+        ):
             raise NotPermittedError(f"{self.name}: {name} cannot be set")
         if self.state != DRAFT or self.m.get("written"):
             raise NotPermittedError(f"{self.name}: {name} can only be set before the first write")
@@ -414,6 +440,15 @@ class SnapshotDraft:
             raise InvalidValueError(f"{name}: not UTF-8 text") from None
         if key == "parent":
             await self._set_parent(text.strip())
+        elif key == "encrypted":
+            self._set_encrypted(text.strip().lower())
+        elif key == "kms_key_arn":
+            arn = text.strip()
+            if not re.match(r"^arn:aws[\w-]*:kms:[^:]*:\d*:\S+$", arn) or len(arn) > 2048:
+                raise InvalidValueError(f"user.ebsfs.kms_key_arn: {arn!r} is not a KMS key ARN")
+            self._check_encryption(True)
+            self.m["kms_key_arn"] = arn
+            self.m["encrypt"] = True
         elif key == "description":
             if not text or len(text) > 255:
                 raise InvalidValueError("user.ebsfs.description: 1 to 255 characters")
@@ -437,6 +472,26 @@ class SnapshotDraft:
             raise InvalidValueError(f"at most {_MAX_TAGS} tags, Name included")
         self.m["tags"] = tags
 
+    def _set_encrypted(self, text: str) -> None:
+        if text in ("1", "true", "yes"):
+            wanted = True
+        elif text in ("0", "false", "no"):
+            wanted = False
+        else:
+            raise InvalidValueError(f"user.ebsfs.encrypted: {text!r} is not 1/true or 0/false")
+        self._check_encryption(wanted)
+        self.m["encrypt"] = wanted
+        if not wanted:
+            self.m.pop("kms_key_arn", None)
+
+    def _check_encryption(self, wanted: bool) -> None:
+        """A child takes its parent's encryption (AWS refuses Encrypted with a parent)."""
+        if self.m.get("parent") and wanted != bool(self.m.get("parent_encrypted")):
+            state = "encrypted" if self.m.get("parent_encrypted") else "not encrypted"
+            raise InvalidValueError(
+                f"{self.name}: its parent {self.m['parent']} is {state}; a child snapshot "
+                "takes its parent's encryption")
+
     async def _set_parent(self, parent: str) -> None:
         if not _SNAP_RE.match(parent):
             raise InvalidValueError(f"user.ebsfs.parent: {parent!r} is not a snapshot id")
@@ -447,8 +502,13 @@ class SnapshotDraft:
         if info.state != "completed":
             raise InvalidValueError(f"user.ebsfs.parent: {parent} is {info.state}, not completed")
         gib = int(info.volume_size)
+        parent_encrypted = bool(getattr(info, "encrypted", False))
+        if self.m.get("encrypt") and not parent_encrypted:
+            raise InvalidValueError(
+                f"user.ebsfs.parent: {parent} is not encrypted, and {self.name} is to be")
         self.m["parent"] = parent
         self.m["parent_gib"] = gib
+        self.m["parent_encrypted"] = parent_encrypted
         declared = self.m.get("size")
         if declared is None or declared < gib * GIB:
             self.m["size"] = gib * GIB
