@@ -564,6 +564,11 @@ class SnapshotDraft:
                 if not resumed:
                     self.progress = f"storing {self.wb.dirty_blocks} blocks"
                     await self.wb.flush()
+                    # Every stored block on record on disk before CompleteSnapshot: once it
+                    # reached AWS, no block can be stored again, so a restart must find none
+                    # dirty (only the count and aggregate, the same, to send again).
+                    self.spool.commit_records()
+                    await trio.to_thread.run_sync(self.spool.sync)
                     count, aggregate = self.owner.fault(*self.wb.summary())
                 await complete_and_wait(
                     self.owner.api,

@@ -119,3 +119,49 @@ def test_the_manifest_says_accepted_only_after_the_answer(tmp_path: Path) -> Non
         assert not manifest.get("complete_accepted") and not manifest.get("complete_called")
 
     run(tmp_path, body, api=api)
+
+
+class AnswerLost(FakeApi):
+    """CompleteSnapshot reaches AWS (the snapshot is sealed) but no answer comes back, until
+    ``lost`` calls have been made."""
+
+    def __init__(self, lost: int) -> None:
+        super().__init__()
+        self.lost = lost
+        self.final: dict[str, str] = {}  # the outcome, shown once an answer got through
+
+    def complete_snapshot(self, snapshot_id, changed_blocks_count, aggregate_b64):
+        if snapshot_id in self.final:
+            self.snaps[snapshot_id].state = self.final.pop(snapshot_id)
+        status = super().complete_snapshot(snapshot_id, changed_blocks_count, aggregate_b64)
+        if self.lost:
+            self.lost -= 1
+            snap = self.snaps[snapshot_id]
+            self.final[snapshot_id], snap.state = snap.state, "pending"
+            raise AccessDeniedError("CompleteSnapshot: the answer was lost")
+        return status
+
+
+def test_a_crash_after_an_unanswered_complete_does_not_store_blocks_again(
+    tmp_path: Path,
+) -> None:
+    api = AnswerLost(lost=1)
+    data = os.urandom(3 * BS)
+
+    async def first(drafts: Drafts, api: FakeApi) -> None:
+        d = await drafts.create("img")
+        await d.write(0, data)
+        await d.seal()
+        await _settled(d)
+        assert d.state == "pending"  # sealing failed: no answer
+        # The daemon dies here: what it kept only in memory is lost.
+
+    async def second(drafts: Drafts, api: FakeApi) -> None:
+        d = drafts.get("img")
+        assert d is not None and d.wb.dirty_blocks == 0  # every stored block is on record
+        puts = len(api.puts)
+        sid = await sealed(drafts, d)
+        assert len(api.puts) == puts and api.image(sid, len(data)) == data
+
+    run(tmp_path, first, api=api)
+    run(tmp_path, second, api=api)
