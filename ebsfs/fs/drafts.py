@@ -558,8 +558,10 @@ class SnapshotDraft:
             try:
                 # Recorded only once AWS answered CompleteSnapshot: until then every seal
                 # (and a restart) sends it again. ("complete_called", written before the
-                # call by earlier versions, proves nothing: it is sent again too.)
-                resumed = bool(self.m.get("complete_accepted"))
+                # call by earlier versions, proves nothing: it is sent again too, unless
+                # blocks are dirty again, which a sealed snapshot would refuse: then wait.)
+                resumed = bool(self.m.get("complete_accepted")) or (
+                    bool(self.m.get("complete_called")) and self.wb.dirty_blocks > 0)
                 count, aggregate = 0, ""
                 if not resumed:
                     self.progress = f"storing {self.wb.dirty_blocks} blocks"
@@ -652,30 +654,42 @@ class SnapshotDraft:
         Whatever the manifest says, AWS is asked first (DescribeSnapshots): a snapshot that
         completed (sealed by another mount, or by hand) is never deleted here; only the local
         draft goes. Only ``rm`` of ``snap-ID`` with ``--allow-delete`` deletes those."""
+        sealing = self._seal_scope is not None
         if self._seal_scope is not None:
             self._seal_scope.cancel()
         self._gone = True
-        async with self._start_lock:
-            # A StartSnapshot under way ends first: cancelled, its snapshot would be left
-            # behind, pending, with no draft to name it.
-            snapshot_id = self.snapshot_id
-        if snapshot_id and self.state != COMPLETED:
-            owner = self.owner
-            try:
-                info = await retrying(owner.call, partial(owner.api.describe_snapshot, snapshot_id))
-            except NotFoundError:
-                info = None
-            # Not found may also be DescribeSnapshots lagging behind a fresh StartSnapshot.
-            if info is not None and info.state == COMPLETED:
-                log.warning(
-                    "%s: snapshot %s is completed: it is kept, only the draft is removed",
-                    self.name, snapshot_id)
-            else:
-                with contextlib.suppress(NotFoundError):
-                    await owner.call(partial(owner.api.delete_snapshot, snapshot_id))
-                log.info("%s: abandoned snapshot %s", self.name, snapshot_id)
+        try:
+            async with self._start_lock:
+                # A StartSnapshot under way ends first: cancelled, its snapshot would be left
+                # behind, pending, with no draft to name it.
+                snapshot_id = self.snapshot_id
+            if snapshot_id and self.state != COMPLETED:
+                await self._delete_unless_completed(snapshot_id)
+        except EbsfsError as exc:
+            # The rm fails and the draft stays, usable: not "sealing" with no one sealing it
+            # (``ebsfs complete`` would wait for ever), nor unable to start.
+            self._gone = False
+            if sealing:
+                self._failed(f"sealing stopped by rm, which failed: {exc}", aws=False)
+            raise
         self._wb_scope.cancel()
         self.spool.destroy()
+
+    async def _delete_unless_completed(self, snapshot_id: str) -> None:
+        owner = self.owner
+        try:
+            info = await retrying(owner.call, partial(owner.api.describe_snapshot, snapshot_id))
+        except NotFoundError:
+            info = None
+        # Not found may also be DescribeSnapshots lagging behind a fresh StartSnapshot.
+        if info is not None and info.state == COMPLETED:
+            log.warning(
+                "%s: snapshot %s is completed: it is kept, only the draft is removed",
+                self.name, snapshot_id)
+            return
+        with contextlib.suppress(NotFoundError):
+            await owner.call(partial(owner.api.delete_snapshot, snapshot_id))
+        log.info("%s: abandoned snapshot %s", self.name, snapshot_id)
 
 
 class Drafts:

@@ -7,9 +7,10 @@ import json
 import os
 from pathlib import Path
 
+import pytest
 import trio
 
-from ebsfs.errors import AccessDeniedError, ApiError
+from ebsfs.errors import AccessDeniedError, ApiError, BackendUnavailableError, EbsfsError
 from ebsfs.fs.drafts import Drafts
 
 from .fakes import FakeApi
@@ -165,3 +166,45 @@ def test_a_crash_after_an_unanswered_complete_does_not_store_blocks_again(
 
     run(tmp_path, first, api=api)
     run(tmp_path, second, api=api)
+
+
+class Unreachable(FakeApi):
+    """EC2 calls fail while ``down`` (the endpoint went away)."""
+
+    down = False
+
+    def describe_snapshot(self, snapshot_id):
+        if self.down:
+            raise BackendUnavailableError("DescribeSnapshots: connection refused")
+        return super().describe_snapshot(snapshot_id)
+
+    def delete_snapshot(self, snapshot_id):
+        if self.down:
+            raise BackendUnavailableError("DeleteSnapshot: connection refused")
+        return super().delete_snapshot(snapshot_id)
+
+
+def test_an_rm_that_fails_while_sealing_leaves_a_draft_that_can_be_sealed(
+    tmp_path: Path,
+) -> None:
+    api = Unreachable()
+    api.put_delay = 0.2
+    data = os.urandom(3 * BS)
+
+    async def body(drafts: Drafts, api: FakeApi) -> None:
+        d = await drafts.create("img")
+        await d.write(0, data)
+        await d.seal()
+        assert d.state == "sealing"
+        api.down = True
+        with pytest.raises(EbsfsError):
+            await drafts.remove("img")
+        assert drafts.get("img") is d
+        assert d.state == "pending", d.m  # not "sealing" with nobody sealing it
+        assert "rm" in d.xattrs()["user.ebsfs.state_message"].decode()
+        api.down = False
+        api.put_delay = 0
+        sid = await sealed(drafts, d)
+        assert api.image(sid, len(data)) == data
+
+    run(tmp_path, body, api=api)
