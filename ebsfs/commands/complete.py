@@ -40,7 +40,9 @@ id is printed on stdout; on a terminal, progress is shown on stderr. Running it 
 that is being sealed just waits. If AWS moves the snapshot to `error`, the data stays in the
 mount's spool and `ebsfs complete PATH` (or chmod a-w) again stores it into a new snapshot.
 Exit codes: 0 completed; 7 AWS failed the snapshot (its StateMessage is printed); 3 no such
-file; 1 the file cannot be sealed (nothing written: EINVAL; already sealed: EPERM); 5 timed out.
+file; 1 the file cannot be sealed (nothing written: EINVAL; already sealed: EPERM), or sealing
+stopped with the snapshot still pending (the reason is printed; run it again to resume);
+5 timed out.
 """
 
 
@@ -123,7 +125,11 @@ def run(args: argparse.Namespace) -> int:
             if state == "completed":
                 break
             message = _attr(path, "state_message") or f"the snapshot is {state}"
-            raise SnapshotFailedError(f"{snapshot_id or path}: {message}")
+            if state == "error":
+                raise SnapshotFailedError(f"{snapshot_id or path}: {message}")
+            # Sealing stopped with the snapshot still pending (the endpoint, a refused
+            # call): not AWS failing it (7); sealing again resumes.
+            raise EbsfsError(f"{snapshot_id or path}: {message}")
     except FileNotFoundError:
         # The file left new/: the snapshot completed (or was removed, which the check says).
         if not snapshot_id and state == "":

@@ -271,6 +271,8 @@ class SnapshotDraft:
                 await self._start()
             except (EbsfsError, OSError) as exc:
                 self._start_retry_at = trio.current_time() + START_RETRY
+                # Shown in user.ebsfs.state_message (not saved: it is tried again anyway).
+                self.m["state_message"] = f"not started yet: {exc}"
                 log.warning("%s: snapshot not started yet, the writes wait in the spool: %s",
                             self.name, exc)
             except Exception:  # a bug here must not take the mount down
@@ -379,6 +381,8 @@ class SnapshotDraft:
             self.wb.encrypted = self.m["encrypted"]
             if self.state == DRAFT:
                 self.m["state"] = PENDING
+            if str(self.m.get("state_message", "")).startswith("not started yet"):
+                self.m["state_message"] = ""
             self._save()
             log.info("%s: started snapshot %s (%d GiB)", self.name, info.snapshot_id, gib)
             self._attach()

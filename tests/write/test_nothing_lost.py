@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ebsfs import checksum
-from tests.mounting import MountProc
+from tests.mounting import MountProc, ebsfs
 from tests.serverproc import LocalServer, complete, wait_state
 from tests.write.helpers import download, seal, sh
 
@@ -74,5 +74,24 @@ def test_a_declared_size_draft_is_spooled_while_the_endpoint_is_down(
     target = again.path / "new" / "img"
     with open(target, "rb") as f:
         assert f.read(len(data)) == data
+    snapshot_id = seal(target, server)
+    assert download(server, snapshot_id, len(data)) == data
+
+
+def test_complete_with_the_endpoint_down_is_not_reported_as_a_failed_snapshot(
+    server: LocalServer, mount_factory: MountFactory
+) -> None:
+    m = mount_factory(server, "--max-attempts", "1")
+    target = m.path / "new" / "img"
+    data = os.urandom(2 * BS)
+    target.write_bytes(data)
+    _fsync(target)  # started and stored
+    server.stop()
+    done = ebsfs("complete", str(target), env=server.env(), timeout=240)
+    # Not 7 ("AWS failed the snapshot: store it all again"): it is still pending, resumable.
+    assert done.returncode == 1, (done.returncode, done.stderr)
+    assert done.stderr.startswith("ebsfs: ") and len(done.stderr.strip().splitlines()) == 1
+    assert os.getxattr(target, "user.ebsfs.state") == b"pending"
+    server.start()
     snapshot_id = seal(target, server)
     assert download(server, snapshot_id, len(data)) == data
