@@ -649,6 +649,8 @@ class SnapshotDraft:
         """After a restart: reattach to the started snapshot, resume an interrupted seal."""
         if self.snapshot_id and self.state in (PENDING, SEALING):
             self._attach()
+        elif self.state == DRAFT and self.m.get("size") is not None and self.m.get("written"):
+            self._start_soon()  # the daemon died before its StartSnapshot: uploads can begin
         if self.state == SEALING:
             self._begin_finish()
 
