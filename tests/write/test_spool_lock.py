@@ -112,3 +112,19 @@ def test_drafts_left_in_the_old_shared_spool_are_named_in_the_log(
     back = mount_factory(server, spool_dir=root, name="back")
     with open(back.path / "new" / "left", "rb") as f:  # sized to a GiB at close
         assert f.read(8) == b"keep me\0"
+
+
+def test_the_default_spool_is_per_mount_point_and_a_setting_wins(tmp_path: Path) -> None:
+    from ebsfs import settings
+
+    env = {"EBSFS_SPOOL_ROOT": str(tmp_path)}
+    a = settings.mount_config("/mnt/a", {}, config=settings.EMPTY, environ=env)
+    b = settings.mount_config("/mnt/b", {}, config=settings.EMPTY, environ=env)
+    assert a.spool_dir == str(tmp_path / "mnt-a") and b.spool_dir == str(tmp_path / "mnt-b")
+    given = settings.mount_config("/mnt/a", {"spool_dir": "/s"}, config=settings.EMPTY,
+                                  environ=env)
+    assert given.spool_dir == "/s"
+    example = settings.load_config(
+        str(Path(__file__).resolve().parents[2] / "systemd" / "ebsfs.toml"), {})
+    # The shipped example sets no spool shared by every instance of ebsfs@.service.
+    assert "spool_dir" not in example.values("mount")
