@@ -76,6 +76,23 @@ def _attr(path: str, key: str) -> str:
         raise
 
 
+#: How long a snapshot that left new/ may take to show as MOUNTPOINT/snap-ID: the mount
+#: looks it up first, and with --snapshot it waits until AWS lets it be read (reads of a
+#: snapshot completed moments ago are refused for up to about a minute).
+SHOW_WAIT = 120.0
+
+
+def _shown(mountpoint: str, snapshot_id: str, timeout: float) -> bool:
+    """Whether ``snapshot_id`` shows at the top of the mount, waiting for it a while."""
+    deadline = time.monotonic() + min(timeout, SHOW_WAIT)
+    entry = os.path.join(mountpoint, snapshot_id)
+    while not os.path.exists(entry):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(POLL)
+    return True
+
+
 def _seal(path: str) -> None:
     mode = stat.S_IMODE(os.stat(path).st_mode)
     try:
@@ -136,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
             raise NotFoundError(f"{path} does not exist") from None
         if tty:
             print("\r\033[K", end="", file=sys.stderr, flush=True)
-        if not snapshot_id or not os.path.exists(os.path.join(mountpoint, snapshot_id)):
+        if not snapshot_id or not _shown(mountpoint, snapshot_id, args.timeout):
             raise NotFoundError(f"{path} disappeared before it was completed") from None
         print(snapshot_id)
         return 0

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ebsfs import checksum
 from tests.mounting import MountProc, ebsfs
-from tests.serverproc import LocalServer, complete, wait_state
+from tests.serverproc import LocalServer, complete, upload_image, wait_state
 from tests.write.helpers import download, seal, sh
 
 BS = 524288
@@ -95,3 +95,22 @@ def test_complete_with_the_endpoint_down_is_not_reported_as_a_failed_snapshot(
     server.start()
     snapshot_id = seal(target, server)
     assert download(server, snapshot_id, len(data)) == data
+
+
+def test_complete_waits_for_the_snapshot_to_show(
+    server_factory: Callable[..., LocalServer], mount_factory: MountFactory
+) -> None:
+    # The file leaves new/ at once; the mount shows snap-ID after a DescribeSnapshots (with
+    # --snapshot: once AWS lets it be read, up to a minute later): ebsfs complete must not
+    # call that "disappeared before it was completed".
+    server = server_factory("--latency-ms", "400")
+    listed = upload_image(server.ebs(), server.ec2(), os.urandom(BS), 1)
+    m = mount_factory(server, "--snapshot", listed)
+    target = m.path / "new" / "img"
+    data = os.urandom(BS)
+    target.write_bytes(data)
+    done = ebsfs("complete", str(target), env=server.env(), timeout=240)
+    assert done.returncode == 0, done.stderr
+    snapshot_id = done.stdout.strip()
+    with open(m.path / snapshot_id, "rb") as f:
+        assert f.read(BS) == data
