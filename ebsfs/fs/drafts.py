@@ -534,6 +534,8 @@ class SnapshotDraft:
                     self.name,
                     self.snapshot_id,
                 )
+                if self.snapshot_id:
+                    await self._delete_failed(self.snapshot_id)
                 self.wb.restart()
                 for key in ("snapshot_id", "started_at", "aws_error", "complete_called",
                             "complete_accepted", "encrypted"):
@@ -680,6 +682,23 @@ class SnapshotDraft:
             raise
         self._wb_scope.cancel()
         self.spool.destroy()
+
+    async def _delete_failed(self, snapshot_id: str) -> None:
+        """Delete the snapshot a new one replaces, if AWS failed it (state ``error``): two
+        snapshots named alike, one useless, would stay otherwise. Never one in another state;
+        a failure here only leaves it."""
+        owner = self.owner
+        try:
+            info = await owner.call(partial(owner.api.describe_snapshot, snapshot_id))
+            if info.state != ERROR:
+                return
+            await owner.call(partial(owner.api.delete_snapshot, snapshot_id))
+        except NotFoundError:
+            return
+        except EbsfsError as exc:
+            log.warning("%s: the failed snapshot %s is left (%s)", self.name, snapshot_id, exc)
+            return
+        log.info("%s: deleted the failed snapshot %s", self.name, snapshot_id)
 
     async def _delete_unless_completed(self, snapshot_id: str) -> None:
         owner = self.owner

@@ -208,3 +208,24 @@ def test_an_rm_that_fails_while_sealing_leaves_a_draft_that_can_be_sealed(
         assert api.image(sid, len(data)) == data
 
     run(tmp_path, body, api=api)
+
+
+def test_sealing_again_after_aws_failed_the_snapshot_deletes_the_failed_one(
+    tmp_path: Path,
+) -> None:
+    data = os.urandom(2 * BS)
+
+    async def body(drafts: Drafts, api: FakeApi) -> None:
+        d = await drafts.create("x")
+        await d.write(0, data)
+        await d.seal()
+        await _settled(d)
+        assert d.state == "error"
+        failed = d.snapshot_id
+        drafts.seal_fault = ""
+        sid = await sealed(drafts, d)
+        assert failed not in api.snaps  # one snapshot named x, not a useless second one
+        assert [s.snapshot_id for s in api.snaps.values()] == [sid]
+        assert api.image(sid, len(data)) == data
+
+    run(tmp_path, body, fault="checksum")
