@@ -238,7 +238,10 @@ class SnapshotDraft:
             )
         if not data:
             return 0
-        if not self.m.get("written"):
+        first = not self.m.get("written")
+        if first:
+            # Recorded before the data: a crash between the two must not bring back data
+            # with its attributes still settable (a parent set under written blocks).
             self.m["written"] = True
             self._save()
         try:
@@ -246,6 +249,11 @@ class SnapshotDraft:
         except OSError as exc:
             log.error("%s: the spool %s cannot keep a write: %s", self.name,
                       self.spool.directory, exc)
+            if first and not self.spool.coverage and not self.spool.max_end:
+                # Nothing was accepted: the draft is as unwritten as before.
+                self.m["written"] = False
+                with contextlib.suppress(OSError):
+                    self._save()
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise NoSpaceError(f"{self.name}: the spool's disk is full") from None
             raise EbsfsError(f"{self.name}: spool: {exc.strerror or exc}") from None

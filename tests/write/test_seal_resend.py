@@ -3,6 +3,7 @@ recorded only once the action it records succeeded."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from pathlib import Path
@@ -10,7 +11,14 @@ from pathlib import Path
 import pytest
 import trio
 
-from ebsfs.errors import AccessDeniedError, ApiError, BackendUnavailableError, EbsfsError
+from ebsfs.errors import (
+    AccessDeniedError,
+    ApiError,
+    BackendUnavailableError,
+    EbsfsError,
+    InvalidValueError,
+    NoSpaceError,
+)
 from ebsfs.fs.drafts import Drafts
 
 from .fakes import FakeApi
@@ -229,3 +237,24 @@ def test_sealing_again_after_aws_failed_the_snapshot_deletes_the_failed_one(
         assert api.image(sid, len(data)) == data
 
     run(tmp_path, body, fault="checksum")
+
+
+def test_a_first_write_the_spool_refuses_leaves_the_draft_unwritten(tmp_path: Path) -> None:
+    async def body(drafts: Drafts, api: FakeApi) -> None:
+        d = await drafts.create("x")
+
+        def full(offset: int, data: bytes) -> list[int]:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        real, d.spool.write = d.spool.write, full
+        with pytest.raises(NoSpaceError):
+            await d.write(0, b"x" * BS)
+        d.spool.write = real
+        # Nothing was accepted: attributes can still be set, and there is nothing to seal.
+        await d.setxattr("user.ebsfs.description", b"still a draft")
+        with pytest.raises(InvalidValueError):
+            await d.seal()
+        await d.fsync()
+        assert d.snapshot_id is None and api.calls["start"] == 0
+
+    run(tmp_path, body)
