@@ -664,12 +664,14 @@ class SnapshotDraft:
         if self.state == SEALING:
             self._begin_finish()
 
-    async def abandon(self) -> None:
+    async def abandon(self) -> str | None:
         """``rm``: delete the snapshot if it is not completed, then the spool.
 
         Whatever the manifest says, AWS is asked first (DescribeSnapshots): a snapshot that
         completed (sealed by another mount, or by hand) is never deleted here; only the local
-        draft goes. Only ``rm`` of ``snap-ID`` with ``--allow-delete`` deletes those."""
+        draft goes, and its id is returned (to show it as ``snap-ID``). Only ``rm`` of
+        ``snap-ID`` with ``--allow-delete`` deletes those."""
+        kept = None
         sealing = self._seal_scope is not None
         if self._seal_scope is not None:
             self._seal_scope.cancel()
@@ -679,8 +681,11 @@ class SnapshotDraft:
                 # A StartSnapshot under way ends first: cancelled, its snapshot would be left
                 # behind, pending, with no draft to name it.
                 snapshot_id = self.snapshot_id
+            deleted = True
             if snapshot_id and self.state != COMPLETED:
-                await self._delete_unless_completed(snapshot_id)
+                deleted = await self._delete_unless_completed(snapshot_id)
+            if not deleted:
+                kept = snapshot_id
         except EbsfsError as exc:
             # The rm fails and the draft stays, usable: not "sealing" with no one sealing it
             # (``ebsfs complete`` would wait for ever), nor unable to start.
@@ -690,6 +695,7 @@ class SnapshotDraft:
             raise
         self._wb_scope.cancel()
         self.spool.destroy()
+        return kept
 
     async def _delete_failed(self, snapshot_id: str) -> None:
         """Delete the snapshot a new one replaces, if AWS failed it (state ``error``): two
@@ -708,7 +714,8 @@ class SnapshotDraft:
             return
         log.info("%s: deleted the failed snapshot %s", self.name, snapshot_id)
 
-    async def _delete_unless_completed(self, snapshot_id: str) -> None:
+    async def _delete_unless_completed(self, snapshot_id: str) -> bool:
+        """DeleteSnapshot unless AWS says the snapshot is completed; whether it was deleted."""
         owner = self.owner
         try:
             info = await retrying(owner.call, partial(owner.api.describe_snapshot, snapshot_id))
@@ -719,10 +726,11 @@ class SnapshotDraft:
             log.warning(
                 "%s: snapshot %s is completed: it is kept, only the draft is removed",
                 self.name, snapshot_id)
-            return
+            return False
         with contextlib.suppress(NotFoundError):
             await owner.call(partial(owner.api.delete_snapshot, snapshot_id))
         log.info("%s: abandoned snapshot %s", self.name, snapshot_id)
+        return True
 
 
 class Drafts:
@@ -868,7 +876,11 @@ class Drafts:
         draft = self._drafts.get(name)
         if draft is None:
             raise NotFoundError(f"new/{name} does not exist")
-        await draft.abandon()
+        kept = await draft.abandon()
+        if kept is not None:
+            # Completed elsewhere: it stays, and shows at the top as any sealed draft does.
+            self._completed(draft, kept)
+            return
         self._drafts.pop(name, None)
         self._retired.update(draft.counters)
 

@@ -258,3 +258,23 @@ def test_a_first_write_the_spool_refuses_leaves_the_draft_unwritten(tmp_path: Pa
         assert d.snapshot_id is None and api.calls["start"] == 0
 
     run(tmp_path, body)
+
+
+def test_rm_of_a_draft_completed_elsewhere_keeps_it_and_shows_it(tmp_path: Path) -> None:
+    data = os.urandom(BS)
+
+    async def body(drafts: Drafts, api: FakeApi) -> None:
+        shown: list[tuple[str, str]] = []
+        drafts.on_completed(lambda name, sid: shown.append((name, sid)))
+        d = await drafts.create("img")
+        await d.write(0, data)
+        await d.fsync()
+        sid = d.snapshot_id
+        assert sid is not None
+        count, aggregate = d.wb.summary()
+        api.complete_snapshot(sid, count, aggregate)  # sealed by someone else
+        await drafts.remove("img")
+        assert drafts.names() == [] and api.snaps[sid].state == "completed"
+        assert shown == [("img", sid)]
+
+    run(tmp_path, body)
