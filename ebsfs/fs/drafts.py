@@ -137,6 +137,11 @@ class SnapshotDraft:
         self.name: str = self.m["name"]
         self.counters: Counter[str] = Counter()
         parent = self.m.get("parent") or None
+        if self.m.get("snapshot_id") and "encrypted" not in self.m:
+            # Started by an earlier version, which skipped zero blocks whatever the snapshot's
+            # encryption: it may be encrypted (see ``_encrypted``), so every written block it
+            # did not store is stored now.
+            spool.dirty |= set(spool.coverage) - set(spool.stored)
         self.wb = WriteBack(
             spool,
             owner.parent_reader(parent, self.m["parent_gib"]) if parent else None,

@@ -278,3 +278,29 @@ def test_rm_of_a_draft_completed_elsewhere_keeps_it_and_shows_it(tmp_path: Path)
         assert shown == [("img", sid)]
 
     run(tmp_path, body)
+
+
+def test_a_draft_started_by_an_earlier_version_stores_the_zero_blocks_it_skipped(
+    tmp_path: Path,
+) -> None:
+    api = FakeApi()
+    data = os.urandom(BS)
+
+    async def first(drafts: Drafts, api: FakeApi) -> None:
+        d = await drafts.create("img")
+        await d.truncate(1 << 30)
+        await d.write(0, bytes(BS) + data)
+        await d.fsync()
+        assert api.puts == [1]  # the zero block was skipped (not encrypted, as answered)
+        # As an earlier version left it: no word on encryption.
+        del d.m["encrypted"]
+        d._save()
+
+    async def second(drafts: Drafts, api: FakeApi) -> None:
+        d = drafts.get("img")
+        assert d is not None
+        sid = await sealed(drafts, d)
+        assert sorted(api.snaps[sid].own) == [0, 1]
+
+    run(tmp_path, first, api=api)
+    run(tmp_path, second, api=api)
