@@ -111,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
     mountpoint = os.path.dirname(os.path.dirname(path))
     tty = sys.stderr.isatty()
     state = snapshot_id = ""
+    deadline = time.monotonic() + args.timeout
     try:
         state = _attr(path, "state")
         if not state:
@@ -122,7 +123,6 @@ def run(args: argparse.Namespace) -> int:
         if state != "sealing":
             _seal(path)
         snapshot_id = _attr(path, "snapshot_id")
-        deadline = time.monotonic() + args.timeout
         shown = ""
         while True:
             state = _attr(path, "state")
@@ -153,7 +153,8 @@ def run(args: argparse.Namespace) -> int:
             raise NotFoundError(f"{path} does not exist") from None
         if tty:
             print("\r\033[K", end="", file=sys.stderr, flush=True)
-        if not snapshot_id or not _shown(mountpoint, snapshot_id, args.timeout):
+        left = max(10.0, deadline - time.monotonic())  # a moment even at the timeout
+        if not snapshot_id or not _shown(mountpoint, snapshot_id, left):
             raise NotFoundError(f"{path} disappeared before it was completed") from None
         print(snapshot_id)
         return 0
