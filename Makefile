@@ -2,10 +2,10 @@
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := fuse3 libfuse3-dev pkg-config e2fsprogs fdisk attr systemd
+APT_PACKAGES := fuse3 libfuse3-dev pkg-config e2fsprogs xfsprogs dosfstools mtools fdisk attr systemd
 STAMP := $(VENV)/.installed
 
-.PHONY: deps venv test lint demo bench clean install
+.PHONY: deps venv test lint demo bench clean install uninstall
 
 deps:
 	@missing=""; for p in $(APT_PACKAGES); do \
@@ -34,15 +34,32 @@ test: venv lint
 demo: venv
 	scripts/demo.sh
 
-# For a server: ebsfs on PATH (mount.fuse3 and the units run /usr/local/bin/ebsfs), the systemd
+# For a server: ebsfs installed on its own (a virtualenv in $(PREFIX)/lib/ebsfs, not a link into
+# this clone) and on PATH (mount.fuse3 and the units run /usr/local/bin/ebsfs), the systemd
 # units, and an example /etc/ebsfs/ebsfs.toml unless one exists (docs/operations.md).
 PREFIX ?= /usr/local
-install: venv
-	ln -sfn $(abspath $(VENV))/bin/ebsfs $(PREFIX)/bin/ebsfs
-	install -m 0644 systemd/ebsfs@.service systemd/ebsfs-server.service /etc/systemd/system/
+LIBDIR := $(PREFIX)/lib/ebsfs
+UNITS := ebsfs@.service ebsfs-server.service
+install: deps
+	rm -rf $(LIBDIR)
+	python3 -m venv $(LIBDIR)
+	$(LIBDIR)/bin/python -m pip install -q --upgrade pip
+	$(LIBDIR)/bin/python -m pip install -q .
+	install -d -m 0755 $(PREFIX)/bin
+	ln -sfn $(LIBDIR)/bin/ebsfs $(PREFIX)/bin/ebsfs
+	install -d -m 0755 /etc/systemd/system
+	install -m 0644 $(addprefix systemd/,$(UNITS)) /etc/systemd/system/
 	install -d -m 0755 /etc/ebsfs
 	test -e /etc/ebsfs/ebsfs.toml || install -m 0600 systemd/ebsfs.toml /etc/ebsfs/ebsfs.toml
-	-systemctl daemon-reload 2>/dev/null
+	@if [ -d /run/systemd/system ]; then systemctl daemon-reload; \
+	else echo "systemd is not running here: units installed, not loaded"; fi
+
+# Removes what install added, but /etc/ebsfs/ebsfs.toml (yours to keep or delete) and data.
+uninstall:
+	rm -f $(PREFIX)/bin/ebsfs $(addprefix /etc/systemd/system/,$(UNITS))
+	rm -rf $(LIBDIR)
+	@if [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
+	@echo "left in place: /etc/ebsfs/ebsfs.toml, spools under /var/lib/ebsfs, server data"
 
 bench: venv
 	$(PY) -m bench

@@ -19,9 +19,13 @@ Endpoint resolution, in this order (documented in docs/usage.md):
 2. else botocore's own configuration (``AWS_ENDPOINT_URL_EBS``, ``AWS_ENDPOINT_URL_EC2``,
    ``AWS_ENDPOINT_URL``, ``endpoint_url`` in the profile);
 3. else, when a region is configured (flag, ``AWS_REGION``/``AWS_DEFAULT_REGION``, profile), AWS;
-4. else the local server at ``DEFAULT_LOCAL_ENDPOINT`` in ``us-east-1``.
+4. else, when the EC2 instance metadata names a region (botocore's fetcher: one short attempt,
+   ``AWS_EC2_METADATA_DISABLED`` and the metadata endpoint settings honoured), AWS there;
+5. else the local server at ``DEFAULT_LOCAL_ENDPOINT`` in ``us-east-1``.
 
-When the endpoint is not AWS (cases 1, 2 and 4) and no credentials are found, the local
+``Endpoints.why`` says which rule chose and where its setting came from; ``Api`` logs it once.
+
+When the endpoint is not AWS (cases 1, 2 and 5) and no credentials are found, the local
 server's development key pair is used.
 """
 
@@ -40,6 +44,7 @@ import boto3
 import botocore.config
 import botocore.credentials
 import botocore.exceptions
+import botocore.utils
 
 from ebsfs import checksum
 from ebsfs.blockcalls import block_calls
@@ -89,6 +94,10 @@ _ACCESS_CODES = frozenset(
         "OptInRequired",
     }
 )
+#: The tag in which ebsfs records a snapshot's parent at StartSnapshot (DescribeSnapshots has
+#: no parent field; this is where AWS keeps it for us).
+PARENT_TAG = "ebsfs:parent"
+
 _NOT_FOUND_CODES = frozenset({"ResourceNotFoundException", "InvalidSnapshot.NotFound"})
 _TOKEN_REASONS = frozenset({"INVALID_BLOCK_TOKEN", "INVALID_PAGE_TOKEN"})
 _BAD_VALUE_CODES = frozenset({"InvalidParameterValue", "InvalidSnapshot.Malformed"})
@@ -144,29 +153,76 @@ class Endpoints:
     ec2: str | None
     region: str
     local: bool  # not AWS: the dev key pair may stand in for missing credentials
+    why: str = ""  # which rule chose them, and where its setting came from
+
+    def describe(self) -> str:
+        """One line for the log and ``ebsfs ls``: where requests go, and why."""
+        if self.ebs is None and self.local:
+            where = f"the endpoints botocore is configured with, region {self.region}"
+        elif self.ebs is None:
+            where = f"AWS in {self.region}"
+        else:
+            where = self.ebs if self.ebs == self.ec2 else f"{self.ebs} (ec2: {self.ec2})"
+        return f"{where} ({self.why})" if self.why else where
 
 
-def _botocore_endpoint_configured(session: boto3.Session) -> bool:
+def _botocore_endpoint_configured(session: boto3.Session) -> str | None:
+    """What configures botocore's own endpoints, or None."""
     env = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_EBS", "AWS_ENDPOINT_URL_EC2")
-    if any(os.environ.get(name) for name in env):
-        return True
+    named = [name for name in env if os.environ.get(name)]
+    if named:
+        return ", ".join(named)
     try:
         scoped = session._session.get_scoped_config()
     except botocore.exceptions.ProfileNotFound:
-        return False
-    return bool(scoped.get("endpoint_url") or scoped.get("services"))
+        return None
+    if scoped.get("endpoint_url") or scoped.get("services"):
+        return "endpoint_url in the AWS profile's configuration"
+    return None
+
+
+def instance_region(session: boto3.Session) -> str | None:
+    """The region of the EC2 instance this runs on, from its metadata, or None.
+
+    botocore's own provider: its timeout and attempts (1 s, 1 by default), the metadata
+    endpoint settings and ``AWS_EC2_METADATA_DISABLED`` apply, so it never waits long.
+    """
+    try:
+        region = botocore.utils.IMDSRegionProvider(session._session).provide()
+    except (botocore.exceptions.BotoCoreError, OSError, ValueError) as exc:
+        log.debug("instance metadata: no region (%s)", exc)
+        return None
+    return region or None
 
 
 def resolve_endpoints(aws: AwsConfig, session: boto3.Session) -> Endpoints:
     """Apply the endpoint resolution order of the module docstring."""
     region = aws.region or session.region_name
+    if aws.region:
+        region_from = f"region {aws.region} from {aws.origin('region') or 'the configuration'}"
+    else:
+        region_from = f"region {region} from the AWS profile's configuration"
     if aws.endpoint_url:
-        return Endpoints(aws.endpoint_url, aws.endpoint_url, region or DEFAULT_LOCAL_REGION, True)
-    if _botocore_endpoint_configured(session):
-        return Endpoints(None, None, region or DEFAULT_LOCAL_REGION, True)
+        why = f"endpoint from {aws.origin('endpoint_url') or 'the configuration'}"
+        return Endpoints(
+            aws.endpoint_url, aws.endpoint_url, region or DEFAULT_LOCAL_REGION, True, why
+        )
+    configured = _botocore_endpoint_configured(session)
+    if configured:
+        return Endpoints(None, None, region or DEFAULT_LOCAL_REGION, True, f"set by {configured}")
     if region:
-        return Endpoints(None, None, region, False)
-    return Endpoints(DEFAULT_LOCAL_ENDPOINT, DEFAULT_LOCAL_ENDPOINT, DEFAULT_LOCAL_REGION, True)
+        return Endpoints(None, None, region, False, region_from)
+    found = instance_region(session)
+    if found:
+        return Endpoints(None, None, found, False, f"region {found} from the EC2 instance metadata")
+    return Endpoints(
+        DEFAULT_LOCAL_ENDPOINT,
+        DEFAULT_LOCAL_ENDPOINT,
+        DEFAULT_LOCAL_REGION,
+        True,
+        "the local server: no endpoint or region is configured and no EC2 instance metadata "
+        "answered",
+    )
 
 
 def _error_fields(exc: botocore.exceptions.ClientError) -> tuple[str, str, str, int]:
@@ -256,6 +312,7 @@ def _ec2_info(item: dict[str, Any]) -> SnapshotInfo:
         owner_id=str(item.get("OwnerId", "")),
         state_message=str(item.get("StateMessage", "")),
         encrypted=bool(item.get("Encrypted", False)),
+        parent=_tags(item.get("Tags")).get(PARENT_TAG, ""),
     )
 
 
@@ -273,9 +330,17 @@ class Api:
         with _converted("AWS configuration"):
             session = boto3.Session(profile_name=aws.profile, region_name=aws.region)
             self.endpoints = resolve_endpoints(aws, session)
+            log.info("endpoint: %s", self.endpoints.describe())
             key_id: str | None = None
             secret: str | None = None
-            if self.endpoints.local and session.get_credentials() is None:
+            if session.get_credentials() is None:
+                if not self.endpoints.local:
+                    # Said here, with the reason AWS was chosen: a region left in a
+                    # configuration file is the usual cause.
+                    raise AccessDeniedError(
+                        f"no usable AWS credentials for {self.endpoints.describe()}; give "
+                        "credentials, or set no region to use the local server"
+                    )
                 key_id, secret = DEV_ACCESS_KEY_ID, DEV_SECRET_ACCESS_KEY
             config = botocore.config.Config(
                 region_name=self.endpoints.region,
@@ -469,8 +534,10 @@ class Api:
         The answer's ``encrypted`` is what AWS did, not what was asked: with encryption by
         default (or an encrypted parent) a snapshot is encrypted whatever the request said."""
         kwargs: dict[str, Any] = {"VolumeSize": volume_size, "ClientToken": client_token}
+        tags = dict(tags or {})
         if parent:
             kwargs["ParentSnapshotId"] = parent
+            tags[PARENT_TAG] = parent
         if description:
             kwargs["Description"] = description
         if tags:
@@ -494,7 +561,7 @@ class Api:
             # AWS answers null (botocore: absent) for both when the snapshot is not encrypted.
             encrypted=bool(r.get("KmsKeyArn"))
             or str(r.get("SseType") or "none").lower() not in ("none", ""),
-            parent=str(r.get("ParentSnapshotId") or ""),
+            parent=str(r.get("ParentSnapshotId") or parent or ""),
         )
 
     def put_block(

@@ -13,6 +13,9 @@ DEFAULT_LOCAL_ENDPOINT = f"http://{DEFAULT_SERVER_HOST}:{DEFAULT_SERVER_PORT}"
 #: The development key pair the local server accepts on loopback when given no other.
 DEV_ACCESS_KEY_ID = "AKIAEBSFSLOCALDEV000"
 DEV_SECRET_ACCESS_KEY = "ebsfs-local-development-secret-key"
+#: Shortest secret access key the local server accepts on a non-loopback address (the
+#: development pair is refused there whatever its length: it is published).
+MIN_SERVER_SECRET_LENGTH = 16
 #: The region used with the local server when none is configured.
 DEFAULT_LOCAL_REGION = "us-east-1"
 
@@ -28,6 +31,13 @@ class AwsConfig:
     read_timeout: float = 30.0
     max_attempts: int = 6
     max_pool_connections: int = 32
+    #: Where each setting that was given came from ("--region", "AWS_REGION",
+    #: "/etc/ebsfs/ebsfs.toml [aws] region"), so errors caused by configuration can say so.
+    origins: tuple[tuple[str, str], ...] = ()
+
+    def origin(self, key: str) -> str | None:
+        """Where ``key`` was set, or None when it was left at its default."""
+        return dict(self.origins).get(key)
 
 
 @dataclass(frozen=True)
@@ -47,6 +57,8 @@ class MountConfig:
     max_concurrency: int = 32
     spool_dir: str = "/var/lib/ebsfs/spool"
     dirty_limit: int = 128 << 20
+    #: Bytes of copied blocks all scratch overlays of the mount may keep in the spool.
+    scratch_limit: int = 1 << 30
     writeback_delay: float = 0.5
     #: PutSnapshotBlock in a child process (its own GIL) rather than the mount's threads;
     #: None: when the mount may run on two CPUs or more (on one, the child only adds work).

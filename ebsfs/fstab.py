@@ -30,6 +30,7 @@ VALUE_OPTIONS: dict[str, str] = {
     "max_concurrency": "--max-concurrency",
     "spool_dir": "--spool-dir",
     "dirty_limit": "--dirty-limit",
+    "scratch_limit": "--scratch-limit",
     "writeback_delay": "--writeback-delay",
     "refresh": "--refresh",
     "log_level": "--log-level",

@@ -27,6 +27,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 
 import pyfuse3
 import trio
@@ -37,6 +38,8 @@ from ebsfs.errors import EbsfsError, MountError
 from ebsfs.exgroups import first_error
 from ebsfs.fs.catalog import Catalog, CatalogConfig
 from ebsfs.fs.ops import EbsfsOperations, OpsConfig
+from ebsfs.fs.partview import PartitionTables
+from ebsfs.fs.scratch import ScratchDirectory
 from ebsfs.fs.wiring import (
     MountContext,
     close_new_directory,
@@ -136,6 +139,14 @@ async def _serve(
         async def delete(snapshot_id: str) -> None:
             await calls.run(api.delete_snapshot, snapshot_id)
 
+        def scratch(partitions: PartitionTables) -> ScratchDirectory:
+            return ScratchDirectory(
+                Path(config.spool_dir) / "scratch",
+                config.scratch_limit,
+                partitions.resolve,
+                partitions.read_disk,
+            )
+
         ops = EbsfsOperations(
             catalog,
             stacks,
@@ -143,6 +154,7 @@ async def _serve(
             OpsConfig(read_only=config.read_only, allow_delete=config.allow_delete),
             nursery,
             delete_snapshot=delete,
+            scratch=None if config.read_only else scratch,
         )
         try:
             pyfuse3.init(ops, config.mountpoint, fuse_options(config))
@@ -165,6 +177,8 @@ async def _serve(
             notify_stopping()
             await close_new_directory(newdir)
         finally:
+            if ops.scratch is not None:
+                ops.scratch.close()  # overlays never outlive their mount
             with contextlib.suppress(Exception):
                 pyfuse3.close(unmount=True)
                 unmounted = True

@@ -6,7 +6,8 @@ exists (no file at all is fine). It has three tables, each key optional::
     [aws]       endpoint_url, region, profile, connect_timeout, read_timeout, max_attempts,
                 max_pool_connections
     [mount]     snapshots, filters, owner, cache_size, disk_cache, cache_dir, read_ahead,
-                max_concurrency, spool_dir, dirty_limit, writeback_delay, upload_process,
+                max_concurrency, spool_dir, dirty_limit, scratch_limit, writeback_delay,
+                upload_process,
                 read_only, allow_other, allow_delete, refresh, log_level, io_timeout
     [mount."/srv/snapshots"]   the same keys, for the mount at that path only
     [server]    data_dir, listen, access_key_id, secret_access_key, latency_ms, throttle_rate,
@@ -212,6 +213,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "max_concurrency": Key(_int, ("EBSFS_MAX_CONCURRENCY",)),
         "spool_dir": Key(_str, ("EBSFS_SPOOL_DIR",)),
         "dirty_limit": Key(_size, ("EBSFS_DIRTY_LIMIT",)),
+        "scratch_limit": Key(_size, ("EBSFS_SCRATCH_LIMIT",)),
         "writeback_delay": Key(_float, ("EBSFS_WRITEBACK_DELAY",)),
         "upload_process": Key(_bool, ("EBSFS_UPLOAD_PROCESS",)),
         "read_only": Key(_bool, ("EBSFS_READ_ONLY",)),
@@ -350,12 +352,15 @@ def resolve(
     config: ConfigFile,
     mountpoint: str | None = None,
     environ: Mapping[str, str] | None = None,
+    origins: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """The section's settings that any layer sets: command line, then environment, then file.
 
     ``given`` holds command-line values by key, None meaning "not given"; keys outside the
     section are ignored. The result holds only keys some layer set, coerced to their types.
+    ``origins``, when given, receives where each of them came from.
     """
+    origins = {} if origins is None else origins
     environ = os.environ if environ is None else environ
     schema = SCHEMA[section]
     from_file = config.values(section, mountpoint)
@@ -369,6 +374,7 @@ def resolve(
                 raise UsageError(
                     f"{_FLAGS.get(key, '--' + key.replace('_', '-'))}: {exc}"
                 ) from None
+            origins[key] = _FLAGS.get(key, "--" + key.replace("_", "-"))
             continue
         env_name = next((name for name in spec.env if environ.get(name)), None)
         if env_name is not None:
@@ -376,12 +382,22 @@ def resolve(
                 out[key] = spec.coerce(environ[env_name])
             except ValueError as exc:
                 raise UsageError(f"{env_name}: {exc}") from None
+            origins[key] = env_name
             continue
         if any(environ.get(name) for name in spec.yields_to):
             continue
         if key in from_file:
             out[key] = from_file[key]
+            origins[key] = f"{config.path} [{section}] {key}"
     return out
+
+
+def _aws(
+    given: Mapping[str, Any], config: ConfigFile, environ: Mapping[str, str] | None
+) -> AwsConfig:
+    origins: dict[str, str] = {}
+    values = resolve("aws", given, config=config, environ=environ, origins=origins)
+    return AwsConfig(**values, origins=tuple(sorted(origins.items())))
 
 
 def add_config_option(parser: argparse.ArgumentParser) -> None:
@@ -409,7 +425,7 @@ def aws_config(
     given = _given(args)
     if config is None:
         config = load_config(given.get("config"), environ)
-    return AwsConfig(**resolve("aws", given, config=config, environ=environ))
+    return _aws(given, config, environ)
 
 
 def mount_config(
@@ -427,7 +443,7 @@ def mount_config(
     given = _given(args)
     if config is None:
         config = load_config(given.get("config"), environ)
-    aws = AwsConfig(**resolve("aws", given, config=config, environ=environ))
+    aws = _aws(given, config, environ)
     values = resolve("mount", given, config=config, mountpoint=mountpoint, environ=environ)
     if "spool_dir" not in values:
         values["spool_dir"] = default_spool_dir(mountpoint, environ)

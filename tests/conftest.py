@@ -1,11 +1,16 @@
 """Fixtures shared by every test package: the local server as a real subprocess."""
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.serverproc import LocalServer
+
+# No test may reach the EC2 instance metadata address (it is off this machine): every process
+# the suite starts inherits this; the tests of the metadata lookup use a loopback fake.
+os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ with byte offsets and sizes; ``--json`` gives the same as exact numbers for scri
 
 import argparse
 import json
+import os
 import re
 import sys
 import time
@@ -32,11 +33,16 @@ TOKEN_RESTARTS = 3
 EXAMPLES = """\
 examples:
   ebsfs diff snap-0a1b2c3d4e5f60718 snap-0f1e2d3c4b5a69788
+  ebsfs diff web-root-v1 web-root-v2          # Name tags, as in by-name/ (the newest of a name)
+  ebsfs diff /mnt/ebs/by-name/web-root        # one snapshot: against its recorded parent
   ebsfs diff --json snap-0a1b2c3d4e5f60718 snap-0f1e2d3c4b5a69788 | jq .changed_bytes
   ebsfs diff --endpoint-url http://127.0.0.1:9537 snap-0a1b2c3d4e5f60718 snap-0f1e2d3c4b5a69788
 
-Both snapshots must be completed and of one lineage (one the ancestor of the other, or
-siblings). Exit codes: 0 listed, 2 bad arguments, 3 no such (completed) snapshot,
+Each snapshot is a snapshot id, a Name tag (the newest completed snapshot of that name), or
+the path of a snapshot file on an ebsfs mount. With one snapshot, the other is its parent as
+ebsfs recorded it (the ebsfs:parent tag set when it was started through new/). Both must be
+completed and of one lineage (one the ancestor of the other, or siblings).
+Exit codes: 0 listed, 2 bad arguments, 3 no such (completed) snapshot,
 4 access denied, 5 endpoint unreachable, 1 other AWS errors (docs/errors.md).
 """
 
@@ -165,23 +171,67 @@ def register(subparsers: Any) -> None:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("first", metavar="SNAP_A", help="the older snapshot (say, the parent)")
-    parser.add_argument("second", metavar="SNAP_B", help="the newer snapshot (say, the child)")
+    parser.add_argument(
+        "first", metavar="SNAP_A", help="the older snapshot (say, the parent): an id, a Name "
+        "tag or a mount path; alone, the child to compare with its recorded parent"
+    )
+    parser.add_argument(
+        "second", metavar="SNAP_B", nargs="?", help="the newer snapshot (say, the child)"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     add_aws_options(parser)
     settings.add_config_option(parser)
     parser.set_defaults(func=run)
 
 
+ID_XATTR = "user.ebsfs.snapshot_id"
+
+
+def resolve(api: Any, text: str) -> str:
+    """A snapshot id from an id, a path on an ebsfs mount, or a Name tag."""
+    if SNAPSHOT_ID.match(text):
+        return text
+    if text.startswith("snap-") and "/" not in text:
+        raise UsageError(f"not a snapshot id: {text!r} (expected snap-<hex>)")
+    if "/" in text or os.path.exists(text):
+        try:
+            found = os.getxattr(text, ID_XATTR).decode()
+        except OSError as exc:
+            raise UsageError(
+                f"{text}: not a snapshot file of an ebsfs mount ({exc.strerror})"
+            ) from None
+        if not SNAPSHOT_ID.match(found):
+            raise UsageError(f"{text}: not a completed snapshot (no snapshot id yet)")
+        return found
+    named = [
+        i for i in api.describe_snapshots((), "self", [("tag:Name", text)])
+        if i.state == "completed" and i.name == text
+    ]
+    if not named:
+        raise NotFoundError(f"no completed snapshot named {text!r}")
+    return str(max(named, key=lambda i: (i.start_time, i.snapshot_id)).snapshot_id)
+
+
 def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     out = out if out is not None else sys.stdout
-    for snapshot_id in (args.first, args.second):
-        if not SNAPSHOT_ID.match(snapshot_id):
-            raise UsageError(f"not a snapshot id: {snapshot_id!r} (expected snap-<hex>)")
+    for text in (args.first, args.second):
+        if text is not None and not text.strip():
+            raise UsageError("a snapshot must be an id, a Name tag or a path, not empty")
+        if text is not None and text.startswith("snap-") and "/" not in text:
+            resolve(None, text)  # a malformed id is a usage error before any request
     api = Api(settings.aws_config(args))
-    ranges = merge_runs(changed_indexes(api, args.first, args.second))
+    if args.second is None:
+        second = resolve(api, args.first)
+        first = api.describe_snapshot(second).parent
+        if not first:
+            raise UsageError(
+                f"{args.first} ({second}) has no recorded parent: name both snapshots"
+            )
+    else:
+        first, second = resolve(api, args.first), resolve(api, args.second)
+    ranges = merge_runs(changed_indexes(api, first, second))
     if args.json:
-        _print_json(args.first, args.second, list(ranges), out)
+        _print_json(first, second, list(ranges), out)
     else:
         _print_table(ranges, out)
     return 0

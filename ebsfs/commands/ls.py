@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from dataclasses import asdict
 
@@ -27,8 +28,9 @@ examples:
   ebsfs ls --region eu-west-1 --owner 123456789012
 
 Every state is listed (pending, completed, error), unlike the mount, which shows only
-completed snapshots. Exit codes: 0 listed, 2 bad option or configuration, 3 a --snapshot
-that does not exist, 4 access denied, 5 endpoint unreachable (docs/errors.md).
+completed snapshots. The first line, on stderr, says which endpoint was used and why.
+Exit codes: 0 listed, 2 bad option or configuration, 3 a --snapshot that does not exist,
+4 access denied, 5 endpoint unreachable (docs/errors.md).
 """,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -65,9 +67,14 @@ def _filters(texts: list[str]) -> list[tuple[str, str]]:
     return out
 
 
+def _iso(epoch: float) -> str:
+    """ISO 8601 in UTC, as the AWS CLI prints StartTime."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch)) + f".{int(epoch % 1 * 1000):03d}Z"
+
+
 def table(infos: list[SnapshotInfo]) -> str:
     """The table ``ebsfs ls`` prints."""
-    header = ("SNAPSHOT", "STATE", "SIZE", "NAME", "PROGRESS", "STARTED")
+    header = ("SNAPSHOT", "STATE", "SIZE", "NAME", "PARENT", "PROGRESS", "STARTED")
     rows = [header]
     for i in sorted(infos, key=lambda i: (i.start_time, i.snapshot_id)):
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(i.start_time))
@@ -77,6 +84,7 @@ def table(infos: list[SnapshotInfo]) -> str:
                 i.state,
                 f"{i.volume_size} GiB",
                 i.name or "-",
+                i.parent or "-",
                 i.progress or "-",
                 started + "Z",
             )
@@ -90,8 +98,12 @@ def table(infos: list[SnapshotInfo]) -> str:
 def run(args: argparse.Namespace) -> int:
     api = Api(settings.aws_config(args))
     infos = api.describe_snapshots(args.snapshots, args.owner, _filters(args.filters))
+    # On stderr, so that the table and --json stay what scripts parse; after the listing, so
+    # that an error stays the one line a command prints.
+    print(f"endpoint: {api.endpoints.describe()}", file=sys.stderr)
     if args.json:
-        print(json.dumps([asdict(i) | {"name": i.name} for i in infos], indent=2, sort_keys=True))
+        rows = [asdict(i) | {"name": i.name, "start_time": _iso(i.start_time)} for i in infos]
+        print(json.dumps(rows, indent=2, sort_keys=True))
     else:
         print(table(infos))
     return 0

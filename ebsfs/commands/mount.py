@@ -133,6 +133,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="data written but not yet stored before writers wait (default: 128MiB)",
     )
     write.add_argument(
+        "--scratch-limit",
+        default=None,
+        metavar="SIZE",
+        help="blocks all scratch/ overlays may copy into the spool together (default: 1GiB)",
+    )
+    write.add_argument(
         "--writeback-delay",
         default=None,
         metavar="SECONDS",

@@ -5,10 +5,21 @@ the configuration file (docs/operations.md), else its default.
 """
 
 import argparse
-from typing import Any
+import os
+import socket
+import sys
+import time
+from typing import Any, TextIO
 
 from ebsfs import settings
-from ebsfs.config import DEFAULT_SERVER_HOST, DEFAULT_SERVER_PORT, ServerConfig
+from ebsfs.config import (
+    DEFAULT_SERVER_HOST,
+    DEFAULT_SERVER_PORT,
+    DEV_ACCESS_KEY_ID,
+    DEV_SECRET_ACCESS_KEY,
+    MIN_SERVER_SECRET_LENGTH,
+    ServerConfig,
+)
 from ebsfs.errors import UsageError
 from ebsfs.logsetup import register_secret, setup_logging
 
@@ -20,23 +31,30 @@ examples:
   ebsfs server --data-dir /tmp/s --listen 127.0.0.1:0 --latency-ms 50 --throttle-rate 0.05
   AWS_ENDPOINT_URL_EC2=http://{DEFAULT_SERVER_HOST}:{DEFAULT_SERVER_PORT} aws ec2 describe-snapshots
 
+  ebsfs server --data-dir /var/tmp/s --background --log-file /var/tmp/s.log
+
 Without a key pair the server accepts only the development pair from ebsfs.config, and only
-on a loopback address. Ready when the port accepts connections. Exit codes: 0 stopped by
-SIGTERM/SIGINT, 2 bad arguments or unusable address or data directory.
+on a loopback address; on any other address it refuses the development pair and secrets
+shorter than 16 characters, wherever they come from. On loopback it answers only requests
+whose Host is localhost, 127.0.0.1 or [::1] (or the listen name) with its port. Ready when
+the port accepts connections; with --background the command returns then, its pid in
+DATA_DIR.pid (stop it with kill). Exit codes: 0 stopped by SIGTERM/SIGINT (with
+--background: started), 2 bad arguments, unusable address or key pair, or unusable data
+directory.
 """
+
+#: How long --background waits for the port to accept connections.
+START_TIMEOUT = 60.0
 
 
 def _listen(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep or not host:
         raise argparse.ArgumentTypeError(f"expected HOST:PORT, not {text!r}")
-    try:
-        number = int(port)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {port!r}") from None
-    if not 0 <= number <= 65535:
+    # ASCII digits only: int() would also take "+80", "8_0" or " 80".
+    if not (port.isascii() and port.isdigit() and len(port) <= 5) or int(port) > 65535:
         raise argparse.ArgumentTypeError(f"not a port number: {port!r}")
-    return host.strip("[]"), number
+    return host.strip("[]"), int(port)
 
 
 def _rate(text: str) -> float:
@@ -108,6 +126,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "(default: 60; tests shorten it)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
                    help="debug logs one line per request (default: info)")
+    p.add_argument("--log-file", metavar="FILE",
+                   help="append the log to FILE (mode 0600) instead of stderr")
+    p.add_argument("--background", action="store_true",
+                   help="run detached; return once the port accepts connections (the log goes "
+                   "to --log-file, else DATA_DIR.log; the pid to DATA_DIR.pid)")
     settings.add_config_option(p)
     p.set_defaults(func=run)
 
@@ -130,10 +153,95 @@ def build_config(args: argparse.Namespace | dict[str, Any]) -> ServerConfig:
     )
 
 
-def run(args: argparse.Namespace) -> int:
+def check_key_pair(config: ServerConfig) -> None:
+    """Refuse a guessable key pair on a non-loopback address: the published development
+    pair (or either half of it), or a short secret, whether given by flag or environment."""
+    from ebsfs.server.runner import is_loopback, resolve_credentials
+
+    key_id, secret, _ = resolve_credentials(config)
+    if is_loopback(config.host):
+        return
+    if key_id == DEV_ACCESS_KEY_ID or secret == DEV_SECRET_ACCESS_KEY:
+        raise UsageError(
+            f"refusing to listen on non-loopback {config.host} with the published development "
+            "key pair; give a key pair of your own (--access-key-id and --secret-access-key, "
+            "or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY)"
+        )
+    if len(secret) < MIN_SERVER_SECRET_LENGTH:
+        raise UsageError(
+            f"refusing to listen on non-loopback {config.host} with a secret access key of "
+            f"{len(secret)} characters; use at least {MIN_SERVER_SECRET_LENGTH}"
+        )
+
+
+def _open_log(path: str) -> TextIO:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise UsageError(f"--log-file {path}: {exc.strerror}") from None
+    return os.fdopen(fd, "a", buffering=1)
+
+
+def _accepts(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+def _background(config: ServerConfig, log_path: str) -> int:
+    """Fork a detached server; return once its port accepts connections (or it died)."""
+    if config.port == 0:
+        raise UsageError("--background needs a fixed port (--listen HOST:PORT, not port 0)")
+    log_file = _open_log(log_path)
+    if _accepts(config.host, config.port):
+        raise UsageError(f"something already listens on {config.host}:{config.port}")
+    pid = os.fork()
+    if pid == 0:  # the server: its own session, stdio on the log file
+        code = 1
+        try:
+            os.setsid()
+            null = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(null, 0)
+            os.dup2(log_file.fileno(), 1)
+            os.dup2(log_file.fileno(), 2)
+            code = _serve(config, log_file)
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            raise UsageError(
+                f"the server exited at start (code {os.waitstatus_to_exitcode(status)}); "
+                f"see {log_path}"
+            )
+        if _accepts(config.host, config.port):
+            pid_path = config.data_dir.rstrip("/") + ".pid"
+            with open(pid_path, "w") as fh:
+                fh.write(f"{pid}\n")
+            print(f"ebsfs server: pid {pid} (in {pid_path}), listening on "
+                  f"{config.host}:{config.port}, log {log_path}")
+            return 0
+        time.sleep(0.1)
+    raise UsageError(f"the server (pid {pid}) did not listen within {START_TIMEOUT:.0f} s; "
+                     f"see {log_path}")
+
+
+def _serve(config: ServerConfig, stream: TextIO | None) -> int:
     from ebsfs.server.runner import run as serve
 
-    config = build_config(args)
-    setup_logging(config.log_level)
+    setup_logging(config.log_level, stream)
     register_secret(config.secret_access_key)
     return serve(config)
+
+
+def run(args: argparse.Namespace) -> int:
+    config = build_config(args)
+    check_key_pair(config)
+    log_file = getattr(args, "log_file", None)
+    if getattr(args, "background", False):
+        return _background(config, log_file or config.data_dir.rstrip("/") + ".log")
+    sys.stdout.flush()
+    return _serve(config, _open_log(log_file) if log_file else None)

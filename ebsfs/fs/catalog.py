@@ -90,6 +90,13 @@ class Catalog:
         self._refreshing: trio.Event | None = None
         self.counters: Counter[str] = Counter()
         self.mounted_at = time.time()
+        # by_name() is asked for at every lookup: it is rebuilt only after a change, so a
+        # lookup costs the same with 20 snapshots or 20,000.
+        self._version = 0
+        self._by_name: tuple[int, dict[str, str]] = (-1, {})
+
+    def _changed(self) -> None:
+        self._version += 1
 
     @property
     def fixed(self) -> bool:
@@ -105,6 +112,7 @@ class Catalog:
             for sid in self.config.snapshot_ids:
                 found[sid] = await self._probe(sid)
             self.snapshots = found
+            self._changed()
         else:
             await self.refresh(raise_errors=True)
 
@@ -166,6 +174,7 @@ class Catalog:
         for sid, info in self._extra.items():
             listed.setdefault(sid, info)
         self.snapshots = listed
+        self._changed()
 
     async def refresher(self) -> None:
         """Refresh every ``refresh`` seconds, forever (a task of the mount's nursery)."""
@@ -197,6 +206,7 @@ class Catalog:
         for info in found:
             if info.snapshot_id == name and info.state == "completed":
                 self.snapshots[name] = info
+                self._changed()
                 return info
         return None
 
@@ -218,16 +228,20 @@ class Catalog:
         info = replace(info, state="completed")
         self._extra[snapshot_id] = info
         self.snapshots[snapshot_id] = info
+        self._changed()
 
     def remove(self, snapshot_id: str) -> None:
         """Forget a snapshot deleted through this mount."""
         self.snapshots.pop(snapshot_id, None)
         self._extra.pop(snapshot_id, None)
+        self._changed()
 
     # ---- by-name/ -------------------------------------------------------------------------------
 
     def by_name(self) -> dict[str, str]:
         """Name tag -> snapshot id; a name several snapshots share points at the newest."""
+        if self._by_name[0] == self._version:
+            return self._by_name[1]
         names: dict[str, SnapshotInfo] = {}
         for info in self.snapshots.values():
             if not usable_name(info.name):
@@ -238,7 +252,9 @@ class Catalog:
                 other.snapshot_id,
             ):
                 names[info.name] = info
-        return {n: i.snapshot_id for n, i in names.items()}
+        result = {n: i.snapshot_id for n, i in names.items()}
+        self._by_name = (self._version, result)
+        return result
 
     def stats(self) -> dict[str, int]:
         return {**self.counters, "snapshots_shown": len(self.snapshots)}

@@ -11,12 +11,24 @@ from typing import Literal
 
 import pyfuse3
 
-Kind = Literal["snapshot", "link", "draft"]
+#: ``partdir``/``labeldir``: a snapshot's or draft's directory under parts/ (and its
+#: by-label/); ``part``/``label``: a partition file and a label link in them.
+Kind = Literal["snapshot", "link", "draft", "partdir", "labeldir", "part", "label", "scratch"]
 
 ROOT = pyfuse3.ROOT_INODE
 BY_NAME = ROOT + 1
 NEW = ROOT + 2
-DIRECTORIES = {ROOT: "", BY_NAME: "by-name", NEW: "new"}
+PARTS = ROOT + 3
+PARTS_NEW = ROOT + 4
+SCRATCH = ROOT + 5
+DIRECTORIES = {
+    ROOT: "",
+    BY_NAME: "by-name",
+    NEW: "new",
+    PARTS: "parts",
+    PARTS_NEW: "parts/new",
+    SCRATCH: "scratch",
+}
 _FIRST = 16
 
 

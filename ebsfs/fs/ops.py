@@ -12,6 +12,12 @@ The namespace (SPEC.md "The namespace")::
     /by-name/NAME     symlink    ../snap-... (the newest snapshot of that Name tag)
     /new/             0755 dir   drafts (0555 on --read-only)
     /new/NAME         file       a draft; its mode, size and mtime are the draft's
+    /parts/           0555 dir   one directory per completed snapshot, and new/ for drafts
+    /parts/snap-.../N 0444 file  partition N of that snapshot (MBR or GPT), read-only
+    /parts/snap-.../by-label/LABEL   symlink ../N, for each GPT partition name
+    /parts/new/NAME/  0555 dir   the same for the draft new/NAME (read again at each lookup);
+                                 its partition files are 0600 and writable, within their size
+    /scratch/NAME     0600 file  a local copy-on-write overlay of a snapshot or partition
 
 Anything that would change a completed snapshot, the root or ``by-name/`` is EROFS, as is
 every change on a ``--read-only`` mount. ``rm snap-...`` deletes the snapshot only with
@@ -38,10 +44,23 @@ import trio
 
 from ebsfs.api import SnapshotInfo
 from ebsfs.errors import NotFoundError, ReadOnlyError
+from ebsfs.fs.blockcount import BlockCounts
 from ebsfs.fs.catalog import Catalog
 from ebsfs.fs.edge import ERRNO_COUNTS, fail, fuse_errors
-from ebsfs.fs.inodes import BY_NAME, DIRECTORIES, NEW, ROOT, InodeTable
+from ebsfs.fs.inodes import (
+    BY_NAME,
+    DIRECTORIES,
+    NEW,
+    PARTS,
+    PARTS_NEW,
+    ROOT,
+    SCRATCH,
+    InodeTable,
+)
 from ebsfs.fs.newdir import Draft, NewDirectory
+from ebsfs.fs.partitions import Partition
+from ebsfs.fs.partview import DRAFT_PREFIX, PartitionTables
+from ebsfs.fs.scratch import XATTR_BASE, XATTR_KEEP, Overlay, ScratchDirectory
 from ebsfs.store.ranges import read_range
 from ebsfs.store.stack import ReadStacks
 from ebsfs.types import BLOCK_SIZE
@@ -72,6 +91,10 @@ class _Handle:
     snapshot: SnapshotInfo | None = None
     draft: Draft | None = None
     draft_name: str = ""
+    #: A partition file: its owner (snapshot id or new/NAME) and the partition.
+    part_owner: str = ""
+    part: Partition | None = None
+    overlay: Overlay | None = None
 
 
 def snapshot_xattrs(info: SnapshotInfo) -> dict[str, bytes]:
@@ -122,6 +145,7 @@ class EbsfsOperations(pyfuse3.Operations):
         config: OpsConfig,
         nursery: trio.Nursery,
         delete_snapshot: Callable[[str], Awaitable[None]] | None = None,
+        scratch: Callable[[PartitionTables], ScratchDirectory] | None = None,
     ) -> None:
         super().__init__()
         self.catalog = catalog
@@ -131,8 +155,15 @@ class EbsfsOperations(pyfuse3.Operations):
         self.nursery = nursery
         self.delete_snapshot = delete_snapshot
         self.inodes = InodeTable()
+        self.partitions = PartitionTables(catalog, stacks, newdir)
+        self.block_counts = BlockCounts(stacks.api, stacks.calls, nursery, self._counted)
+        #: None on a --read-only mount: scratch/ is then empty and refuses every change.
+        self.scratch = scratch(self.partitions) if scratch is not None else None
         self.handles: dict[int, _Handle] = {}
         self.draft_opens: Counter[str] = Counter()
+        #: Directory handles: the inode and its entries, listed once at the first readdir so
+        #: that a directory of 20,000 names is not rebuilt for every page of it.
+        self.dir_handles: dict[int, tuple[int, list[tuple[str, pyfuse3.EntryAttributes]]]] = {}
         self.counters: Counter[str] = Counter()
         self._next_fh = 1
         self.started = time.time_ns()
@@ -155,9 +186,15 @@ class EbsfsOperations(pyfuse3.Operations):
             with contextlib.suppress(Exception):
                 pyfuse3.invalidate_entry_async(parent, entry.encode(), ignore_enoent=True)
 
+    def _counted(self, snapshot_id: str) -> None:
+        """A snapshot's blocks were counted: the kernel asks for its attributes again."""
+        ino = self.inodes.number("snapshot", snapshot_id)
+        with contextlib.suppress(Exception):
+            pyfuse3.invalidate_inode(ino, attr_only=True)
+
     def _dir_attr(self, inode: int) -> pyfuse3.EntryAttributes:
         a = pyfuse3.EntryAttributes()
-        writable = inode == NEW and not self.config.read_only
+        writable = inode in (NEW, SCRATCH) and not self.config.read_only
         a.st_mode = stat.S_IFDIR | (0o755 if writable else 0o555)
         a.st_nlink = 2
         a.st_size = 0
@@ -183,7 +220,11 @@ class EbsfsOperations(pyfuse3.Operations):
         a.st_size = info.volume_size << 30
         a.st_mtime_ns = a.st_ctime_ns = a.st_atime_ns = int(info.start_time * 1e9)
         ino = self.inodes.number("snapshot", info.snapshot_id)
-        return self._common(a, ino, ENTRY_TIMEOUT, SNAPSHOT_ATTR_TIMEOUT)
+        a = self._common(a, ino, ENTRY_TIMEOUT, SNAPSHOT_ATTR_TIMEOUT)
+        held = self.block_counts.get(info.snapshot_id)
+        if held is not None:  # else the full size until counted (an upper bound)
+            a.st_blocks = held * (BLOCK_SIZE // 512)
+        return a
 
     def _link_attr(self, name: str, target: str) -> pyfuse3.EntryAttributes:
         a = pyfuse3.EntryAttributes()
@@ -205,6 +246,120 @@ class EbsfsOperations(pyfuse3.Operations):
         a.st_mtime_ns = a.st_ctime_ns = a.st_atime_ns = draft.mtime_ns()
         ino = self.inodes.number("draft", draft.name)
         return self._common(a, ino, ENTRY_TIMEOUT, DRAFT_ATTR_TIMEOUT)
+
+    # ---- parts/ -----------------------------------------------------------------------------
+
+    def _is_dir(self, inode: int) -> bool:
+        entry = self.inodes.entry(inode)
+        return inode in DIRECTORIES or (entry is not None and entry[0] in ("partdir", "labeldir"))
+
+    def _part_attr(self, owner: str, part: Partition) -> pyfuse3.EntryAttributes:
+        a = pyfuse3.EntryAttributes()
+        writable = owner.startswith(DRAFT_PREFIX) and not self.config.read_only
+        a.st_mode = stat.S_IFREG | (0o600 if writable else 0o444)
+        a.st_nlink = 1
+        a.st_size = part.size
+        a.st_mtime_ns = a.st_ctime_ns = a.st_atime_ns = self._owner_mtime(owner)
+        ino = self.inodes.number("part", f"{owner}\0{part.number}")
+        timeout = DRAFT_ATTR_TIMEOUT if owner.startswith(DRAFT_PREFIX) else SNAPSHOT_ATTR_TIMEOUT
+        return self._common(a, ino, ENTRY_TIMEOUT, timeout)
+
+    def _label_attr(self, owner: str, label: str, number: int) -> pyfuse3.EntryAttributes:
+        a = pyfuse3.EntryAttributes()
+        a.st_mode = stat.S_IFLNK | 0o777
+        a.st_nlink = 1
+        a.st_size = len(f"../{number}")
+        a.st_mtime_ns = a.st_ctime_ns = a.st_atime_ns = self._owner_mtime(owner)
+        ino = self.inodes.number("label", f"{owner}\0{label}")
+        return self._common(a, ino, ENTRY_TIMEOUT, ENTRY_TIMEOUT)
+
+    def _owner_mtime(self, owner: str) -> int:
+        if owner.startswith(DRAFT_PREFIX):
+            draft = self.newdir.get(owner[len(DRAFT_PREFIX) :])
+            return draft.mtime_ns() if draft is not None else self.started
+        info = self.catalog.snapshots.get(owner)
+        return int(info.start_time * 1e9) if info is not None else self.started
+
+    def _owner_dir_attr(self, kind: str, owner: str) -> pyfuse3.EntryAttributes:
+        a = self._dir_attr(PARTS)
+        a.st_ino = self.inodes.number("partdir" if kind == "partdir" else "labeldir", owner)
+        a.st_mtime_ns = a.st_ctime_ns = a.st_atime_ns = self._owner_mtime(owner)
+        return a
+
+    async def _parts_lookup(self, parent: int, name: str) -> pyfuse3.EntryAttributes:
+        """lookup under parts/ (parent is PARTS, PARTS_NEW or an owner's directory)."""
+        if parent == PARTS:
+            if name == "new":
+                return self._dir_attr(PARTS_NEW)
+            if await self.catalog.lookup(name) is None:
+                raise fail(errno.ENOENT)
+            return self._owner_dir_attr("partdir", name)
+        if parent == PARTS_NEW:
+            owner = DRAFT_PREFIX + name
+            if not self.partitions.exists(owner):
+                raise fail(errno.ENOENT)
+            return self._owner_dir_attr("partdir", owner)
+        kind, owner = self._owner_of(parent)
+        table = await self.partitions.table(owner)
+        if kind == "partdir":
+            if name == "by-label" and self.partitions.labels(owner):
+                return self._owner_dir_attr("labeldir", owner)
+            part = next((p for p in table if str(p.number) == name), None)
+            if part is None:
+                raise fail(errno.ENOENT)
+            return self._part_attr(owner, part)
+        number = self.partitions.labels(owner).get(name)
+        if number is None:
+            raise fail(errno.ENOENT)
+        return self._label_attr(owner, name, number)
+
+    def _owner_of(self, inode: int) -> tuple[str, str]:
+        entry = self.inodes.entry(inode)
+        if entry is None or entry[0] not in ("partdir", "labeldir"):
+            raise fail(errno.ENOENT)
+        if not self.partitions.exists(entry[1]):
+            raise fail(errno.ENOENT)
+        return entry
+
+    async def _parts_entries(self, inode: int) -> list[tuple[str, pyfuse3.EntryAttributes]]:
+        if inode == PARTS:
+            out = [("new", self._dir_attr(PARTS_NEW))]
+            for sid in sorted(self.catalog.snapshots):
+                out.append((sid, self._owner_dir_attr("partdir", sid)))
+            return out
+        if inode == PARTS_NEW:
+            return [
+                (name, self._owner_dir_attr("partdir", DRAFT_PREFIX + name))
+                for name in sorted(self.newdir.names())
+            ]
+        kind, owner = self._owner_of(inode)
+        table = await self.partitions.table(owner)
+        labels = self.partitions.labels(owner)
+        if kind == "labeldir":
+            return [(n, self._label_attr(owner, n, labels[n])) for n in sorted(labels)]
+        out = [(str(p.number), self._part_attr(owner, p)) for p in table]
+        if labels:
+            out.append(("by-label", self._owner_dir_attr("labeldir", owner)))
+        return out
+
+    # ---- scratch/ ---------------------------------------------------------------------------
+
+    def _overlay(self, name: str) -> Overlay:
+        overlay = self.scratch.get(name) if self.scratch is not None else None
+        if overlay is None:
+            raise fail(errno.ENOENT)
+        return overlay
+
+    def _scratch_attr(self, overlay: Overlay) -> pyfuse3.EntryAttributes:
+        a = pyfuse3.EntryAttributes()
+        a.st_mode = stat.S_IFREG | 0o600
+        a.st_nlink = 1
+        a.st_size = overlay.size
+        a.st_mtime_ns = a.st_ctime_ns = a.st_atime_ns = overlay.created_ns
+        # Local and cheap to ask: no attribute caching, so a new base's size shows at once.
+        a = self._common(a, self.inodes.number("scratch", overlay.name), 0.0, 0.0)
+        a.st_blocks = len(overlay.copied) * (BLOCK_SIZE // 512)
+        return a
 
     def _draft(self, name: str) -> Draft:
         draft = self.newdir.get(name)
@@ -229,6 +384,22 @@ class EbsfsOperations(pyfuse3.Operations):
             if target is None:
                 raise fail(errno.ENOENT)
             return self._link_attr(name, target)
+        if kind == "scratch":
+            return self._scratch_attr(self._overlay(name))
+        if kind in ("partdir", "labeldir"):
+            self._owner_of(inode)
+            return self._owner_dir_attr(kind, name)
+        if kind in ("part", "label"):
+            owner, _, leaf = name.rpartition("\0")
+            if kind == "label":
+                number = self.partitions.labels(owner).get(leaf)
+                if number is None:
+                    raise fail(errno.ENOENT)
+                return self._label_attr(owner, leaf, number)
+            part = self.partitions.partition(owner, int(leaf))
+            if part is None:
+                raise fail(errno.ENOENT)
+            return self._part_attr(owner, part)
         return self._draft_attr(self._draft(name))
 
     def _refuse_change(self) -> pyfuse3.FUSEError:
@@ -262,6 +433,10 @@ class EbsfsOperations(pyfuse3.Operations):
                 return self._dir_attr(BY_NAME)
             if text == "new":
                 return self._dir_attr(NEW)
+            if text == "parts":
+                return self._dir_attr(PARTS)
+            if text == "scratch":
+                return self._dir_attr(SCRATCH)
             info = await self.catalog.lookup(text)
             if info is None:
                 raise fail(errno.ENOENT)
@@ -273,7 +448,11 @@ class EbsfsOperations(pyfuse3.Operations):
             return self._link_attr(text, target)
         if parent_inode == NEW:
             return self._draft_attr(self._draft(text))
-        raise fail(errno.ENOENT if parent_inode in DIRECTORIES else errno.ENOTDIR)
+        if parent_inode == SCRATCH:
+            return self._scratch_attr(self._overlay(text))
+        if parent_inode in (PARTS, PARTS_NEW) or self._is_dir(parent_inode):
+            return await self._parts_lookup(parent_inode, text)
+        raise fail(errno.ENOTDIR)
 
     @fuse_errors
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
@@ -282,6 +461,12 @@ class EbsfsOperations(pyfuse3.Operations):
     @fuse_errors
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
         entry = self.inodes.entry(inode)
+        if entry is not None and entry[0] == "label":
+            owner, _, label = entry[1].rpartition("\0")
+            number = self.partitions.labels(owner).get(label)
+            if number is None:
+                raise fail(errno.ENOENT)
+            return f"../{number}".encode()
         if entry is None or entry[0] != "link":
             raise fail(errno.EINVAL)
         target = self.catalog.by_name().get(entry[1])
@@ -291,13 +476,21 @@ class EbsfsOperations(pyfuse3.Operations):
 
     @fuse_errors
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
-        if inode not in DIRECTORIES:
+        if not self._is_dir(inode):
             raise fail(errno.ENOTDIR)
-        return inode
+        fh = self._next_fh
+        self._next_fh += 1
+        self.dir_handles[fh] = (inode, [])
+        return fh
 
     def _entries(self, inode: int) -> list[tuple[str, pyfuse3.EntryAttributes]]:
         if inode == ROOT:
-            out = [("by-name", self._dir_attr(BY_NAME)), ("new", self._dir_attr(NEW))]
+            out = [
+                ("by-name", self._dir_attr(BY_NAME)),
+                ("new", self._dir_attr(NEW)),
+                ("parts", self._dir_attr(PARTS)),
+                ("scratch", self._dir_attr(SCRATCH)),
+            ]
             for sid in sorted(self.catalog.snapshots):
                 out.append((sid, self._snapshot_attr(self.catalog.snapshots[sid])))
             return out
@@ -313,17 +506,31 @@ class EbsfsOperations(pyfuse3.Operations):
 
     @fuse_errors
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-        # A listing is a snapshot of the names at opendir time would be nicer, but offsets
-        # into a sorted list are stable enough: names only appear or vanish on refresh.
-        entries = self._entries(fh)
-        for pos in range(start_id, len(entries)):
-            name, attr = entries[pos]
+        inode, listed = self.dir_handles.get(fh, (fh, []))
+        if not listed or start_id == 0:
+            listed[:] = await self._list_dir(inode)
+            self.dir_handles[fh] = (inode, listed)
+        for pos in range(start_id, len(listed)):
+            name, attr = listed[pos]
             if not pyfuse3.readdir_reply(token, os.fsencode(name), attr, pos + 1):
                 break
 
+    async def _list_dir(self, fh: int) -> list[tuple[str, pyfuse3.EntryAttributes]]:
+        """The entries of directory ``fh`` (an inode), in a stable order."""
+        if fh == SCRATCH:
+            entries = [
+                (n, self._scratch_attr(self._overlay(n)))
+                for n in (self.scratch.names() if self.scratch else [])
+            ]
+        elif fh in (ROOT, BY_NAME, NEW):
+            entries = self._entries(fh)
+        else:
+            entries = await self._parts_entries(fh)
+        return entries
+
     @fuse_errors
     async def releasedir(self, fh: int) -> None:
-        return None
+        self.dir_handles.pop(fh, None)
 
     @fuse_errors
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
@@ -344,9 +551,31 @@ class EbsfsOperations(pyfuse3.Operations):
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
         writing = (flags & os.O_ACCMODE) != os.O_RDONLY or flags & os.O_TRUNC
         entry = self.inodes.entry(inode)
-        if inode in DIRECTORIES or entry is None:
-            raise fail(errno.EISDIR if inode in DIRECTORIES else errno.ENOENT)
+        if self._is_dir(inode) or entry is None:
+            raise fail(errno.EISDIR if self._is_dir(inode) else errno.ENOENT)
         kind, name = entry
+        if kind == "scratch":
+            if writing and self.config.read_only:
+                raise self._refuse_change()
+            fh = self._new_handle(_Handle(inode, overlay=self._overlay(name)))
+            return pyfuse3.FileInfo(fh=fh, keep_cache=False)
+        if kind == "part":
+            owner, _, number = name.rpartition("\0")
+            of_draft = owner.startswith(DRAFT_PREFIX)
+            if writing and (self.config.read_only or not of_draft):
+                raise self._refuse_change()
+            part = self.partitions.partition(owner, int(number))
+            if part is None:
+                raise fail(errno.ENOENT)
+            draft_name = owner[len(DRAFT_PREFIX) :] if of_draft else ""
+            fh = self._new_handle(
+                _Handle(inode, part_owner=owner, part=part, draft_name=draft_name)
+            )
+            if draft_name:
+                self.draft_opens[draft_name] += 1  # released like the draft's own handles
+            self.counters["opens"] += 1
+            # A completed snapshot's partition never changes; a draft's may.
+            return pyfuse3.FileInfo(fh=fh, keep_cache=not owner.startswith(DRAFT_PREFIX))
         if kind == "snapshot":
             if writing:
                 raise self._refuse_change()
@@ -371,9 +600,15 @@ class EbsfsOperations(pyfuse3.Operations):
     async def create(
         self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        text = os.fsdecode(name)
+        if parent_inode == SCRATCH and self.scratch is not None and not self.config.read_only:
+            if self.scratch.get(text) is not None:
+                raise fail(errno.EEXIST)
+            overlay = await self.scratch.create(text)
+            fh = self._new_handle(_Handle(self.inodes.number("scratch", text), overlay=overlay))
+            return pyfuse3.FileInfo(fh=fh, keep_cache=False), self._scratch_attr(overlay)
         if parent_inode != NEW or self.config.read_only:
             raise self._refuse_change()
-        text = os.fsdecode(name)
         draft = await self.newdir.create(text)
         fh = self._new_handle(
             _Handle(self.inodes.number("draft", text), draft=draft, draft_name=text)
@@ -388,6 +623,14 @@ class EbsfsOperations(pyfuse3.Operations):
         handle = self._handle(fh)
         if handle.draft is not None:
             return await handle.draft.read(off, size)
+        if handle.overlay is not None:
+            assert self.scratch is not None
+            return await self.scratch.read(handle.overlay, off, size)
+        if handle.part is not None:
+            data = await self.partitions.read(handle.part_owner, handle.part, off, size)
+            self.counters["reads"] += 1
+            self.counters["read_bytes"] += len(data)
+            return data
         info = handle.snapshot
         assert info is not None
         stack = self.stacks.get(info.snapshot_id, info.volume_size)
@@ -399,6 +642,10 @@ class EbsfsOperations(pyfuse3.Operations):
     @fuse_errors
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         handle = self._handle(fh)
+        if handle.overlay is not None and self.scratch is not None:
+            return await self.scratch.write(handle.overlay, off, buf)
+        if handle.part is not None and handle.draft_name and not self.config.read_only:
+            return await self.partitions.write(handle.part_owner, handle.part, off, buf)
         if handle.draft is None or self.config.read_only:
             raise self._refuse_change()
         return await handle.draft.write(off, buf)
@@ -410,18 +657,21 @@ class EbsfsOperations(pyfuse3.Operations):
     @fuse_errors
     async def fsync(self, fh: int, datasync: bool) -> None:
         handle = self._handle(fh)
-        if handle.draft is not None:
-            await handle.draft.fsync()
+        draft = handle.draft or (self.newdir.get(handle.draft_name) if handle.draft_name else None)
+        if draft is not None:
+            await draft.fsync()
 
     @fuse_errors
     async def release(self, fh: int) -> None:
         handle = self.handles.pop(fh, None)
-        if handle is None or handle.draft is None:
+        if handle is None or not handle.draft_name:
             return
         self.draft_opens[handle.draft_name] -= 1
         if self.draft_opens[handle.draft_name] <= 0:
             del self.draft_opens[handle.draft_name]
-            await handle.draft.release()
+            draft = handle.draft or self.newdir.get(handle.draft_name)
+            if draft is not None:
+                await draft.release()
 
     @fuse_errors
     async def setattr(
@@ -433,6 +683,18 @@ class EbsfsOperations(pyfuse3.Operations):
         ctx: pyfuse3.RequestContext,
     ) -> pyfuse3.EntryAttributes:
         entry = self.inodes.entry(inode)
+        if entry is not None and entry[0] == "scratch" and not self.config.read_only:
+            # Its size is its base's: truncation is ignored, as on a block device.
+            if fields.update_mode or fields.update_uid or fields.update_gid:
+                raise fail(errno.EPERM)
+            return self._attr_of(inode)
+        of_draft = entry is not None and entry[1].startswith(DRAFT_PREFIX)
+        if entry is not None and entry[0] == "part" and of_draft and not self.config.read_only:
+            # A partition keeps its size, as a block device does: O_TRUNC and truncate are
+            # ignored (so a plain dd works); nothing else about it can change.
+            if fields.update_mode or fields.update_uid or fields.update_gid:
+                raise fail(errno.EPERM)
+            return self._attr_of(inode)
         if entry is None or entry[0] != "draft" or self.config.read_only:
             if inode not in DIRECTORIES and entry is None:
                 raise fail(errno.ENOENT)
@@ -463,6 +725,8 @@ class EbsfsOperations(pyfuse3.Operations):
             return snapshot_xattrs(info) if info else {}
         if kind == "draft":
             return self._draft(name).xattrs()
+        if kind == "scratch" and self.scratch is not None:
+            return self.scratch.xattrs(self._overlay(name))
         return {}
 
     @fuse_errors
@@ -481,6 +745,18 @@ class EbsfsOperations(pyfuse3.Operations):
         self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext
     ) -> None:
         entry = self.inodes.entry(inode)
+        if entry is not None and entry[0] == "scratch" and self.scratch is not None:
+            overlay, key = self._overlay(entry[1]), os.fsdecode(name)
+            if key == XATTR_BASE:
+                await self.scratch.set_base(overlay, value)
+            elif key == XATTR_KEEP:
+                await self.scratch.keep(overlay, value, self.newdir)
+                leaf = value.decode(errors="replace").strip().encode()
+                with contextlib.suppress(Exception):
+                    pyfuse3.invalidate_entry_async(NEW, leaf, ignore_enoent=True)
+            else:
+                raise fail(errno.ENOTSUP)
+            return
         if entry is None or entry[0] != "draft" or self.config.read_only:
             raise self._refuse_change()
         await self._draft(entry[1]).setxattr(os.fsdecode(name), value)
@@ -502,6 +778,9 @@ class EbsfsOperations(pyfuse3.Operations):
         if parent_inode == NEW:
             await self.newdir.remove(text)
             return
+        if parent_inode == SCRATCH and self.scratch is not None:
+            await self.scratch.remove(text)
+            return
         if parent_inode == ROOT and text in self.catalog.snapshots:
             if not self.config.allow_delete or self.delete_snapshot is None:
                 raise self._refuse_change()
@@ -509,7 +788,7 @@ class EbsfsOperations(pyfuse3.Operations):
             self.catalog.remove(text)
             self.counters["deleted"] += 1
             return
-        if parent_inode in (ROOT, BY_NAME):
+        if parent_inode in (ROOT, BY_NAME, SCRATCH) or self._is_dir(parent_inode):
             raise self._refuse_change()
         raise fail(errno.ENOENT)
 

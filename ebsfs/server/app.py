@@ -3,6 +3,7 @@ and every error turned into the family's wire shape."""
 
 import hashlib
 import logging
+import re
 
 from ebsfs.server import ebs as ebs_mod
 from ebsfs.server.ec2 import Ec2Service
@@ -32,6 +33,12 @@ _EC2_AUTH_CODES = {
 }
 
 
+#: Largest body of a request other than a block upload (StartSnapshot's JSON, EC2 forms):
+#: AWS's own requests are a few KiB.
+MAX_SMALL_BODY = 64 << 10
+_BLOCK_PATH = re.compile(r"/snapshots/[^/]*/blocks/[^/]*")
+
+
 class App:
     """The server's request handling, independent of the HTTP transport."""
 
@@ -46,6 +53,61 @@ class App:
         # Faults act at several points of the general path; with none configured, block
         # reads and writes take the fast path.
         self._fast = faults.idle
+        #: The Host header values accepted (lower-case), None: any. A server on loopback
+        #: accepts only its loopback names, so that a web page cannot reach it through a
+        #: DNS name rebound to 127.0.0.1; the transport sets this once it is bound.
+        self.allowed_hosts: frozenset[str] | None = None
+
+    @staticmethod
+    def is_block_upload(method: str, raw_path: str) -> bool:
+        """Whether a request may carry a block-sized body (PutSnapshotBlock's path)."""
+        return method == "PUT" and _BLOCK_PATH.fullmatch(raw_path) is not None
+
+    def admit(self, req: Request, length: int) -> Response | None:
+        """The checks that need only the head, made before any body is read or memory is
+        set aside for it: the Host, the signature as far as the head shows it, the body's
+        size. An error answer (the body is then never read), or None to go on."""
+        is_ec2 = req.raw_path in ("/", "")
+        host = req.headers.get("host", "").lower()
+        if self.allowed_hosts is not None and host not in self.allowed_hosts:
+            log.info("refused a request for Host %r (not a loopback name of this server)",
+                     host[:100])
+            names = ", ".join(sorted(self.allowed_hosts))
+            text = (f"Host '{host[:100]}' is not accepted: this server listens on loopback "
+                    f"and answers only to {names}.")
+            if is_ec2:
+                return ec2_error_response(Ec2Error("UnauthorizedOperation", text, 403),
+                                          req.request_id)
+            return ebs_error_response(
+                EbsError(403, "AccessDeniedException", text, "UNAUTHORIZED_ACCOUNT"),
+                req.request_id,
+            )
+        service = "ec2" if is_ec2 else "ebs"
+        try:
+            req.signature_checked = self.verifier.verify_head(
+                req.method, req.raw_path, req.raw_query, req.headers, service
+            )
+        except AuthFailure as exc:
+            return self._auth_error(exc, is_ec2, req)
+        if length > MAX_SMALL_BODY and not self.is_block_upload(req.method, req.raw_path):
+            text = f"Request body of {length} bytes exceeds the limit of {MAX_SMALL_BODY} bytes."
+            if is_ec2:
+                return ec2_error_response(Ec2Error("RequestEntityTooLarge", text, 413),
+                                          req.request_id)
+            return ebs_error_response(
+                coral(413, "RequestEntityTooLargeException", text), req.request_id
+            )
+        return None
+
+    @staticmethod
+    def _auth_error(exc: AuthFailure, is_ec2: bool, req: Request) -> Response:
+        if is_ec2:
+            return ec2_error_response(
+                Ec2Error(_EC2_AUTH_CODES[exc.kind], exc.message, 403), req.request_id
+            )
+        return ebs_error_response(
+            coral(403, _EBS_AUTH_CODES[exc.kind], exc.message), req.request_id
+        )
 
     def _auth(self, req: Request, service: str) -> None:
         digest: list[str] = []
@@ -55,6 +117,9 @@ class App:
                 digest.append(hashlib.sha256(req.body).hexdigest())
             return digest[0]
 
+        if req.signature_checked:
+            self.verifier.verify_payload(req.headers, body_sha256)
+            return
         self.verifier.verify(
             req.method, req.raw_path, req.raw_query, req.headers, body_sha256, service
         )

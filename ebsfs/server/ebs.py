@@ -31,6 +31,7 @@ from ebsfs.server.validate import (
     SNAPSHOT_ID_PATTERN,
     TOKEN_PATTERN,
     Checks,
+    parse_int,
     serialization,
     to_int,
 )
@@ -65,18 +66,19 @@ _BLOCK_SIZE_TEXT = str(BLOCK_SIZE)
 
 
 def _plain_int(text: str | None) -> int | None:
-    """The value of a string of ASCII digits; None for anything else (left to the checks
-    of the general path)."""
-    if text is None or not text.isascii() or not text.isdigit():
+    """The value of a string of ASCII digits that fits an Integer; None for anything else
+    (left to the checks of the general path)."""
+    if text is None:
         return None
-    return int(text)
+    value = parse_int(text)
+    return value if value is not None and value >= 0 and text[0] != "-" else None
 
 
 def route(req: Request) -> tuple[str, tuple[str, ...]]:
     """The operation a request names and its path parameters; UnknownOperation otherwise."""
     path = req.path
     for method, pattern, name in _ROUTES:
-        m = pattern.match(path)
+        m = pattern.fullmatch(path)
         if m and req.method == method:
             return name, m.groups()
     raise coral(404, "UnknownOperationException", f"No operation matches {req.method} {path}")
@@ -126,7 +128,8 @@ class EbsService:
     def op_StartSnapshot(self, req: Request) -> Response:
         try:
             doc = json.loads(bytes(req.body) or b"{}")
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            # RecursionError: nesting deeper than the parser's stack ("[[[[...").
             raise serialization("Start of structure or map found where not expected.") from None
         if not isinstance(doc, dict):
             raise serialization("Start of structure or map found where not expected.")
@@ -336,9 +339,9 @@ class EbsService:
             or h.get("x-amz-data-length") != _BLOCK_SIZE_TEXT
             or h.get("x-amz-checksum-algorithm") != "SHA256"
             or len(sent) > 64
-            or not _CHECKSUM_RE.search(sent)
+            or not _CHECKSUM_RE.fullmatch(sent)
             or len(snapshot_id) > 64
-            or not _SNAPSHOT_ID_RE.search(snapshot_id)
+            or not _SNAPSHOT_ID_RE.fullmatch(snapshot_id)
             or (progress is not None and (_plain_int(progress) or 0) > 100)
             or (progress is not None and _plain_int(progress) is None)
             or not req.body_complete
@@ -556,9 +559,9 @@ class EbsService:
         if (
             index is None
             or len(token) > 256
-            or not _TOKEN_RE.search(token)
+            or not _TOKEN_RE.fullmatch(token)
             or len(snapshot_id) > 64
-            or not _SNAPSHOT_ID_RE.search(snapshot_id)
+            or not _SNAPSHOT_ID_RE.fullmatch(snapshot_id)
         ):
             return None
         snap = self.store.get(snapshot_id)

@@ -15,10 +15,14 @@ from ebsfs.types import BLOCK_SIZE
 
 XMLNS = "http://ec2.amazonaws.com/doc/2016-11-15/"
 VOLUME_ID = "vol-ffffffff"
-_SNAP_ID = re.compile(r"^snap-(?:[0-9a-f]{8}|[0-9a-f]{17})$")
-_INDEXED = re.compile(r"^(\w+)\.(\d+)$")
-_FILTER = re.compile(r"^Filter\.(\d+)\.(Name|Value\.(\d+))$")
-_TAG = re.compile(r"^Tag\.(\d+)\.(Key|Value)$")
+_SNAP_ID = re.compile(r"snap-(?:[0-9a-f]{8}|[0-9a-f]{17})")
+# List indexes: ASCII digits only, and few enough of them that converting is cheap (a key
+# with a longer index names no member and is ignored, as other unknown keys are).
+_N = "([0-9]{1,9})"
+_INDEXED = re.compile(rf"([A-Za-z]+)\.{_N}")
+_FILTER = re.compile(rf"Filter\.{_N}\.(Name|Value\.{_N})")
+_TAG = re.compile(rf"Tag\.{_N}\.(Key|Value)")
+_MAX_RESULTS = re.compile(r"-?[0-9]{1,9}")
 _FILTER_NAMES = {
     "description",
     "encrypted",
@@ -34,6 +38,11 @@ _FILTER_NAMES = {
     "volume-size",
 }
 MAX_TAGS = 50
+#: Limits of DescribeSnapshots filters, as EC2's (50 filters, 200 values each); a value
+#: longer than any field it could match (tag values: 256) plus wildcards is refused too.
+MAX_FILTERS = 50
+MAX_FILTER_VALUES = 200
+MAX_FILTER_VALUE_LENGTH = 1024
 DESCRIBE_TOKEN_TTL = 3600.0
 
 
@@ -83,7 +92,7 @@ class Ec2Service:
     # -- helpers ------------------------------------------------------------------------------
 
     def _snapshot(self, snapshot_id: str) -> Snapshot:
-        if not _SNAP_ID.match(snapshot_id):
+        if not _SNAP_ID.fullmatch(snapshot_id):
             raise Ec2Error(
                 "InvalidParameterValue",
                 f"Value ({snapshot_id}) for parameter snapshotId is invalid. Expected: 'snap-...'.",
@@ -178,13 +187,12 @@ class Ec2Service:
                     "InvalidParameterCombination",
                     "The parameter SnapshotIds cannot be used with the parameter MaxResults",
                 )
-            try:
-                max_results = int(raw_max)
-            except ValueError:
+            if not _MAX_RESULTS.fullmatch(raw_max):
                 raise Ec2Error(
                     "InvalidParameterValue",
                     f"Value ({raw_max}) for parameter maxResults is invalid. Expecting an integer.",
-                ) from None
+                )
+            max_results = int(raw_max)
             if max_results < 5:
                 raise Ec2Error(
                     "InvalidParameterValue",
@@ -232,7 +240,7 @@ class Ec2Service:
     def _matches(self, snap: Snapshot, filters: list[tuple[str, list[str]]]) -> bool:
         for name, values in filters:
             have = self._field(snap, name)
-            if not any(_wildcard(v).fullmatch(h) for v in values for h in have):
+            if not any(glob_match(v, h) for v in values for h in have):
                 return False
         return True
 
@@ -320,7 +328,7 @@ def _indexed(params: dict[str, str], name: str) -> list[str]:
     """Values of ``Name.1``, ``Name.2``... in index order."""
     found = []
     for key, value in params.items():
-        m = _INDEXED.match(key)
+        m = _INDEXED.fullmatch(key)
         if m and m.group(1) == name:
             found.append((int(m.group(2)), value))
     return [v for _, v in sorted(found)]
@@ -330,7 +338,7 @@ def _filters(params: dict[str, str]) -> list[tuple[str, list[str]]]:
     names: dict[int, str] = {}
     values: dict[int, list[tuple[int, str]]] = {}
     for key, value in params.items():
-        m = _FILTER.match(key)
+        m = _FILTER.fullmatch(key)
         if not m:
             continue
         n = int(m.group(1))
@@ -338,6 +346,20 @@ def _filters(params: dict[str, str]) -> list[tuple[str, list[str]]]:
             names[n] = value
         else:
             values.setdefault(n, []).append((int(m.group(3)), value))
+    if len(names) > MAX_FILTERS or any(len(v) > MAX_FILTER_VALUES for v in values.values()):
+        raise Ec2Error(
+            "FilterLimitExceeded",
+            f"The request uses too many filters or too many filter values (at most "
+            f"{MAX_FILTERS} filters of {MAX_FILTER_VALUES} values each).",
+        )
+    for items in values.values():
+        for _, value in items:
+            if len(value) > MAX_FILTER_VALUE_LENGTH:
+                raise Ec2Error(
+                    "InvalidParameterValue",
+                    f"A filter value is {len(value)} characters long; the limit is "
+                    f"{MAX_FILTER_VALUE_LENGTH}.",
+                )
     return [(names[n], [v for _, v in sorted(values.get(n, []))]) for n in sorted(names)]
 
 
@@ -345,15 +367,54 @@ def _tags(params: dict[str, str]) -> list[tuple[str, str | None]]:
     keys: dict[int, str] = {}
     vals: dict[int, str] = {}
     for key, value in params.items():
-        m = _TAG.match(key)
+        m = _TAG.fullmatch(key)
         if m:
             (keys if m.group(2) == "Key" else vals)[int(m.group(1))] = value
     return [(keys[n], vals.get(n)) for n in sorted(keys)]
 
 
-def _wildcard(pattern: str) -> re.Pattern[str]:
-    """EC2 filter values: ``*`` matches any run of characters, ``?`` any one, case-sensitive."""
-    return re.compile(
-        "".join(".*" if ch == "*" else "." if ch == "?" else re.escape(ch) for ch in pattern),
-        re.DOTALL,
-    )
+def glob_match(pattern: str, text: str) -> bool:
+    """Whether ``text`` matches the EC2 filter value ``pattern``: ``*`` matches any run of
+    characters, ``?`` any one, case-sensitively.
+
+    Not a regular expression: a backtracking match of ``*a*a*a*a*b`` against 255 ``a`` took
+    seconds. The text between stars is found left to right, each piece at its earliest
+    place, which is enough (a later place never leaves more room for the rest); that takes
+    at most len(pattern) x len(text) steps, and one C ``find`` for pieces without ``?``.
+    """
+    pieces = pattern.split("*")
+    if len(pieces) == 1:
+        return len(text) == len(pattern) and _piece_at(pattern, text, 0)
+    first, last = pieces[0], pieces[-1]
+    if len(first) + len(last) > len(text):
+        return False
+    if not _piece_at(first, text, 0) or not _piece_at(last, text, len(text) - len(last)):
+        return False
+    pos, end = len(first), len(text) - len(last)
+    for piece in pieces[1:-1]:
+        if not piece:
+            continue
+        found = _find_piece(piece, text, pos, end)
+        if found < 0:
+            return False
+        pos = found + len(piece)
+    return True
+
+
+def _piece_at(piece: str, text: str, pos: int) -> bool:
+    """Whether ``piece`` (no ``*``; ``?`` any character) matches ``text`` at ``pos``."""
+    if "?" not in piece:
+        return text.startswith(piece, pos)
+    if pos + len(piece) > len(text):
+        return False
+    return all(p == "?" or p == t for p, t in zip(piece, text[pos:pos + len(piece)], strict=True))
+
+
+def _find_piece(piece: str, text: str, start: int, end: int) -> int:
+    """The first place in ``text[start:end]`` where ``piece`` matches; -1 if none."""
+    if "?" not in piece:
+        return text.find(piece, start, end)
+    for pos in range(start, end - len(piece) + 1):
+        if _piece_at(piece, text, pos):
+            return pos
+    return -1

@@ -6,16 +6,20 @@ email-based parser, which cost more CPU than everything else in a GetSnapshotBlo
 """
 
 import contextlib
+import ipaddress
 import logging
 import mmap
 import os
+import re
 import select
 import socket
 import socketserver
 import struct
+import threading
 import time
 from email.utils import formatdate
 from http import HTTPStatus
+from typing import Any
 
 from ebsfs.server.app import App
 from ebsfs.server.wire import Request, Response
@@ -23,17 +27,41 @@ from ebsfs.types import BLOCK_SIZE
 
 log = logging.getLogger("ebsfs.server.requests")
 
-#: Longest body accepted: one block plus room; anything longer is refused unread.
+#: Longest body accepted (a block upload): one block plus room; anything longer is
+#: refused unread. Other requests are held to ``app.MAX_SMALL_BODY``.
 MAX_BODY = 2 << 20
-#: Seconds a connection may stay idle, or a body may take to arrive.
+#: Seconds a keep-alive connection may stay idle between requests.
 IDLE_TIMEOUT = 60.0
+#: Seconds a request head may take to arrive: from the connection's start for its first
+#: request, from the head's first byte for later ones. Slower heads (slowloris) are dropped.
+HEAD_TIMEOUT = 10.0
+#: Seconds a request body may take to arrive, in all.
+BODY_TIMEOUT = 60.0
+#: After an answer given from the head alone, the body still on its way is read and
+#: discarded (so that the client reads the answer, not a reset) while it keeps coming:
+#: at most this long in all, and this long without a byte.
+DRAIN_TIMEOUT = 5.0
+DRAIN_PAUSE = 1.0
+#: Connections served at once; more are answered 503 (which botocore retries) and closed.
+MAX_CONNECTIONS = 256
 #: Longest request head (request line and headers) accepted.
 HEAD_BUFFER = 65536
 #: Most bytes received into the head buffer at once: a head is about 1 KiB, and whatever
-#: of a block's body is read along with it has to be copied out again.
+#: of a block's body is read along with it has to be copied out again. The head buffer
+#: starts at twice this and grows (up to HEAD_BUFFER) only for a longer head.
 HEAD_READ = 4096
+#: Pieces in which a body other than a block's is received: its buffer grows as it arrives.
+BODY_READ = 65536
 SOCKET_BUFFER = 4 << 20
 MAX_HEADERS = 100
+
+_TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_REQUEST_LINE = re.compile(rf"({_TOKEN}) (/[\x21-\x7e]*) HTTP/1\.([01])")
+_HEADER_NAME = re.compile(_TOKEN)
+# Header values: visible characters (obs-text included), spaces and tabs; no controls.
+_HEADER_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
+_CONTENT_LENGTH = re.compile(r"[0-9]{1,18}")
+_BUSY = b'{"message":"Too many connections; try again."}'
 
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
 _REASONS[402] = "Payment Required"
@@ -63,6 +91,9 @@ class Server(socketserver.ThreadingTCPServer):
             self.address_family = socket.AF_INET6
         super().__init__(address, Handler)
         self.app = app
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self._refused, self._refused_logged = 0, 0.0
+        app.allowed_hosts = loopback_hosts(address[0], self.server_address)
 
     def server_bind(self) -> None:
         # Socket buffers that hold a whole block let a block arrive or leave with few
@@ -71,6 +102,63 @@ class Server(socketserver.ThreadingTCPServer):
         for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
             self.socket.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
         super().server_bind()
+
+    def process_request(  # type: ignore[override]
+        self, request: socket.socket, client_address: tuple[str, int]
+    ) -> None:
+        """Serve the connection in a thread of its own, if one of MAX_CONNECTIONS is free;
+        else answer 503 at once and close it (a thread and its buffers per connection are
+        what an unlimited number of idle connections would exhaust)."""
+        if not self._slots.acquire(blocking=False):
+            self._refused += 1
+            now = time.monotonic()
+            if now - self._refused_logged >= 1.0:  # one line a second, not one per refusal
+                log.warning("more than %d connections: refused %d (the last from %s)",
+                            MAX_CONNECTIONS, self._refused, client_address[0])
+                self._refused, self._refused_logged = 0, now
+            head = (
+                "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                "x-amzn-ErrorType: ServiceUnavailableException\r\nRetry-After: 1\r\n"
+                f"Content-Length: {len(_BUSY)}\r\nConnection: close\r\n\r\n"
+            )
+            with contextlib.suppress(OSError):
+                request.setblocking(False)
+                request.send(head.encode("latin-1") + _BUSY)
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(  # type: ignore[override]
+        self, request: socket.socket, client_address: tuple[str, int]
+    ) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
+def loopback_hosts(name: str, bound: tuple[Any, ...]) -> frozenset[str] | None:
+    """The Host values a server bound to ``bound`` (listening as ``name``) accepts: on a
+    loopback address its loopback names with its port (and without, on port 80); None
+    (any) elsewhere, where clients may use any name the address has."""
+    address, port = str(bound[0]), int(bound[1])
+    if not ipaddress.ip_address(address.split("%")[0]).is_loopback:
+        return None
+    names = {"localhost", "127.0.0.1", "[::1]"}
+    name = name.lower()
+    names.add(f"[{name}]" if ":" in name else name)
+    if ":" in address:
+        names.add(f"[{address.lower()}]")
+    else:
+        names.add(address)
+    allowed = {f"{n}:{port}" for n in names}
+    if port == 80:
+        allowed |= names
+    return frozenset(allowed)
 
 
 class _BadRequest(Exception):
@@ -99,13 +187,18 @@ class Handler(socketserver.BaseRequestHandler):
         self.close_connection = False
         self._poller = select.poll()
         self._poller.register(sock, select.POLLIN)
-        # Received bytes not parsed yet are self._buf[self._pos:self._end].
-        self._buf = bytearray(HEAD_BUFFER)
+        # Received bytes not parsed yet are self._buf[self._pos:self._end]. The buffer
+        # grows only when a head does not fit: an idle connection costs little.
+        self._buf = bytearray(2 * HEAD_READ)
         self._buf_view = memoryview(self._buf)
         self._pos = self._end = 0
+        # The first head is timed from the connection's start (HEAD_TIMEOUT), later ones
+        # from their first byte, after up to IDLE_TIMEOUT of keep-alive silence.
+        self._first = True
         # A block-sized body is received straight into this page-aligned buffer: no copy
         # out of a reader, and the store can write it with O_DIRECT as it is. It is
-        # reused by the connection's next request, after this one was answered.
+        # reused by the connection's next request, after this one was answered. Its pages
+        # take memory only once written.
         self._block_buffer: memoryview | None = None
         # Whether to time and log each request, fixed for the connection.
         self._debug = log.isEnabledFor(logging.DEBUG)
@@ -130,45 +223,75 @@ class Handler(socketserver.BaseRequestHandler):
             buf[:rest] = buf[self._pos:self._end]
             self._pos, self._end = 0, rest
         if self._end == len(buf):
-            raise _BadRequest("request head too long")
+            if len(buf) >= HEAD_BUFFER:
+                raise _BadRequest("request head too long")
+            # A bytearray with a view on it cannot grow: a new one, twice the size.
+            bigger = bytearray(min(2 * len(buf), HEAD_BUFFER))
+            bigger[:self._end] = buf[:self._end]
+            self._buf, self._buf_view = bigger, memoryview(bigger)
         n = self.request.recv_into(self._buf_view[self._end:], HEAD_READ)
         self._end += n
         return n
 
-    def _read_head(self) -> tuple[str, str, str, dict[str, str]] | None:
+    def _find_head_end(self) -> tuple[int, int]:
+        """Where the buffered head ends and the length of its terminator; (-1, 0): not yet.
+        The head ends at the first empty line: "\n\r\n" (bare newlines are tolerated,
+        as http.server does, hence also "\n\n"). Lines keep a trailing "\r", which the
+        parsing strips."""
         buf = self._buf
+        end = buf.find(b"\n\r\n", self._pos, self._end)
+        bare = buf.find(b"\n\n", self._pos, self._end if end < 0 else end)
+        if bare >= 0:
+            return bare, 2
+        if end >= 0:
+            return end, 3
+        return -1, 0
+
+    def _read_head(self) -> tuple[str, str, str, dict[str, str]] | None:
+        deadline = time.monotonic() + HEAD_TIMEOUT if self._first else None
         while True:
-            # The head ends at the first empty line: "\n\r\n" (bare newlines are tolerated,
-            # as http.server does, hence also "\n\n"). Lines keep a trailing "\r", which
-            # the parsing below strips.
-            end = buf.find(b"\n\r\n", self._pos, self._end)
-            bare = buf.find(b"\n\n", self._pos, self._end if end < 0 else end)
-            if bare >= 0:
-                end, skip = bare, 2
-                break
+            end, skip = self._find_head_end()
             if end >= 0:
-                skip = 3
                 break
+            if deadline is None and self._end > self._pos:
+                deadline = time.monotonic() + HEAD_TIMEOUT
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0 or not self._poller.poll(left * 1000):
+                    log.info("%s: no complete request head within %.0f s; closing",
+                             self.client_address[0], HEAD_TIMEOUT)
+                    self.close_connection = True
+                    return None
             if not self._fill():
                 if self._end > self._pos:
                     self.close_connection = True
                 return None
-        text = buf[self._pos:end].decode("latin-1")
+        self._first = False
+        text = self._buf[self._pos:end].decode("latin-1")
         self._pos = end + skip
+        return self._parse_head(text)
+
+    def _parse_head(self, text: str) -> tuple[str, str, str, dict[str, str]]:
+        """Request line and headers, strictly: a token method, an origin-form target of
+        visible ASCII, HTTP/1.0 or 1.1, header names that are tokens right before their
+        colon (no space, no folded lines) and values without control characters."""
         lines = text.split("\n")
         if len(lines) > MAX_HEADERS + 1:
             raise _BadRequest("too many headers")
-        parts = lines[0].split()
-        if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+        m = _REQUEST_LINE.fullmatch(lines[0].removesuffix("\r"))
+        if m is None:
             raise _BadRequest("malformed request line")
-        method, target, version = parts
+        method, target, minor = m.groups()
+        version = "HTTP/1." + minor
         headers: dict[str, str] = {}
         for line in lines[1:]:
-            name, sep, value = line.partition(":")
-            if not sep:
+            name, sep, value = line.removesuffix("\r").partition(":")
+            if not sep or not _HEADER_NAME.fullmatch(name):
                 raise _BadRequest("malformed header")
-            key = name.strip().lower()
-            value = value.strip()
+            if not _HEADER_VALUE.fullmatch(value):
+                raise _BadRequest("control character in a header value")
+            key = name.lower()
+            value = value.strip(" \t")
             headers[key] = f"{headers[key]},{value}" if key in headers else value
         connection = headers.get("connection")
         if connection is None:
@@ -194,6 +317,7 @@ class Handler(socketserver.BaseRequestHandler):
         if got == length:
             return got
         sock = self.request
+        deadline = time.monotonic() + BODY_TIMEOUT
         # Wake up once the rest of the body is there rather than for every piece of it
         # (the kernel caps the low-water mark at half the receive buffer). poll() honours
         # the mark; the receive itself must not block: a blocking recv copies what is
@@ -201,7 +325,8 @@ class Handler(socketserver.BaseRequestHandler):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, length - got)
         try:
             while got < length:
-                if not self._poller.poll(IDLE_TIMEOUT * 1000):
+                left = deadline - time.monotonic()
+                if left <= 0 or not self._poller.poll(left * 1000):
                     break
                 try:
                     n = sock.recv_into(view[got:], 0, socket.MSG_DONTWAIT)
@@ -218,17 +343,45 @@ class Handler(socketserver.BaseRequestHandler):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
         return got
 
-    def _read_body(self, method: str, headers: dict[str, str]) -> tuple[bytes | memoryview, bool]:
+    def _receive_small(self, length: int) -> bytes:
+        """A body other than a block's, in a buffer that grows as its bytes arrive (an
+        announced length reserves nothing); shorter than ``length`` if it stopped."""
+        first = min(self._end - self._pos, length)
+        data = bytearray(self._buf[self._pos:self._pos + first])
+        self._pos += first
+        sock = self.request
+        deadline = time.monotonic() + BODY_TIMEOUT
+        try:
+            while len(data) < length:
+                left = deadline - time.monotonic()
+                if left <= 0 or not self._poller.poll(left * 1000):
+                    break
+                try:
+                    piece = sock.recv(min(length - len(data), BODY_READ), socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    continue
+                if not piece:
+                    break
+                data += piece
+        except OSError:
+            pass
+        return bytes(data)
+
+    def _content_length(self, headers: dict[str, str]) -> int:
         if "transfer-encoding" in headers:
             raise _BadRequest("chunked request bodies are not supported")
         text = headers.get("content-length")
         if text is None:
-            return b"", True
-        try:
-            length = int(text)
-        except ValueError:
-            raise _BadRequest("malformed Content-Length") from None
-        if length < 0 or length > MAX_BODY:
+            return 0
+        # ASCII digits only: int() would also take "+16", "1_6", " 16" or other scripts'
+        # digits, and convert 5000 of them.
+        if not _CONTENT_LENGTH.fullmatch(text):
+            raise _BadRequest("malformed Content-Length")
+        return int(text)
+
+    def _read_body(self, method: str, headers: dict[str, str], length: int
+                   ) -> tuple[bytes | memoryview, bool]:
+        if length > MAX_BODY:
             # Refused unread: the connection cannot be reused.
             self.close_connection = True
             return b"", False
@@ -244,13 +397,35 @@ class Handler(socketserver.BaseRequestHandler):
             got = self._receive(view)
             body = view if got == BLOCK_SIZE else view[:got]
         else:
-            data = bytearray(length)
-            body = bytes(data[: self._receive(memoryview(data))])
+            body = self._receive_small(length)
         if len(body) < length:
             # The client sent less than it announced: the connection cannot be reused.
             self.close_connection = True
             return body, False
         return body, True
+
+    def _drain(self, length: int, headers: dict[str, str]) -> None:
+        """Read and discard what arrives of a body that will not be used, while it keeps
+        coming (bounded in bytes and time), so that a client still sending it gets to read
+        the answer instead of a connection reset."""
+        if headers.get("expect", "").lower() == "100-continue":
+            return  # the client waits for a 100 that will not come: nothing is on its way
+        left = min(length, MAX_BODY) - self._end + self._pos
+        self._pos = self._end
+        scratch = memoryview(bytearray(BODY_READ))
+        deadline = time.monotonic() + DRAIN_TIMEOUT
+        with contextlib.suppress(OSError):
+            while left > 0:
+                wait = min(DRAIN_PAUSE, deadline - time.monotonic())
+                if wait <= 0 or not self._poller.poll(wait * 1000):
+                    return
+                try:
+                    n = self.request.recv_into(scratch, min(left, BODY_READ), socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    continue
+                if not n:
+                    return
+                left -= n
 
     def _one(self) -> bool:
         head = self._read_head()
@@ -259,10 +434,22 @@ class Handler(socketserver.BaseRequestHandler):
         started = time.perf_counter() if self._debug else 0.0
         method, target, _, headers = head
         raw_path, _, raw_query = target.partition("?")
-        body, complete = self._read_body(method, headers)
-        req = Request(method, raw_path, raw_query, headers, body, complete)
-        resp = self.server.app.handle(req)
-        sent = self._send(resp, head_only=method == "HEAD")
+        length = self._content_length(headers)
+        req = Request(method, raw_path, raw_query, headers)
+        app = self.server.app
+        refusal = app.admit(req, length)
+        if refusal is not None:
+            # Answered from the head: the body is never read, the connection not reused.
+            self.close_connection = True
+            resp = refusal
+            sent = self._send(resp)
+            if sent and length:
+                self._drain(length, headers)
+            sent = False
+        else:
+            req.body, req.body_complete = self._read_body(method, headers, length)
+            resp = app.handle(req)
+            sent = self._send(resp, head_only=method == "HEAD")
         if self._debug:
             log.debug(
                 "%s %s %s %s -> %d%s %.1f ms",

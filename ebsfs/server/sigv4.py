@@ -22,11 +22,16 @@ UNSIGNED = "UNSIGNED-PAYLOAD"
 MAX_SKEW = 15 * 60
 
 _AUTH_RE = re.compile(
-    r"^AWS4-HMAC-SHA256\s+Credential=([^,\s]+),\s*SignedHeaders=([^,\s]+),\s*Signature=([0-9a-f]{64})\s*$"
+    r"AWS4-HMAC-SHA256\s+Credential=([^,\s]+),\s*SignedHeaders=([^,\s]+),\s*"
+    r"Signature=([0-9a-f]{64})\s*",
+    re.ASCII,
 )
 _SPACES = re.compile(r"\s+")
-_AMZ_DATE = re.compile(r"^(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})(\d{2})Z$")
+_AMZ_DATE = re.compile(r"([0-9]{4})([0-9]{2})([0-9]{2})T([0-9]{2})([0-9]{2})([0-9]{2})Z")
 _SIGNATURE = re.compile(r"[0-9a-f]{64}")
+# A path whose segments are non-empty runs of unreserved characters not starting with a dot:
+# its canonical form is itself.
+_PLAIN_PATH = re.compile(r"/|(?:/[A-Za-z0-9_~-][A-Za-z0-9._~-]*)+/?")
 #: Authorization headers remembered (up to the signature) before the cache starts afresh.
 _AUTH_CACHE = 64
 
@@ -88,7 +93,7 @@ class Verifier:
         scope = self._scopes.get((head, service))
         if scope is not None and _SIGNATURE.fullmatch(auth, len(head)):
             return scope, auth[-64:]
-        m = _AUTH_RE.match(auth)
+        m = _AUTH_RE.fullmatch(auth)
         if not m:
             raise AuthFailure(
                 "incomplete",
@@ -132,6 +137,52 @@ class Verifier:
         ``headers`` maps lower-case names to values (repeated headers joined by ``,``).
         Returns the region of the credential scope.
         """
+        scope, signature, amz_date = self._check_head(headers, service, now)
+        payload = headers.get("x-amz-content-sha256")
+        if payload is None:
+            payload = body_sha256()
+        else:
+            self.verify_payload(headers, body_sha256)
+        self._check_signature(method, raw_path, raw_query, headers, scope, signature, amz_date,
+                              payload)
+        return scope.region
+
+    def verify_head(
+        self,
+        method: str,
+        raw_path: str,
+        raw_query: str,
+        headers: Mapping[str, str],
+        service: str,
+        now: float | None = None,
+    ) -> bool:
+        """Check what the head alone shows, before any body is read: the header's form,
+        key, scope, date and, when the payload hash is a header (``X-Amz-Content-SHA256``),
+        the signature itself. True if the signature was checked: the body then only has to
+        match that header (``verify_payload``); False: ``verify`` must run on the body."""
+        scope, signature, amz_date = self._check_head(headers, service, now)
+        payload = headers.get("x-amz-content-sha256")
+        if payload is None:
+            return False
+        self._check_signature(method, raw_path, raw_query, headers, scope, signature, amz_date,
+                              payload)
+        return True
+
+    @staticmethod
+    def verify_payload(headers: Mapping[str, str], body_sha256: Callable[[], str]) -> None:
+        """The body against a signed ``X-Amz-Content-SHA256`` (unless UNSIGNED-PAYLOAD)."""
+        payload = headers.get("x-amz-content-sha256")
+        if payload is not None and payload != UNSIGNED and payload != body_sha256():
+            raise AuthFailure(
+                "signature",
+                "The provided 'x-amz-content-sha256' header does not match what was computed.",
+            )
+
+    def _check_head(
+        self, headers: Mapping[str, str], service: str, now: float | None
+    ) -> tuple[_Scope, str, str]:
+        """The scope, signature and X-Amz-Date of a request whose Authorization header is
+        well formed, for our key and ``service``, and dated now; AuthFailure otherwise."""
         auth = headers.get("authorization")
         if not auth:
             raise AuthFailure("missing", "Missing Authentication Token")
@@ -157,29 +208,35 @@ class Verifier:
                 f"Signature expired: {amz_date} is now earlier or later than the allowed "
                 "window of 15 minutes around the server's time.",
             )
-        names = scope.names
-        if "host" not in names:
+        if "host" not in scope.names:
             raise AuthFailure("incomplete", "'Host' must be a signed header.")
-        canonical_headers = "".join([f"{n}:{_header_value(headers.get(n, ''))}\n" for n in names])
-        payload = headers.get("x-amz-content-sha256")
-        if payload is None:
-            payload = body_sha256()
-        elif payload != UNSIGNED and payload != body_sha256():
-            raise AuthFailure(
-                "signature",
-                "The provided 'x-amz-content-sha256' header does not match what was computed.",
-            )
+        return scope, signature, amz_date
+
+    def _check_signature(
+        self,
+        method: str,
+        raw_path: str,
+        raw_query: str,
+        headers: Mapping[str, str],
+        scope: _Scope,
+        signature: str,
+        amz_date: str,
+        payload: str,
+    ) -> None:
+        canonical_headers = "".join(
+            [f"{n}:{_header_value(headers.get(n, ''))}\n" for n in scope.names]
+        )
         canonical = "\n".join(
             (
                 method,
-                raw_path or "/",
+                canonical_uri(raw_path),
                 canonical_query(raw_query),
                 canonical_headers,
                 scope.signed_names,
                 payload,
             )
         )
-        region = scope.region
+        date, region, service = scope.date, scope.region, scope.service
         credential_scope = f"{date}/{region}/{service}/aws4_request"
         to_sign = "\n".join(
             (ALGORITHM, amz_date, credential_scope, hashlib.sha256(canonical.encode()).hexdigest())
@@ -193,7 +250,6 @@ class Verifier:
                 "provided. Check your AWS Secret Access Key and signing method. Consult the "
                 "service documentation for details.",
             )
-        return region
 
 
 def _header_value(value: str) -> str:
@@ -203,6 +259,25 @@ def _header_value(value: str) -> str:
     if "  " in value or not value.isprintable():
         return _SPACES.sub(" ", value)
     return value
+
+
+def canonical_uri(raw_path: str) -> str:
+    """The path as SigV4 canonicalises it for services other than S3: dot segments and empty
+    segments removed (a leading and a trailing slash kept), then the path as sent
+    percent-encoded once more (``%0A`` becomes ``%250A``, ``+`` becomes ``%2B``)."""
+    if _PLAIN_PATH.fullmatch(raw_path):
+        return raw_path  # every EBS request botocore makes: nothing to do
+    segments: list[str] = []
+    for segment in raw_path.split("/"):
+        if segment == "..":
+            if segments:
+                segments.pop()
+        elif segment and segment != ".":
+            segments.append(segment)
+    path = "/" + "/".join(segments)
+    if raw_path.endswith("/") and segments:
+        path += "/"
+    return quote(path, safe="/~")
 
 
 def canonical_query(raw_query: str) -> str:
@@ -221,7 +296,7 @@ def canonical_query(raw_query: str) -> str:
 
 def _parse_amz_date(text: str) -> float | None:
     """Epoch seconds of an ``X-Amz-Date`` (``yyyymmddTHHMMSSZ``); None if malformed."""
-    m = _AMZ_DATE.match(text)
+    m = _AMZ_DATE.fullmatch(text)
     if m is None:
         return None
     fields = tuple(int(g) for g in m.groups())

@@ -16,6 +16,9 @@ CHECKSUM_PATTERN = "^[A-Za-z0-9+/=]+$"
 ANY_TEXT_PATTERN = r"^[\S\s]+$"
 CLIENT_TOKEN_PATTERN = r"^[\S]+$"
 KMS_ARN_PATTERN = r"arn:aws[a-z\-]*:kms:.*:[0-9]{12}:key/.*"
+#: Longest value a pattern is matched against (the longest limit of a patterned member is
+#: KmsKeyArn's 2048).
+PATTERN_LIMIT = 4096
 
 
 class Checks:
@@ -48,7 +51,12 @@ class Checks:
         self.at_most(value, wire, high)
 
     def pattern(self, value: str | None, wire: str, regex: str) -> None:
-        if value is not None and not re.search(regex, value):
+        # The whole value must match, as Java's matches() does: with re.search, "$" would
+        # also match before a trailing newline ("snap-abc\n").
+        # A value far over its member's length limit (every patterned member has one, and
+        # its length check reports it) is not matched: KMS_ARN_PATTERN backtracks for
+        # seconds over 64 KiB of ":000000000000:key/".
+        if value is not None and len(value) <= PATTERN_LIMIT and not re.fullmatch(regex, value):
             self._fail(value, wire, f"Member must satisfy regular expression pattern: {regex}")
 
     def length(self, value: str | None, wire: str, low: int, high: int) -> None:
@@ -72,14 +80,30 @@ class Checks:
             raise framework(self.violations)
 
 
+#: The range of the APIs' Integer members (Java's int): longer text is not even converted.
+INT_MIN, INT_MAX = -(2**31), 2**31 - 1
+_INTEGER = re.compile(r"-?[0-9]{1,10}")
+
+
+def parse_int(text: str) -> int | None:
+    """The value of an optional minus and ASCII digits that fits an Integer member; None for
+    anything else (``+1``, ``1_0``, `` 1``, non-ASCII digits, 5000 digits)."""
+    if not _INTEGER.fullmatch(text):
+        return None
+    value = int(text)
+    return value if INT_MIN <= value <= INT_MAX else None
+
+
 def to_int(text: str | None, wire: str) -> int | None:
-    """An integer from a header, path segment or query value; bad text cannot be parsed."""
+    """An integer from a header, path segment or query value; text that is not an Integer
+    cannot be deserialised (SerializationException, as for any other member type error)."""
     if text is None:
         return None
-    try:
-        return int(text.strip())
-    except ValueError:
-        raise serialization(f"Unable to parse '{text}' as an integer for '{wire}'.") from None
+    value = parse_int(text)
+    if value is None:
+        shown = text if len(text) <= 64 else text[:64] + "..."
+        raise serialization(f"Unable to parse '{shown}' as an integer for '{wire}'.")
+    return value
 
 
 def serialization(message: str) -> EbsError:

@@ -26,6 +26,9 @@ class Request:
     body_complete: bool = True
     request_id: str = field(default_factory=lambda: _request_id())
     operation: str = "-"
+    #: Set once the SigV4 signature was checked from the head alone (the payload hash was a
+    #: header): only the body's hash is left to compare.
+    signature_checked: bool = False
 
     @property
     def path(self) -> str:

@@ -53,7 +53,7 @@ def _isolated_env(**extra: str) -> dict[str, str]:
     ("argv", "code", "fragments"),
     [
         (["bogus"], 2, ["invalid choice: 'bogus'"]),
-        (["diff"], 2, ["required: SNAP_A, SNAP_B", "ebsfs diff --help"]),
+        (["diff"], 2, ["required: SNAP_A", "ebsfs diff --help"]),
         (["diff", "snap-x", SNAP_B], 2, ["not a snapshot id: 'snap-x'"]),
         (["diff", SNAP_A, SNAP_B, "--frobnicate"], 2, ["unrecognized arguments: --frobnicate"]),
         (["server", "--listen", "nowhere"], 2, ["expected HOST:PORT"]),

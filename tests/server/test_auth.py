@@ -166,6 +166,8 @@ def test_non_loopback_needs_an_explicit_key_pair(tmp_path: Path) -> None:
     assert proc.stderr.startswith("ebsfs: refusing to listen on non-loopback 0.0.0.0")
     assert "Traceback" not in proc.stderr
     srv = LocalServer(tmp_path / "d2", port=port)
+    srv.access_key_id = "AKIAOWNKEYPAIR000001"
+    srv.secret_access_key = "a-secret-of-our-own-0123456789"
     srv.command = lambda: [*cmd[:-1], f"0.0.0.0:{port}",  # type: ignore[method-assign]
                            "--access-key-id", srv.access_key_id,
                            "--secret-access-key", srv.secret_access_key]

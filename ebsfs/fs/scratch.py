@@ -1,0 +1,245 @@
+"""Scratch overlays (``MOUNTPOINT/scratch/``): writable, local-only copy-on-write views of a
+completed snapshot or of one of its partitions (docs/usage.md, "Scratch overlays").
+
+An overlay starts no snapshot and sends nothing: a block is copied from its base into a
+sparse local file the first time it is written, and read from there after; every other read
+goes to the base (the snapshot's block stack, or its partition). The copies live in the
+spool's ``scratch/`` directory, count against one limit for the mount (ENOSPC past it), and
+are deleted on ``rm``, at unmount, and at the next mount after a crash. Setting
+``user.ebsfs.keep`` to NAME writes the copied blocks into ``new/NAME``, a child of the base
+snapshot (flow D), and leaves the overlay as it is.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import re
+import shutil
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ebsfs.errors import EbsfsError, InvalidValueError, NoSpaceError, NotFoundError
+from ebsfs.fs.newdir import NewDirectory
+from ebsfs.fs.partitions import Partition
+from ebsfs.types import BLOCK_SIZE
+
+log = logging.getLogger(__name__)
+
+#: ``snap-ID`` or ``snap-ID/N`` (partition N) as the value of ``user.ebsfs.base`` or as the
+#: name of a new overlay (``snap-ID.pN`` there, since a name cannot hold ``/``).
+_BASE = re.compile(r"(snap-[0-9a-f]{8,17})(?:[/.]p?([0-9]{1,4}))?")
+_NAME = re.compile(r"[^/\0]{1,255}")
+XATTR_BASE = "user.ebsfs.base"
+XATTR_KEEP = "user.ebsfs.keep"
+XATTR_USED = "user.ebsfs.scratch_bytes"
+
+#: Resolves ``(snapshot id, partition number or None)`` to the base's size and its partition
+#: (None for the whole disk); raises NotFoundError.
+Resolver = Callable[[str, int | None], Awaitable[tuple[int, Partition | None]]]
+#: Reads ``[offset, offset+length)`` of a snapshot's whole disk.
+DiskReader = Callable[[str, int, int], Awaitable[bytes | memoryview]]
+
+
+class ScratchFullError(NoSpaceError):
+    """The mount's scratch limit is reached."""
+
+
+@dataclass
+class Overlay:
+    """One scratch file."""
+
+    name: str
+    path: Path
+    created_ns: int = field(default_factory=time.time_ns)
+    snapshot_id: str = ""
+    part: Partition | None = None
+    size: int = 0
+    copied: set[int] = field(default_factory=set)
+    fd: int = -1
+
+    @property
+    def base(self) -> str:
+        """The ``user.ebsfs.base`` value ("" until set)."""
+        if not self.snapshot_id:
+            return ""
+        return self.snapshot_id + (f"/{self.part.number}" if self.part else "")
+
+    @property
+    def offset(self) -> int:
+        """Where the overlay starts on the base snapshot's disk."""
+        return self.part.start if self.part else 0
+
+
+class ScratchDirectory:
+    """The overlays of one mount, their local files and their shared space limit."""
+
+    def __init__(
+        self, root: Path, limit: int, resolve: Resolver, read_disk: DiskReader
+    ) -> None:
+        self.root = root
+        self.limit = limit
+        self.resolve = resolve
+        self.read_disk = read_disk
+        self.overlays: dict[str, Overlay] = {}
+        # Left by a daemon that died: overlays never outlive their mount.
+        shutil.rmtree(root, ignore_errors=True)
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+    @property
+    def used(self) -> int:
+        """Bytes of copied blocks, all overlays together."""
+        return sum(len(o.copied) for o in self.overlays.values()) * BLOCK_SIZE
+
+    def names(self) -> list[str]:
+        return sorted(self.overlays)
+
+    def get(self, name: str) -> Overlay | None:
+        return self.overlays.get(name)
+
+    async def create(self, name: str) -> Overlay:
+        """A new overlay; a name like ``snap-ID`` or ``snap-ID.pN`` sets its base at once."""
+        if not _NAME.fullmatch(name) or name in (".", ".."):
+            raise InvalidValueError(f"scratch: not a usable name: {name!r}")
+        if name in self.overlays:
+            raise EbsfsError(f"scratch/{name} exists")
+        path = self.root / f"{len(os.listdir(self.root))}-{time.time_ns()}"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        overlay = Overlay(name, path, fd=fd)
+        self.overlays[name] = overlay
+        if _BASE.fullmatch(name):
+            try:
+                await self.set_base(overlay, name.encode())
+            except EbsfsError:
+                await self.remove(name)
+                raise
+        return overlay
+
+    async def set_base(self, overlay: Overlay, value: bytes) -> None:
+        """``user.ebsfs.base``: which snapshot (and partition) the overlay shows."""
+        match = _BASE.fullmatch(value.decode(errors="replace").strip())
+        if match is None:
+            raise InvalidValueError(f"{XATTR_BASE}: expected snap-ID or snap-ID/N, not {value!r}")
+        if overlay.copied:
+            raise InvalidValueError(f"scratch/{overlay.name}: written already; its base is fixed")
+        number = int(match.group(2)) if match.group(2) else None
+        try:
+            size, part = await self.resolve(match.group(1), number)
+        except NotFoundError as exc:
+            raise InvalidValueError(f"{XATTR_BASE}: {exc}") from None
+        overlay.snapshot_id, overlay.part, overlay.size = match.group(1), part, size
+        log.info("scratch/%s: a local overlay of %s (%d bytes)", overlay.name, overlay.base, size)
+
+    async def remove(self, name: str) -> None:
+        """Discard an overlay and its copies."""
+        overlay = self.overlays.pop(name, None)
+        if overlay is None:
+            raise NotFoundError(f"no scratch/{name}")
+        _close(overlay)
+
+    def close(self) -> None:
+        """Discard every overlay (unmount)."""
+        for overlay in self.overlays.values():
+            _close(overlay)
+        self.overlays.clear()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    async def read(self, overlay: Overlay, offset: int, length: int) -> bytes:
+        end = min(offset + length, overlay.size)
+        out = bytearray()
+        pos = offset
+        while pos < end:
+            index, within = divmod(pos, BLOCK_SIZE)
+            n = min(end - pos, BLOCK_SIZE - within)
+            if index in overlay.copied:
+                out += os.pread(overlay.fd, n, pos).ljust(n, b"\0")
+            else:
+                out += await self._base(overlay, pos, n)
+            pos += n
+        return bytes(out)
+
+    async def write(self, overlay: Overlay, offset: int, data: bytes) -> int:
+        if not overlay.snapshot_id:
+            raise InvalidValueError(
+                f"scratch/{overlay.name}: set {XATTR_BASE} (snap-ID or snap-ID/N) first"
+            )
+        if offset + len(data) > overlay.size:
+            raise NoSpaceError(f"scratch/{overlay.name}: a write past its end ({overlay.size})")
+        first, last = offset // BLOCK_SIZE, (offset + len(data) - 1) // BLOCK_SIZE
+        missing = [i for i in range(first, last + 1) if i not in overlay.copied]
+        if self.used + len(missing) * BLOCK_SIZE > self.limit:
+            raise ScratchFullError(
+                f"scratch/{overlay.name}: the mount's scratch limit ({self.limit} bytes) is "
+                "used up; rm an overlay or mount with a larger --scratch-limit"
+            )
+        for index in missing:
+            start = index * BLOCK_SIZE
+            n = min(BLOCK_SIZE, overlay.size - start)
+            block = await self._base(overlay, start, n)
+            if any(block):  # zeros stay a hole in the sparse file
+                _pwrite_all(overlay.fd, block, start)
+            overlay.copied.add(index)
+        _pwrite_all(overlay.fd, data, offset)
+        return len(data)
+
+    async def keep(self, overlay: Overlay, value: bytes, newdir: NewDirectory) -> None:
+        """``user.ebsfs.keep=NAME``: write the overlay's changes into ``new/NAME``, a child of
+        its base snapshot, ready to be sealed."""
+        name = value.decode(errors="replace").strip()
+        if not overlay.snapshot_id:
+            raise InvalidValueError(f"scratch/{overlay.name}: nothing to keep, no base set")
+        if not _NAME.fullmatch(name) or newdir.get(name) is not None:
+            raise InvalidValueError(f"{XATTR_KEEP}: {name!r} is not a free name in new/")
+        draft = await newdir.create(name)
+        try:
+            await draft.setxattr("user.ebsfs.parent", overlay.snapshot_id.encode())
+            for index in sorted(overlay.copied):
+                start = index * BLOCK_SIZE
+                length = min(BLOCK_SIZE, overlay.size - start)
+                block = os.pread(overlay.fd, length, start).ljust(length, b"\0")
+                await draft.write(overlay.offset + start, block)
+        finally:
+            await draft.release()
+        log.info(
+            "scratch/%s: %d changed blocks written to new/%s (a child of %s)",
+            overlay.name,
+            len(overlay.copied),
+            name,
+            overlay.snapshot_id,
+        )
+
+    def xattrs(self, overlay: Overlay) -> dict[str, bytes]:
+        return {
+            XATTR_BASE: overlay.base.encode(),
+            XATTR_USED: str(len(overlay.copied) * BLOCK_SIZE).encode(),
+        }
+
+    async def _base(self, overlay: Overlay, offset: int, length: int) -> bytes:
+        data = await self.read_disk(overlay.snapshot_id, overlay.offset + offset, length)
+        return bytes(data).ljust(length, b"\0")
+
+
+def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        try:
+            n = os.pwrite(fd, view, offset)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise NoSpaceError(f"scratch: the spool's disk is full ({exc.strerror})") from None
+            raise
+        view, offset = view[n:], offset + n
+
+
+def _close(overlay: Overlay) -> None:
+    if overlay.fd >= 0:
+        os.close(overlay.fd)
+        overlay.fd = -1
+    try:
+        overlay.path.unlink()
+    except OSError as exc:
+        if exc.errno != errno.ENOENT:
+            log.warning("scratch/%s: cannot remove %s: %s", overlay.name, overlay.path, exc)
