@@ -118,6 +118,10 @@ class SnapshotInfo:
     state_message: str = ""
     encrypted: bool = False
     parent: str = ""  # ParentSnapshotId when known (StartSnapshot answers carry it)
+    #: ``standard`` or ``archive``: the EBS direct APIs cannot read an archived snapshot.
+    storage_tier: str = "standard"
+    #: Set for an Outposts local snapshot, which the EBS direct APIs cannot read either.
+    outpost_arn: str = ""
 
     @property
     def name(self) -> str:
@@ -313,7 +317,29 @@ def _ec2_info(item: dict[str, Any]) -> SnapshotInfo:
         state_message=str(item.get("StateMessage", "")),
         encrypted=bool(item.get("Encrypted", False)),
         parent=_tags(item.get("Tags")).get(PARENT_TAG, ""),
+        storage_tier=str(item.get("StorageTier") or "standard"),
+        outpost_arn=str(item.get("OutpostArn") or ""),
     )
+
+
+def parse_owner(owner: str) -> tuple[list[str], bool]:
+    """``--owner``: comma-separated ``self``, 12-digit account ids and ``shared`` (what
+    others shared with this account) -> (OwnerIds, whether to list the shared ones).
+    Anything that would list public snapshots (``all``, ``amazon``) is refused."""
+    owners: list[str] = []
+    shared = False
+    for item in (part.strip() for part in (owner or "self").split(",")):
+        if item == "shared":
+            shared = True
+        elif item == "self" or (len(item) == 12 and item.isascii() and item.isdigit()):
+            if item not in owners:
+                owners.append(item)
+        else:
+            raise UsageError(
+                f"--owner: expected self, shared or a 12-digit account id "
+                f"(comma-separated), not {item!r}"
+            )
+    return owners, shared
 
 
 def _group_filters(filters: Iterable[tuple[str, str]]) -> list[dict[str, Any]]:
@@ -395,18 +421,34 @@ class Api:
         owner: str = "self",
         filters: Iterable[tuple[str, str]] = (),
     ) -> list[SnapshotInfo]:
-        """Every matching snapshot, all pages followed (filtered pages may be empty)."""
-        kwargs: dict[str, Any] = {}
-        ids = list(snapshot_ids)
-        if ids:
-            kwargs["SnapshotIds"] = ids
-        else:
-            kwargs["MaxResults"] = 1000
-        if owner:
-            kwargs["OwnerIds"] = [owner]
+        """Every matching snapshot, all pages followed (filtered pages may be empty).
+
+        Explicit ids are looked up without OwnerIds, so that snapshots shared with this
+        account are found too; otherwise ``owner`` (``parse_owner``) picks the listings:
+        OwnerIds, and RestorableByUserIds=[self] for ``shared``, merged without duplicates.
+        Public snapshots are never listed.
+        """
+        base: dict[str, Any] = {}
         flt = _group_filters(filters)
         if flt:
-            kwargs["Filters"] = flt
+            base["Filters"] = flt
+        ids = list(snapshot_ids)
+        if ids:
+            return self._describe({**base, "SnapshotIds": ids})
+        owners, shared = parse_owner(owner)
+        base["MaxResults"] = 1000
+        listings = []
+        if owners:
+            listings.append({**base, "OwnerIds": owners})
+        if shared:
+            listings.append({**base, "RestorableByUserIds": ["self"]})
+        out: dict[str, SnapshotInfo] = {}
+        for kwargs in listings:
+            for info in self._describe(kwargs):
+                out.setdefault(info.snapshot_id, info)
+        return list(out.values())
+
+    def _describe(self, kwargs: dict[str, Any]) -> list[SnapshotInfo]:
         out: list[SnapshotInfo] = []
         with _converted("DescribeSnapshots"):
             for page in self.ec2.get_paginator("describe_snapshots").paginate(**kwargs):

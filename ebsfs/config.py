@@ -96,3 +96,6 @@ class ServerConfig:
     fault_seed: int | None = None
     #: Encrypt every new snapshot, as an account with EBS encryption by default does.
     encryption_by_default: bool = False
+    #: A second account (access key id, secret, account id) whose snapshots the server
+    #: also holds, to test sharing (``--second-account``; docs/server.md).
+    second_account: tuple[str, str, str] | None = None

@@ -14,7 +14,8 @@ from collections.abc import Iterable, Sequence
 from ebsfs.errors import UsageError
 
 #: ``name=value`` options and the ``ebsfs mount`` flag each becomes. Names may use ``-`` or
-#: ``_``; ``snapshot`` and ``filter`` may repeat, and ``snapshot`` also takes ``a:b:c``.
+#: ``_``; ``snapshot`` and ``filter`` may repeat, and ``snapshot`` also takes ``a:b:c``;
+#: ``owner=self:shared`` is ``--owner self,shared`` (a comma would end the option).
 VALUE_OPTIONS: dict[str, str] = {
     "endpoint_url": "--endpoint-url",
     "region": "--region",
@@ -155,6 +156,8 @@ def translate_options(options: Iterable[str]) -> list[str]:
             raise UsageError(f"unknown mount option {name!r}")
         if not value:
             raise UsageError(f"mount option {name!r} needs a value ({name}=...)")
+        if key == "owner":
+            value = value.replace(":", ",")
         values = value.split(":") if key == "snapshot" else [value]
         for item in values:
             out.extend([VALUE_OPTIONS[key], item])

@@ -26,11 +26,12 @@ examples:
   ebsfs ls --filter tag:Env=prod --filter status=completed
   ebsfs ls --snapshot snap-0a1b2c3d4e5f60718 --json
   ebsfs ls --region eu-west-1 --owner 123456789012
+  ebsfs ls --owner self,shared
 
-Every state is listed (pending, completed, error), unlike the mount, which shows only
-completed snapshots. The first line, on stderr, says which endpoint was used and why.
-Exit codes: 0 listed, 2 bad option or configuration, 3 a --snapshot that does not exist,
-4 access denied, 5 endpoint unreachable (docs/errors.md).
+Every state and tier is listed (pending, completed, error; standard, archive), unlike the
+mount, which shows only completed snapshots in the standard tier. The first line, on stderr,
+says which endpoint was used and why. Exit codes: 0 listed, 2 bad option or configuration,
+3 a --snapshot that does not exist, 4 access denied, 5 endpoint unreachable (docs/errors.md).
 """,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -50,7 +51,12 @@ Exit codes: 0 listed, 2 bad option or configuration, 3 a --snapshot that does no
         metavar="tag:KEY=VALUE",
         help="DescribeSnapshots filter (repeatable)",
     )
-    p.add_argument("--owner", default="self", help="owner (default: self)")
+    p.add_argument(
+        "--owner",
+        default="self",
+        help="comma-separated: self, shared (snapshots others shared with this account), "
+        "12-digit account ids (default: self)",
+    )
     p.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
     settings.add_config_option(p)
     add_aws_options(p)
@@ -74,7 +80,7 @@ def _iso(epoch: float) -> str:
 
 def table(infos: list[SnapshotInfo]) -> str:
     """The table ``ebsfs ls`` prints."""
-    header = ("SNAPSHOT", "STATE", "SIZE", "NAME", "PARENT", "PROGRESS", "STARTED")
+    header = ("SNAPSHOT", "STATE", "TIER", "SIZE", "NAME", "PARENT", "PROGRESS", "STARTED")
     rows = [header]
     for i in sorted(infos, key=lambda i: (i.start_time, i.snapshot_id)):
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(i.start_time))
@@ -82,6 +88,7 @@ def table(infos: list[SnapshotInfo]) -> str:
             (
                 i.snapshot_id,
                 i.state,
+                i.storage_tier,
                 f"{i.volume_size} GiB",
                 i.name or "-",
                 i.parent or "-",

@@ -57,7 +57,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="DescribeSnapshots filter NAME=VALUE (repeatable; the same name twice ORs)",
     )
-    what.add_argument("--owner", default=None, help="owner of the listed snapshots (default: self)")
+    what.add_argument("--owner", default=None,
+                      help="owners of the listed snapshots, comma-separated: self, shared "
+                      "(those others shared with this account), 12-digit account ids "
+                      "(default: self)")
     what.add_argument(
         "--refresh",
         default=None,

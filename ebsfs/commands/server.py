@@ -77,6 +77,16 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _account(text: str) -> tuple[str, str, str]:
+    key_id, sep, rest = text.partition(":")
+    secret, sep2, account = rest.rpartition(":")
+    if not (sep and sep2 and key_id and secret):
+        raise argparse.ArgumentTypeError("expected ACCESS_KEY_ID:SECRET:ACCOUNT_ID")
+    if not (len(account) == 12 and account.isascii() and account.isdigit()):
+        raise argparse.ArgumentTypeError(f"not a 12-digit account id: {account!r}")
+    return key_id, secret, account
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``server`` sub-command."""
     p = subparsers.add_parser(
@@ -99,6 +109,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "(default: AWS_ACCESS_KEY_ID, else the development pair)")
     p.add_argument("--secret-access-key", metavar="KEY",
                    help="its secret (default: AWS_SECRET_ACCESS_KEY, else the development pair)")
+    p.add_argument("--second-account", type=_account, metavar="KEY_ID:SECRET:ACCOUNT_ID",
+                   help="a second key pair, signing for another 12-digit account id: its "
+                   "snapshots are that account's, shared or not (docs/server.md)")
     faults = p.add_argument_group("fault injection")
     faults.add_argument("--latency-ms", type=_seconds, metavar="MS",
                         help="added to every request, with ±10%% jitter (default: 0)")
@@ -139,6 +152,7 @@ def build_config(args: argparse.Namespace | dict[str, Any]) -> ServerConfig:
     """The ServerConfig from the flags over the environment over the configuration file."""
     given = dict(vars(args) if isinstance(args, argparse.Namespace) else args)
     listen = given.pop("listen", None)
+    second = given.pop("second_account", None)
     # The flag's own parser allows port 0 (a free port); the file and environment layers
     # are read by ebsfs.settings.
     values = settings.server_values({**given, "listen": None})
@@ -149,7 +163,11 @@ def build_config(args: argparse.Namespace | dict[str, Any]) -> ServerConfig:
     if values.get("timeout_unit", 60.0) <= 0:
         raise UsageError("--timeout-unit must be positive")
     return ServerConfig(
-        data_dir=values.pop("data_dir", DEFAULT_DATA_DIR), host=host, port=port, **values
+        data_dir=values.pop("data_dir", DEFAULT_DATA_DIR),
+        host=host,
+        port=port,
+        second_account=second,
+        **values,
     )
 
 
@@ -232,8 +250,12 @@ def _background(config: ServerConfig, log_path: str) -> int:
 def _serve(config: ServerConfig, stream: TextIO | None) -> int:
     from ebsfs.server.runner import run as serve
 
+    # Snapshot data, the token key and the database are the server's own.
+    os.umask(0o077)
     setup_logging(config.log_level, stream)
     register_secret(config.secret_access_key)
+    if config.second_account is not None:
+        register_secret(config.second_account[1])
     return serve(config)
 
 

@@ -8,7 +8,9 @@ Two modes:
 * fixed (``--snapshot`` ids): no EC2 call at all. Each id is checked once with a one-page
   ListSnapshotBlocks, which also gives its VolumeSize; its mtime is the mount time.
 
-Only ``completed`` snapshots are kept: the others cannot be read. A snapshot sealed through
+Only ``completed`` snapshots in the standard tier are kept: the others (and archived ones,
+StorageTier ``archive``) cannot be read. Ids are looked up without the mount's owner, so a
+snapshot shared with the account opens by id. A snapshot sealed through
 this mount's ``new/`` is added with ``add_completed`` in either mode. A refresh that fails
 keeps the previous listing and logs one line; the mount serves on.
 """
@@ -70,6 +72,12 @@ class CatalogConfig:
 def is_snapshot_id(name: str) -> bool:
     """Whether ``name`` has the shape of an EBS snapshot id."""
     return bool(SNAPSHOT_ID_RE.match(name))
+
+
+def readable(info: SnapshotInfo) -> bool:
+    """Whether the EBS direct APIs can read it: completed, not in the archive tier, not an
+    Outposts local snapshot."""
+    return info.state == "completed" and info.storage_tier != "archive" and not info.outpost_arn
 
 
 def usable_name(name: str) -> bool:
@@ -170,7 +178,7 @@ class Catalog:
             self._refreshing.set()
             self._refreshing = None
         self.counters["refreshes"] += 1
-        listed = {i.snapshot_id: i for i in infos if i.state == "completed"}
+        listed = {i.snapshot_id: i for i in infos if readable(i)}
         for sid, info in self._extra.items():
             listed.setdefault(sid, info)
         self.snapshots = listed
@@ -195,8 +203,9 @@ class Catalog:
         self._asked[name] = now
         self.counters["unknown_lookups"] += 1
         try:
+            # No owner: a snapshot shared with this account is asked for by its id.
             found = await self.calls.run(
-                self.api.describe_snapshots, (name,), self.config.owner, self.config.filters
+                self.api.describe_snapshots, (name,), "", self.config.filters
             )
         except NotFoundError:
             return None
@@ -204,7 +213,19 @@ class Catalog:
             log.warning("looking up %s failed: %s", name, exc)
             return None
         for info in found:
-            if info.snapshot_id == name and info.state == "completed":
+            if info.snapshot_id != name:
+                continue
+            if info.state == "completed" and info.storage_tier == "archive":
+                log.warning(
+                    "%s is archived (StorageTier archive): the EBS direct APIs cannot read it "
+                    "until it is restored (RestoreSnapshotTier)", name
+                )
+            elif info.state == "completed" and info.outpost_arn:
+                log.warning(
+                    "%s is an Outposts local snapshot (%s): the EBS direct APIs cannot read it",
+                    name, info.outpost_arn,
+                )
+            elif readable(info):
                 self.snapshots[name] = info
                 self._changed()
                 return info

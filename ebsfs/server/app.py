@@ -43,10 +43,18 @@ class App:
     """The server's request handling, independent of the HTTP transport."""
 
     def __init__(
-        self, store: Store, verifier: Verifier, faults: Faults, timing: ebs_mod.Timing
+        self,
+        store: Store,
+        verifier: Verifier,
+        faults: Faults,
+        timing: ebs_mod.Timing,
+        others: dict[str, tuple[Verifier, str]] | None = None,
     ) -> None:
         self.store = store
         self.verifier = verifier
+        #: Further key pairs by access key id, each with the account id it signs for
+        #: (``--second-account``); the main pair signs for ebs.ACCOUNT_ID.
+        self.others = others or {}
         self.faults = faults
         self.ebs = ebs_mod.EbsService(store, timing)
         self.ec2 = Ec2Service(store, ebs_mod.ACCOUNT_ID, self.ebs.state, self.ebs.mint)
@@ -84,7 +92,7 @@ class App:
             )
         service = "ec2" if is_ec2 else "ebs"
         try:
-            req.signature_checked = self.verifier.verify_head(
+            req.signature_checked = self._verifier_for(req).verify_head(
                 req.method, req.raw_path, req.raw_query, req.headers, service
             )
         except AuthFailure as exc:
@@ -109,6 +117,15 @@ class App:
             coral(403, _EBS_AUTH_CODES[exc.kind], exc.message), req.request_id
         )
 
+    def _verifier_for(self, req: Request) -> Verifier:
+        """The key pair the request says it is signed with (setting ``req.account``)."""
+        if self.others:
+            key_id = _key_id(req.headers.get("authorization", ""))
+            if key_id in self.others:
+                verifier, req.account = self.others[key_id]
+                return verifier
+        return self.verifier
+
     def _auth(self, req: Request, service: str) -> None:
         digest: list[str] = []
 
@@ -117,10 +134,11 @@ class App:
                 digest.append(hashlib.sha256(req.body).hexdigest())
             return digest[0]
 
+        verifier = self._verifier_for(req)
         if req.signature_checked:
-            self.verifier.verify_payload(req.headers, body_sha256)
+            verifier.verify_payload(req.headers, body_sha256)
             return
-        self.verifier.verify(
+        verifier.verify(
             req.method, req.raw_path, req.raw_query, req.headers, body_sha256, service
         )
 
@@ -204,3 +222,9 @@ class App:
         if self.faults.drop():
             resp.drop = True
         return resp
+
+
+def _key_id(auth: str) -> str:
+    """The access key id an Authorization header names ("" if none)."""
+    _, found, rest = auth.partition("Credential=")
+    return rest.partition("/")[0] if found else ""

@@ -65,6 +65,16 @@ _TOKEN_RE = re.compile(TOKEN_PATTERN)
 _BLOCK_SIZE_TEXT = str(BLOCK_SIZE)
 
 
+def archived(snapshot_id: str) -> EbsError:
+    """The answer to a read of an archived snapshot. AWS documents that it cannot be read
+    but not the error; this one is our choice (docs/server.md)."""
+    return validation(
+        "INVALID_SNAPSHOT_ID",
+        f"The snapshot '{snapshot_id}' is in the archive storage tier; restore it with "
+        "RestoreSnapshotTier to read it.",
+    )
+
+
 def _plain_int(text: str | None) -> int | None:
     """The value of a string of ASCII digits that fits an Integer; None for anything else
     (left to the checks of the general path)."""
@@ -111,10 +121,20 @@ class EbsService:
     def state(self, snap: Snapshot) -> tuple[str, str]:
         return snap.state(time.time(), self.timing.minute)
 
-    def _readable(self, snapshot_id: str) -> Snapshot:
-        """A completed snapshot; anything else reads as 404, as on AWS."""
+    def _readable(self, snapshot_id: str, account: str = ACCOUNT_ID) -> Snapshot:
+        """A completed snapshot ``account`` may read; anything else reads as 404, as on
+        AWS, bar an archived one (docs/server.md: its answer is our choice)."""
         snap = self.store.get(snapshot_id)
-        if snap is None or self.state(snap)[0] != COMPLETED:
+        if snap is None or not snap.may_read(account) or self.state(snap)[0] != COMPLETED:
+            raise not_found(snapshot_id)
+        if snap.storage_tier(time.time()) == "archive":
+            raise archived(snapshot_id)
+        return snap
+
+    def _own(self, snapshot_id: str, account: str) -> Snapshot:
+        """A snapshot of ``account`` (writes); another account's reads as 404."""
+        snap = self.store.get(snapshot_id)
+        if snap is None or snap.owner_id != account:
             raise not_found(snapshot_id)
         return snap
 
@@ -199,7 +219,11 @@ class EbsService:
             parent = None
             if parent_id is not None:
                 parent = self.store.get(parent_id)
-                if parent is None or self.state(parent)[0] == ERROR:
+                if (
+                    parent is None
+                    or not parent.may_read(req.account)
+                    or self.state(parent)[0] == ERROR
+                ):
                     raise not_found(parent_id)
                 if self.state(parent)[0] != COMPLETED:
                     raise validation(
@@ -223,7 +247,7 @@ class EbsService:
             snap = Snapshot(
                 snapshot_id="snap-" + secrets.token_hex(9)[:17],
                 volume_size=volume_size,
-                owner_id=ACCOUNT_ID,
+                owner_id=req.account,
                 start_time=round(now, 3),
                 timeout_minutes=timeout if timeout is not None else 60,
                 last_activity=now,
@@ -247,7 +271,7 @@ class EbsService:
                 "BlockSize": BLOCK_SIZE,
                 "Description": description,
                 "KmsKeyArn": snap.kms_key_arn,
-                "OwnerId": ACCOUNT_ID,
+                "OwnerId": req.account,
                 "ParentSnapshotId": parent_id,
                 "SnapshotId": snap.snapshot_id,
                 "SseType": "sse-kms" if snap.encrypted else None,
@@ -281,9 +305,7 @@ class EbsService:
         c.between(progress, "progress", 0, 100)
         c.done()
         assert index is not None and data_length is not None and sent is not None
-        snap = self.store.get(snapshot_id)
-        if snap is None:
-            raise not_found(snapshot_id)
+        snap = self._own(snapshot_id, req.account)
         status = self.state(snap)[0]
         if status == ERROR:
             raise not_found(snapshot_id)
@@ -351,6 +373,8 @@ class EbsService:
         snap = self.store.get(snapshot_id)
         if snap is None or snap.sealed or index >= snap.block_count:
             return None
+        if snap.owner_id != req.account:
+            return None
         if self.state(snap)[0] == ERROR:
             return None
         raw = hashlib.sha256(req.body).digest()
@@ -389,9 +413,7 @@ class EbsService:
         c.enum(algorithm, "checksumAlgorithm", ["SHA256"])
         c.enum(method, "checksumAggregationMethod", ["LINEAR"])
         c.done()
-        snap = self.store.get(snapshot_id)
-        if snap is None:
-            raise not_found(snapshot_id)
+        snap = self._own(snapshot_id, req.account)
         status = self.state(snap)[0]
         if status == ERROR or snap.sealed:
             return json_response(202, {"Status": status}, req.request_id)
@@ -450,7 +472,7 @@ class EbsService:
         max_results, start, token, c = self._page_args(req)
         c.snapshot_id(snapshot_id, "snapshotId")
         c.done()
-        snap = self._readable(snapshot_id)
+        snap = self._readable(snapshot_id, req.account)
         cursor = self._cursor(token, tokens.PAGE_BLOCKS, snapshot_id, start)
         rows = self.store.view(snap, cursor, max_results + 1) if cursor < snap.block_count else []
         now = time.time()
@@ -490,8 +512,8 @@ class EbsService:
         c.done()
         if not first_id:
             raise validation("INVALID_SNAPSHOT_ID", "First snapshot should not be empty or null")
-        first = self._readable(first_id)
-        second = self._readable(second_id)
+        first = self._readable(first_id, req.account)
+        second = self._readable(second_id, req.account)
         if first.root_id != second.root_id:
             raise validation(
                 "UNRELATED_SNAPSHOTS",
@@ -567,19 +589,16 @@ class EbsService:
         snap = self.store.get(snapshot_id)
         if snap is None or self.state(snap)[0] != COMPLETED:
             return None
+        if not snap.may_read(req.account) or snap.archived:
+            return None  # the general path refuses it, or checks a temporary restore
         if self.mint.verify(token, tokens.BLOCK, f"{snapshot_id}:{index}") != index:
             return None
         found = self.store.lookup(snap, index)
         if found is None:
             return None
         digest, path, offset = found
-        if path is None:
-            return None
-        try:
-            if os.stat(path).st_size < offset + BLOCK_SIZE:
-                return None
-        except FileNotFoundError:
-            return None
+        if path is None or _damage(path, offset, digest) is not None:
+            return None  # the general path logs and answers it
         return self._block_response(req, digest, path, offset)
 
     def _block_response(self, req: Request, digest: bytes, path: Path, offset: int) -> Response:
@@ -609,7 +628,7 @@ class EbsService:
             c.pattern(token, "blockToken", TOKEN_PATTERN)
         c.done()
         assert token is not None
-        snap = self._readable(snapshot_id)
+        snap = self._readable(snapshot_id, req.account)
         found = None
         if self.mint.verify(token, tokens.BLOCK, f"{snapshot_id}:{index}") == index:
             assert index is not None
@@ -617,19 +636,41 @@ class EbsService:
         if found is None:
             raise validation("INVALID_BLOCK_TOKEN", f"The block token {token} is invalid.")
         digest, path, offset = found
-        if path is None:
-            log.error("no stored data for %s[%d] (%s)", snapshot_id, index, digest.hex())
-            raise EbsError(500, "InternalServerException", "Block data unavailable.")
-        try:
-            size = os.stat(path).st_size
-        except FileNotFoundError:
-            log.error("segment of %s[%d] is missing: %s", snapshot_id, index, path)
-            raise EbsError(500, "InternalServerException", "Block data unavailable.") from None
-        if size < offset + BLOCK_SIZE:
-            log.error("segment of %s[%d] ends at %d, before the block's end: %s",
-                      snapshot_id, index, size, path)
+        why = "no stored data" if path is None else _damage(path, offset, digest)
+        if path is None or why is not None:
+            log.error("GetSnapshotBlock %s block %d: %s (segment %s, offset %d, checksum %s); "
+                      "answering 500", snapshot_id, index, why, path, offset,
+                      base64.b64encode(digest).decode())
             raise EbsError(500, "InternalServerException", "Block data unavailable.")
         return self._block_response(req, digest, path, offset)
+
+
+def _damage(path: Path, offset: int, digest: bytes) -> str | None:
+    """What is wrong with the stored block at ``offset`` of ``path``, None if it is whole.
+
+    The block is read and hashed on every GetSnapshotBlock (a 512 KiB SHA256: a fraction of
+    a millisecond), so damage on disk is never served with the checksum of what was put.
+    The read leaves the block in the page cache, where the answer's sendfile finds it; the
+    block cannot change in between: a completed snapshot's contents are immutable and
+    freed only once no snapshot refers to them.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return "its segment file is missing"
+    except OSError as exc:
+        return f"its segment file cannot be opened ({exc.strerror})"
+    try:
+        data = os.pread(fd, BLOCK_SIZE, offset)
+    except OSError as exc:
+        return f"reading it failed ({exc.strerror})"
+    finally:
+        os.close(fd)
+    if len(data) < BLOCK_SIZE:
+        return f"its segment ends {len(data)} bytes into it"
+    if hashlib.sha256(data).digest() != digest:
+        return "its data does not match its checksum"
+    return None
 
 
 def _typed(doc: dict[str, Any], key: str, kind: type) -> Any:

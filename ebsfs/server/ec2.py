@@ -1,6 +1,8 @@
 """The EC2 snapshot calls (query protocol): DescribeSnapshots, DeleteSnapshot, CreateTags,
-DeleteTags, answering in EC2's XML as ebs-direct-api.md §7 describes."""
+DeleteTags, ModifySnapshotTier, RestoreSnapshotTier, ModifySnapshotAttribute and
+DescribeSnapshotAttribute, answering in EC2's XML as ebs-direct-api.md §7 describes."""
 
+import contextvars
 import re
 import time
 from collections.abc import Callable
@@ -43,6 +45,9 @@ MAX_TAGS = 50
 MAX_FILTERS = 50
 MAX_FILTER_VALUES = 200
 MAX_FILTER_VALUE_LENGTH = 1024
+#: RestoreSnapshotTier's TemporaryRestoreDays bounds (botocore's model: min 1; AWS: 180 max).
+RESTORE_DAYS = (1, 180)
+_CALLER: contextvars.ContextVar[str] = contextvars.ContextVar("caller")
 DESCRIBE_TOKEN_TTL = 3600.0
 
 
@@ -82,6 +87,7 @@ class Ec2Service:
             raise Ec2Error(
                 "InvalidAction", f"The action {action} is not valid for this web service."
             )
+        _CALLER.set(req.account)
         body: str = handler(params)
         xml = (
             f'<?xml version="1.0" encoding="UTF-8"?>\n<{action}Response xmlns="{XMLNS}">'
@@ -91,6 +97,24 @@ class Ec2Service:
 
     # -- helpers ------------------------------------------------------------------------------
 
+    @property
+    def caller(self) -> str:
+        """The account the request being answered was signed for."""
+        return _CALLER.get(self.account_id)
+
+    def _visible(self, snap: Snapshot) -> bool:
+        """Whether the caller may see it: owned, shared with the caller, or public."""
+        return snap.owner_id == self.caller or self.caller in snap.shared_with or snap.public
+
+    def _owned(self, snapshot_id: str) -> Snapshot:
+        """The caller's own snapshot; another account's is NotFound to it, as on AWS."""
+        snap = self._snapshot(snapshot_id)
+        if snap.owner_id != self.caller:
+            raise Ec2Error(
+                "InvalidSnapshot.NotFound", f"The snapshot '{snapshot_id}' does not exist."
+            )
+        return snap
+
     def _snapshot(self, snapshot_id: str) -> Snapshot:
         if not _SNAP_ID.fullmatch(snapshot_id):
             raise Ec2Error(
@@ -98,7 +122,7 @@ class Ec2Service:
                 f"Value ({snapshot_id}) for parameter snapshotId is invalid. Expected: 'snap-...'.",
             )
         snap = self.store.get(snapshot_id)
-        if snap is None:
+        if snap is None or not self._visible(snap):
             raise Ec2Error(
                 "InvalidSnapshot.NotFound", f"The snapshot '{snapshot_id}' does not exist."
             )
@@ -137,7 +161,9 @@ class Ec2Service:
                 for k, v in snap.tags
             )
             parts.append(f"<tagSet>{tags}</tagSet>")
-        parts.append("<storageTier>standard</storageTier>")
+        parts.append(f"<storageTier>{snap.storage_tier(time.time())}</storageTier>")
+        if snap.restore_expiry is not None and snap.storage_tier(time.time()) == "standard":
+            parts.append(f"<restoreExpiryTime>{_iso(snap.restore_expiry)}</restoreExpiryTime>")
         if status == COMPLETED:
             done = snap.completion_time()
             if done is not None:
@@ -163,7 +189,7 @@ class Ec2Service:
             "snapshot-id": [snap.snapshot_id],
             "start-time": [_iso(snap.start_time)],
             "status": [status],
-            "storage-tier": ["standard"],
+            "storage-tier": [snap.storage_tier(time.time())],
             "tag-key": [k for k, _ in snap.tags],
             "volume-id": [VOLUME_ID],
             "volume-size": [str(snap.volume_size)],
@@ -202,13 +228,7 @@ class Ec2Service:
             max_results = min(max_results, 1000)
         wanted = [self._snapshot(i) for i in ids]
         self._dry_run(params)
-        if ids:
-            candidates = wanted
-        else:
-            mine = not owners or any(o in ("self", self.account_id) for o in owners)
-            candidates = self.store.live() if mine else []
-        if restorable and not any(r in ("self", "all", self.account_id) for r in restorable):
-            candidates = []
+        candidates = self._candidates(wanted if ids else None, owners, restorable)
         candidates.sort(key=lambda s: (s.start_time, s.snapshot_id))
         token = params.get("NextToken")
         if token:
@@ -237,6 +257,30 @@ class Ec2Service:
             out += f"<nextToken>{next_token}</nextToken>"
         return out
 
+    def _candidates(
+        self, wanted: list[Snapshot] | None, owners: list[str], restorable: list[str]
+    ) -> list[Snapshot]:
+        """The snapshots OwnerIds and RestorableByUserIds select among ``wanted`` (the
+        SnapshotIds), else among all the caller can see (own, shared with it, public)."""
+        caller = self.caller
+        pool = wanted if wanted is not None else [s for s in self.store.live() if self._visible(s)]
+        if owners:
+            ids = {caller if o == "self" else o for o in owners}
+            pool = [s for s in pool if s.owner_id in ids]
+        if restorable:
+            pool = [s for s in pool if any(self._restorable_by(s, r) for r in restorable)]
+        return pool
+
+    def _restorable_by(self, snap: Snapshot, who: str) -> bool:
+        """AWS: ``self`` (or the caller's id) is what it owns or was explicitly granted,
+        ``all`` the public ones, another id the caller's own shared with that id."""
+        caller = self.caller
+        if who in ("self", caller):
+            return snap.owner_id == caller or caller in snap.shared_with
+        if who == "all":
+            return snap.public
+        return snap.owner_id == caller and who in snap.shared_with
+
     def _matches(self, snap: Snapshot, filters: list[tuple[str, list[str]]]) -> bool:
         for name, values in filters:
             have = self._field(snap, name)
@@ -250,7 +294,7 @@ class Ec2Service:
         snapshot_id = params.get("SnapshotId")
         if not snapshot_id:
             raise Ec2Error("MissingParameter", "The request must contain the parameter SnapshotId")
-        snap = self._snapshot(snapshot_id)
+        snap = self._owned(snapshot_id)
         self._dry_run(params)
         self.store.delete(snap)
         return "<return>true</return>"
@@ -264,7 +308,7 @@ class Ec2Service:
         for rid in ids:
             if not rid.startswith("snap-"):
                 raise Ec2Error("InvalidID", f"The ID '{rid}' is not valid")
-        return [self._snapshot(rid) for rid in ids]
+        return [self._owned(rid) for rid in ids]
 
     def op_CreateTags(self, params: dict[str, str]) -> str:
         snaps = self._resources(params)
@@ -286,37 +330,211 @@ class Ec2Service:
                     "InvalidParameterValue",
                     "Tag keys starting with 'aws:' are reserved for internal use",
                 )
-        merged = {}
         for snap in snaps:
-            new = dict(snap.tags)
-            new.update((k, v or "") for k, v in tags)
-            if len(new) > MAX_TAGS:
+            if len({k for k, _ in snap.tags} | {k for k, _ in tags}) > MAX_TAGS:
                 raise Ec2Error(
                     "TagLimitExceeded",
                     "The maximum number of Tags for a resource has been reached.",
                 )
-            merged[snap.snapshot_id] = list(new.items())
         self._dry_run(params)
-        for snap in snaps:
-            snap.tags = merged[snap.snapshot_id]
-            self.store.save(snap)
+
+        def add(snap: Snapshot) -> None:
+            merged = dict(snap.tags)
+            merged.update((k, v or "") for k, v in tags)
+            snap.tags = list(merged.items())
+
+        # One transaction for all of them, published only once it is committed.
+        self.store.update(snaps, add)
         return "<return>true</return>"
 
     def op_DeleteTags(self, params: dict[str, str]) -> str:
         snaps = self._resources(params)
         tags = _tags(params)
         self._dry_run(params)
-        for snap in snaps:
-            if not tags:
-                snap.tags = []
-            else:
-                snap.tags = [
-                    (k, v)
-                    for k, v in snap.tags
-                    if not any(k == dk and (dv is None or dv == v) for dk, dv in tags)
-                ]
-            self.store.save(snap)
+
+        def remove(snap: Snapshot) -> None:
+            snap.tags = [
+                (k, v)
+                for k, v in snap.tags
+                if tags and not any(k == dk and (dv is None or dv == v) for dk, dv in tags)
+            ]
+
+        self.store.update(snaps, remove)
         return "<return>true</return>"
+
+
+    # -- ModifySnapshotTier / RestoreSnapshotTier -----------------------------------------------
+
+    def op_ModifySnapshotTier(self, params: dict[str, str]) -> str:
+        """Archive a completed snapshot. AWS moves it over hours; here it is archived at
+        once (docs/server.md), and the direct APIs refuse it from then on."""
+        snap = self._owned(_required(params, "SnapshotId"))
+        tier = params.get("StorageTier", "archive")
+        if tier != "archive":
+            raise Ec2Error(
+                "InvalidParameterValue",
+                f"Value ({tier}) for parameter StorageTier is invalid. Expected: 'archive'.",
+            )
+        now = time.time()
+        if self.state(snap)[0] != COMPLETED:
+            raise Ec2Error(
+                "IncorrectState", f"Snapshot {snap.snapshot_id} is not in the completed state."
+            )
+        if snap.storage_tier(now) == "archive":
+            raise Ec2Error(
+                "IncorrectState", f"Snapshot {snap.snapshot_id} is already archived."
+            )
+        self._dry_run(params)
+        snap.archived = True
+        snap.tiering_start = now
+        snap.restore_start = snap.restore_expiry = None
+        self.store.save(snap)
+        return (
+            f"<snapshotId>{snap.snapshot_id}</snapshotId>"
+            f"<tieringStartTime>{_iso(now)}</tieringStartTime>"
+        )
+
+    def op_RestoreSnapshotTier(self, params: dict[str, str]) -> str:
+        """Restore an archived snapshot for some days or for good (at once here, where AWS
+        takes hours); a temporary restore may be changed by a second call, as on AWS."""
+        snap = self._owned(_required(params, "SnapshotId"))
+        raw_days = params.get("TemporaryRestoreDays")
+        permanent = params.get("PermanentRestore", "false").lower() == "true"
+        days = None
+        if raw_days is not None:
+            try:
+                days = int(raw_days)
+            except ValueError:
+                days = -1
+            if not RESTORE_DAYS[0] <= days <= RESTORE_DAYS[1]:
+                raise Ec2Error(
+                    "InvalidParameterValue",
+                    f"Value ({raw_days}) for parameter TemporaryRestoreDays is invalid. "
+                    f"Expected a number of days from {RESTORE_DAYS[0]} to {RESTORE_DAYS[1]}.",
+                )
+        if permanent == (days is not None):
+            raise Ec2Error(
+                "InvalidParameterCombination",
+                "Specify either TemporaryRestoreDays or PermanentRestore=true.",
+            )
+        if not snap.archived:
+            raise Ec2Error(
+                "IncorrectState", f"Snapshot {snap.snapshot_id} is not in the archive tier."
+            )
+        self._dry_run(params)
+        now = time.time()
+        snap.restore_start = now
+        if days is None:
+            snap.archived = False
+            snap.restore_expiry = None
+        else:
+            snap.restore_expiry = now + days * 86400.0
+        self.store.save(snap)
+        out = [
+            f"<snapshotId>{snap.snapshot_id}</snapshotId>",
+            f"<restoreStartTime>{_iso(now)}</restoreStartTime>",
+        ]
+        if days is not None:
+            out.append(f"<restoreDuration>{days}</restoreDuration>")
+        out.append(f"<isPermanentRestore>{'true' if permanent else 'false'}</isPermanentRestore>")
+        return "".join(out)
+
+    # -- ModifySnapshotAttribute / DescribeSnapshotAttribute ------------------------------------
+
+    def op_ModifySnapshotAttribute(self, params: dict[str, str]) -> str:
+        """createVolumePermission: share with account ids (or group ``all``: public), or
+        stop sharing. Both of botocore's forms are accepted: CreateVolumePermission.Add/
+        Remove lists, and OperationType with UserId.N/UserGroup.N."""
+        snap = self._owned(_required(params, "SnapshotId"))
+        attribute = params.get("Attribute", "createVolumePermission")
+        if attribute != "createVolumePermission":
+            raise Ec2Error(
+                "InvalidParameterValue",
+                f"Value ({attribute}) for parameter Attribute is invalid. Only "
+                "createVolumePermission can be modified.",
+            )
+        add = _permissions(params, "CreateVolumePermission.Add")
+        remove = _permissions(params, "CreateVolumePermission.Remove")
+        listed = [("user", u) for u in _indexed(params, "UserId")]
+        listed += [("group", g) for g in _indexed(params, "UserGroup")]
+        if listed:
+            operation = params.get("OperationType")
+            if operation not in ("add", "remove"):
+                raise Ec2Error(
+                    "InvalidParameterValue",
+                    f"Value ({operation}) for parameter OperationType is invalid. "
+                    "Expected: 'add' or 'remove'.",
+                )
+            (add if operation == "add" else remove).extend(listed)
+        if not add and not remove:
+            raise Ec2Error(
+                "MissingParameter", "The request must contain the parameter CreateVolumePermission"
+            )
+        for kind, value in add + remove:
+            if kind == "user" and not (len(value) == 12 and value.isdigit()):
+                raise Ec2Error("InvalidParameterValue", f"Invalid user id: '{value}'.")
+            if kind == "group" and value != "all":
+                raise Ec2Error(
+                    "InvalidParameterValue",
+                    f"Value ({value}) for parameter Group is invalid. Expected: 'all'.",
+                )
+        if snap.encrypted and ("group", "all") in add:
+            raise Ec2Error(
+                "InvalidParameterValue", "Encrypted snapshots with EBS default key cannot be "
+                "shared publicly; an encrypted snapshot cannot be made public."
+            )
+        self._dry_run(params)
+        shared = list(snap.shared_with)
+        for kind, value in add:
+            if kind == "user" and value not in shared:
+                shared.append(value)
+            elif kind == "group":
+                snap.public = True
+        for kind, value in remove:
+            if kind == "user" and value in shared:
+                shared.remove(value)
+            elif kind == "group":
+                snap.public = False
+        snap.shared_with = shared
+        self.store.save(snap)
+        return "<return>true</return>"
+
+    def op_DescribeSnapshotAttribute(self, params: dict[str, str]) -> str:
+        snap = self._owned(_required(params, "SnapshotId"))
+        attribute = _required(params, "Attribute")
+        if attribute not in ("createVolumePermission", "productCodes"):
+            raise Ec2Error(
+                "InvalidParameterValue",
+                f"Value ({attribute}) for parameter Attribute is invalid.",
+            )
+        self._dry_run(params)
+        out = f"<snapshotId>{snap.snapshot_id}</snapshotId>"
+        if attribute == "productCodes":
+            return out + "<productCodes/>"
+        items = [f"<item><userId>{u}</userId></item>" for u in snap.shared_with]
+        if snap.public:
+            items.append("<item><group>all</group></item>")
+        if not items:
+            return out + "<createVolumePermission/>"
+        return out + "<createVolumePermission>" + "".join(items) + "</createVolumePermission>"
+
+
+def _required(params: dict[str, str], name: str) -> str:
+    value = params.get(name)
+    if not value:
+        raise Ec2Error("MissingParameter", f"The request must contain the parameter {name}")
+    return value
+
+
+def _permissions(params: dict[str, str], prefix: str) -> list[tuple[str, str]]:
+    """(``user``|``group``, value) of ``<prefix>.N.UserId`` / ``<prefix>.N.Group``."""
+    found = []
+    for key, value in params.items():
+        head, _, tail = key.rpartition(".")
+        number = head[len(prefix) + 1:]
+        if head.startswith(prefix + ".") and number.isdigit() and tail in ("UserId", "Group"):
+            found.append((int(number), "user" if tail == "UserId" else "group", value))
+    return [(kind, value) for _, kind, value in sorted(found)]
 
 
 def _iso(epoch: float) -> str:

@@ -14,11 +14,17 @@ from ebsfs.config import DEV_ACCESS_KEY_ID, DEV_SECRET_ACCESS_KEY, ServerConfig
 from ebsfs.errors import UsageError
 from ebsfs.notify import notify_ready, notify_stopping
 from ebsfs.server.app import App
-from ebsfs.server.ebs import BLOCK_TOKEN_TTL, DEFAULT_KMS_KEY_ARN, PAGE_TOKEN_TTL, Timing
+from ebsfs.server.ebs import (
+    ACCOUNT_ID,
+    BLOCK_TOKEN_TTL,
+    DEFAULT_KMS_KEY_ARN,
+    PAGE_TOKEN_TTL,
+    Timing,
+)
 from ebsfs.server.faults import Faults
 from ebsfs.server.httpd import Server
 from ebsfs.server.sigv4 import Verifier
-from ebsfs.server.storage import ERROR, DataDirBusy, Store
+from ebsfs.server.storage import ERROR, DataDirBusy, Snapshot, Store
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +87,17 @@ def build(config: ServerConfig) -> tuple[Server, Store]:
         corrupt_rate=config.corrupt_rate,
         seed=config.fault_seed,
     )
-    app = App(store, Verifier(key_id, secret), faults, timing)
+    others = {}
+    if config.second_account is not None:
+        other_id, other_secret, account = config.second_account
+        if other_id == key_id or account == ACCOUNT_ID:
+            store.close()
+            raise UsageError(
+                "--second-account needs its own access key id and an account id other than "
+                f"{ACCOUNT_ID}"
+            )
+        others[other_id] = (Verifier(other_id, other_secret), account)
+    app = App(store, Verifier(key_id, secret), faults, timing, others)
     if config.encryption_by_default:
         app.ebs.default_key = DEFAULT_KMS_KEY_ARN
     try:
@@ -102,8 +118,11 @@ def sweep(app: App) -> None:
                 app.ebs.state(snap)[1],
             )
             app.store.drop_blocks(snap.snapshot_id)
-            snap.blocks_dropped = True
-            app.store.save(snap)
+            app.store.update([snap], _mark_dropped)
+
+
+def _mark_dropped(snap: Snapshot) -> None:
+    snap.blocks_dropped = True
 
 
 def run(config: ServerConfig) -> int:

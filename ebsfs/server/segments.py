@@ -113,7 +113,7 @@ class Segments:
 
     def __init__(self, directory: Path, segment_blocks: int = SEGMENT_BLOCKS) -> None:
         self.dir = directory
-        self.dir.mkdir(exist_ok=True)
+        self.dir.mkdir(mode=0o700, exist_ok=True)
         self._dirname = str(directory)
         self._segment_blocks = segment_blocks
         self._lock = threading.Lock()
@@ -231,7 +231,7 @@ class Segments:
             # The write may have gone through though its sync did not: the put is not
             # acknowledged, so its record must not turn up at the next start.
             with contextlib.suppress(OSError):
-                self.free(segment, start + HEADER_SIZE, durable=True)
+                self.discard(segment, start + HEADER_SIZE)
             self.release(segment)
             raise
         return segment, start + HEADER_SIZE
@@ -251,9 +251,9 @@ class Segments:
                 fd = self._fds[segment]
             os.fdatasync(fd)
 
-    def free(self, segment: int, offset: int, durable: bool = False) -> None:
+    def free(self, segment: int, offset: int) -> None:
         """Give the space of the block at ``offset`` (and its header) back to the filesystem;
-        it reads as zeros after. ``durable``: the hole survives a crash once this returns."""
+        it reads as zeros after (where holes can be punched)."""
         if not self._can_punch:
             return
         slot, header = self._slot(segment)
@@ -261,10 +261,30 @@ class Segments:
             fd = os.open(self._name(segment), os.O_WRONLY)
             try:
                 self._punch(fd, offset - header, slot)
-                if durable:
-                    os.fdatasync(fd)
             finally:
                 os.close(fd)
+
+    def discard(self, segment: int, offset: int) -> None:
+        """Make sure the record of the block at ``offset`` never counts as a put (one that
+        failed or was refused): its header is overwritten with zeros, which needs no new
+        space and works where holes cannot be punched (or a full disk refuses to), then
+        its space is freed and both made durable. Raises OSError if the disk refuses."""
+        slot, header = self._slot(segment)
+        fd = os.open(self._name(segment), os.O_WRONLY)
+        try:
+            failure: OSError | None = None
+            if header:
+                try:
+                    os.pwrite(fd, bytes(header), offset - header)
+                except OSError as exc:
+                    failure = exc
+            if self._can_punch:
+                self._punch(fd, offset - header, slot)
+            os.fdatasync(fd)
+            if failure is not None:
+                raise failure
+        finally:
+            os.close(fd)
 
     def drop(self, segment: int) -> None:
         """Remove a segment no indexed block lives in, unless appends are still going to
@@ -310,14 +330,14 @@ class Segments:
         flags = os.O_WRONLY | os.O_CREAT
         if self._direct:
             try:
-                fd = os.open(path, flags | os.O_DIRECT, 0o644)
+                fd = os.open(path, flags | os.O_DIRECT, 0o600)
             except OSError:
                 log.info("O_DIRECT is not supported in %s; using buffered writes", self.dir)
                 self._direct = False
             else:
                 fsync_path(self.dir)
                 return fd
-        fd = os.open(path, flags, 0o644)
+        fd = os.open(path, flags, 0o600)
         fsync_path(self.dir)
         return fd
 
@@ -421,9 +441,15 @@ class Segments:
         mode = _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE
         if _fallocate(fd, mode, offset, length) != 0:
             err = ctypes.get_errno()
-            log.info("cannot punch holes in %s (%s); space comes back with whole segments",
-                     self.dir, os.strerror(err))
-            self._can_punch = False
+            if err in (errno.EOPNOTSUPP, errno.ENOSYS):
+                log.info("cannot punch holes in %s (%s); space comes back with whole segments",
+                         self.dir, os.strerror(err))
+                self._can_punch = False
+            else:
+                # A passing failure (a full disk: a punch may need a block for the extent
+                # tree): this record's space comes back at the next start-up.
+                log.warning("punching a hole in %s at %d failed (%s); its space comes back "
+                            "at the next start", self.dir, offset, os.strerror(err))
 
 
 def _page_aligned(view: memoryview) -> bool:

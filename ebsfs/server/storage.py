@@ -27,10 +27,13 @@ overlaid, so inherited blocks are never copied. Block contents are stored once (
 SHA256) and their space is given back (a hole punched, or the whole segment removed) when
 the last row referencing them goes.
 
-Snapshot metadata is small and kept in memory as well; every change is written through.
+Snapshot metadata is small and kept in memory as well. A change is built on a copy, written
+and committed, and only then published in memory (``update``): what the server answers
+from memory is always what a restart would find, also when a commit fails (a full disk).
 """
 
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import itertools
@@ -39,11 +42,13 @@ import logging
 import os
 import queue
 import sqlite3
+import stat
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ebsfs.server.segments import (
     SEGMENT_BLOCKS,
@@ -144,6 +149,15 @@ class Snapshot:
     failed_status_message: str | None = None
     blocks_dropped: bool = False
     deleted: bool = False
+    #: Storage tier (ModifySnapshotTier / RestoreSnapshotTier): archived, when the archive
+    #: move started, and a temporary restore's start and expiry (None: none, or permanent).
+    archived: bool = False
+    tiering_start: float | None = None
+    restore_start: float | None = None
+    restore_expiry: float | None = None
+    #: createVolumePermission: the account ids it is shared with, and group ``all``.
+    shared_with: list[str] = field(default_factory=list)
+    public: bool = False
 
     @property
     def block_count(self) -> int:
@@ -167,8 +181,28 @@ class Snapshot:
             return ERROR, TIMED_OUT_MESSAGE
         return PENDING, ""
 
+    def storage_tier(self, now: float) -> str:
+        """``archive`` or ``standard``; a temporary restore reads ``standard`` until it
+        expires, then the snapshot is archived again."""
+        if not self.archived:
+            return "standard"
+        if self.restore_expiry is not None and now < self.restore_expiry:
+            return "standard"
+        return "archive"
+
+    def may_read(self, account_id: str) -> bool:
+        """Whether that account may read it through the EBS direct APIs: its owner, or an
+        account it was shared with (public snapshots cannot be read that way)."""
+        return self.owner_id == account_id or account_id in self.shared_with
+
     def completion_time(self) -> float | None:
         return self.complete_at if self.final_status == COMPLETED else None
+
+    def copy(self, **changes: Any) -> "Snapshot":
+        """A copy to build a change on (``Store.update`` publishes it)."""
+        new = dataclasses.replace(self, **changes)
+        new.tags = list(new.tags)
+        return new
 
     def to_doc(self) -> str:
         doc = dict(self.__dict__)
@@ -192,21 +226,25 @@ class Store:
         index_delay: float = INDEX_DELAY,
     ) -> None:
         self.root = Path(data_dir)
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _make_private(self.root)
         # One server per data directory: a second one would keep its own picture of the
         # snapshots in memory. The lock goes with the process, kill -9 included.
-        self._lock_fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        self._lock_fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(self._lock_fd)
             raise DataDirBusy(f"data directory {self.root} is in use by another server") from None
         self._tmp_dir = self.root / "tmp"
-        self._tmp_dir.mkdir(exist_ok=True)
+        self._tmp_dir.mkdir(mode=0o700, exist_ok=True)
         self.segments = Segments(self.root / "segments", segment_blocks)
         for stale in self._tmp_dir.iterdir():
             stale.unlink()
         self._db_path = self.root / "meta.sqlite3"
+        # SQLite creates its files 0644 (less the umask), its -wal and -shm files with the
+        # database's mode: create the database 0600 first.
+        os.close(os.open(self._db_path, os.O_RDWR | os.O_CREAT, 0o600))
         # Reentrant: a transaction first indexes the acknowledged puts, which may collect.
         self._wlock = threading.RLock()
         self._prune_lock = threading.Lock()
@@ -276,19 +314,18 @@ class Store:
         with self._wlock:
             if index_first:
                 self._index_pending()
-            self._writer.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._writer
-            except BaseException:
-                self._writer.execute("ROLLBACK")
-                raise
-            self._writer.execute("COMMIT")
+            with _transaction(self._writer) as db:
+                yield db
 
     def _load_token_key(self) -> bytes:
         path = self.root / "token.key"
         if not path.exists():
             tmp = self._tmp_dir / "token.key"
-            tmp.write_bytes(os.urandom(32))
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.write(fd, os.urandom(32))
+            finally:
+                os.close(fd)
             fsync_path(tmp)
             os.replace(tmp, path)
             fsync_path(self.root)
@@ -323,12 +360,43 @@ class Store:
     def live(self) -> list[Snapshot]:
         return [s for s in list(self.snapshots.values()) if not s.deleted]
 
+    def update(self, snaps: Sequence[Snapshot], change: Callable[[Snapshot], None]) -> None:
+        """Change snapshots in one transaction: ``change`` edits a copy of each, the copies
+        are committed, and only then published into the in-memory records; on any error
+        nothing changes. Copying, committing and publishing all hold the write lock, so a
+        change never writes back a snapshot as it was before another one (a seal)."""
+        with self._wlock:
+            new = {}
+            for snap in snaps:
+                new[snap.snapshot_id] = copy = snap.copy()
+                change(copy)
+            with self._write() as db:
+                db.executemany(
+                    "UPDATE snapshots SET doc = ? WHERE id = ?",
+                    [(c.to_doc(), sid) for sid, c in new.items()],
+                )
+            with self._index_lock:
+                for snap in snaps:
+                    _publish(snap, new[snap.snapshot_id])
+
     def save(self, snap: Snapshot) -> None:
-        """Write a changed snapshot record through to the database."""
-        with self._write() as db:
-            db.execute(
-                "UPDATE snapshots SET doc = ? WHERE id = ?", (snap.to_doc(), snap.snapshot_id)
-            )
+        """Write a snapshot changed in place through; on failure its in-memory record is
+        put back as stored. ``update`` is better: this shows the change before its commit."""
+        try:
+            with self._write() as db:
+                db.execute(
+                    "UPDATE snapshots SET doc = ? WHERE id = ?",
+                    (snap.to_doc(), snap.snapshot_id),
+                )
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error), self._reader() as db:
+                row = db.execute(
+                    "SELECT doc FROM snapshots WHERE id = ?", (snap.snapshot_id,)
+                ).fetchone()
+                if row is not None:
+                    with self._index_lock:
+                        _publish(snap, Snapshot.from_doc(row[0]))
+            raise
 
     def client_token(self, token: str) -> tuple[str, str] | None:
         """(fingerprint, response JSON) stored with a StartSnapshot ClientToken."""
@@ -350,7 +418,7 @@ class Store:
                     "INSERT INTO client_tokens (token, fingerprint, response) VALUES (?, ?, ?)",
                     (token, fingerprint, response),
                 )
-            self.snapshots[snap.snapshot_id] = snap
+        self.snapshots[snap.snapshot_id] = snap
 
     def chain(self, snap: Snapshot) -> list[str]:
         """The snapshot's id followed by its ancestors' ids, nearest first."""
@@ -395,7 +463,7 @@ class Store:
                     self._sync(segment)
                 except BaseException:
                     with contextlib.suppress(OSError):
-                        self.segments.free(segment, offset, durable=True)
+                        self.segments.discard(segment, offset)
                     self.segments.release(segment)
                     raise
         finally:
@@ -415,7 +483,7 @@ class Store:
             return
         # The record is on disk: make its hole durable too, or a restart would find it.
         try:
-            self.segments.free(segment, offset, durable=True)
+            self.segments.discard(segment, offset)
         finally:
             self.segments.release(segment)
         raise Refused(why)
@@ -464,6 +532,12 @@ class Store:
                 return
             try:
                 self.flush()
+            except (OSError, sqlite3.OperationalError) as exc:
+                # A full disk, typically: one line a second, not a traceback.
+                log.error("indexing %d acknowledged puts failed (%s); their records are on "
+                          "disk; retrying in a second", len(self._acked), exc)
+                time.sleep(1.0)
+                self._kick.set()
             except Exception:
                 log.exception("indexing acknowledged blocks failed; retrying in a second")
                 time.sleep(1.0)
@@ -495,8 +569,7 @@ class Store:
         by_snap: dict[str, list[_Acked]] = {}
         for w in batch:
             by_snap.setdefault(w.snap.snapshot_id, []).append(w)
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with _transaction(db):
             # What each index held before, so that contents left unreferenced are freed.
             current: dict[tuple[str, int], bytes] = {}
             for sid, writes in by_snap.items():
@@ -539,10 +612,6 @@ class Store:
                     some,
                 ):
                     stored[bytes(d)] = (int(seg), int(off))
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
         for w in batch:
             w.used = stored.get(w.digest) == (w.segment, w.offset)
 
@@ -577,18 +646,22 @@ class Store:
         decide: Callable[[list[tuple[int, bytes]]], tuple[str, str]],
         complete_at: float,
     ) -> None:
+        new = snap.copy()
         with self._write() as db:
             rows = db.execute(
                 "SELECT idx, digest FROM blocks WHERE snapshot_id = ? ORDER BY idx",
                 (snap.snapshot_id,),
             ).fetchall()
             final, message = decide([(i, bytes(d)) for i, d in rows])
-            snap.full_blocks = self._count_view(db, snap) if final == COMPLETED else 0
-            snap.final_status, snap.final_message = final, message
-            snap.complete_at = complete_at
-            snap.sealed_at = time.time()
+            new.full_blocks = self._count_view(db, snap) if final == COMPLETED else 0
+            new.final_status, new.final_message = final, message
+            new.complete_at = complete_at
+            new.sealed_at = time.time()
             db.execute("UPDATE snapshots SET doc = ? WHERE id = ?",
-                       (snap.to_doc(), snap.snapshot_id))
+                       (new.to_doc(), snap.snapshot_id))
+        # Puts stay refused meanwhile: the seal holds the snapshot in ``_closing``.
+        with self._index_lock:
+            _publish(snap, new)
 
     def lookup(self, snap: Snapshot, index: int) -> tuple[bytes, Path | None, int] | None:
         """(digest, segment file, offset) of block ``index`` in the snapshot's full view;
@@ -641,8 +714,7 @@ class Store:
 
     def delete(self, snap: Snapshot) -> None:
         """Delete a snapshot; its blocks stay while a live descendant inherits them."""
-        snap.deleted = True
-        self.save(snap)
+        self.update([snap], _mark_deleted)
         self.prune()
 
     def drop_blocks(self, snapshot_id: str) -> None:
@@ -712,13 +784,26 @@ class Store:
             highest = int(db.execute("SELECT COALESCE(MAX(seq), 0) FROM blocks").fetchone()[0])
             found = sorted(self.segments.scan(live), key=lambda r: r[2].seq)
             replayed = 0
+            # A replayed put was activity the index never saw: its segment's last write is
+            # when it happened at the latest (a Timeout counts from it).
+            active: dict[str, float] = {}
             for segment, offset, record in found:
                 highest = max(highest, record.seq)
                 if self._replay(db, segment, offset, record):
                     replayed += 1
+                    written = self.segments.path(segment).stat().st_mtime
+                    active[record.snapshot_id] = max(
+                        written, active.get(record.snapshot_id, 0.0)
+                    )
             if found:
                 log.info("found %d unindexed records in the segments; indexed %d",
                          len(found), replayed)
+            for sid, when in active.items():
+                snap = self.snapshots[sid]
+                if when > snap.last_activity:
+                    db.execute("UPDATE snapshots SET last_activity = ? WHERE id = ?",
+                               (when, sid))
+                    snap.last_activity = when
             db.execute("DELETE FROM objects WHERE digest NOT IN (SELECT digest FROM blocks)")
             live = self._live(db)
         self.segments.recover(live, max(live, default=0))
@@ -812,3 +897,48 @@ class Store:
             "allocated": self.segments.allocated(),
             "snapshots": len(self.snapshots),
         }
+
+
+@contextlib.contextmanager
+def _transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One write transaction; rolled back on any error, its COMMIT's included (SQLite may
+    leave a transaction open after a COMMIT that failed, e.g. on a full disk)."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield db
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+        raise
+
+
+def _publish(snap: Snapshot, new: Snapshot) -> None:
+    """Make ``snap`` (the record everyone holds) say what ``new`` says, once it is stored.
+    ``last_activity`` stays: puts move it on in memory, and the index writes it."""
+    fresh = {k: v for k, v in new.__dict__.items() if k != "last_activity"}
+    # One dict update: a reader never sees half of a change (sealed_at without complete_at).
+    snap.__dict__.update(fresh)
+
+
+def _make_private(root: Path) -> None:
+    """Close a data directory an older server (or an umask) left open to other users:
+    directories 0700, files 0600. The blocks of the oldest layout are left to their move."""
+    for top, dirs, files in os.walk(root):
+        if Path(top) == root:
+            dirs[:] = [d for d in dirs if d in ("segments", "tmp")]
+        for name, private in [(top, 0o700)] + [(os.path.join(top, f), 0o600) for f in files]:
+            try:
+                mode = os.lstat(name).st_mode
+            except FileNotFoundError:
+                continue
+            if stat.S_ISLNK(mode) or not stat.S_IMODE(mode) & 0o077:
+                continue
+            log.info("%s was open to other users (%o); making it %o", name,
+                     stat.S_IMODE(mode), private)
+            os.chmod(name, private)
+
+
+def _mark_deleted(snap: Snapshot) -> None:
+    snap.deleted = True

@@ -29,6 +29,8 @@ class Request:
     #: Set once the SigV4 signature was checked from the head alone (the payload hash was a
     #: header): only the body's hash is left to compare.
     signature_checked: bool = False
+    #: The account whose key signed the request (set by the SigV4 check; app.py).
+    account: str = "000000000000"
 
     @property
     def path(self) -> str:

@@ -76,9 +76,28 @@ def test_mount_unit_is_notify_and_flushes_on_stop() -> None:
         assert key not in lines
 
 
-def test_example_configuration_is_valid() -> None:
+def test_example_configuration_changes_nothing_as_installed() -> None:
     config = settings.load_config(str(SYSTEMD / "ebsfs.toml"), {})
+    # A region would select AWS for every command, allow_other open every mount to every
+    # user, and a spool_dir make every mount share one spool.
+    assert all(not values for values in config.sections.values()), config.sections
+    assert not config.mounts
+
+
+def test_example_configuration_is_valid_once_uncommented() -> None:
+    import re
+
+    text = (SYSTEMD / "ebsfs.toml").read_text()
+    lines = []
+    for line in text.splitlines():
+        # "# key = value   # comment" and '# [mount."/mnt/backups"]' lines, not prose.
+        if re.match(r"# (\[|[a-z_]+ = )", line) and "spool/..." not in line:
+            line = line[2:]
+        lines.append(line)
+    config = settings.parse_config("\n".join(lines), "uncommented example")
     assert config.sections["mount"]["cache_size"] == 256 << 20
+    assert config.sections["mount"]["allow_other"] is False
+    assert config.sections["aws"]["region"] == "us-east-1"
     assert "/mnt/backups" in config.mounts
 
 

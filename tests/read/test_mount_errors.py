@@ -134,9 +134,9 @@ def test_ls_lists_every_state(server) -> None:
     pending = server.ebs().start_snapshot(VolumeSize=2)["SnapshotId"]
     out = ebsfs("ls", env=env, check=True).stdout
     header, *rows = out.splitlines()
-    assert header.split() == ["SNAPSHOT", "STATE", "SIZE", "NAME", "PROGRESS", "STARTED"]
+    assert header.split() == ["SNAPSHOT", "STATE", "TIER", "SIZE", "NAME", "PROGRESS", "STARTED"]
     by_id = {r.split()[0]: r.split() for r in rows}
-    assert by_id[sid][1] == "completed" and by_id[sid][4] == "listed"
+    assert by_id[sid][1:3] == ["completed", "standard"] and by_id[sid][5] == "listed"
     assert by_id[pending][1] == "pending"
     listed = json.loads(ebsfs("ls", "--json", env=env, check=True).stdout)
     assert {s["snapshot_id"] for s in listed} == {sid, pending}

@@ -51,8 +51,8 @@ def test_after_fsync_the_server_holds_every_block_even_if_the_daemon_dies(
 
 
 def _drafts_in(spool: Path) -> list[Path]:
-    """The draft directories of a spool (its lock file aside)."""
-    return [p for p in spool.iterdir() if p.is_dir()]
+    """The draft directories of a spool (not its lock file, nor scratch/)."""
+    return [p for p in spool.iterdir() if (p / "manifest.json").is_file()]
 
 
 def test_a_daemon_killed_mid_dd_comes_back_with_every_accepted_byte(

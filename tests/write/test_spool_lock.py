@@ -85,7 +85,7 @@ def test_mounts_without_a_spool_setting_get_one_each(
             assert os.listdir(m.path / "new") == [f"img{i}"]
             own = root / escape_path(str(m.path))
             assert f"mountpoint={m.path}" in (own / LOCK).read_text()
-            drafts = [p for p in own.iterdir() if p.is_dir()]
+            drafts = [p for p in own.iterdir() if (p / "manifest.json").is_file()]
             assert len(drafts) == 1
     finally:
         for m in mounts:
