@@ -6,13 +6,16 @@ derived from ``EbsfsError`` become one line on stderr and their documented exit 
 """
 
 import argparse
+import contextlib
 import importlib
 import logging
+import math
+import os
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from ebsfs import __version__, fstab
+from ebsfs import __version__, fstab, logsetup
 from ebsfs.errors import EbsfsError
 
 log = logging.getLogger(__name__)
@@ -32,6 +35,18 @@ def add_aws_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--region", help="AWS region (default: from the environment or profile)")
     group.add_argument("--profile", help="AWS profile from ~/.aws/config")
+
+
+def positive_seconds(text: str) -> float:
+    """An argparse type: a finite number of seconds above 0 (NaN or infinity as a time limit
+    would make a wait without end)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
+    return value
 
 
 class _Parser(argparse.ArgumentParser):
@@ -55,9 +70,32 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+#: The exit code after the reader of stdout went away (``ebsfs ls | head``): what a shell
+#: reports for a command that SIGPIPE ended, as coreutils' commands do.
+EXIT_BROKEN_PIPE = 128 + 13
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
+    try:
+        try:
+            return _main(argv)
+        finally:
+            # Flush here, not at interpreter exit, where a closed pipe prints a warning.
+            sys.stdout.flush()
+    except BrokenPipeError:
+        # Whoever read our output stopped reading: nothing to report, nobody to report it
+        # to. Point stdout at /dev/null so that the interpreter's last flush stays quiet.
+        with contextlib.suppress(OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+
+
+def _main(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    # Before anything can log or echo the command line.
+    logsetup.register_argv_secrets(argv)
     if fstab.is_helper_call(argv, COMMANDS):
         # mount.fuse3 (mount -t fuse.ebsfs, /etc/fstab) runs ``ebsfs SOURCE MOUNTPOINT -o ...``.
         try:

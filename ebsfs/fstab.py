@@ -43,6 +43,7 @@ FLAG_OPTIONS: dict[str, str] = {
     "read_only": "--read-only",
     "allow_other": "--allow-other",
     "allow_delete": "--allow-delete",
+    "nonempty": "--nonempty",
     "upload_process": "--upload-process",
     "no_upload_process": "--no-upload-process",
 }

@@ -14,6 +14,7 @@ import logging
 import logging.handlers
 import os
 import re
+import socket
 import sys
 import threading
 from typing import TextIO
@@ -37,10 +38,22 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"(X-Amz-Signature=)[^&\s\"']+", re.I), rf"\g<1>{MASK}"),
     (re.compile(r"(X-Amz-(?:Security-Token|Credential)[=:]\s*)[^&\s\"',]+", re.I), rf"\g<1>{MASK}"),
     (re.compile(r"(Credential=)[^,\s\"']+"), rf"\g<1>{MASK}"),
+    # key=value, key: value, "key": "value" and 'Key': 'value' for any key that names a
+    # secret, a token or a password (secret_key, aws_secret_access_key, SessionToken, token).
     (
         re.compile(
-            r"((?:aws_)?(?:secret_access_key|secret-access-key|session_token|security_token|"
-            r"SecretAccessKey|SessionToken|password)[\"']?\s*[=:]\s*[\"']?)[^\s\"',}]+",
+            r"(\b[\w.-]*(?:secret[\w-]*|token|password|passwd|passphrase)[\"']?\s*[=:]\s*[\"']?)"
+            r"(?!\*\*\*)[^\s\"',}&;]+",
+            re.I,
+        ),
+        rf"\g<1>{MASK}",
+    ),
+    # The same as command-line flags echoed back: --secret-access-key X, --token=X, and
+    # argv printed as a list ('--secret-access-key', 'X').
+    (
+        re.compile(
+            r"(--[\w-]*(?:secret|token|password|passwd|passphrase)[\w-]*"
+            r"(?:=|[\"']?,?\s+[\"']?))(?!\*\*\*)(?!--)[^\s\"',}]+",
             re.I,
         ),
         rf"\g<1>{MASK}",
@@ -57,6 +70,41 @@ def register_secret(value: str | None) -> None:
     if value and len(value) >= 4:
         with _secrets_lock:
             _secrets.add(value)
+
+
+#: Environment variables whose values sign requests (the mount's credentials, the server's
+#: key pair): masked in every log line whether or not anything logs them.
+SECRET_ENVIRONMENT = (
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_SECURITY_TOKEN",
+    "AWS_CONTAINER_AUTHORIZATION_TOKEN",
+    "EBSFS_SECRET_ACCESS_KEY",
+    "EBSFS_SERVER_SECRET_ACCESS_KEY",
+)
+
+#: Flags whose value is a secret, wherever a command line gives one.
+_SECRET_FLAG = re.compile(r"--[\w-]*(?:secret|token|password|passwd|passphrase)[\w-]*", re.I)
+
+
+def register_environment_secrets(environ: dict[str, str] | None = None) -> None:
+    """Mask the values of :data:`SECRET_ENVIRONMENT` from now on."""
+    environ = dict(os.environ) if environ is None else environ
+    for name in SECRET_ENVIRONMENT:
+        register_secret(environ.get(name))
+
+
+def register_argv_secrets(argv: list[str]) -> None:
+    """Mask the value of every secret-named flag in ``argv`` (``--secret-access-key X`` or
+    ``--secret-access-key=X``), so an echo of the command line cannot show it."""
+    for i, arg in enumerate(argv):
+        name, sep, value = arg.partition("=")
+        if not _SECRET_FLAG.fullmatch(name):
+            continue
+        if sep:
+            register_secret(value)
+        elif i + 1 < len(argv):
+            register_secret(argv[i + 1])
 
 
 def redact(text: str) -> str:
@@ -136,28 +184,120 @@ def parse_level(level: str | int) -> int:
 
 
 SYSLOG_SOCKET = "/dev/log"
+#: Where a detached daemon logs when there is no system log (``EBSFS_LOG_DIR`` overrides).
+FALLBACK_LOG_DIR = "/var/log/ebsfs"
+LOG_DIR_ENV = "EBSFS_LOG_DIR"
+
+
+def _syslog_listens() -> bool:
+    """Whether something accepts messages on the system log's socket (SysLogHandler itself
+    ignores a failed connect, and then every line goes nowhere)."""
+    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+        with socket.socket(socket.AF_UNIX, kind) as probe:
+            try:
+                probe.connect(SYSLOG_SOCKET)
+            except OSError:
+                continue
+            return True
+    return False
+
+
+def _syslog_handler() -> logging.Handler | None:
+    """A handler for the system log, or None when nothing listens on its socket."""
+    if not _syslog_listens():
+        return None
+    try:
+        handler = logging.handlers.SysLogHandler(address=SYSLOG_SOCKET)
+    except OSError:
+        return None
+    handler.setFormatter(logging.Formatter("ebsfs[%(process)d]: %(name)s: %(message)s"))
+    return handler
+
+
+def escape_path(path: str) -> str:
+    """``path`` as one file name, the way ``systemd-escape --path`` writes it
+    (``/mnt/snapshots`` is ``mnt-snapshots``)."""
+    trimmed = path.strip("/")
+    if not trimmed:
+        return "-"
+    out = []
+    for i, char in enumerate(trimmed):
+        if char == "/":
+            out.append("-")
+        elif char.isascii() and (char.isalnum() or char in "_:" or (char == "." and i > 0)):
+            out.append(char)
+        else:
+            out.extend(f"\\x{byte:02x}" for byte in char.encode())
+    return "".join(out)
+
+
+def fallback_log_path(name: str) -> str:
+    """Where a daemon's log goes when there is no system log: ``NAME.log`` in
+    ``$EBSFS_LOG_DIR``, else /var/log/ebsfs."""
+    directory = os.environ.get(LOG_DIR_ENV) or FALLBACK_LOG_DIR
+    return os.path.join(directory, f"{escape_path(name)}.log")
+
+
+def _open_fallback(name: str) -> tuple[TextIO | None, str]:
+    path = fallback_log_path(name)
+    try:
+        os.makedirs(os.path.dirname(path), mode=0o750, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        return os.fdopen(fd, "a", buffering=1), path
+    except OSError as exc:
+        return None, f"{path}: {exc.strerror}"
+
+
+def describe(handler: logging.Handler) -> str:
+    """Where ``handler`` writes, in words for the user."""
+    if isinstance(handler, logging.handlers.SysLogHandler):
+        return f"the system log ({SYSLOG_SOCKET}; journalctl -t ebsfs)"
+    if getattr(handler, "ebsfs_destination", None):
+        return str(handler.ebsfs_destination)  # type: ignore[attr-defined]
+    stream = getattr(handler, "stream", None)
+    name = getattr(stream, "name", None)
+    if name in (sys.stderr.name if sys.stderr else None, "<stderr>"):
+        return "stderr"
+    if isinstance(name, str) and name != os.devnull:
+        return name
+    return getattr(handler, "ebsfs_destination", "nowhere")
 
 
 def setup_logging(
-    level: str | int = "info", stream: TextIO | None = None, *, syslog: bool = False
+    level: str | int = "info",
+    stream: TextIO | None = None,
+    *,
+    syslog: bool = False,
+    fallback_name: str | None = None,
 ) -> logging.Handler:
     """Configure the root logger once for a daemon or command; returns the handler installed.
 
     ``syslog=True`` (a daemon detached from its terminal) sends the lines to the system log
-    (journald) when ``/dev/log`` exists, else to ``stream``. Calling it again replaces the
-    handler it installed before (tests call it repeatedly).
+    (journald) when something listens on ``/dev/log``; else, given ``fallback_name`` (the
+    mount point), to the file :func:`fallback_log_path` names; else to ``stream``.
+    :func:`describe` says which. Calling it again replaces the handler it installed before
+    (tests call it repeatedly).
     """
     stream = stream if stream is not None else sys.stderr
-    handler: logging.Handler
-    if syslog and os.path.exists(SYSLOG_SOCKET):
-        handler = logging.handlers.SysLogHandler(address=SYSLOG_SOCKET)
-        handler.setFormatter(logging.Formatter("ebsfs[%(process)d]: %(name)s: %(message)s"))
-    elif under_systemd(stream):
+    register_environment_secrets()
+    handler: logging.Handler | None = _syslog_handler() if syslog else None
+    destination = ""
+    if handler is None and syslog and fallback_name is not None:
+        opened, where = _open_fallback(fallback_name)
+        if opened is not None:
+            stream, destination = opened, where
+        else:
+            destination = f"nowhere (no system log at {SYSLOG_SOCKET}, and {where})"
+    if handler is not None:
+        pass
+    elif under_systemd(stream) and not (syslog and fallback_name is not None):
         handler = logging.StreamHandler(stream)
         handler.setFormatter(JournalFormatter())
     else:
         handler = logging.StreamHandler(stream)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    if destination:
+        handler.ebsfs_destination = destination  # type: ignore[attr-defined]
     handler.set_name("ebsfs")
     handler.addFilter(RedactSecrets())
     root = logging.getLogger()

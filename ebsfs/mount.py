@@ -24,17 +24,18 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
 import pyfuse3
 import trio
 
+from ebsfs import mounttable
 from ebsfs.api import Api
 from ebsfs.config import MountConfig
-from ebsfs.errors import EbsfsError, MountError
+from ebsfs.errors import EbsfsError, MountError, UsageError
 from ebsfs.exgroups import first_error
 from ebsfs.fs.catalog import Catalog, CatalogConfig
 from ebsfs.fs.ops import EbsfsOperations, OpsConfig
@@ -46,7 +47,7 @@ from ebsfs.fs.wiring import (
     open_new_directory,
     upload_process,
 )
-from ebsfs.logsetup import setup_logging
+from ebsfs.logsetup import describe, setup_logging
 from ebsfs.notify import notify_ready, notify_stopping
 from ebsfs.putproc import PutProcess
 from ebsfs.store.diskcache import cache_file
@@ -63,10 +64,13 @@ class DaemonOptions:
     """How the mount process runs (not part of what it mounts)."""
 
     log_file: str | None = None
+    #: Mount over a directory that is not empty (its files are hidden while mounted).
+    nonempty: bool = False
 
 
-def check_mountpoint(path: str) -> str:
-    """The absolute mount point; MountError if it cannot be mounted on."""
+def check_mountpoint(path: str, nonempty: bool = False) -> str:
+    """The absolute mount point; MountError if it cannot be mounted on (or, unless
+    ``nonempty``, holds files that the mount would hide)."""
     mountpoint = os.path.abspath(path)
     try:
         st = os.stat(mountpoint)
@@ -84,6 +88,17 @@ def check_mountpoint(path: str) -> str:
         raise MountError(f"{mountpoint} is already a mount point")
     if not os.path.exists(FUSE_DEVICE):
         raise MountError(f"FUSE is unavailable: {FUSE_DEVICE} does not exist (modprobe fuse?)")
+    if not nonempty:
+        try:
+            with os.scandir(mountpoint) as entries:
+                first = next(entries, None)
+        except OSError as exc:
+            raise MountError(f"mount point {mountpoint}: {exc.strerror}") from None
+        if first is not None:
+            raise MountError(
+                f"mount point {mountpoint} is not empty ({first.name} ...): the mount would "
+                "hide its files; use an empty directory, or --nonempty"
+            )
     return mountpoint
 
 
@@ -187,13 +202,50 @@ async def _serve(
             nursery.cancel_scope.cancel()
 
 
+#: While a stop waits for a busy mount to be free, how often it looks again.
+BUSY_RECHECK = 1.0
+
+
+def _holders(mountpoint: str) -> list[str]:
+    """What keeps our mount busy (nothing once it is detached from the mount table)."""
+    entry = mounttable.top_mount(mountpoint)
+    if entry is None or entry.fstype != mounttable.FSTYPE:
+        return []
+    return mounttable.holders(mountpoint, entry, {os.getpid()})
+
+
 async def _signals(mountpoint: str, stopping: trio.Event) -> None:
+    # libfuse's unmount is lazy: stopping while a loop device or a process holds the mount
+    # would leave them with I/O errors. SIGTERM and SIGHUP therefore wait until it is free
+    # (as umount(8) refuses); SIGINT, or `ebsfs umount --lazy`, which detaches it first,
+    # stop at once.
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async for signum in signals:
-            log.info("%s: unmounting %s", signal.Signals(signum).name, mountpoint)
+            name = signal.Signals(signum).name
+            if signum != signal.SIGINT:
+                held = await trio.to_thread.run_sync(_holders, mountpoint)
+                if held:
+                    log.warning(
+                        "%s: %s is busy, held by: %s; unmounting once it is free "
+                        "(SIGINT or `ebsfs umount --lazy` to stop now)",
+                        name, mountpoint, "; ".join(held[:5]),
+                    )
+                    name = await _until_free(mountpoint, signals) or name
+            log.info("%s: unmounting %s", name, mountpoint)
             stopping.set()
             pyfuse3.terminate()
             return
+
+
+async def _until_free(mountpoint: str, signals: AsyncIterator[int]) -> str | None:
+    """Return once nothing holds the mount, or with "SIGINT" when one arrives first."""
+    while True:
+        with trio.move_on_after(BUSY_RECHECK):
+            async for signum in signals:
+                if signum == signal.SIGINT:
+                    return "SIGINT"
+        if not await trio.to_thread.run_sync(_holders, mountpoint):
+            return None
 
 
 async def _announce_when_answering(
@@ -237,15 +289,26 @@ def set_kernel_read_ahead(device: int, size: int) -> None:
         log.info("kernel read-ahead left at its default (%s: %s)", path, exc.strerror)
 
 
-def _setup_logging(config: MountConfig, options: DaemonOptions, daemon: bool) -> None:
+def _setup_logging(config: MountConfig, options: DaemonOptions, daemon: bool) -> str:
+    """Install the daemon's log handler; returns where the log goes, in words."""
     if options.log_file:
-        stream = open(options.log_file, "a", buffering=1)  # noqa: SIM115 - lives as long as we do
-        setup_logging(config.log_level, stream)
+        try:
+            stream = open(options.log_file, "a", buffering=1)  # noqa: SIM115 - lives as we do
+        except OSError as exc:
+            raise UsageError(f"--log-file {options.log_file}: {exc.strerror}") from None
+        handler = setup_logging(config.log_level, stream)
     elif daemon:
-        # Detached from the terminal: syslog (journald) when there is one, else nowhere.
-        setup_logging(config.log_level, open(os.devnull, "w"), syslog=True)  # noqa: SIM115
+        # Detached from the terminal: the system log when one listens, else a file named
+        # after the mount point (never nowhere: the reasons for an EIO are in the log).
+        handler = setup_logging(
+            config.log_level,
+            open(os.devnull, "w"),  # noqa: SIM115
+            syslog=True,
+            fallback_name=config.mountpoint,
+        )
     else:
-        setup_logging(config.log_level)
+        handler = setup_logging(config.log_level)
+    return describe(handler)
 
 
 #: Fixed mmap threshold above any buffer of the read path (512 KiB blocks, 1 MiB replies and
@@ -320,10 +383,11 @@ def _run(config: MountConfig, options: DaemonOptions, ready: Callable[[], None])
 def run_mount(config: MountConfig, options: DaemonOptions | None = None) -> int:
     """Mount and serve until unmounted; returns the exit code (see ``ebsfs mount --help``)."""
     options = options or DaemonOptions()
-    mountpoint = check_mountpoint(config.mountpoint)
+    if options.log_file:
+        # The daemon works from /: a relative path means the one it was given from here.
+        options = replace(options, log_file=os.path.abspath(options.log_file))
+    mountpoint = check_mountpoint(config.mountpoint, options.nonempty)
     if mountpoint != config.mountpoint:
-        from dataclasses import replace
-
         config = replace(config, mountpoint=mountpoint)
     if config.foreground:
         _setup_logging(config, options, daemon=False)
@@ -356,13 +420,15 @@ def _daemonise(config: MountConfig, options: DaemonOptions) -> int:
         os.chdir("/")
         devnull = os.open(os.devnull, os.O_RDWR)
         os.dup2(devnull, 0)
-        _setup_logging(config, options, daemon=True)
+        destination = _setup_logging(config, options, daemon=True)
         # stdout/stderr to /dev/null only now: a failed logging set-up is still reported.
         os.dup2(devnull, 1)
         os.dup2(devnull, 2)
-        _run(config, options, partial(report, "ready\n"))
+        log.info("pid %d, logging to %s", os.getpid(), destination)
+        _run(config, options, partial(report, f"ready {destination}\n"))
     except EbsfsError as exc:
-        log.error("%s", exc)
+        if logging.getLogger().handlers:  # else logging's last resort prints it a second time
+            log.error("%s", exc)
         report(f"error {exc.exit_code} {exc}\n")
         code = exc.exit_code
     except BaseException as exc:  # the daemon's last word must reach the parent
@@ -378,7 +444,10 @@ def _daemonise(config: MountConfig, options: DaemonOptions) -> int:
 def _wait_for_child(read_fd: int, pid: int, mountpoint: str) -> int:
     with os.fdopen(read_fd, "r") as pipe:
         line = pipe.readline().strip()
-    if line == "ready":
+    if line == "ready" or line.startswith("ready "):
+        # One line, so that whoever mounted knows where to look when something goes wrong.
+        destination = line.partition(" ")[2] or "the system log"
+        print(f"ebsfs: mounted {mountpoint}; daemon log: {destination}", file=sys.stderr)
         return 0
     if line.startswith("error "):
         _, code, message = line.split(" ", 2)

@@ -25,6 +25,7 @@ a typo never goes unnoticed.
 import argparse
 import difflib
 import hashlib
+import math
 import os
 import re
 import tomllib
@@ -85,6 +86,8 @@ def _float(value: Any) -> float:
             raise ValueError(f"expected a number, not {value!r}") from None
     if not isinstance(value, int | float) or value < 0:
         raise ValueError(f"expected a number of at least 0, not {value!r}")
+    if not math.isfinite(value):  # NaN or infinity as a time: a wait without end
+        raise ValueError(f"expected a finite number, not {value!r}")
     return float(value)
 
 

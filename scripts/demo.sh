@@ -63,6 +63,8 @@ PORT=$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); p
 export AWS_ENDPOINT_URL_EBS=http://127.0.0.1:$PORT AWS_ENDPOINT_URL_EC2=http://127.0.0.1:$PORT
 # Settings of this machine (/etc/ebsfs/ebsfs.toml) must not leak into the demo.
 export EBSFS_CONFIG=/dev/null
+# Without a system log the mount logs to a file: here, so that a failure shows its last lines.
+export EBSFS_LOG_DIR=$WORK
 
 step "starting the local server on 127.0.0.1:$PORT"
 "$EBSFS" server --data-dir "$WORK/server" --listen "127.0.0.1:$PORT" >"$WORK/server.log" 2>&1 &
@@ -112,5 +114,10 @@ step "the mount's counters"
 
 step "cleaning up"
 umount "$LOOP"
+# The kernel lets go of an autoclear loop device a moment after its unmount; until then it
+# holds the snapshot file and `ebsfs umount` (like umount(8)) refuses the busy mount.
+for _ in $(seq 100); do [ -z "$(losetup -j "$MNT/$SNAP")" ] && break; sleep 0.1; done
 "$EBSFS" umount "$MNT"
+# It returns once the mount is gone from the mount table and the daemon has exited.
+! is_mounted "$MNT" || die "$MNT is still mounted after ebsfs umount"
 printf '\ndemo OK: wrote, sealed, loop-mounted and read back %s\n' "$SNAP"

@@ -13,6 +13,21 @@ from tests.serverproc import LocalServer
 os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _daemon_logs_stay_in_tmp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """A detached mount with no system log here logs to EBSFS_LOG_DIR (else /var/log/ebsfs):
+    keep the test mounts' logs out of the machine's."""
+    saved = os.environ.get("EBSFS_LOG_DIR")
+    os.environ["EBSFS_LOG_DIR"] = str(tmp_path_factory.mktemp("daemon-logs"))
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("EBSFS_LOG_DIR", None)
+        else:
+            os.environ["EBSFS_LOG_DIR"] = saved
+
+
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[LocalServer]:
     """A fresh ``ebsfs server`` with default flags, its data in tmp_path, stopped afterwards."""

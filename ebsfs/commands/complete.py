@@ -15,9 +15,12 @@ import stat
 import sys
 import time
 
+from ebsfs import mounttable
+from ebsfs.cli import positive_seconds
 from ebsfs.errors import (
     BackendUnavailableError,
     EbsfsError,
+    MountError,
     NotFoundError,
     NotPermittedError,
     SnapshotFailedError,
@@ -59,7 +62,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("path", metavar="PATH")
     p.add_argument(
         "--timeout",
-        type=float,
+        type=positive_seconds,
         default=3 * 3600.0,
         metavar="SECONDS",
         help="stop waiting after this long (default: 10800; sealing goes on in the mount)",
@@ -109,6 +112,13 @@ def _seal(path: str) -> None:
 def run(args: argparse.Namespace) -> int:
     path = os.path.abspath(args.path)
     mountpoint = os.path.dirname(os.path.dirname(path))
+    try:
+        # Its attributes (and the chmod that seals) mean something only on an ebsfs mount;
+        # a missing file is reported as such below.
+        if os.path.lexists(path):
+            mounttable.ebsfs_mount(mountpoint)
+    except MountError:
+        raise UsageError(f"{path} is not a file of an ebsfs mount") from None
     tty = sys.stderr.isatty()
     state = snapshot_id = ""
     deadline = time.monotonic() + args.timeout

@@ -22,8 +22,9 @@ Returns once the mount answers (the daemon keeps serving); stop it with `ebsfs u
 Reads are checked against each block's SHA256; a block that cannot be read after retries
 fails the read with EIO and one log line. The mount's counters: `ebsfs stats MOUNTPOINT`.
 Exit codes: 0 mounted, 2 bad option, 3 a --snapshot that does not exist, 4 access denied or
-no credentials, 5 endpoint unreachable, 6 FUSE unavailable, a bad/busy mount point, or a
-spool another mount holds (the message names it).
+no credentials, 5 endpoint unreachable, 6 FUSE unavailable, a bad, busy or non-empty mount
+point (--nonempty mounts over files), or a spool another mount holds (the message names it).
+Once mounted it prints where the daemon logs.
 """
 
 
@@ -186,6 +187,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="let other users see the mount (FUSE allow_other)",
     )
     daemon.add_argument(
+        "--nonempty",
+        action="store_true",
+        help="mount even if MOUNTPOINT holds files (they are hidden until the unmount)",
+    )
+    daemon.add_argument(
         "--foreground", action="store_true", help="stay in the foreground, logging to stderr"
     )
     daemon.add_argument(
@@ -220,4 +226,4 @@ def mount_config_from_args(args: argparse.Namespace) -> MountConfig:
 
 def run(args: argparse.Namespace) -> int:
     config = mount_config_from_args(args)
-    return run_mount(config, DaemonOptions(log_file=args.log_file))
+    return run_mount(config, DaemonOptions(log_file=args.log_file, nonempty=args.nonempty))

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from typing import Any
 
+from ebsfs import mounttable
 from ebsfs.errors import MountError
 from ebsfs.fs.ops import STATS_XATTR
 
@@ -39,12 +39,23 @@ ebsfs mount (or the mount is gone).
 
 
 def read_stats(mountpoint: str) -> dict[str, Any]:
-    """The counters of the mount at ``mountpoint``."""
+    """The counters of the mount at ``mountpoint``: only from a ``fuse.ebsfs`` mount, and
+    only a JSON object (any filesystem can carry a ``user.ebsfs.stats`` attribute)."""
+    mountpoint, _ = mounttable.ebsfs_mount(
+        mountpoint, "is not an ebsfs mount (nothing is mounted there)"
+    )
     try:
-        raw = os.getxattr(mountpoint, STATS_XATTR)
+        raw = mounttable.bounded_getxattr(mountpoint, STATS_XATTR)
+    except TimeoutError as exc:
+        raise MountError(f"{exc} (its daemon hangs?)") from None
     except OSError as exc:
         raise MountError(f"{mountpoint} is not an ebsfs mount ({exc.strerror})") from None
-    result: dict[str, Any] = json.loads(raw)
+    try:
+        result = json.loads(raw)
+    except (ValueError, RecursionError):  # UnicodeDecodeError included; absurd nesting
+        result = None
+    if not isinstance(result, dict):
+        raise MountError(f"{mountpoint}: its {STATS_XATTR} attribute is not the counters' JSON")
     return result
 
 
@@ -62,8 +73,12 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(stats, indent=2, sort_keys=True))
         return 0
     rows: list[tuple[str, Any]] = []
-    _flatten("", stats, rows)
+    try:
+        _flatten("", stats, rows)
+    except RecursionError:
+        raise MountError(f"{args.mountpoint}: its counters nest too deeply") from None
     width = max((len(k) for k, _ in rows), default=0)
     for key, value in rows:
-        print(f"{key:<{width}}  {value}")
+        # The mount wrote these: no control characters reach the terminal.
+        print(mounttable.printable(f"{key:<{width}}  {value}"))
     return 0

@@ -3,25 +3,39 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
+import errno
 import os
 import signal
 import subprocess
 import time
 
+from ebsfs import mounttable
+from ebsfs.cli import positive_seconds
 from ebsfs.errors import MountError
 from ebsfs.fs.ops import PID_XATTR
+from ebsfs.mounttable import MountEntry
 
 EPILOG = """\
 examples:
   ebsfs umount /mnt/snapshots
   ebsfs umount --timeout 60 /mnt/snapshots
 
-The daemon is asked to stop (SIGTERM to the pid in the root's user.ebsfs.pid attribute): it
-flushes new/ and unmounts; the command returns when the mount point is free. A mount whose
-daemon died ("Transport endpoint is not connected") is unmounted directly.
-Exit codes: 0 unmounted, 6 not an ebsfs mount, or it did not go within --timeout.
+MOUNTPOINT must be exactly the mount point of an ebsfs (fuse.ebsfs) mount. As umount(8), it
+refuses while the mount is busy (a process with a file or its directory in it, a loop
+device backed by one of its files, a mount inside it), and names what holds it; --lazy
+detaches it anyway. Otherwise the daemon is asked to stop (SIGTERM to the pid in the root's
+user.ebsfs.pid attribute, once that pid is checked to be an ebsfs daemon): it flushes new/
+and unmounts; the command returns once the mount is gone from the mount table and the daemon
+has exited. A mount whose daemon died ("Transport endpoint is not connected") is unmounted
+directly.
+Exit codes: 0 unmounted, 6 not an ebsfs mount, busy, or it did not go within --timeout.
 """
+
+#: Once the daemon has exited, how long its mount may take to leave the table.
+GONE_GRACE = 5.0
+#: How long a busy mount may take to become free before the command refuses.
+BUSY_GRACE = 2.0
+POLL = 0.05
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -36,72 +50,136 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("mountpoint", metavar="MOUNTPOINT")
     p.add_argument(
         "--timeout",
-        type=float,
+        type=positive_seconds,
         default=600.0,
         metavar="SECONDS",
         help="give up waiting for the flush after this long (default: 600)",
     )
+    p.add_argument(
+        "--lazy",
+        action="store_true",
+        help="unmount even while busy: what holds the mount then gets I/O errors (umount -l)",
+    )
     p.set_defaults(func=run)
 
 
-def _daemon_pid(mountpoint: str) -> int | None:
+def _refuse_if_busy(mountpoint: str, entry: MountEntry, daemon: int | None) -> None:
+    exclude = {os.getpid()} | ({daemon} if daemon else set())
+    held = mounttable.holders(mountpoint, entry, exclude)
+    # A loop device whose file system was just unmounted lets go a moment later (the kernel
+    # detaches an autoclear loop device asynchronously): look again for a short while.
+    grace = time.monotonic() + BUSY_GRACE
+    while held and time.monotonic() < grace:
+        time.sleep(0.1)
+        held = mounttable.holders(mountpoint, entry, exclude)
+    if held:
+        raise MountError(
+            f"{mountpoint} is busy, held by: {'; '.join(held[:5])}"
+            + (f" (and {len(held) - 5} more)" if len(held) > 5 else "")
+            + "; stop them, or use --lazy"
+        )
+
+
+def _in_table(entry: MountEntry) -> bool:
+    return any(e.mount_id == entry.mount_id for e in mounttable.mount_table())
+
+
+def _detach(mountpoint: str, entry: MountEntry) -> None:
+    for cmd in (["umount", "-l", mountpoint], ["fusermount3", "-u", "-z", mountpoint]):
+        try:
+            subprocess.run(cmd, capture_output=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        if not _in_table(entry):
+            return
+    raise MountError(f"could not detach {mountpoint} (umount -l failed)")
+
+
+def _unmount_dead(mountpoint: str, entry: MountEntry, lazy: bool) -> None:
+    """Unmount a mount whose daemon is gone (nothing left to flush)."""
+    if not lazy:
+        _refuse_if_busy(mountpoint, entry, None)
+    commands = (
+        [["fusermount3", "-u", "-z", mountpoint], ["umount", "-l", mountpoint]]
+        if lazy
+        else [["umount", mountpoint], ["fusermount3", "-u", mountpoint]]
+    )
+    errors = []
+    for cmd in commands:
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            errors.append(f"{cmd[0]}: {exc}")
+            continue
+        if done.returncode == 0 and not _in_table(entry):
+            return
+        errors.append(done.stderr.strip() or f"{cmd[0]} exited {done.returncode}")
+    raise MountError(f"could not unmount {mountpoint}: {errors[-1].splitlines()[-1]}")
+
+
+def unmount(mountpoint: str, timeout: float = 600.0, lazy: bool = False) -> None:
+    """Stop the daemon of ``mountpoint`` and wait until the mount is gone and it exited."""
+    deadline = time.monotonic() + timeout
+    mountpoint, entry = mounttable.ebsfs_mount(mountpoint)
     try:
-        return int(os.getxattr(mountpoint, PID_XATTR))
-    except OSError:
-        return None
-    except ValueError:
-        return None
-
-
-def _alive(pid: int) -> bool:
-    """Whether ``pid`` still runs (a zombie waiting for its parent does not)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            state = f.read().rpartition(")")[2].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")
-
-
-def _lazy_unmount(mountpoint: str) -> None:
-    for cmd in (["fusermount3", "-u", "-z", mountpoint], ["umount", "-l", mountpoint]):
-        with contextlib.suppress(OSError):
-            if subprocess.run(cmd, capture_output=True).returncode == 0:
-                return
-    raise MountError(f"could not unmount {mountpoint}")
-
-
-def unmount(mountpoint: str, timeout: float = 600.0) -> None:
-    """Stop the daemon of ``mountpoint`` and wait until the mount is gone."""
-    mountpoint = os.path.abspath(mountpoint)
-    try:
-        os.stat(mountpoint)
-    except FileNotFoundError:
-        raise MountError(f"{mountpoint} does not exist") from None
-    except OSError:
-        _lazy_unmount(mountpoint)  # the daemon is gone: nothing to flush
-        return
-    if not os.path.ismount(mountpoint):
-        raise MountError(f"{mountpoint} is not mounted")
-    pid = _daemon_pid(mountpoint)
-    if pid is None:
-        raise MountError(f"{mountpoint} is not an ebsfs mount")
+        raw = mounttable.bounded_getxattr(
+            mountpoint, PID_XATTR, min(mounttable.XATTR_TIMEOUT, max(timeout, 1.0))
+        )
+    except TimeoutError:
+        raise MountError(
+            f"{mountpoint} does not answer (its daemon hangs?); "
+            f"detach it with: fusermount3 -uz {mountpoint}"
+        ) from None
+    except OSError as exc:
+        if exc.errno in (errno.ENOTCONN, errno.ECONNABORTED, errno.ENODEV):
+            _unmount_dead(mountpoint, entry, lazy)  # the daemon is gone: nothing to flush
+            return
+        raise MountError(
+            f"{mountpoint} is not an ebsfs mount (no daemon pid: {exc.strerror})"
+        ) from None
+    pid = mounttable.daemon_pid(mountpoint, entry, raw)
+    if lazy:
+        # Detached first: the daemon, which does not stop while its mount is busy, then
+        # finds nothing mounted, flushes and exits; what held the mount gets I/O errors.
+        _detach(mountpoint, entry)
+    else:
+        _refuse_if_busy(mountpoint, entry, pid)
     try:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
-        _lazy_unmount(mountpoint)
+        _unmount_dead(mountpoint, entry, lazy)
         return
-    deadline = time.monotonic() + timeout
+    _wait_gone(mountpoint, entry, pid, deadline, lazy)
+    if _in_table(entry) or mounttable.alive(pid):
+        raise _timeout_error(mountpoint, entry, pid, timeout)
+
+
+def _timeout_error(mountpoint: str, entry: MountEntry, pid: int, timeout: float) -> MountError:
+    state = "still mounted" if _in_table(entry) else "unmounted, but its daemon still runs"
+    return MountError(f"{mountpoint} {state} after {timeout:.0f}s (daemon pid {pid}); see its log")
+
+
+def _wait_gone(
+    mountpoint: str, entry: MountEntry, pid: int, deadline: float, lazy: bool
+) -> None:
+    # The daemon closes its FUSE connection before it unmounts: in between, a stat of the
+    # mount point fails as if it were gone. Only the mount table (and the daemon's exit) say
+    # that it is.
+    exited_at: float | None = None
     while time.monotonic() < deadline:
-        if not os.path.ismount(mountpoint):
-            # The mount is gone; let the daemon finish exiting too.
-            while time.monotonic() < deadline and _alive(pid):
-                time.sleep(0.05)
+        mounted = _in_table(entry)
+        running = mounttable.alive(pid)
+        if not mounted and not running:
             return
-        time.sleep(0.05)
-    raise MountError(f"{mountpoint} still mounted after {timeout:.0f}s (daemon pid {pid})")
+        if not running:
+            exited_at = exited_at or time.monotonic()
+            if time.monotonic() - exited_at > GONE_GRACE:
+                # The daemon exited and left its mount behind (it crashed while stopping).
+                _unmount_dead(mountpoint, entry, lazy)
+                return
+        time.sleep(POLL)
 
 
 def run(args: argparse.Namespace) -> int:
-    unmount(args.mountpoint, args.timeout)
+    unmount(args.mountpoint, args.timeout, lazy=args.lazy)
     return 0
