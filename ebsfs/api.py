@@ -569,8 +569,12 @@ class Api:
         client_token: str,
         timeout_minutes: int | None = None,
         encrypted: bool = False,
+        kms_key_arn: str | None = None,
     ) -> SnapshotInfo:
-        """StartSnapshot; the same ``client_token`` makes a retry safe (idempotent)."""
+        """StartSnapshot; the same ``client_token`` makes a retry safe (idempotent).
+
+        The answer's ``encrypted`` is what AWS did, not what was asked: with encryption by
+        default (or an encrypted parent) a snapshot is encrypted whatever the request said."""
         kwargs: dict[str, Any] = {"VolumeSize": volume_size, "ClientToken": client_token}
         tags = dict(tags or {})
         if parent:
@@ -582,8 +586,10 @@ class Api:
             kwargs["Tags"] = [{"Key": k, "Value": v} for k, v in tags.items()]
         if timeout_minutes is not None:
             kwargs["Timeout"] = timeout_minutes
-        if encrypted:
+        if encrypted or kms_key_arn:
             kwargs["Encrypted"] = True
+        if kms_key_arn:
+            kwargs["KmsKeyArn"] = kms_key_arn
         with _converted("StartSnapshot"):
             r = self.ebs.start_snapshot(**kwargs)
         return SnapshotInfo(
@@ -594,7 +600,9 @@ class Api:
             description=str(r.get("Description") or ""),
             tags=_tags(r.get("Tags")),
             owner_id=str(r.get("OwnerId", "")),
-            encrypted=bool(r.get("KmsKeyArn")),
+            # AWS answers null (botocore: absent) for both when the snapshot is not encrypted.
+            encrypted=bool(r.get("KmsKeyArn"))
+            or str(r.get("SseType") or "none").lower() not in ("none", ""),
             parent=str(r.get("ParentSnapshotId") or parent or ""),
         )
 

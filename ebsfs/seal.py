@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 import trio
 
-from ebsfs.errors import BackendUnavailableError, NotFoundError, SnapshotFailedError
+from ebsfs.errors import BackendUnavailableError, EbsfsError, NotFoundError, SnapshotFailedError
 from ebsfs.store.remote_write import retrying
 
 log = logging.getLogger(__name__)
@@ -64,18 +64,23 @@ async def complete_and_wait(
     aggregate_b64: str | None,
     *,
     on_progress: Callable[[str], None] = lambda _text: None,
+    on_accepted: Callable[[], None] = lambda: None,
     complete: bool = True,
     tuning: SealTuning | None = None,
 ) -> None:
     """Seal ``snapshot_id`` and return once it is ``completed``.
 
-    ``complete=False`` only waits (CompleteSnapshot was already accepted before a restart).
-    Raises SnapshotFailedError with AWS's StateMessage if the snapshot goes to ``error``.
+    ``on_accepted`` is called once AWS answered CompleteSnapshot (not before: a call that
+    failed must be sent again, and CompleteSnapshot is idempotent). ``complete=False`` only
+    waits (CompleteSnapshot was accepted before a restart). Raises SnapshotFailedError with
+    AWS's StateMessage if the snapshot goes to ``error``.
     """
     t = tuning or SealTuning()
     if complete:
         on_progress("completing")
-        status = await call(api.complete_snapshot, snapshot_id, changed_blocks_count, aggregate_b64)
+        status = await _send_complete(api, call, snapshot_id, changed_blocks_count,
+                                      aggregate_b64)
+        on_accepted()
         log.info(
             "CompleteSnapshot %s: %d blocks, status %s", snapshot_id, changed_blocks_count, status
         )
@@ -112,3 +117,27 @@ async def complete_and_wait(
             )
         await trio.sleep(pause)
         pause = min(t.max_pause, pause * 1.5)
+
+
+async def _send_complete(
+    api: SealApi, call: Caller, snapshot_id: str, count: int, aggregate_b64: str | None
+) -> str:
+    """CompleteSnapshot, retried while the failure is transient; its status.
+
+    A CompleteSnapshot sent again (its first answer was lost, or the daemon restarted) may be
+    refused because the snapshot is no longer pending: then DescribeSnapshots says where it
+    is, and that is the answer."""
+    try:
+        return str(await retrying(call, api.complete_snapshot, snapshot_id, count, aggregate_b64))
+    except NotFoundError:
+        raise
+    except EbsfsError as exc:
+        try:
+            info = await call(api.describe_snapshot, snapshot_id)
+        except EbsfsError:
+            raise exc from None
+        if info.state in ("completed", "error"):
+            log.info("CompleteSnapshot %s refused (%s), but the snapshot is %s already",
+                     snapshot_id, exc, info.state)
+            return str(info.state)
+        raise

@@ -24,6 +24,7 @@ a typo never goes unnoticed.
 
 import argparse
 import difflib
+import hashlib
 import math
 import os
 import re
@@ -40,6 +41,10 @@ from ebsfs.types import BLOCK_SIZE
 
 DEFAULT_CONFIG_PATH = "/etc/ebsfs/ebsfs.toml"
 CONFIG_ENV = "EBSFS_CONFIG"
+#: Where the spools of mounts that set no ``spool_dir`` go, one per mount point (the
+#: environment variable moves it, for tests and for machines whose /var/lib is small).
+DEFAULT_SPOOL_ROOT = "/var/lib/ebsfs/spool"
+SPOOL_ROOT_ENV = "EBSFS_SPOOL_ROOT"
 
 Coerce = Callable[[Any], Any]
 
@@ -443,12 +448,47 @@ def mount_config(
         config = load_config(given.get("config"), environ)
     aws = _aws(given, config, environ)
     values = resolve("mount", given, config=config, mountpoint=mountpoint, environ=environ)
+    if "spool_dir" not in values:
+        values["spool_dir"] = default_spool_dir(mountpoint, environ)
     return MountConfig(
         mountpoint=mountpoint,
         aws=aws,
         foreground=bool(given.get("foreground")),
         **values,
     )
+
+
+def spool_root(environ: Mapping[str, str] | None = None) -> str:
+    """The directory that holds the default spools: ``$EBSFS_SPOOL_ROOT`` or the default."""
+    environ = os.environ if environ is None else environ
+    return environ.get(SPOOL_ROOT_ENV) or DEFAULT_SPOOL_ROOT
+
+
+def escape_path(path: str) -> str:
+    """``path`` as one file name, escaped as ``systemd-escape --path`` does: the unit
+    ``ebsfs@mnt-snapshots.service`` of ``/mnt/snapshots`` spools in ``.../mnt-snapshots``."""
+    trimmed = _normpath(path).strip("/")
+    if not trimmed:
+        return "-"
+    out = []
+    for i, byte in enumerate(os.fsencode(trimmed)):
+        char = chr(byte)
+        if char == "/":
+            out.append("-")
+        elif (char.isascii() and char.isalnum()) or char in ":_" or (char == "." and i > 0):
+            out.append(char)
+        else:
+            out.append(f"\\x{byte:02x}")
+    name = "".join(out)
+    if len(name) > 200:  # file names end at 255 bytes: keep a readable head and a hash
+        name = name[:180] + "-" + hashlib.sha256(name.encode()).hexdigest()[:16]
+    return name
+
+
+def default_spool_dir(mountpoint: str, environ: Mapping[str, str] | None = None) -> str:
+    """The spool of a mount that sets none: one per mount point, under ``spool_root()``, so
+    two mounts never share one by default."""
+    return os.path.join(spool_root(environ), escape_path(mountpoint))
 
 
 def server_values(

@@ -43,7 +43,9 @@ id is printed on stdout; on a terminal, progress is shown on stderr. Running it 
 that is being sealed just waits. If AWS moves the snapshot to `error`, the data stays in the
 mount's spool and `ebsfs complete PATH` (or chmod a-w) again stores it into a new snapshot.
 Exit codes: 0 completed; 7 AWS failed the snapshot (its StateMessage is printed); 3 no such
-file; 1 the file cannot be sealed (nothing written: EINVAL; already sealed: EPERM); 5 timed out.
+file; 1 the file cannot be sealed (nothing written: EINVAL; already sealed: EPERM), or sealing
+stopped with the snapshot still pending (the reason is printed; run it again to resume);
+5 timed out.
 """
 
 
@@ -77,6 +79,23 @@ def _attr(path: str, key: str) -> str:
         raise
 
 
+#: How long a snapshot that left new/ may take to show as MOUNTPOINT/snap-ID: the mount
+#: looks it up first, and with --snapshot it waits until AWS lets it be read (reads of a
+#: snapshot completed moments ago are refused for up to about a minute).
+SHOW_WAIT = 120.0
+
+
+def _shown(mountpoint: str, snapshot_id: str, timeout: float) -> bool:
+    """Whether ``snapshot_id`` shows at the top of the mount, waiting for it a while."""
+    deadline = time.monotonic() + min(timeout, SHOW_WAIT)
+    entry = os.path.join(mountpoint, snapshot_id)
+    while not os.path.exists(entry):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(POLL)
+    return True
+
+
 def _seal(path: str) -> None:
     mode = stat.S_IMODE(os.stat(path).st_mode)
     try:
@@ -102,6 +121,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"{path} is not a file of an ebsfs mount") from None
     tty = sys.stderr.isatty()
     state = snapshot_id = ""
+    deadline = time.monotonic() + args.timeout
     try:
         state = _attr(path, "state")
         if not state:
@@ -113,7 +133,6 @@ def run(args: argparse.Namespace) -> int:
         if state != "sealing":
             _seal(path)
         snapshot_id = _attr(path, "snapshot_id")
-        deadline = time.monotonic() + args.timeout
         shown = ""
         while True:
             state = _attr(path, "state")
@@ -133,14 +152,19 @@ def run(args: argparse.Namespace) -> int:
             if state == "completed":
                 break
             message = _attr(path, "state_message") or f"the snapshot is {state}"
-            raise SnapshotFailedError(f"{snapshot_id or path}: {message}")
+            if state == "error":
+                raise SnapshotFailedError(f"{snapshot_id or path}: {message}")
+            # Sealing stopped with the snapshot still pending (the endpoint, a refused
+            # call): not AWS failing it (7); sealing again resumes.
+            raise EbsfsError(f"{snapshot_id or path}: {message}")
     except FileNotFoundError:
         # The file left new/: the snapshot completed (or was removed, which the check says).
         if not snapshot_id and state == "":
             raise NotFoundError(f"{path} does not exist") from None
         if tty:
             print("\r\033[K", end="", file=sys.stderr, flush=True)
-        if not snapshot_id or not os.path.exists(os.path.join(mountpoint, snapshot_id)):
+        left = max(10.0, deadline - time.monotonic())  # a moment even at the timeout
+        if not snapshot_id or not _shown(mountpoint, snapshot_id, left):
             raise NotFoundError(f"{path} disappeared before it was completed") from None
         print(snapshot_id)
         return 0

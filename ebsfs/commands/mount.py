@@ -22,8 +22,9 @@ Returns once the mount answers (the daemon keeps serving); stop it with `ebsfs u
 Reads are checked against each block's SHA256; a block that cannot be read after retries
 fails the read with EIO and one log line. The mount's counters: `ebsfs stats MOUNTPOINT`.
 Exit codes: 0 mounted, 2 bad option, 3 a --snapshot that does not exist, 4 access denied or
-no credentials, 5 endpoint unreachable, 6 FUSE unavailable or a bad, busy or non-empty
-mount point (--nonempty mounts over files). Once mounted it prints where the daemon logs.
+no credentials, 5 endpoint unreachable, 6 FUSE unavailable, a bad, busy or non-empty mount
+point (--nonempty mounts over files), or a spool another mount holds (the message names it).
+Once mounted it prints where the daemon logs.
 """
 
 
@@ -125,7 +126,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--spool-dir",
         default=None,
         metavar="DIR",
-        help="where data written to new/ waits until it is stored (default: /var/lib/ebsfs/spool)",
+        help="where data written to new/ waits until it is stored; one mount at a time "
+        "(default: /var/lib/ebsfs/spool/MOUNTPOINT escaped as systemd-escape --path does; "
+        "$EBSFS_SPOOL_ROOT moves /var/lib/ebsfs/spool)",
     )
     write.add_argument(
         "--dirty-limit",

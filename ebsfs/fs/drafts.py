@@ -3,10 +3,12 @@
 A file created in ``new/`` is a *draft*. Its size is declared by ``truncate`` (rounded up to a
 whole GiB, since snapshots are GiB-sized), inherited from a parent set with the
 ``user.ebsfs.parent`` attribute, or taken from the data: the end of the highest write, rounded
-up to a GiB at the first ``fsync`` or ``close``. StartSnapshot is called at the first write once
-the size is known (or when it becomes known), with the Name tag set to the file's name, the
-parent, description and tags given as attributes before, and a ClientToken kept in the spool,
-so a retried StartSnapshot, even after a crash, finds the same snapshot.
+up to a GiB at the first ``fsync`` or ``close``. Writes always go to the spool first; StartSnapshot
+is called in the background after a write once the size is known, and awaited by ``fsync``,
+``close`` and sealing (so an endpoint that is down never fails a write), with the Name tag set
+to the file's name, the parent, description and tags given as attributes before, and a
+ClientToken kept in the spool, so a retried StartSnapshot, even after a crash, finds the same
+snapshot.
 
 States (``user.ebsfs.state``)::
 
@@ -32,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import math
 import os
 import re
 import time
@@ -57,7 +60,7 @@ from ebsfs.errors import (
 from ebsfs.seal import SealTuning, complete_and_wait
 from ebsfs.store.base import BlockReader
 from ebsfs.store.remote_write import PutTuning, RemoteWriter, retrying
-from ebsfs.store.spool import Spool
+from ebsfs.store.spool import Spool, SpoolLock
 from ebsfs.store.writeback import WriteBack, WriteTuning
 from ebsfs.types import BLOCK_SIZE, MAX_VOLUME_BYTES, BlockIndex
 
@@ -71,6 +74,8 @@ T = TypeVar("T")
 GIB = 1 << 30
 #: StartSnapshot Timeout: a draft may sit idle this long (a filesystem being built by hand).
 TIMEOUT_MINUTES = 1440
+#: Seconds between two background StartSnapshot attempts of a draft after one failed.
+START_RETRY = 30.0
 #: Environment variable of a test-only fault: "checksum" or "count" makes CompleteSnapshot
 #: carry a wrong aggregate or ChangedBlocksCount, so the error path can be tested end to end.
 SEAL_FAULT_ENV = "EBSFS_TEST_SEAL_FAULT"
@@ -94,6 +99,7 @@ class DraftApi(Protocol):
         client_token: str,
         timeout_minutes: int | None = None,
         encrypted: bool = False,
+        kms_key_arn: str | None = None,
     ) -> Any: ...
 
     def put_block(
@@ -131,14 +137,26 @@ class SnapshotDraft:
         self.name: str = self.m["name"]
         self.counters: Counter[str] = Counter()
         parent = self.m.get("parent") or None
+        if self.m.get("snapshot_id") and "encrypted" not in self.m:
+            # Started by an earlier version, which skipped zero blocks whatever the snapshot's
+            # encryption: it may be encrypted (see ``_encrypted``), so every written block it
+            # did not store is stored now.
+            spool.dirty |= set(spool.coverage) - set(spool.stored)
         self.wb = WriteBack(
             spool,
             owner.parent_reader(parent, self.m["parent_gib"]) if parent else None,
+            encrypted=self._encrypted(),
             tuning=owner.tuning,
             counters=self.counters,
         )
         self.progress = ""
         self._start_lock = trio.Lock()
+        #: The background StartSnapshot under way (see ``_start_soon``), and when a failed
+        #: one may be tried again.
+        self._start_scope: trio.CancelScope | None = None
+        self._start_retry_at = -math.inf
+        #: Removed (``rm``): no snapshot may be started for it any more.
+        self._gone = False
         self._wb_scope = trio.CancelScope()
         self._seal_scope: trio.CancelScope | None = None
         self._mtime_ns = int(self.m.get("mtime_ns") or time.time_ns())
@@ -158,6 +176,14 @@ class SnapshotDraft:
     def snapshot_id(self) -> str | None:
         return self.m.get("snapshot_id") or None
 
+    def _encrypted(self) -> bool:
+        """Whether the snapshot is encrypted, as StartSnapshot answered. A started snapshot
+        whose manifest does not say (written by an earlier version) counts as encrypted:
+        storing zero blocks is only slower, skipping them over an encrypted hole is wrong."""
+        if "encrypted" in self.m:
+            return bool(self.m["encrypted"])
+        return bool(self.m.get("snapshot_id"))
+
     def _save(self) -> None:
         self.m["mtime_ns"] = self._mtime_ns
         self.spool.save_manifest(self.m)
@@ -170,7 +196,9 @@ class SnapshotDraft:
         return int(declared) if declared is not None else self.spool.max_end
 
     def mode(self) -> int:
-        return 0o644 if self.state in (DRAFT, PENDING) else 0o444
+        # Owner only, like the spool (0700): disk images may hold secrets, and allow_other
+        # lets every user of the machine into the mount.
+        return 0o600 if self.state in (DRAFT, PENDING) else 0o400
 
     def mtime_ns(self) -> int:
         return self._mtime_ns
@@ -215,9 +243,10 @@ class SnapshotDraft:
             )
         if not data:
             return 0
-        if declared is not None and not self.snapshot_id:
-            await self._start()
-        if not self.m.get("written"):
+        first = not self.m.get("written")
+        if first:
+            # Recorded before the data: a crash between the two must not bring back data
+            # with its attributes still settable (a parent set under written blocks).
             self.m["written"] = True
             self._save()
         try:
@@ -225,11 +254,44 @@ class SnapshotDraft:
         except OSError as exc:
             log.error("%s: the spool %s cannot keep a write: %s", self.name,
                       self.spool.directory, exc)
+            if first and not self.spool.coverage and not self.spool.max_end:
+                # Nothing was accepted: the draft is as unwritten as before.
+                self.m["written"] = False
+                with contextlib.suppress(OSError):
+                    self._save()
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise NoSpaceError(f"{self.name}: the spool's disk is full") from None
             raise EbsfsError(f"{self.name}: spool: {exc.strerror or exc}") from None
         self._touch()
+        if declared is not None and not self.snapshot_id:
+            self._start_soon()
         return len(data)
+
+    def _start_soon(self) -> None:
+        """Start the snapshot in the background, so uploads can begin while writes go on.
+
+        The writes never wait for it: they are in the spool already, and an endpoint that is
+        down only delays the StartSnapshot (tried again here at most every
+        ``START_RETRY`` seconds, and by every fsync, close and seal)."""
+        if self._start_scope is not None or trio.current_time() < self._start_retry_at:
+            return
+        self._start_scope = trio.CancelScope()
+        self.owner.nursery.start_soon(self._start_in_background, self._start_scope)
+
+    async def _start_in_background(self, scope: trio.CancelScope) -> None:
+        with scope:
+            try:
+                await self._start()
+            except (EbsfsError, OSError) as exc:
+                self._start_retry_at = trio.current_time() + START_RETRY
+                # Shown in user.ebsfs.state_message (not saved: it is tried again anyway).
+                self.m["state_message"] = f"not started yet: {exc}"
+                log.warning("%s: snapshot not started yet, the writes wait in the spool: %s",
+                            self.name, exc)
+            except Exception:  # a bug here must not take the mount down
+                self._start_retry_at = trio.current_time() + START_RETRY
+                log.exception("%s: starting the snapshot failed unexpectedly", self.name)
+        self._start_scope = None
 
     async def truncate(self, size: int) -> None:
         if size > MAX_VOLUME_BYTES:
@@ -285,7 +347,7 @@ class SnapshotDraft:
 
     async def _start(self) -> None:
         async with self._start_lock:
-            if self.snapshot_id:
+            if self.snapshot_id or self._gone:
                 return
             owner = self.owner
             if not self.m.get("client_token"):
@@ -298,6 +360,11 @@ class SnapshotDraft:
                 tags=tags,
                 timeout_minutes=TIMEOUT_MINUTES,
             )
+            if self.m.get("encrypt") and not self.m.get("parent"):
+                # With a parent AWS refuses Encrypted: the child takes the parent's encryption.
+                kwargs["encrypted"] = True
+                if self.m.get("kms_key_arn"):
+                    kwargs["kms_key_arn"] = self.m["kms_key_arn"]
             gib = int(self.m["size"]) // GIB
             try:
                 # The ClientToken makes a repeated StartSnapshot return the same snapshot.
@@ -320,8 +387,15 @@ class SnapshotDraft:
                 )
             self.m["snapshot_id"] = info.snapshot_id
             self.m["started_at"] = time.time()
+            # What AWS did, not what was asked (encryption by default, an encrypted parent):
+            # it decides whether zero blocks may be skipped, so it is kept across remounts.
+            self.m["encrypted"] = bool(getattr(info, "encrypted", False)) or bool(
+                self.m.get("parent_encrypted"))
+            self.wb.encrypted = self.m["encrypted"]
             if self.state == DRAFT:
                 self.m["state"] = PENDING
+            if str(self.m.get("state_message", "")).startswith("not started yet"):
+                self.m["state_message"] = ""
             self._save()
             log.info("%s: started snapshot %s (%d GiB)", self.name, info.snapshot_id, gib)
             self._attach()
@@ -353,6 +427,10 @@ class SnapshotDraft:
             out["description"] = self.m["description"]
         if self.m.get("parent"):
             out["parent"] = self.m["parent"]
+        if "encrypted" in self.m or self.m.get("encrypt"):
+            out["encrypted"] = "true" if self.m.get("encrypted", self.m.get("encrypt")) else "false"
+        if self.m.get("kms_key_arn"):
+            out["kms_key_arn"] = self.m["kms_key_arn"]
         if self.m.get("state_message"):
             out["state_message"] = self.m["state_message"]
         if self.state == SEALING and self.progress:
@@ -367,7 +445,9 @@ class SnapshotDraft:
         if not name.startswith(XATTR):
             raise NotPermittedError(f"{self.name}: only user.ebsfs.* attributes can be set")
         key = name[len(XATTR) :]
-        if key not in ("parent", "description") and not key.startswith("tag."):
+        if key not in ("parent", "description", "encrypted", "kms_key_arn") and not (
+            key.startswith("tag.")
+        ):
             raise NotPermittedError(f"{self.name}: {name} cannot be set")
         if self.state != DRAFT or self.m.get("written"):
             raise NotPermittedError(f"{self.name}: {name} can only be set before the first write")
@@ -377,6 +457,15 @@ class SnapshotDraft:
             raise InvalidValueError(f"{name}: not UTF-8 text") from None
         if key == "parent":
             await self._set_parent(text.strip())
+        elif key == "encrypted":
+            self._set_encrypted(text.strip().lower())
+        elif key == "kms_key_arn":
+            arn = text.strip()
+            if not re.match(r"^arn:aws[\w-]*:kms:[^:]*:\d*:\S+$", arn) or len(arn) > 2048:
+                raise InvalidValueError(f"user.ebsfs.kms_key_arn: {arn!r} is not a KMS key ARN")
+            self._check_encryption(True)
+            self.m["kms_key_arn"] = arn
+            self.m["encrypt"] = True
         elif key == "description":
             if not text or len(text) > 255:
                 raise InvalidValueError("user.ebsfs.description: 1 to 255 characters")
@@ -400,6 +489,26 @@ class SnapshotDraft:
             raise InvalidValueError(f"at most {_MAX_TAGS} tags, Name included")
         self.m["tags"] = tags
 
+    def _set_encrypted(self, text: str) -> None:
+        if text in ("1", "true", "yes"):
+            wanted = True
+        elif text in ("0", "false", "no"):
+            wanted = False
+        else:
+            raise InvalidValueError(f"user.ebsfs.encrypted: {text!r} is not 1/true or 0/false")
+        self._check_encryption(wanted)
+        self.m["encrypt"] = wanted
+        if not wanted:
+            self.m.pop("kms_key_arn", None)
+
+    def _check_encryption(self, wanted: bool) -> None:
+        """A child takes its parent's encryption (AWS refuses Encrypted with a parent)."""
+        if self.m.get("parent") and wanted != bool(self.m.get("parent_encrypted")):
+            state = "encrypted" if self.m.get("parent_encrypted") else "not encrypted"
+            raise InvalidValueError(
+                f"{self.name}: its parent {self.m['parent']} is {state}; a child snapshot "
+                "takes its parent's encryption")
+
     async def _set_parent(self, parent: str) -> None:
         if not _SNAP_RE.match(parent):
             raise InvalidValueError(f"user.ebsfs.parent: {parent!r} is not a snapshot id")
@@ -410,8 +519,13 @@ class SnapshotDraft:
         if info.state != "completed":
             raise InvalidValueError(f"user.ebsfs.parent: {parent} is {info.state}, not completed")
         gib = int(info.volume_size)
+        parent_encrypted = bool(getattr(info, "encrypted", False))
+        if self.m.get("encrypt") and not parent_encrypted:
+            raise InvalidValueError(
+                f"user.ebsfs.parent: {parent} is not encrypted, and {self.name} is to be")
         self.m["parent"] = parent
         self.m["parent_gib"] = gib
+        self.m["parent_encrypted"] = parent_encrypted
         declared = self.m.get("size")
         if declared is None or declared < gib * GIB:
             self.m["size"] = gib * GIB
@@ -433,8 +547,11 @@ class SnapshotDraft:
                     self.name,
                     self.snapshot_id,
                 )
+                if self.snapshot_id:
+                    await self._delete_failed(self.snapshot_id)
                 self.wb.restart()
-                for key in ("snapshot_id", "started_at", "aws_error", "complete_called"):
+                for key in ("snapshot_id", "started_at", "aws_error", "complete_called",
+                            "complete_accepted", "encrypted"):
                     self.m.pop(key, None)
                 self.m["client_token"] = _new_token()
             self.m["state"] = PENDING if self.snapshot_id else DRAFT
@@ -468,14 +585,22 @@ class SnapshotDraft:
         assert snapshot_id is not None
         with scope:
             try:
-                resumed = bool(self.m.get("complete_called"))
+                # Recorded only once AWS answered CompleteSnapshot: until then every seal
+                # (and a restart) sends it again. ("complete_called", written before the
+                # call by earlier versions, proves nothing: it is sent again too, unless
+                # blocks are dirty again, which a sealed snapshot would refuse: then wait.)
+                resumed = bool(self.m.get("complete_accepted")) or (
+                    bool(self.m.get("complete_called")) and self.wb.dirty_blocks > 0)
                 count, aggregate = 0, ""
                 if not resumed:
                     self.progress = f"storing {self.wb.dirty_blocks} blocks"
                     await self.wb.flush()
+                    # Every stored block on record on disk before CompleteSnapshot: once it
+                    # reached AWS, no block can be stored again, so a restart must find none
+                    # dirty (only the count and aggregate, the same, to send again).
+                    self.spool.commit_records()
+                    await trio.to_thread.run_sync(self.spool.sync)
                     count, aggregate = self.owner.fault(*self.wb.summary())
-                    self.m["complete_called"] = True
-                    self._save()
                 await complete_and_wait(
                     self.owner.api,
                     self.owner.call,
@@ -483,6 +608,7 @@ class SnapshotDraft:
                     count,
                     aggregate if count else None,
                     on_progress=self._set_progress,
+                    on_accepted=self._complete_accepted,
                     complete=not resumed,
                     tuning=self.owner.seal_tuning,
                 )
@@ -501,6 +627,11 @@ class SnapshotDraft:
             else:
                 self._completed(snapshot_id)
         self._seal_scope = None
+
+    def _complete_accepted(self) -> None:
+        self.m["complete_accepted"] = True
+        self.m.pop("complete_called", None)
+        self._save()
 
     def _set_progress(self, text: str) -> None:
         self.progress = text
@@ -546,20 +677,78 @@ class SnapshotDraft:
         """After a restart: reattach to the started snapshot, resume an interrupted seal."""
         if self.snapshot_id and self.state in (PENDING, SEALING):
             self._attach()
+        elif self.state == DRAFT and self.m.get("size") is not None and self.m.get("written"):
+            self._start_soon()  # the daemon died before its StartSnapshot: uploads can begin
         if self.state == SEALING:
             self._begin_finish()
 
-    async def abandon(self) -> None:
-        """``rm``: delete the snapshot unless it completed, then the spool."""
+    async def abandon(self) -> str | None:
+        """``rm``: delete the snapshot if it is not completed, then the spool.
+
+        Whatever the manifest says, AWS is asked first (DescribeSnapshots): a snapshot that
+        completed (sealed by another mount, or by hand) is never deleted here; only the local
+        draft goes, and its id is returned (to show it as ``snap-ID``). Only ``rm`` of
+        ``snap-ID`` with ``--allow-delete`` deletes those."""
+        kept = None
+        sealing = self._seal_scope is not None
         if self._seal_scope is not None:
             self._seal_scope.cancel()
-        snapshot_id = self.snapshot_id
-        if snapshot_id and self.state != COMPLETED:
-            with contextlib.suppress(NotFoundError):
-                await self.owner.call(partial(self.owner.api.delete_snapshot, snapshot_id))
-            log.info("%s: abandoned snapshot %s", self.name, snapshot_id)
+        self._gone = True
+        try:
+            async with self._start_lock:
+                # A StartSnapshot under way ends first: cancelled, its snapshot would be left
+                # behind, pending, with no draft to name it.
+                snapshot_id = self.snapshot_id
+            deleted = True
+            if snapshot_id and self.state != COMPLETED:
+                deleted = await self._delete_unless_completed(snapshot_id)
+            if not deleted:
+                kept = snapshot_id
+        except EbsfsError as exc:
+            # The rm fails and the draft stays, usable: not "sealing" with no one sealing it
+            # (``ebsfs complete`` would wait for ever), nor unable to start.
+            self._gone = False
+            if sealing:
+                self._failed(f"sealing stopped by rm, which failed: {exc}", aws=False)
+            raise
         self._wb_scope.cancel()
         self.spool.destroy()
+        return kept
+
+    async def _delete_failed(self, snapshot_id: str) -> None:
+        """Delete the snapshot a new one replaces, if AWS failed it (state ``error``): two
+        snapshots named alike, one useless, would stay otherwise. Never one in another state;
+        a failure here only leaves it."""
+        owner = self.owner
+        try:
+            info = await owner.call(partial(owner.api.describe_snapshot, snapshot_id))
+            if info.state != ERROR:
+                return
+            await owner.call(partial(owner.api.delete_snapshot, snapshot_id))
+        except NotFoundError:
+            return
+        except EbsfsError as exc:
+            log.warning("%s: the failed snapshot %s is left (%s)", self.name, snapshot_id, exc)
+            return
+        log.info("%s: deleted the failed snapshot %s", self.name, snapshot_id)
+
+    async def _delete_unless_completed(self, snapshot_id: str) -> bool:
+        """DeleteSnapshot unless AWS says the snapshot is completed; whether it was deleted."""
+        owner = self.owner
+        try:
+            info = await retrying(owner.call, partial(owner.api.describe_snapshot, snapshot_id))
+        except NotFoundError:
+            info = None
+        # Not found may also be DescribeSnapshots lagging behind a fresh StartSnapshot.
+        if info is not None and info.state == COMPLETED:
+            log.warning(
+                "%s: snapshot %s is completed: it is kept, only the draft is removed",
+                self.name, snapshot_id)
+            return False
+        with contextlib.suppress(NotFoundError):
+            await owner.call(partial(owner.api.delete_snapshot, snapshot_id))
+        log.info("%s: abandoned snapshot %s", self.name, snapshot_id)
+        return True
 
 
 class Drafts:
@@ -592,6 +781,8 @@ class Drafts:
         self.seal_tuning = seal_tuning or SealTuning()
         self.seal_fault = os.environ.get(SEAL_FAULT_ENV, "") if seal_fault is None else seal_fault
         self._drafts: dict[str, SnapshotDraft] = {}
+        #: The lock of ``spool_root`` the mount holds (see ``ebsfs.fs.wiring``).
+        self.spool_lock: SpoolLock | None = None
         self._callbacks: list[Callable[[str, str], None]] = []
         #: Counters of drafts that completed or were removed, so totals never go backwards.
         self._retired: Counter[str] = Counter()
@@ -703,7 +894,11 @@ class Drafts:
         draft = self._drafts.get(name)
         if draft is None:
             raise NotFoundError(f"new/{name} does not exist")
-        await draft.abandon()
+        kept = await draft.abandon()
+        if kept is not None:
+            # Completed elsewhere: it stays, and shows at the top as any sealed draft does.
+            self._completed(draft, kept)
+            return
         self._drafts.pop(name, None)
         self._retired.update(draft.counters)
 

@@ -14,12 +14,14 @@ from pathlib import Path
 
 import trio
 
+from ebsfs import settings
 from ebsfs.api import Api
 from ebsfs.config import MountConfig
 from ebsfs.fs.drafts import Drafts
 from ebsfs.fs.newdir import NewDirectory
 from ebsfs.fs.ops import EmptyNewDirectory
 from ebsfs.putproc import PutProcess
+from ebsfs.store.spool import Spool, SpoolLock
 from ebsfs.store.stack import ReadStacks
 from ebsfs.store.writeback import WriteTuning
 from ebsfs.types import BlockIndex
@@ -86,9 +88,13 @@ async def open_new_directory(ctx: MountContext) -> NewDirectory:
     config = ctx.config
     if config.read_only:
         return EmptyNewDirectory()
-    return await Drafts.open(
+    spool_dir = Path(config.spool_dir)
+    # Held as long as this process lives (the directory keeps it): one mount per spool.
+    lock = SpoolLock.acquire(spool_dir, config.mountpoint)
+    _warn_of_a_shared_spool(config.mountpoint, spool_dir)
+    drafts = await Drafts.open(
         ctx.api,
-        Path(config.spool_dir),
+        spool_dir,
         ctx.nursery,
         ctx.limiter,
         lambda snapshot_id, gib: _ParentBlocks(ctx.stacks, snapshot_id, gib),
@@ -99,6 +105,26 @@ async def open_new_directory(ctx: MountContext) -> NewDirectory:
         ),
         put_api=ctx.put_process,
     )
+    drafts.spool_lock = lock
+    return drafts
+
+
+def _warn_of_a_shared_spool(mountpoint: str, spool_dir: Path) -> None:
+    """Before spools were per mount point, every mount shared the default root itself: drafts
+    left there are not adopted (which mount wrote them is not known), but named, with the
+    way to bring them back."""
+    if str(spool_dir) != settings.default_spool_dir(mountpoint):
+        return
+    root = spool_dir.parent
+    try:
+        left = Spool.find(root)
+    except OSError:
+        return
+    if left:
+        log.warning(
+            "%s holds %d draft(s) from before spools were per mount point; they are not in "
+            "this mount's new/. To bring them back: ebsfs mount MOUNTPOINT --spool-dir %s "
+            "(one mount at a time), then seal or rm them", root, len(left), root)
 
 
 async def close_new_directory(newdir: NewDirectory) -> None:

@@ -41,6 +41,7 @@ loses power keeps everything fsynced before. Replay stops at the first torn or c
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -53,11 +54,15 @@ from pathlib import Path
 from typing import Any
 
 from ebsfs.durable import fsync_path
+from ebsfs.errors import MountError
 from ebsfs.types import BLOCK_SIZE
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
+#: The lock file of a spool root: held (``flock``) by the one mount that uses the root, and
+#: naming it (pid and mount point) for a mount that is refused.
+LOCK = "lock"
 DATA = "data"
 JOURNAL = "journal"
 
@@ -92,6 +97,68 @@ def _add_interval(intervals: list[Interval], start: int, end: int) -> list[Inter
 
 
 FULL: list[Interval] = [(0, BLOCK_SIZE)]
+
+
+class SpoolLock:
+    """The exclusive lock of a spool root, held by one mount daemon for its whole life.
+
+    An ``flock`` on ``ROOT/lock``, whose text names the holder. The lock belongs to the open
+    file (not to a process, as ``lockf`` locks do): a child that inherited or closes the
+    descriptor neither takes nor drops it, so the upload process (forked before, and closing
+    every descriptor of the mount) cannot release it, and the daemon never loses it by
+    opening the file again. The descriptor is close-on-exec; when the daemon ends, even by
+    ``kill -9``, the kernel closes it and the lock is free.
+    """
+
+    def __init__(self, root: Path, fd: int) -> None:
+        self.root = root
+        self._fd = fd
+
+    @classmethod
+    def acquire(cls, root: Path, holder: str) -> SpoolLock:
+        """Lock ``root`` (created if need be) for the mount at ``holder``; MountError (exit 6)
+        naming the holder if another mount has it."""
+        try:
+            root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(root / LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise MountError(f"spool {root}: {exc.strerror or exc}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                text = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
+            finally:
+                os.close(fd)
+            raise MountError(
+                f"spool {root} is in use by {_holder(text)}; give each mount its own "
+                "--spool-dir"
+            ) from None
+        except OSError as exc:
+            os.close(fd)
+            raise MountError(f"spool {root}: cannot lock {LOCK}: {exc.strerror}") from None
+        line = f"pid={os.getpid()} mountpoint={holder}\n".encode()
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, line, 0)
+        except OSError as exc:  # only the name of the holder is lost; the lock holds
+            log.warning("spool %s: cannot write %s: %s", root, LOCK, exc.strerror)
+        return cls(root, fd)
+
+    def release(self) -> None:
+        """Free the lock (the daemon's end does it too)."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+def _holder(text: str) -> str:
+    """``pid=1 mountpoint=/mnt/x`` as words: "the mount of /mnt/x (pid 1)"."""
+    fields = dict(part.partition("=")[::2] for part in text.split(" ", 1) if "=" in part)
+    mountpoint, pid = fields.get("mountpoint"), fields.get("pid")
+    if mountpoint and pid:
+        return f"the mount of {mountpoint} (pid {pid})"
+    return "another mount"
 
 
 class Spool:

@@ -79,7 +79,10 @@ def test_flow_a_presized_streamed(tmp_path: Path) -> None:
         assert d.size() == 3 * GIB
         for off in range(0, len(image), 128 << 10):
             await d.write(off, image[off : off + (128 << 10)])
-        assert d.state == "pending" and d.snapshot_id
+        with trio.fail_after(5):  # started in the background: the writes did not wait
+            while not d.snapshot_id:
+                await trio.sleep(0.01)
+        assert d.state == "pending"
         assert await d.read(0, len(image)) == image
         await d.fsync()
         sid = await sealed(drafts, d)
@@ -174,6 +177,7 @@ def test_bad_input_changes_nothing(tmp_path: Path) -> None:
             await d.truncate(2 * GIB)
         with pytest.raises(NotPermittedError):
             await d.setxattr("user.ebsfs.tag.k", b"v")
+        await d.fsync()
         assert d.size() == GIB and api.calls["start"] == 1
         await d.seal()
         with pytest.raises(NotPermittedError):
@@ -193,11 +197,27 @@ def test_rm_abandons_a_pending_snapshot(tmp_path: Path) -> None:
         d = await drafts.create("gone")
         await d.truncate(GIB)
         await d.write(0, b"x" * BS)
+        await d.fsync()
         sid = d.snapshot_id
         assert sid in api.snaps
         await drafts.remove("gone")
         assert sid not in api.snaps and drafts.names() == []
         assert not list(drafts.spool_root.iterdir())
+
+    run(tmp_path, body)
+
+
+def test_rm_while_the_snapshot_is_being_started_leaves_no_snapshot(tmp_path: Path) -> None:
+    async def body(drafts: Drafts, api: FakeApi) -> None:
+        for name, pause in (("now", 0.0), ("soon", 0.001)):
+            d = await drafts.create(name)
+            await d.truncate(GIB)
+            await d.write(0, b"x" * BS)  # StartSnapshot begins in the background
+            await trio.sleep(pause)
+            await drafts.remove(name)
+        await trio.sleep(0.1)
+        assert drafts.names() == []
+        assert [s for s in api.snaps.values() if s.state != "deleted"] == []
 
     run(tmp_path, body)
 
@@ -221,7 +241,7 @@ def test_an_aws_error_keeps_the_spool_and_sealing_again_starts_afresh(
         expected = "Checksum mismatch" if fault == "checksum" else "Changed blocks count mismatch"
         assert expected in message
         assert await d.read(0, len(data)) == data  # nothing lost
-        assert d.mode() == 0o444
+        assert d.mode() == 0o400
         first.append(d.snapshot_id or "")
         drafts.seal_fault = ""
         sid = await sealed(drafts, d)
