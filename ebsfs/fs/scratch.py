@@ -85,9 +85,9 @@ class ScratchDirectory:
         self.resolve = resolve
         self.read_disk = read_disk
         self.overlays: dict[str, Overlay] = {}
-        # Left by a daemon that died: overlays never outlive their mount.
+        # Left by a daemon that died: overlays never outlive their mount. The directory is
+        # made again only for the first overlay.
         shutil.rmtree(root, ignore_errors=True)
-        root.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     @property
     def used(self) -> int:
@@ -106,7 +106,8 @@ class ScratchDirectory:
             raise InvalidValueError(f"scratch: not a usable name: {name!r}")
         if name in self.overlays:
             raise EbsfsError(f"scratch/{name} exists")
-        path = self.root / f"{len(os.listdir(self.root))}-{time.time_ns()}"
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path = self.root / f"{time.time_ns()}"
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         overlay = Overlay(name, path, fd=fd)
         self.overlays[name] = overlay

@@ -49,7 +49,7 @@ def test_completed_snapshots_refuse_changes(server, mount_factory, tmp_path: Pat
     assert _errno(os.unlink, m.path / "by-name" / "keep") == errno.EROFS
     assert _errno(os.open, m.path / "created", os.O_CREAT | os.O_WRONLY) == errno.EROFS
     # nothing changed
-    assert os.listdir(m.path) == ["by-name", "new", "parts", sid]
+    assert os.listdir(m.path) == ["by-name", "new", "parts", "scratch", sid]
     stats = json.loads(ebsfs("stats", "--json", str(m.path), check=True).stdout)
     assert stats["errors"]["EROFS"] >= 10
     table = ebsfs("stats", str(m.path), check=True).stdout
@@ -78,7 +78,7 @@ def test_snapshot_option_needs_no_ec2(server, tmp_path: Path) -> None:
     env = server.env()
     env["AWS_ENDPOINT_URL_EC2"] = f"http://127.0.0.1:{free_port()}"
     with MountProc(server, tmp_path / "snaponly", "--snapshot", sid, env=env) as m:
-        assert os.listdir(m.path) == ["by-name", "new", "parts", sid]
+        assert os.listdir(m.path) == ["by-name", "new", "parts", "scratch", sid]
         assert (m.path / sid).read_bytes()[: 2 * BLOCK] == data
         assert _errno(os.stat, m.path / other) == errno.ENOENT
 
@@ -134,7 +134,8 @@ def test_ls_lists_every_state(server) -> None:
     pending = server.ebs().start_snapshot(VolumeSize=2)["SnapshotId"]
     out = ebsfs("ls", env=env, check=True).stdout
     header, *rows = out.splitlines()
-    assert header.split() == ["SNAPSHOT", "STATE", "TIER", "SIZE", "NAME", "PROGRESS", "STARTED"]
+    columns = ["SNAPSHOT", "STATE", "TIER", "SIZE", "NAME", "PARENT", "PROGRESS", "STARTED"]
+    assert header.split() == columns
     by_id = {r.split()[0]: r.split() for r in rows}
     assert by_id[sid][1:3] == ["completed", "standard"] and by_id[sid][5] == "listed"
     assert by_id[pending][1] == "pending"
@@ -149,7 +150,7 @@ def test_filter_shows_only_matching_snapshots(server, mount_factory) -> None:
     ec2.create_tags(Resources=[prod], Tags=[{"Key": "Env", "Value": "prod"}])
     ec2.create_tags(Resources=[test], Tags=[{"Key": "Env", "Value": "test"}])
     m = mount_factory(server, "--filter", "tag:Env=prod")
-    assert os.listdir(m.path) == ["by-name", "new", "parts", prod]
+    assert os.listdir(m.path) == ["by-name", "new", "parts", "scratch", prod]
     assert os.listdir(m.path / "by-name") == ["prod-disk"]
     assert os.getxattr(m.path / prod, "user.ebsfs.tag.Env") == b"prod"
     # a lookup by id of a snapshot the filter leaves out finds nothing either

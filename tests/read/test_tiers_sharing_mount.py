@@ -42,7 +42,7 @@ def test_archived_snapshot_is_not_offered(server, mount_factory) -> None:  # typ
     ec2.modify_snapshot_tier(SnapshotId=cold, StorageTier="archive")
 
     m = mount_factory(server)
-    assert sorted(os.listdir(m.path)) == sorted(["by-name", "new", keep, later])
+    assert sorted(os.listdir(m.path)) == sorted(["by-name", "new", "parts", "scratch", keep, later])
     assert os.listdir(m.path / "by-name") == ["keep"]
     started = time.monotonic()
     assert _errno(os.stat, m.path / cold) == errno.ENOENT
@@ -104,13 +104,14 @@ def test_shared_snapshots(server_factory, mount_factory) -> None:  # type: ignor
         CreateVolumePermission={"Add": [{"UserId": SELF_ACCOUNT}]})
 
     both = mount_factory(server, "--owner", "self,shared")
-    assert sorted(os.listdir(both.path)) == sorted(["by-name", "new", mine, shared])
+    fixed = ["by-name", "new", "parts", "scratch"]
+    assert sorted(os.listdir(both.path)) == sorted([*fixed, mine, shared])
     with open(both.path / "by-name" / "theirs", "rb") as f:
         assert f.read(BLOCK) == shared_data
     assert _errno(os.stat, both.path / private) == errno.ENOENT
 
     plain = mount_factory(server)
-    assert sorted(os.listdir(plain.path)) == sorted(["by-name", "new", mine])
+    assert sorted(os.listdir(plain.path)) == sorted(["by-name", "new", "parts", "scratch", mine])
     with open(plain.path / shared, "rb") as f:  # by id: found without OwnerIds
         assert f.read(BLOCK) == shared_data
     assert os.getxattr(plain.path / shared, "user.ebsfs.snapshot_id") == shared.encode()
