@@ -781,6 +781,8 @@ class Drafts:
         self.seal_tuning = seal_tuning or SealTuning()
         self.seal_fault = os.environ.get(SEAL_FAULT_ENV, "") if seal_fault is None else seal_fault
         self._drafts: dict[str, SnapshotDraft] = {}
+        #: Names whose spool is being made (``create``).
+        self._creating: set[str] = set()
         #: The lock of ``spool_root`` the mount holds (see ``ebsfs.fs.wiring``).
         self.spool_lock: SpoolLock | None = None
         self._callbacks: list[Callable[[str, str], None]] = []
@@ -874,9 +876,13 @@ class Drafts:
         return self._drafts.get(name)
 
     async def create(self, name: str) -> SnapshotDraft:
-        if name in self._drafts:
+        if name in self._drafts or name in self._creating:
             raise InvalidValueError(f"new/{name} exists already")
-        if not name or "/" in name or len(name.encode()) > 255:
+        try:
+            encoded = name.encode()
+        except UnicodeEncodeError:  # bytes that are not UTF-8 (the Name tag is text)
+            encoded = b""
+        if not encoded or "/" in name or len(encoded) > 255 or name in (".", ".."):
             raise InvalidValueError(f"{name!r} cannot name a snapshot")
         manifest = {
             "version": 1,
@@ -885,7 +891,13 @@ class Drafts:
             "size": None,
             "mtime_ns": time.time_ns(),
         }
-        spool = await trio.to_thread.run_sync(Spool.create, self.spool_root, manifest)
+        # Taken until the spool is made: a second create meanwhile (a keep from scratch/ is
+        # not serialized with new/ by the kernel) must not make a second spool of the name.
+        self._creating.add(name)
+        try:
+            spool = await trio.to_thread.run_sync(Spool.create, self.spool_root, manifest)
+        finally:
+            self._creating.discard(name)
         draft = SnapshotDraft(self, spool)
         self._drafts[name] = draft
         return draft
