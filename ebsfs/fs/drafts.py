@@ -267,12 +267,22 @@ class SnapshotDraft:
             self._start_soon()
         return len(data)
 
+    def kept(self) -> None:
+        """The keep writing it is done: it is a draft like any other from now on."""
+        if self.m.pop("kept_from", None) is not None:
+            self._save()
+        if self.m.get("size") is not None and self.m.get("written") and not self.snapshot_id:
+            self._start_soon()
+
     def _start_soon(self) -> None:
         """Start the snapshot in the background, so uploads can begin while writes go on.
 
         The writes never wait for it: they are in the spool already, and an endpoint that is
         down only delays the StartSnapshot (tried again here at most every
-        ``START_RETRY`` seconds, and by every fsync, close and seal)."""
+        ``START_RETRY`` seconds, and by every fsync, close and seal). Not while a keep
+        writes it: a restart must find nothing started for a keep cut short."""
+        if self.m.get("kept_from"):
+            return
         if self._start_scope is not None or trio.current_time() < self._start_retry_at:
             return
         self._start_scope = trio.CancelScope()
@@ -342,6 +352,8 @@ class SnapshotDraft:
             self.m["size"] = _gib_ceil(max(self.spool.max_end, 1))
             self.m["client_token"] = _new_token()
             self._save()
+        if self.m.get("kept_from"):
+            return  # a keep writes it: started once that is done (``kept``)
         if self.m.get("size") is not None and self.m.get("written") and not self.snapshot_id:
             await self._start()
 
@@ -819,6 +831,13 @@ class Drafts:
                     spool.destroy()
                     continue
                 name = str(spool.manifest["name"])
+                if spool.manifest.get("kept_from") and not spool.manifest.get("snapshot_id"):
+                    # A keep cut short (the daemon died): some of the changes only, never
+                    # started, and the overlay it came from is gone. It never was a draft.
+                    log.warning("%s: the keep of %s that wrote it did not finish; discarded",
+                                name, spool.manifest["kept_from"])
+                    spool.destroy()
+                    continue
                 if name in self._drafts:
                     log.error("two spools named %s; %s left alone", name, directory)
                     spool.close()
@@ -875,7 +894,7 @@ class Drafts:
     def get(self, name: str) -> SnapshotDraft | None:
         return self._drafts.get(name)
 
-    async def create(self, name: str) -> SnapshotDraft:
+    async def create(self, name: str, *, kept_from: str = "") -> SnapshotDraft:
         if name in self._drafts or name in self._creating:
             raise InvalidValueError(f"new/{name} exists already")
         try:
@@ -891,6 +910,8 @@ class Drafts:
             "size": None,
             "mtime_ns": time.time_ns(),
         }
+        if kept_from:
+            manifest["kept_from"] = kept_from
         # Taken until the spool is made: a second create meanwhile (a keep from scratch/ is
         # not serialized with new/ by the kernel) must not make a second spool of the name.
         self._creating.add(name)

@@ -121,7 +121,7 @@ class EmptyNewDirectory:
     def get(self, name: str) -> Draft | None:
         return None
 
-    async def create(self, name: str) -> Draft:
+    async def create(self, name: str, *, kept_from: str = "") -> Draft:
         raise ReadOnlyError("this mount has no write path")
 
     async def remove(self, name: str) -> None:

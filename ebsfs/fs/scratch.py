@@ -241,7 +241,7 @@ class ScratchDirectory:
             raise InvalidValueError(f"scratch/{overlay.name}: nothing to keep, no base set")
         if newdir.get(name) is not None:
             raise InvalidValueError(f"{XATTR_KEEP}: {name!r} is not a free name in new/")
-        draft = await newdir.create(name)
+        draft = await newdir.create(name, kept_from=f"scratch/{overlay.name}")
         try:
             await draft.setxattr("user.ebsfs.parent", overlay.snapshot_id.encode())
             for index in sorted(overlay.copied):
@@ -258,6 +258,7 @@ class ScratchDirectory:
                 except Exception as exc:  # the first error is the answer
                     log.warning("scratch/%s: new/%s not removed: %s", overlay.name, name, exc)
             raise
+        draft.kept()
         await draft.release()
         log.info(
             "scratch/%s: %d changed blocks written to new/%s (a child of %s)",

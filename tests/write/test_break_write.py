@@ -88,6 +88,9 @@ class _FailingDraft:
     async def release(self) -> None:
         return None
 
+    def kept(self) -> None:
+        return None
+
 
 class _NewDir:
     def __init__(self) -> None:
@@ -96,7 +99,7 @@ class _NewDir:
     def get(self, name: str) -> Any:
         return self.drafts.get(name)
 
-    async def create(self, name: str) -> Any:
+    async def create(self, name: str, *, kept_from: str = "") -> Any:
         self.drafts[name] = _FailingDraft(fail_after=1)
         return self.drafts[name]
 
@@ -240,3 +243,80 @@ def test_an_overlay_removed_while_open_still_serves_its_handle(
     overlay.unlink()
     assert not list((m.spool_dir / "scratch").iterdir())
     assert "failed unexpectedly" not in m.log_text()
+
+
+_KEEP_THEN_DIE = r'''
+import os, sys, trio
+from pathlib import Path
+from ebsfs.fs.drafts import Drafts, SnapshotDraft
+from ebsfs.fs.scratch import ScratchDirectory
+from ebsfs.store.writeback import WriteTuning
+from tests.write.fakes import DictReader, FakeApi
+
+BS = 512 * 1024
+spool = Path(sys.argv[1])
+writes = 0
+original = SnapshotDraft.write
+
+async def write(self, offset, data):
+    global writes
+    writes += 1
+    if writes == 2:
+        os._exit(9)  # the daemon is killed in the middle of the keep
+    return await original(self, offset, data)
+
+SnapshotDraft.write = write
+
+async def main():
+    api = FakeApi()
+    sid = api.add_completed({i: bytes([i + 1]) * BS for i in range(4)})
+    async with trio.open_nursery() as nursery:
+        drafts = await Drafts.open(api, spool, nursery, trio.CapacityLimiter(8),
+                                   lambda s, gib: DictReader(api, s),
+                                   tuning=WriteTuning(delay=3600))
+
+        async def resolve(snapshot_id, number):
+            return 4 * BS, None
+
+        async def read_disk(snapshot_id, offset, length):
+            return bytes(length)
+
+        scratch = ScratchDirectory(spool / "scratch", 1 << 30, resolve, read_disk)
+        overlay = await scratch.create("o")
+        await scratch.set_base(overlay, sid.encode())
+        for i in range(3):
+            await scratch.write(overlay, i * BS, b"changed")
+        await scratch.keep(overlay, b"child", drafts)
+
+trio.run(main)
+'''
+
+
+def test_a_keep_cut_by_kill_9_brings_back_no_partial_child(tmp_path: Path) -> None:
+    """The daemon killed in the middle of user.ebsfs.keep: the next mount brought back
+    new/NAME holding some of the changed blocks, a child that looks whole (the keep never
+    answered) and seals into a disk never written."""
+    import subprocess
+    import sys
+
+    spool = tmp_path / "spool"
+    died = subprocess.run(
+        [sys.executable, "-c", _KEEP_THEN_DIE, str(spool)],
+        cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=60,
+    )
+    assert died.returncode == 9, died.stderr
+    assert len(Spool.find(spool)) == 1  # the child was being written
+    api = FakeApi()
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            drafts = await Drafts.open(
+                api, spool, nursery, trio.CapacityLimiter(8),
+                lambda sid, gib: DictReader(api, sid),
+            )
+            assert drafts.names() == []
+            assert Spool.find(spool) == []
+            await drafts.close()
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
