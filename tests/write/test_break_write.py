@@ -320,3 +320,62 @@ def test_a_keep_cut_by_kill_9_brings_back_no_partial_child(tmp_path: Path) -> No
             nursery.cancel_scope.cancel()
 
     trio.run(main)
+
+
+def test_an_overlay_of_a_deleted_snapshot_reads_no_zeros(
+    server: LocalServer, mount_factory, tmp_path: Path  # noqa: F811
+) -> None:
+    """rm of the snapshot under an overlay: its blocks not copied yet read as zeros, and a
+    write copied zeros under the new bytes, silently (a corrupt disk, and then a keep). A
+    read or write that needs the base now fails; copied blocks still read."""
+    data = os.urandom(2 * MIB)
+    sid = upload_image(server.ebs(), server.ec2(), data, name="gone")
+    m = mount_factory(server, "--allow-delete")
+    overlay = m.path / "scratch" / sid
+    overlay.touch()
+    fd = os.open(overlay, os.O_RDWR)
+    try:
+        assert os.pwrite(fd, b"kept", 0) == 4
+        os.unlink(m.path / sid)
+        assert os.pread(fd, 8, 0) == b"kept" + data[4:8]
+        with pytest.raises(OSError):
+            os.pread(fd, 8, BS)
+        with pytest.raises(OSError):
+            os.pwrite(fd, b"x", 2 * BS)
+    finally:
+        os.close(fd)
+
+
+def test_a_spool_dir_another_user_controls_is_refused(
+    server: LocalServer, tmp_path: Path
+) -> None:
+    """A spool directory owned by another user (or writable by others): its owner could put
+    a symlink where the daemon opens files as root. `lock` pointing at a file of root's was
+    truncated and overwritten by the mount. Now the mount refuses such a spool (exit 6)."""
+    import subprocess
+
+    from tests.mounting import MountProc
+
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious\n")
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    os.chown(spool, 65534, 65534)
+    spool.chmod(0o755)
+    (spool / "lock").symlink_to(victim)
+    m = MountProc(server, tmp_path / "mnt", spool_dir=spool, foreground=False)
+    m.path.mkdir()
+    done = subprocess.run(m.command(), env=m.env, capture_output=True, text=True, timeout=60)
+    try:
+        assert done.returncode == 6, done.stderr
+        assert "spool" in done.stderr
+    finally:
+        m.stop()
+    assert victim.read_bytes() == b"precious\n"
+    # Writable by others, even when it is ours: refused too.
+    (spool / "lock").unlink()
+    os.chown(spool, 0, 0)
+    spool.chmod(0o777)
+    done = subprocess.run(m.command(), env=m.env, capture_output=True, text=True, timeout=60)
+    m.stop()
+    assert done.returncode == 6, done.stderr
