@@ -120,7 +120,9 @@ class SpoolLock:
         naming the holder if another mount has it."""
         try:
             root.mkdir(mode=0o700, parents=True, exist_ok=True)
-            fd = os.open(root / LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            _check_owner(root)
+            flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+            fd = os.open(root / LOCK, flags, 0o600)
         except OSError as exc:
             raise MountError(f"spool {root}: {exc.strerror or exc}") from None
         try:
@@ -150,6 +152,22 @@ class SpoolLock:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+
+def _check_owner(root: Path) -> None:
+    """Refuse a spool another user could change: the daemon (often root) creates, truncates
+    and reads files there, and whoever may rename entries in it could swap in symlinks."""
+    st = os.stat(root)
+    if st.st_uid != os.geteuid():
+        raise MountError(
+            f"spool {root} belongs to uid {st.st_uid}, not to this mount's user "
+            f"(uid {os.geteuid()}); use a directory of its own"
+        )
+    if st.st_mode & 0o022:
+        raise MountError(
+            f"spool {root} is writable by others (mode {st.st_mode & 0o7777:o}); "
+            f"chmod go-w it, or use a directory of the mount's own"
+        )
 
 
 def _holder(text: str) -> str:
