@@ -16,6 +16,7 @@ import errno
 import logging
 import os
 import re
+import resource
 import shutil
 import time
 from collections.abc import Awaitable, Callable
@@ -48,6 +49,15 @@ DiskReader = Callable[[str, int, int], Awaitable[bytes | memoryview]]
 
 class ScratchFullError(NoSpaceError):
     """The mount's scratch limit is reached."""
+
+
+def max_overlays() -> int:
+    """How many overlays a mount keeps at once: each holds a descriptor, and the daemon
+    needs most of its descriptors for the spool, the cache and the endpoint."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 4096
+    return max(8, soft // 4)
 
 
 @dataclass
@@ -97,6 +107,7 @@ class ScratchDirectory:
         self.resolve = resolve
         self.read_disk = read_disk
         self.overlays: dict[str, Overlay] = {}
+        self.max_overlays = max_overlays()
         #: Removed from the directory while open: gone at their last release.
         self.detached: list[Overlay] = []
         self._by_key: dict[str, Overlay] = {}
@@ -126,6 +137,11 @@ class ScratchDirectory:
             raise InvalidValueError(f"scratch: not a usable name: {name!r}")
         if name in self.overlays:
             raise EbsfsError(f"scratch/{name} exists")
+        if len(self.overlays) + len(self.detached) >= self.max_overlays:
+            raise ScratchFullError(
+                f"scratch/{name}: this mount holds {self.max_overlays} overlays already "
+                "(a quarter of its open-file limit); rm one first"
+            )
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         path = self.root / f"{time.time_ns()}"
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)

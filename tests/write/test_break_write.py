@@ -379,3 +379,46 @@ def test_a_spool_dir_another_user_controls_is_refused(
     done = subprocess.run(m.command(), env=m.env, capture_output=True, text=True, timeout=60)
     m.stop()
     assert done.returncode == 6, done.stderr
+
+
+def test_thousands_of_overlays_leave_the_mount_working(
+    server: LocalServer, tmp_path: Path
+) -> None:
+    """Every overlay held a descriptor of the daemon for its whole life: a user making
+    overlays by the thousand ran the daemon out of them (EMFILE), and then drafts, the
+    spool and the endpoint failed too. Now overlays past a share of the descriptor limit
+    are refused (ENOSPC) and everything else goes on."""
+    import resource
+
+    from tests.mounting import MountProc
+
+    data = os.urandom(MIB)
+    sid = upload_image(server.ebs(), server.ec2(), data, name="small")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))  # the daemon inherits it
+    try:
+        m = MountProc(server, tmp_path / "mnt").start()
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    try:
+        refused = 0
+        for i in range(400):
+            try:
+                os.close(os.open(m.path / "scratch" / f"o{i}", os.O_CREAT | os.O_WRONLY, 0o600))
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC, exc
+                refused += 1
+        assert refused > 0
+        # Drafts, the spool and reads of snapshots still work.
+        with open(m.path / "new" / "still-works", "wb") as f:
+            f.write(b"x" * 4096)
+            os.fsync(f.fileno())
+        first = m.path / "scratch" / "o0"
+        os.setxattr(first, "user.ebsfs.base", sid.encode())
+        with open(first, "rb") as f:
+            assert f.read(4096) == data[:4096]
+        with open(m.path / sid, "rb") as f:
+            assert os.pread(f.fileno(), 4096, MIB - 4096) == data[-4096:]
+        assert "failed unexpectedly" not in m.log_text()
+    finally:
+        m.stop()
