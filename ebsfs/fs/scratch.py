@@ -168,6 +168,8 @@ class ScratchDirectory:
             size, part = await self.resolve(match.group(1), number)
         except NotFoundError as exc:
             raise InvalidValueError(f"{XATTR_BASE}: {exc}") from None
+        if overlay.copied:  # a write copied blocks of the old base while this one was read
+            raise InvalidValueError(f"scratch/{overlay.name}: written already; its base is fixed")
         overlay.snapshot_id, overlay.part, overlay.size = match.group(1), part, size
         log.info("scratch/%s: a local overlay of %s (%d bytes)", overlay.name, overlay.base, size)
 
@@ -257,6 +259,14 @@ class ScratchDirectory:
             raise InvalidValueError(f"scratch/{overlay.name}: nothing to keep, no base set")
         if newdir.get(name) is not None:
             raise InvalidValueError(f"{XATTR_KEEP}: {name!r} is not a free name in new/")
+        # Held as an open file is: an rm meanwhile leaves its copies until the keep is done.
+        self.opened(overlay)
+        try:
+            await self._keep(overlay, name, newdir)
+        finally:
+            self.released(overlay)
+
+    async def _keep(self, overlay: Overlay, name: str, newdir: NewDirectory) -> None:
         draft = await newdir.create(name, kept_from=f"scratch/{overlay.name}")
         try:
             await draft.setxattr("user.ebsfs.parent", overlay.snapshot_id.encode())
@@ -267,9 +277,9 @@ class ScratchDirectory:
                 await draft.write(overlay.offset + start, block)
         except BaseException:
             # A child holding some of the changes would seal into a disk never written: none.
-            await draft.release()
             with trio.CancelScope(shield=True):
                 try:
+                    await draft.release()
                     await newdir.remove(name)
                 except Exception as exc:  # the first error is the answer
                     log.warning("scratch/%s: new/%s not removed: %s", overlay.name, name, exc)

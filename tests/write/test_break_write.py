@@ -422,3 +422,89 @@ def test_thousands_of_overlays_leave_the_mount_working(
         assert "failed unexpectedly" not in m.log_text()
     finally:
         m.stop()
+
+
+class _GatedDraft:
+    def __init__(self, gate: trio.Event) -> None:
+        self.gate = gate
+        self.blocks: dict[int, bytes] = {}
+
+    async def setxattr(self, name: str, value: bytes) -> None:
+        return None
+
+    async def write(self, offset: int, data: bytes) -> int:
+        await self.gate.wait()
+        self.blocks[offset] = bytes(data)
+        return len(data)
+
+    async def release(self) -> None:
+        return None
+
+    def kept(self) -> None:
+        return None
+
+
+def test_rm_of_an_overlay_during_its_keep_lets_the_keep_finish(tmp_path: Path) -> None:
+    """rm of an overlay while user.ebsfs.keep wrote it out closed its file under the keep:
+    EIO (EBADF, a traceback). The keep now holds the overlay as an open file does."""
+    base = bytes(4 * BS)
+
+    async def main() -> None:
+        scratch = _scratch(tmp_path / "scratch", base)
+        overlay = await scratch.create("o")
+        await scratch.set_base(overlay, b"snap-0123456789abcdef0")
+        for i in range(3):
+            await scratch.write(overlay, i * BS, bytes([i + 1]) * 10)
+        gate = trio.Event()
+        draft = _GatedDraft(gate)
+        newdir = _NewDir()
+
+        async def create(name: str, *, kept_from: str = "") -> Any:
+            newdir.drafts[name] = draft
+            return draft
+
+        newdir.create = create  # type: ignore[method-assign]
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(scratch.keep, overlay, b"child", newdir)
+            await trio.testing.wait_all_tasks_blocked()
+            await scratch.remove("o")
+            gate.set()
+        assert sorted(draft.blocks) == [0, BS, 2 * BS]
+        assert draft.blocks[2 * BS][:10] == b"\x03" * 10
+        assert not list((tmp_path / "scratch").iterdir())  # gone once the keep let go
+        scratch.close()
+
+    trio.run(main)
+
+
+def test_a_base_changed_while_a_write_copies_is_refused(tmp_path: Path) -> None:
+    """user.ebsfs.base set again while a write was copying blocks of the first base: the
+    check 'written already' ran before the lookup of the new base, so the overlay ended up
+    with blocks of one snapshot over another."""
+    base = os.urandom(2 * BS)
+
+    async def main() -> None:
+        gate = trio.Event()
+        scratch = _scratch(tmp_path / "scratch", base)
+
+        async def slow_resolve(snapshot_id: str, number: int | None) -> tuple[int, Any]:
+            await gate.wait()
+            return 4 * BS, None
+
+        overlay = await scratch.create("o")
+        await scratch.set_base(overlay, b"snap-0123456789abcdef0")
+        scratch.resolve = slow_resolve
+        async with trio.open_nursery() as nursery:
+
+            async def change() -> None:
+                with pytest.raises(InvalidValueError):
+                    await scratch.set_base(overlay, b"snap-0123456789abcdef1")
+
+            nursery.start_soon(change)
+            await trio.testing.wait_all_tasks_blocked()
+            await scratch.write(overlay, 0, b"w")
+            gate.set()
+        assert overlay.snapshot_id == "snap-0123456789abcdef0"
+        scratch.close()
+
+    trio.run(main)
