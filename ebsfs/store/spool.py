@@ -46,6 +46,7 @@ import json
 import logging
 import os
 import shutil
+import stat
 import struct
 import uuid
 import zlib
@@ -157,6 +158,13 @@ class SpoolLock:
 def _check_owner(root: Path) -> None:
     """Refuse a spool another user could change: the daemon (often root) creates, truncates
     and reads files there, and whoever may rename entries in it could swap in symlinks."""
+    link = os.lstat(root)
+    if stat.S_ISLNK(link.st_mode) and link.st_uid != os.geteuid():
+        # Whoever made it chose the directory the daemon works in (as fs.protected_symlinks).
+        raise MountError(
+            f"spool {root} is a symlink of uid {link.st_uid}, not of this mount's user "
+            f"(uid {os.geteuid()}); give the directory itself"
+        )
     st = os.stat(root)
     if st.st_uid != os.geteuid():
         raise MountError(

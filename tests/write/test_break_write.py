@@ -508,3 +508,30 @@ def test_a_base_changed_while_a_write_copies_is_refused(tmp_path: Path) -> None:
         scratch.close()
 
     trio.run(main)
+
+
+def test_a_spool_path_that_is_another_users_symlink_is_refused(
+    server: LocalServer, tmp_path: Path
+) -> None:
+    """A spool path in a directory others can write (EBSFS_SPOOL_ROOT=/tmp) that another user
+    made a symlink to a directory of root's: the mount used that directory as its spool, and
+    deleted its scratch/ (overlays left by a dead mount), files of root's."""
+    import subprocess
+
+    from tests.mounting import MountProc
+
+    rootdir = tmp_path / "roots-own"
+    (rootdir / "scratch").mkdir(parents=True)
+    (rootdir / "scratch" / "precious").write_bytes(b"precious\n")
+    rootdir.chmod(0o755)
+    spool = tmp_path / "spool"
+    spool.symlink_to(rootdir)
+    os.lchown(spool, 65534, 65534)
+    m = MountProc(server, tmp_path / "mnt", spool_dir=spool, foreground=False)
+    m.path.mkdir()
+    done = subprocess.run(m.command(), env=m.env, capture_output=True, text=True, timeout=60)
+    try:
+        assert done.returncode == 6, done.stderr
+    finally:
+        m.stop()
+    assert (rootdir / "scratch" / "precious").read_bytes() == b"precious\n"
