@@ -551,6 +551,10 @@ class SnapshotDraft:
             raise NotPermittedError(f"{self.name} is already {state}")
         if not self.m.get("written"):
             raise InvalidValueError(f"{self.name}: nothing was written, nothing to seal")
+        if self.m.get("kept_from"):
+            raise NotPermittedError(
+                f"{self.name}: {self.m['kept_from']} is still being kept into it; seal it after"
+            )
         if state == ERROR:
             if self.m.get("aws_error"):
                 # AWS failed the snapshot for good: start a new one from the spool.

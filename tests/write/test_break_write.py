@@ -535,3 +535,29 @@ def test_a_spool_path_that_is_another_users_symlink_is_refused(
     finally:
         m.stop()
     assert (rootdir / "scratch" / "precious").read_bytes() == b"precious\n"
+
+
+def test_a_draft_being_kept_into_cannot_be_sealed_yet(tmp_path: Path) -> None:
+    """chmod a-w of new/NAME while a keep writes it: no snapshot is started during a keep,
+    so the seal must wait for it (refused), not run without a snapshot."""
+    from ebsfs.errors import NotPermittedError
+
+    api = FakeApi()
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            drafts = await Drafts.open(
+                api, tmp_path / "spool", nursery, trio.CapacityLimiter(8),
+                lambda sid, gib: DictReader(api, sid),
+            )
+            draft = await drafts.create("child", kept_from="scratch/o")
+            await draft.truncate(1 << 30)
+            await draft.write(0, b"x" * BS)
+            with pytest.raises(NotPermittedError):
+                await draft.seal()
+            draft.kept()
+            await draft.seal()
+            await drafts.close()
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
