@@ -598,7 +598,11 @@ class SnapshotDraft:
 
     async def _finish(self, scope: trio.CancelScope) -> None:
         snapshot_id = self.snapshot_id
-        assert snapshot_id is not None
+        if snapshot_id is None:  # never in the mount's nursery: an error there ends the mount
+            self._failed("sealing failed, seal again to retry: no snapshot was started",
+                         aws=False)
+            self._seal_scope = None
+            return
         with scope:
             try:
                 # Recorded only once AWS answered CompleteSnapshot: until then every seal
