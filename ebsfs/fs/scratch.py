@@ -76,12 +76,9 @@ class Overlay:
     #: one is released (``removed`` then), as any unlinked file does.
     opens: int = 0
     removed: bool = False
-
-    @property
-    def key(self) -> str:
-        """What tells this overlay from any other of the mount, even one of the same name made
-        after it was removed (its inode is keyed by it)."""
-        return self.path.name
+    #: What tells this overlay from any other of the mount living at the same time, even one
+    #: of the same name made after it was removed while open (its inode is keyed by it).
+    key: str = ""
 
     @property
     def base(self) -> str:
@@ -145,7 +142,13 @@ class ScratchDirectory:
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         path = self.root / f"{time.time_ns()}"
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-        overlay = Overlay(name, path, fd=fd)
+        # The name again unless an overlay of that name removed while open still lives: then
+        # another key (and inode); the keys, and so the inodes, of a name are few and reused.
+        alive = {o.key for o in self.detached if o.name == name}
+        generation = 0
+        while f"{name}\0{generation}" in alive:
+            generation += 1
+        overlay = Overlay(name, path, fd=fd, key=f"{name}\0{generation}")
         self.overlays[name] = overlay
         self._by_key[overlay.key] = overlay
         if _BASE.fullmatch(name):
@@ -257,6 +260,8 @@ class ScratchDirectory:
         name = keep_name(value)
         if not overlay.snapshot_id:
             raise InvalidValueError(f"scratch/{overlay.name}: nothing to keep, no base set")
+        if not overlay.copied:  # the child could never be sealed: nothing written to it
+            raise InvalidValueError(f"scratch/{overlay.name}: nothing changed, nothing to keep")
         if newdir.get(name) is not None:
             raise InvalidValueError(f"{XATTR_KEEP}: {name!r} is not a free name in new/")
         # Held as an open file is: an rm meanwhile leaves its copies until the keep is done.

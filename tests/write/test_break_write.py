@@ -561,3 +561,43 @@ def test_a_draft_being_kept_into_cannot_be_sealed_yet(tmp_path: Path) -> None:
             nursery.cancel_scope.cancel()
 
     trio.run(main)
+
+
+def test_a_keep_of_an_unchanged_overlay_is_refused(tmp_path: Path) -> None:
+    """keep of an overlay nothing was written to made new/NAME with nothing written: a
+    child no seal accepts ("nothing was written"), left for the user to find and rm."""
+
+    async def main() -> None:
+        scratch = _scratch(tmp_path / "scratch", bytes(2 * BS))
+        overlay = await scratch.create("o")
+        await scratch.set_base(overlay, b"snap-0123456789abcdef0")
+        newdir = _NewDir()
+        with pytest.raises(InvalidValueError):
+            await scratch.keep(overlay, b"child", newdir)  # type: ignore[arg-type]
+        assert newdir.get("child") is None
+        scratch.close()
+
+    trio.run(main)
+
+
+def test_inodes_of_overlays_made_and_removed_again_are_reused(tmp_path: Path) -> None:
+    """Each overlay has its own inode key (one removed while open must not share its inode
+    with a new one of the same name), but a name made and removed a million times must not
+    take a million inodes: the key is reused once the old overlay is gone."""
+
+    async def main() -> None:
+        scratch = _scratch(tmp_path / "scratch", bytes(2 * BS))
+        keys = set()
+        for _ in range(5):
+            keys.add((await scratch.create("o")).key)
+            await scratch.remove("o")
+        assert len(keys) == 1
+        held = await scratch.create("o")
+        scratch.opened(held)
+        await scratch.remove("o")
+        other = await scratch.create("o")
+        assert other.key != held.key
+        scratch.released(held)
+        scratch.close()
+
+    trio.run(main)
