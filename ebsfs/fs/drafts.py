@@ -925,6 +925,10 @@ class Drafts:
         self._creating.add(name)
         try:
             spool = await trio.to_thread.run_sync(Spool.create, self.spool_root, manifest)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise NoSpaceError(f"new/{name}: the spool's disk is full") from None
+            raise EbsfsError(f"new/{name}: spool: {exc.strerror or exc}") from None
         finally:
             self._creating.discard(name)
         draft = SnapshotDraft(self, spool)

@@ -226,8 +226,12 @@ class Spool:
         directory = root / uuid.uuid4().hex
         directory.mkdir(mode=0o700)  # disk images may hold secrets
         spool = cls(directory)
-        spool._open()
-        spool.save_manifest(manifest)
+        try:
+            spool._open()
+            spool.save_manifest(manifest)
+        except BaseException:  # a full disk: no half-made directory is left behind
+            spool.destroy()
+            raise
         return spool
 
     @classmethod

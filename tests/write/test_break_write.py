@@ -601,3 +601,51 @@ def test_inodes_of_overlays_made_and_removed_again_are_reused(tmp_path: Path) ->
         scratch.close()
 
     trio.run(main)
+
+
+def test_a_full_spool_disk_during_copy_on_write_and_keep(
+    server: LocalServer, mount_factory, tmp_path: Path  # noqa: F811
+) -> None:
+    """The spool's disk fills under an overlay: a write that must copy a block is ENOSPC and
+    changes nothing; what was written before reads back; a keep that cannot spool is ENOSPC
+    and leaves no new/NAME; once there is room again, both work."""
+    from bench.chaos import SpoolDisk
+
+    data = os.urandom(4 * MIB)
+    sid = upload_image(server.ebs(), server.ec2(), data, name="fill")
+    disk = SpoolDisk(tmp_path, 64)
+    disk.setup()
+    m = None
+    try:
+        m = mount_factory(server, spool_dir=disk.path / "spool")
+        overlay = m.path / "scratch" / sid
+        overlay.touch()
+        fd = os.open(overlay, os.O_RDWR)
+        try:
+            assert os.pwrite(fd, b"first", 0) == 5
+            disk.fill()
+            with pytest.raises(OSError) as full:
+                os.pwrite(fd, b"second", 2 * BS)
+            assert full.value.errno == errno.ENOSPC
+            assert os.pread(fd, 8, 0) == b"first" + data[5:8]
+            assert os.pread(fd, 8, 2 * BS) == data[2 * BS : 2 * BS + 8]
+            with pytest.raises(OSError) as kept:
+                os.setxattr(overlay, "user.ebsfs.keep", b"child")
+            assert kept.value.errno == errno.ENOSPC
+            assert os.listdir(m.path / "new") == []
+            with pytest.raises(OSError) as touched:
+                (m.path / "new" / "other").touch()
+            assert touched.value.errno == errno.ENOSPC
+            spool = disk.path / "spool"
+            assert [p.name for p in spool.iterdir() if p.is_dir()] == ["scratch"]
+            disk.free()
+            assert os.pwrite(fd, b"second", 2 * BS) == 6
+            os.setxattr(overlay, "user.ebsfs.keep", b"child")
+            assert os.listdir(m.path / "new") == ["child"]
+        finally:
+            os.close(fd)
+        assert "failed unexpectedly" not in m.log_text()
+    finally:
+        if m is not None:
+            m.stop()
+        disk.teardown()
