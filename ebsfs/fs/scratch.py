@@ -139,9 +139,14 @@ class ScratchDirectory:
                 f"scratch/{name}: this mount holds {self.max_overlays} overlays already "
                 "(a quarter of its open-file limit); rm one first"
             )
-        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         path = self.root / f"{time.time_ns()}"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise NoSpaceError(f"scratch/{name}: the spool's disk is full") from None
+            raise EbsfsError(f"scratch/{name}: {path}: {exc.strerror or exc}") from None
         # The name again unless an overlay of that name removed while open still lives: then
         # another key (and inode); the keys, and so the inodes, of a name are few and reused.
         alive = {o.key for o in self.detached if o.name == name}

@@ -638,6 +638,13 @@ def test_a_full_spool_disk_during_copy_on_write_and_keep(
             assert touched.value.errno == errno.ENOSPC
             spool = disk.path / "spool"
             assert [p.name for p in spool.iterdir() if p.is_dir()] == ["scratch"]
+            # So does a new overlay's file, and the directory of the first one.
+            for n in range(200):
+                try:
+                    (m.path / "scratch" / f"more-{n}").touch()
+                except OSError as exc:
+                    assert exc.errno == errno.ENOSPC
+                    break
             disk.free()
             assert os.pwrite(fd, b"second", 2 * BS) == 6
             os.setxattr(overlay, "user.ebsfs.keep", b"child")
