@@ -32,6 +32,7 @@ draft that is being sealed, completed or failed is ReadOnlyError.
 from __future__ import annotations
 
 import contextlib
+import copy
 import errno
 import logging
 import math
@@ -188,6 +189,17 @@ class SnapshotDraft:
         self.m["mtime_ns"] = self._mtime_ns
         self.spool.save_manifest(self.m)
 
+    def _save_or_undo(self, before: dict[str, Any]) -> None:
+        """Save a change asked for by a request; if the manifest cannot be saved (a full
+        spool disk), put ``before`` back and answer ENOSPC: the change was not made."""
+        try:
+            self._save()
+        except OSError as exc:
+            self.m = before
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise NoSpaceError(f"{self.name}: the spool's disk is full") from None
+            raise EbsfsError(f"{self.name}: spool: {exc.strerror or exc}") from None
+
     def _touch(self) -> None:
         self._mtime_ns = time.time_ns()
 
@@ -247,8 +259,9 @@ class SnapshotDraft:
         if first:
             # Recorded before the data: a crash between the two must not bring back data
             # with its attributes still settable (a parent set under written blocks).
+            before = copy.deepcopy(self.m)
             self.m["written"] = True
-            self._save()
+            self._save_or_undo(before)
         try:
             await self.wb.write(offset, data)
         except OSError as exc:
@@ -324,10 +337,11 @@ class SnapshotDraft:
         new = _gib_ceil(size)
         if self.m.get("parent") and new < self.m["parent_gib"] * GIB:
             raise NotPermittedError(f"{self.name}: cannot be smaller than its parent")
+        before = copy.deepcopy(self.m)
         self.m["size"] = new
         self.m["client_token"] = _new_token()
         self._touch()
-        self._save()
+        self._save_or_undo(before)
 
     async def fsync(self) -> None:
         if self.state in (DRAFT, PENDING):
@@ -467,6 +481,7 @@ class SnapshotDraft:
             text = value.decode("utf-8")
         except UnicodeDecodeError:
             raise InvalidValueError(f"{name}: not UTF-8 text") from None
+        before, parent_reader = copy.deepcopy(self.m), self.wb.parent
         if key == "parent":
             await self._set_parent(text.strip())
         elif key == "encrypted":
@@ -486,7 +501,11 @@ class SnapshotDraft:
             self._set_tag(key[len("tag.") :], text)
         self.m["client_token"] = _new_token()
         self._touch()
-        self._save()
+        try:
+            self._save_or_undo(before)
+        except EbsfsError:
+            self.wb.parent = parent_reader
+            raise
 
     def _set_tag(self, key: str, value: str) -> None:
         tags = dict(self.m.get("tags", {}))

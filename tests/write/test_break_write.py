@@ -656,3 +656,40 @@ def test_a_full_spool_disk_during_copy_on_write_and_keep(
         if m is not None:
             m.stop()
         disk.teardown()
+
+
+def test_a_full_spool_disk_under_a_new_draft_is_enospc(
+    server: LocalServer, mount_factory, tmp_path: Path  # noqa: F811
+) -> None:
+    """A draft made before the spool's disk filled: its attributes, its size and its first
+    write must save the manifest; on a full disk they were EIO (a traceback), not ENOSPC,
+    and the draft must stay usable once there is room."""
+    from bench.chaos import SpoolDisk
+
+    disk = SpoolDisk(tmp_path, 64)
+    disk.setup()
+    m = None
+    try:
+        m = mount_factory(server, spool_dir=disk.path / "spool")
+        path = m.path / "new" / "d"
+        path.touch()
+        disk.fill()
+        with pytest.raises(OSError) as tagged:
+            os.setxattr(path, "user.ebsfs.description", b"a description")
+        assert tagged.value.errno == errno.ENOSPC
+        with pytest.raises(OSError) as sized:
+            os.truncate(path, 1 << 30)
+        assert sized.value.errno == errno.ENOSPC
+        with pytest.raises(OSError) as written, open(path, "r+b", buffering=0) as f:
+            f.write(b"x" * 4096)
+        assert written.value.errno == errno.ENOSPC
+        disk.free()
+        os.setxattr(path, "user.ebsfs.description", b"a description")
+        os.truncate(path, 1 << 30)
+        with open(path, "r+b", buffering=0) as f:
+            assert f.write(b"x" * 4096) == 4096
+        assert "failed unexpectedly" not in m.log_text()
+    finally:
+        if m is not None:
+            m.stop()
+        disk.teardown()
