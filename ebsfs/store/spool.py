@@ -165,6 +165,20 @@ def _check_owner(root: Path) -> None:
             f"spool {root} is a symlink of uid {link.st_uid}, not of this mount's user "
             f"(uid {os.geteuid()}); give the directory itself"
         )
+    real = Path(os.path.realpath(root))
+    for above in real.parents:
+        up = os.stat(above)
+        if up.st_uid not in (0, os.geteuid()):
+            raise MountError(
+                f"spool {root}: {above} belongs to uid {up.st_uid}, who could move the spool "
+                "away and put their own in its place; use a directory under one of root's "
+                "or the mount user's"
+            )
+        if up.st_mode & 0o002 and not up.st_mode & stat.S_ISVTX:
+            raise MountError(
+                f"spool {root}: {above} is writable by everyone (and not sticky); use a "
+                "directory under one that is not"
+            )
     st = os.stat(root)
     if st.st_uid != os.geteuid():
         raise MountError(

@@ -693,3 +693,26 @@ def test_a_full_spool_disk_under_a_new_draft_is_enospc(
         if m is not None:
             m.stop()
         disk.teardown()
+
+
+def test_a_spool_inside_a_directory_another_user_owns_is_refused(
+    server: LocalServer, tmp_path: Path
+) -> None:
+    """EBSFS_SPOOL_ROOT under a directory another user made (say /tmp/ebsfs, made first by
+    them): the spool itself is the mount's, but the owner of the directory above may rename
+    it away while mounted and put a directory or symlink of theirs in its place."""
+    import subprocess
+
+    from tests.mounting import MountProc
+
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    os.chown(theirs, 65534, 65534)
+    spool = theirs / "spool"
+    m = MountProc(server, tmp_path / "mnt", spool_dir=spool, foreground=False)
+    m.path.mkdir()
+    done = subprocess.run(m.command(), env=m.env, capture_output=True, text=True, timeout=60)
+    try:
+        assert done.returncode == 6, done.stderr
+    finally:
+        m.stop()
