@@ -26,6 +26,7 @@ import contextlib
 import logging
 import math
 import time
+import weakref
 from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -75,6 +76,180 @@ class _Holder:
     __slots__ = ()
 
 
+def endpoint_answered(exc: BaseException) -> bool:
+    """Whether a failed call still shows the endpoint at work: any answer but a 5xx (throttling
+    included, whatever its status), a body cut short, or no answer at all."""
+    if isinstance(exc, BackendUnavailableError):
+        return False
+    if isinstance(exc, ApiError) and not isinstance(exc, InvalidTokenError):
+        if "Throttl" in exc.code or "SlowDown" in exc.code:
+            return True
+        return not (exc.code == "IncompleteBody" or exc.status >= 500)
+    return isinstance(exc, EbsfsError)
+
+
+class Health:
+    """Whether the endpoint answers, judged mount-wide from the last answer only.
+
+    ``io_timeout`` seconds after the last answer (or after the first call made since, when
+    the mount was idle) with calls waiting and none answered, the endpoint is *down*: every
+    call fails at once with ``BackendUnavailableError`` and one prober task (a cheap request,
+    with back-off) marks it up again at its first answer. Throttling and 4xx answers are
+    answers: they never count towards "down". One ``Health`` per limiter (``Health.of``), so
+    the read and write paths of a mount share it. ``io_timeout`` None: calls are unbounded
+    (a limiter of local disk work, not of API calls).
+    """
+
+
+    def __init__(self, io_timeout: float | None = None) -> None:
+        self.io_timeout = io_timeout
+        #: trio.current_time() of the last answer (a success, throttling, a 4xx...).
+        self.last_ok = -math.inf
+        #: Start of the first call made after ``last_ok`` (None: none since).
+        self._since: float | None = None
+        #: When the endpoint was found down (None: up).
+        self.down_since: float | None = None
+        #: A cheap blocking request that returns once the endpoint answered (``Api.probe``).
+        self.probe: Callable[[float], object] | None = None
+        #: time.monotonic() of the last answer worker threads heard (``Api.last_answer``).
+        self.heard: Callable[[], float] | None = None
+        self._scopes: set[trio.CancelScope] = set()
+        self._prober = False
+        self.counters: Counter[str] = Counter()
+
+    def configure(self, io_timeout: float | None = None, api: object = None) -> None:
+        """Take the mount's ``io_timeout`` and, from ``api``, a probe and an answer clock
+        (``Api.probe``, ``Api.last_answer``; an upload process's ``fallback`` Api)."""
+        if io_timeout is not None:
+            self.io_timeout = io_timeout
+        for source in (api, getattr(api, "fallback", None)):
+            if self.probe is None:
+                self.probe = getattr(source, "probe", None)
+            if self.heard is None:
+                heard = getattr(source, "last_answer", None)
+                self.heard = heard if callable(heard) else None
+
+    @classmethod
+    def of(cls, limiter: trio.CapacityLimiter) -> Health:
+        """The ``Health`` shared by every ``Calls`` of ``limiter``."""
+        health = _HEALTH.get(limiter)
+        if health is None:
+            health = _HEALTH[limiter] = cls()
+        return health
+
+    @property
+    def down(self) -> bool:
+        return self.down_since is not None
+
+    def _last_answer(self) -> float:
+        last = self.last_ok
+        if self.heard is not None:
+            mono = self.heard()
+            if mono > -math.inf:
+                last = max(last, mono - time.monotonic() + trio.current_time())
+        return last
+
+    def deadline(self) -> float:
+        """When a call waiting now gives up unless something answers first."""
+        if self.io_timeout is None:
+            return math.inf
+        now = trio.current_time()
+        last = self._last_answer()
+        if self._since is None or self._since < last:
+            self._since = now  # the first call since the last answer: the clock starts now
+        return max(last, self._since) + self.io_timeout
+
+    def check(self) -> None:
+        """Raise at once while the endpoint is known down."""
+        if self.down_since is not None:
+            self.counters["calls_failed_fast"] += 1
+            raise BackendUnavailableError(
+                f"the endpoint has not answered for {self._silence():.0f} s "
+                f"(--io-timeout {self.io_timeout:g} s); failing at once until it answers again"
+            )
+
+    def _silence(self) -> float:
+        last = self._last_answer()
+        origin = last if last > -math.inf else (self._since or trio.current_time())
+        return trio.current_time() - origin
+
+    def answered(self) -> None:
+        """The endpoint answered: the clock restarts, calls waiting get a full bound again."""
+        now = trio.current_time()
+        self.last_ok = now
+        self._since = None
+        if self.down_since is not None:
+            log.warning(
+                "the endpoint answers again after %.0f s down: calls resume", now - self.down_since
+            )
+            self.down_since = None
+        if self._scopes and self.io_timeout is not None:
+            for scope in self._scopes:
+                scope.deadline = now + self.io_timeout
+
+    def failed(self) -> None:
+        """A call got no answer; past the bound, the endpoint is down."""
+        if self.io_timeout is None or self.down_since is not None:
+            return
+        if self._since is not None and trio.current_time() >= self.deadline():
+            self.mark_down()
+
+    def mark_down(self) -> None:
+        if self.down_since is not None or self.io_timeout is None:
+            return
+        self.down_since = trio.current_time()
+        self.counters["endpoint_down"] += 1
+        log.error(
+            "the endpoint has not answered for %.0f s (--io-timeout %g s): calls fail at once "
+            "with EIO until it answers again (probing it in the background)",
+            self._silence(),
+            self.io_timeout,
+        )
+        if not self._prober:
+            self._prober = True
+            trio.lowlevel.spawn_system_task(self._probe_until_up)
+
+    async def _probe_until_up(self) -> None:
+        assert self.io_timeout is not None
+        pause = min(1.0, self.io_timeout / 4)
+        try:
+            while self.down_since is not None:
+                await trio.sleep(pause)
+                pause = min(pause * 2, max(self.io_timeout / 2, 1.0), 10.0)
+                if self.down_since is None:
+                    break
+                if self.probe is None:
+                    # Nothing to ask with: let calls try again, with a full bound.
+                    self._since = None
+                    self.down_since = None
+                    log.warning("the endpoint is tried again (no probe to ask it with)")
+                    break
+                self.counters["probes"] += 1
+                if await self._probe_once(self.probe, self.io_timeout):
+                    self.answered()
+        except Exception:  # a bug here must not end the mount
+            log.exception("probing the endpoint failed unexpectedly")
+            self.down_since = None
+        finally:
+            self._prober = False
+
+    @staticmethod
+    async def _probe_once(probe: Callable[[float], object], timeout: float) -> bool:
+        # Not under the limiter: abandoned calls may hold all of its tokens while it is down.
+        with trio.move_on_after(timeout):
+            try:
+                await trio.to_thread.run_sync(probe, timeout, abandon_on_cancel=True)
+            except EbsfsError as exc:
+                log.debug("probe: %s", exc)
+                return endpoint_answered(exc)
+            return True
+        return False
+
+
+#: The ``Health`` of each limiter (a mount's API calls share one limiter).
+_HEALTH: weakref.WeakKeyDictionary[trio.CapacityLimiter, Health] = weakref.WeakKeyDictionary()
+
+
 class Calls:
     """Runs blocking API calls in worker threads, at most ``limiter.total_tokens`` at once.
 
@@ -82,15 +257,50 @@ class Calls:
     outcome comes back with ``TrioToken.run_sync_soon``: about half the CPU of
     ``trio.to_thread.run_sync`` per call (no context copy, thread naming or cancellation
     machinery beyond what a call needs), which counts at one call per 512 KiB block.
+
+    Every call, its wait for a thread included, is bounded by the mount-wide clock of
+    ``health`` (``Health``): a call that outlives it fails with ``BackendUnavailableError``
+    and its thread is abandoned (it ends on its own within botocore's timeouts, still
+    holding its limiter token, and its answer is dropped); while the endpoint is down calls
+    fail at once.
     """
 
-    def __init__(self, limiter: trio.CapacityLimiter) -> None:
+    def __init__(self, limiter: trio.CapacityLimiter, io_timeout: float | None = None) -> None:
         self.limiter = limiter
-        #: trio.current_time() of the last call that succeeded: tells a backend that answers
-        #: slowly or throttles (others still succeed) from one that is down.
-        self.last_ok = -math.inf
+        self.health = Health.of(limiter)
+        if io_timeout is not None:
+            self.health.io_timeout = io_timeout
 
-    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+    @property
+    def last_ok(self) -> float:
+        """trio.current_time() of the last answer of the endpoint."""
+        return self.health.last_ok
+
+    async def run(self, fn: Callable[..., T], *args: Any, deadline: float = math.inf) -> T:
+        """``fn(*args)`` in a worker thread; gives up at ``deadline`` or the health bound."""
+        health = self.health
+        health.check()
+        with trio.move_on_at(min(deadline, health.deadline())) as scope:
+            health._scopes.add(scope)
+            try:
+                result = await self._run(fn, *args)
+            except EbsfsError as exc:
+                if endpoint_answered(exc):
+                    health.answered()
+                else:
+                    health.failed()
+                raise
+            finally:
+                health._scopes.discard(scope)
+            health.answered()
+            return result
+        health.failed()
+        raise BackendUnavailableError(
+            f"{getattr(fn, '__name__', 'call')}: no answer within the bound "
+            f"(--io-timeout {health.io_timeout:g} s since the endpoint last answered)"
+        )
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         holder = _Holder()
         await self.limiter.acquire_on_behalf_of(holder)
         task = trio.lowlevel.current_task()
@@ -108,8 +318,8 @@ class Calls:
                 token.run_sync_soon(back, result)
 
         def abort(_: Any) -> trio.lowlevel.Abort:
-            # A cancelled read must not wait for a stuck socket; the thread finishes on its
-            # own within botocore's timeouts and its answer is dropped.
+            # A cancelled or timed-out call must not wait for a stuck socket; the thread
+            # finishes on its own within botocore's timeouts and its answer is dropped.
             nonlocal abandoned
             abandoned = True
             return trio.lowlevel.Abort.SUCCEEDED
@@ -120,7 +330,6 @@ class Calls:
             self.limiter.release_on_behalf_of(holder)
             raise
         result: T = await trio.lowlevel.wait_task_rescheduled(abort)
-        self.last_ok = trio.current_time()
         return result
 
 
@@ -220,6 +429,7 @@ class RemoteBlocks:
         self.counters: Counter[str] = counters if counters is not None else Counter()
         self.tuning = tuning or RemoteTuning()
         self._windows = windows if windows is not None else TokenWindows()
+        calls.health.configure(self.tuning.io_timeout, api)
         self._listing: dict[int, trio.Event] = {}
         self._created = trio.current_time()
 
@@ -331,6 +541,7 @@ class RemoteBlocks:
                     self.snapshot_id,
                     index,
                     block_token,
+                    deadline=hard_deadline,
                 )
                 self.counters["bytes_fetched"] += len(data)
                 return data, digest
@@ -364,19 +575,27 @@ class RemoteBlocks:
                 fresh = True
             except (BackendUnavailableError, ApiError) as exc:
                 # Throttling or a few failures while other calls succeed is a busy backend,
-                # not a broken one: give up only when nothing has succeeded for io_timeout.
+                # not a broken one: give up only when the endpoint has not answered for
+                # io_timeout (the mount-wide clock of Health), or is known down.
+                health = self.calls.health
                 now = trio.current_time()
-                stalled = now + pause - max(started, self.calls.last_ok) >= t.io_timeout
-                if not _retryable(exc) or stalled or now + pause >= hard_deadline:
+                left = health.deadline() - now
+                if not _retryable(exc) or health.down or left <= 0 or now + pause >= hard_deadline:
                     log.error("snapshot %s block %d unreadable: %s", self.snapshot_id, index, exc)
                     raise
+                self.counters["retries"] += 1
+                await trio.sleep(min(pause, left))
+                pause = min(pause * 2, 5.0, t.io_timeout / 4)
+                continue
             self.counters["retries"] += 1
             await trio.sleep(pause)
             pause = min(pause * 2, 5.0, t.io_timeout / 4)
 
-    async def _call(self, api_name: str, fn: Callable[..., T], *args: Any) -> T:
+    async def _call(
+        self, api_name: str, fn: Callable[..., T], *args: Any, deadline: float = math.inf
+    ) -> T:
         try:
-            result = await self.calls.run(fn, *args)
+            result = await self.calls.run(fn, *args, deadline=deadline)
         except EbsfsError as exc:
             self.counters[f"{api_name}.{type(exc).__name__}"] += 1
             raise

@@ -8,6 +8,11 @@ bounded); this layer adds its own bounded loop for what botocore leaves (ebs-dir
 * "Failed to read block data" (a body cut short on the way), which AWS calls retryable;
 * throttling, 5xx and connection failures that outlived botocore's attempts or its retry quota;
 * a checksum AWS computed differently (bytes damaged on the way): the same bytes are sent again.
+
+Every call and every retry obeys the read path's bound (``remote.Health``, one per mount
+limiter): a put fails with BackendUnavailableError once the endpoint has not answered for
+``io_timeout`` seconds, and at once while it is known down; the block stays dirty in the
+spool and is stored once the endpoint answers again.
 """
 
 from __future__ import annotations
@@ -132,7 +137,10 @@ class RemoteWriter:
         self.limiter = limiter
         # The read path's runner (trio's thread cache under the same limiter): about half
         # the trio-side CPU of trio.to_thread.run_sync, which counts at one call per block.
+        # Calls of one limiter share its Health: the mount's reads and writes judge the
+        # endpoint by one clock, and a put fails with the reads once it is down.
         self._calls = Calls(limiter)
+        self._calls.health.configure(api=api)
         self.clock = clock
         self.started_at = clock() if started_at is None else started_at
         self.counters: Counter[str] = counters if counters is not None else Counter()
@@ -182,14 +190,19 @@ class RemoteWriter:
                 continue
             except EbsfsError as exc:
                 failures += 1
-                if not transient(exc) or failures >= t.transient_attempts:
+                pause = min(t.max_backoff, t.backoff * 2 ** (failures - 1))
+                # The read path's bound: no retry once the endpoint has not answered for
+                # io_timeout (the mount-wide clock), nor while it is known down.
+                health = self._calls.health
+                stalled = health.down or trio.current_time() + pause >= health.deadline()
+                if not transient(exc) or failures >= t.transient_attempts or stalled:
                     self.counters["put_failures"] += 1
                     raise
                 self.counters["put_retries"] += 1
                 log.info(
                     "PutSnapshotBlock %s block %d: retrying after: %s", self.snapshot_id, index, exc
                 )
-                await trio.sleep(min(t.max_backoff, t.backoff * 2 ** (failures - 1)))
+                await trio.sleep(pause)
                 continue
             if not stored:
                 return None
