@@ -41,6 +41,7 @@ from ebsfs.errors import (
     BackendUnavailableError,
     ChecksumError,
     EbsfsError,
+    EndpointDownError,
     InvalidTokenError,
     NotFoundError,
 )
@@ -163,7 +164,7 @@ class Health:
         """Raise at once while the endpoint is known down."""
         if self.down_since is not None:
             self.counters["calls_failed_fast"] += 1
-            raise BackendUnavailableError(
+            raise EndpointDownError(
                 f"the endpoint has not answered for {self._silence():.0f} s "
                 f"(--io-timeout {self.io_timeout:g} s); failing at once until it answers again"
             )

@@ -26,7 +26,14 @@ from typing import Any, Protocol, TypeVar
 import trio
 
 from ebsfs import checksum
-from ebsfs.errors import ApiError, BackendUnavailableError, ChecksumError, EbsfsError, NotFoundError
+from ebsfs.errors import (
+    ApiError,
+    BackendUnavailableError,
+    ChecksumError,
+    EbsfsError,
+    EndpointDownError,
+    NotFoundError,
+)
 from ebsfs.store.remote import Calls
 from ebsfs.types import BLOCK_SIZE
 
@@ -89,7 +96,10 @@ class PutTuning:
 
 
 def transient(exc: EbsfsError) -> bool:
-    """Whether another attempt of the same PutSnapshotBlock may succeed."""
+    """Whether another attempt of the same PutSnapshotBlock may succeed (not while the
+    endpoint is known down: the call would fail at once again)."""
+    if isinstance(exc, EndpointDownError):
+        return False
     if isinstance(exc, BackendUnavailableError | ChecksumError):
         return True
     if isinstance(exc, ApiError):

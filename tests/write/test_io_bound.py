@@ -78,3 +78,43 @@ def test_fsync_on_a_dead_endpoint_is_eio_within_the_bound_and_keeps_the_data(
     data = first + later
     padded = data + bytes(-len(data) % BS)
     assert download(srv, snapshot_id, len(padded)) == padded
+
+
+def test_the_fsync_that_starts_the_snapshot_is_bounded_too(
+    server_factory: Callable[..., LocalServer],
+    mount_factory: Callable[..., MountProc],
+) -> None:
+    # Flow B: no size given, so the first fsync calls StartSnapshot, on a stopped server.
+    srv = server_factory()
+    m = mount_factory(srv, "--io-timeout", str(IO_TIMEOUT))
+    target = m.path / "new" / "sized-at-fsync"
+    data = os.urandom(3 * BS + 5)
+    fd = os.open(target, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        os.write(fd, data)
+        assert srv.proc is not None
+        srv.proc.send_signal(signal.SIGSTOP)
+        try:
+            start = time.monotonic()
+            with pytest.raises(OSError) as info:
+                os.fsync(fd)
+            took = time.monotonic() - start
+            assert info.value.errno == errno.EIO
+            assert took < BOUND, f"fsync failed after {took:.1f} s"
+            assert os.pread(fd, len(data), 0) == data
+        finally:
+            srv.proc.send_signal(signal.SIGCONT)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                os.fsync(fd)
+                break
+            except OSError as exc:
+                assert exc.errno == errno.EIO
+                assert time.monotonic() < deadline, "fsync never succeeded after the outage"
+                time.sleep(0.5)
+    finally:
+        os.close(fd)
+    snapshot_id = seal(target, srv)
+    padded = data + bytes(-len(data) % BS)
+    assert download(srv, snapshot_id, len(padded)) == padded
