@@ -14,10 +14,12 @@ checked against, for a layer above that keeps blocks and would otherwise hash th
 snapshot that completed moments ago may answer 404 for up to a minute (ebs-direct-api.md
 §4.4): such answers are retried until ``not_found_grace`` seconds after this layer was
 created. Connection failures and 5xx answers were already retried by botocore (bounded); what
-it gives up on is retried here with back-off until no call of the mount has succeeded for
-``io_timeout`` seconds (a stopped or failing backend), or at most four times that (a backend
-that only throttles), then the read fails (EIO at the FUSE edge): nothing hangs, and
-throttling alone is never an error.
+it gives up on is retried here with back-off until the endpoint has not answered any call of
+the mount for ``io_timeout`` seconds (``Health``, one clock per mount), or at most four times
+that (a backend that only throttles), then the read fails (EIO at the FUSE edge). Every call
+is bounded by that clock even when its thread hangs (``Calls``), calls fail at once while the
+endpoint is known down, and one probe task marks it up again: nothing hangs, reads resume
+without a remount, and throttling alone is never an error.
 """
 
 from __future__ import annotations
@@ -114,7 +116,9 @@ class Health:
         self.probe: Callable[[float], object] | None = None
         #: time.monotonic() of the last answer worker threads heard (``Api.last_answer``).
         self.heard: Callable[[], float] | None = None
-        self._scopes: set[trio.CancelScope] = set()
+        #: Cancel scopes of the calls waiting, with the deadline their caller gave.
+        self._scopes: dict[trio.CancelScope, float] = {}
+        self._bumped = -math.inf  # when answered() last moved their deadlines
         self._prober = False
         self.counters: Counter[str] = Counter()
 
@@ -184,9 +188,13 @@ class Health:
                 "the endpoint answers again after %.0f s down: calls resume", now - self.down_since
             )
             self.down_since = None
-        if self._scopes and self.io_timeout is not None:
-            for scope in self._scopes:
-                scope.deadline = now + self.io_timeout
+        t = self.io_timeout
+        if self._scopes and t is not None and now - self._bumped >= t / 8:
+            # At most eight passes per io_timeout over the calls waiting (not one per call
+            # answered): each then waits until between T and 1.125 T after the last answer.
+            self._bumped = now
+            for scope, cap in self._scopes.items():
+                scope.deadline = min(cap, now + t * 1.125)
 
     def failed(self) -> None:
         """A call got no answer; past the bound, the endpoint is down."""
@@ -282,7 +290,7 @@ class Calls:
         health = self.health
         health.check()
         with trio.move_on_at(min(deadline, health.deadline())) as scope:
-            health._scopes.add(scope)
+            health._scopes[scope] = deadline
             try:
                 result = await self._run(fn, *args)
             except EbsfsError as exc:
@@ -292,7 +300,7 @@ class Calls:
                     health.failed()
                 raise
             finally:
-                health._scopes.discard(scope)
+                del health._scopes[scope]
             health.answered()
             return result
         health.failed()
@@ -343,8 +351,9 @@ class RemoteTuning:
     checksum_attempts: int = 3
     token_attempts: int = 3
     # Failures botocore gave up on (its retry quota drains under heavy faults), bodies cut
-    # short, throttling, a stopped endpoint: retried with back-off until no call of the
-    # mount has succeeded for this long, and never for longer than four times this.
+    # short, throttling, a stopped endpoint: retried with back-off until the endpoint has
+    # not answered any call of the mount for this long (Health), and never for longer than
+    # four times this.
     io_timeout: float = 30.0
     not_found_grace: float = 60.0
     backoff: float = 0.2  # first pause between our own retries; doubles, capped at 5 s
