@@ -591,7 +591,16 @@ class RemoteBlocks:
                 now = trio.current_time()
                 left = health.deadline() - now
                 if not _retryable(exc) or health.down or left <= 0 or now + pause >= hard_deadline:
-                    log.error("snapshot %s block %d unreadable: %s", self.snapshot_id, index, exc)
+                    # While the endpoint is down one ERROR line said so (Health.mark_down):
+                    # the reads failed at once then are not each another.
+                    down = isinstance(exc, EndpointDownError)
+                    log.log(
+                        logging.INFO if down else logging.ERROR,
+                        "snapshot %s block %d unreadable: %s",
+                        self.snapshot_id,
+                        index,
+                        exc,
+                    )
                     raise
                 self.counters["retries"] += 1
                 await trio.sleep(min(pause, left))
