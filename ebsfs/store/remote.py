@@ -285,14 +285,28 @@ class Calls:
         """trio.current_time() of the last answer of the endpoint."""
         return self.health.last_ok
 
-    async def run(self, fn: Callable[..., T], *args: Any, deadline: float = math.inf) -> T:
-        """``fn(*args)`` in a worker thread; gives up at ``deadline`` or the health bound."""
+    async def run(
+        self,
+        fn: Callable[..., T],
+        *args: Any,
+        deadline: float = math.inf,
+        ended: Callable[[], None] | None = None,
+    ) -> T:
+        """``fn(*args)`` in a worker thread; gives up at ``deadline`` or the health bound.
+
+        ``ended`` is called once in the trio thread when the worker is done with ``fn``, or
+        at once if it never started: later than the return when the call was abandoned."""
         health = self.health
-        health.check()
+        try:
+            health.check()
+        except EndpointDownError:
+            if ended is not None:
+                ended()
+            raise
         with trio.move_on_at(min(deadline, health.deadline())) as scope:
             health._scopes[scope] = deadline
             try:
-                result = await self._run(fn, *args)
+                result = await self._run(fn, args, ended)
             except EbsfsError as exc:
                 if endpoint_answered(exc):
                     health.answered()
@@ -309,9 +323,16 @@ class Calls:
             f"(--io-timeout {health.io_timeout:g} s since the endpoint last answered)"
         )
 
-    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+    async def _run(
+        self, fn: Callable[..., T], args: tuple[Any, ...], ended: Callable[[], None] | None
+    ) -> T:
         holder = _Holder()
-        await self.limiter.acquire_on_behalf_of(holder)
+        try:
+            await self.limiter.acquire_on_behalf_of(holder)
+        except BaseException:
+            if ended is not None:
+                ended()
+            raise
         task = trio.lowlevel.current_task()
         token = trio.lowlevel.current_trio_token()
         abandoned = False
@@ -319,6 +340,8 @@ class Calls:
         def back(result: outcome.Outcome[T]) -> None:
             # In the trio thread, once the worker is done: its token is free only now.
             self.limiter.release_on_behalf_of(holder)
+            if ended is not None:
+                ended()
             if not abandoned:
                 trio.lowlevel.reschedule(task, result)
 
@@ -337,6 +360,8 @@ class Calls:
             trio.lowlevel.start_thread_soon(partial(fn, *args), deliver)
         except BaseException:
             self.limiter.release_on_behalf_of(holder)
+            if ended is not None:
+                ended()
             raise
         result: T = await trio.lowlevel.wait_task_rescheduled(abort)
         return result

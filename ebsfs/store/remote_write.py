@@ -155,6 +155,31 @@ class RemoteWriter:
         self.started_at = clock() if started_at is None else started_at
         self.counters: Counter[str] = counters if counters is not None else Counter()
         self.tuning = tuning or PutTuning()
+        #: Index -> set when the worker of its latest attempt is done (see ``_attempt``).
+        self._running: dict[int, trio.Event] = {}
+
+    async def _attempt(self, index: int, data: bytes | BlockLoader, block: list[bytes]) -> bool:
+        """One attempt in a worker thread, never two of one index at once: an attempt
+        abandoned at the io bound may still be on the wire, and older bytes stored after
+        newer ones would lose the newer (their digest already counted as stored)."""
+        earlier = self._running.get(index)
+        if earlier is not None and not earlier.is_set():
+            self.counters["put_waits"] += 1
+            with trio.move_on_at(self._calls.health.deadline()):
+                await earlier.wait()
+            if not earlier.is_set():
+                raise BackendUnavailableError(
+                    f"PutSnapshotBlock {self.snapshot_id} block {index}: an earlier attempt, "
+                    "abandoned at the io bound, has not ended"
+                )
+        done = self._running[index] = trio.Event()
+
+        def ended() -> None:
+            done.set()
+            if self._running.get(index) is done:
+                del self._running[index]
+
+        return await self._calls.run(self._put_sync, index, data, block, ended=ended)
 
     def _put_sync(self, index: int, data: bytes | BlockLoader, block: list[bytes]) -> bool:
         # Loading and hashing in the same worker thread as the request: one thread hand-off
@@ -184,7 +209,7 @@ class RemoteWriter:
         block: list[bytes] = []
         while True:
             try:
-                stored = await self._calls.run(self._put_sync, index, data, block)
+                stored = await self._attempt(index, data, block)
             except NotFoundError as exc:
                 not_found += 1
                 if self.clock() - self.started_at > t.not_found_grace:
