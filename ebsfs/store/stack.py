@@ -127,4 +127,5 @@ class ReadStacks:
             "token_windows": len(self.windows),
             "tokens_held": self.windows.tokens,
             "threads_busy": int(self.calls.limiter.borrowed_tokens),
+            **self.calls.health.counters,
         }
