@@ -120,6 +120,8 @@ class Health:
         self._scopes: dict[trio.CancelScope, float] = {}
         self._bumped = -math.inf  # when answered() last moved their deadlines
         self._prober = False
+        self._wake = trio.Event()  # a call asks the prober for a probe now
+        self._up = trio.Event()  # set when the endpoint, found down, answers again
         self.counters: Counter[str] = Counter()
 
     def configure(self, io_timeout: float | None = None, api: object = None) -> None:
@@ -164,8 +166,17 @@ class Health:
             self._since = now  # the first call since the last answer: the clock starts now
         return max(last, self._since) + self.io_timeout
 
-    def check(self) -> None:
-        """Raise at once while the endpoint is known down."""
+    async def admit(self) -> None:
+        """While the endpoint is known down: ask for a probe now, wait a moment for its
+        verdict (at most a second, or a quarter of io_timeout), and raise
+        EndpointDownError unless the endpoint answered; a call right after it came back
+        goes through, and none waits for the bound again."""
+        if self.down_since is None:
+            return
+        self._wake.set()
+        up = self._up
+        with trio.move_on_after(min(1.0, (self.io_timeout or 4.0) / 4)):
+            await up.wait()
         if self.down_since is not None:
             self.counters["calls_failed_fast"] += 1
             raise EndpointDownError(
@@ -188,6 +199,7 @@ class Health:
                 "the endpoint answers again after %.0f s down: calls resume", now - self.down_since
             )
             self.down_since = None
+            self._up.set()
         t = self.io_timeout
         if self._scopes and t is not None and now - self._bumped >= t / 8:
             # At most eight passes per io_timeout over the calls waiting (not one per call
@@ -207,6 +219,7 @@ class Health:
         if self.down_since is not None or self.io_timeout is None:
             return
         self.down_since = trio.current_time()
+        self._up = trio.Event()
         self.counters["endpoint_down"] += 1
         log.error(
             "the endpoint has not answered for %.0f s (--io-timeout %g s): calls fail at once "
@@ -221,24 +234,33 @@ class Health:
     async def _probe_until_up(self) -> None:
         assert self.io_timeout is not None
         pause = min(1.0, self.io_timeout / 4)
+        last = -math.inf
         try:
             while self.down_since is not None:
-                await trio.sleep(pause)
-                pause = min(pause * 2, max(self.io_timeout / 2, 1.0), 10.0)
+                # Back-off, cut short when a call asks; at most two probes a second.
+                with trio.move_on_after(pause):
+                    await self._wake.wait()
+                if not self._wake.is_set():
+                    pause = min(pause * 2, max(self.io_timeout / 2, 1.0), 10.0)
+                self._wake = trio.Event()
+                await trio.sleep_until(last + 0.5)
                 if self.down_since is None:
                     break
                 if self.probe is None:
                     # Nothing to ask with: let calls try again, with a full bound.
                     self._since = None
                     self.down_since = None
+                    self._up.set()
                     log.warning("the endpoint is tried again (no probe to ask it with)")
                     break
+                last = trio.current_time()
                 self.counters["probes"] += 1
                 if await self._probe_once(self.probe, self.io_timeout):
                     self.answered()
         except Exception:  # a bug here must not end the mount
             log.exception("probing the endpoint failed unexpectedly")
             self.down_since = None
+            self._up.set()
         finally:
             self._prober = False
 
@@ -271,7 +293,7 @@ class Calls:
     ``health`` (``Health``): a call that outlives it fails with ``BackendUnavailableError``
     and its thread is abandoned (it ends on its own within botocore's timeouts, still
     holding its limiter token, and its answer is dropped); while the endpoint is down calls
-    fail at once.
+    fail at once (after asking for a probe and waiting for it a moment, ``Health.admit``).
     """
 
     def __init__(self, limiter: trio.CapacityLimiter, io_timeout: float | None = None) -> None:
@@ -298,8 +320,8 @@ class Calls:
         at once if it never started: later than the return when the call was abandoned."""
         health = self.health
         try:
-            health.check()
-        except EndpointDownError:
+            await health.admit()
+        except BaseException:
             if ended is not None:
                 ended()
             raise
