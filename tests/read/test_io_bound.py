@@ -19,11 +19,12 @@ from tests.mounting import MountProc
 from tests.serverproc import LocalServer, upload_image
 
 BLOCK = 512 * 1024
-IO_TIMEOUT = 4.0
+IO_TIMEOUT = 6.0
 #: Generous: the bound is io_timeout; a buffered read may be two FUSE requests in a row.
 BOUND = 2 * IO_TIMEOUT + 8
-#: A read while the endpoint is known down must not wait for the bound again.
-FAST = 0.75 * IO_TIMEOUT
+#: A read while the endpoint is known down must not wait for the bound again (it waits a
+#: second at most for a probe's verdict; before, every read waited about the bound anew).
+FAST = 0.5 * IO_TIMEOUT
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -112,15 +113,17 @@ def test_reads_fail_within_the_bound_then_fast_then_recover(
     with outage(srv, kind) as restore:
         code, took = timed_errno(lambda: read_at(path, 3 * BLOCK, direct))
         assert code == errno.EIO
-        assert took < BOUND, f"EIO after {took:.1f} s"
+        assert took < BOUND, f"EIO after {took:.1f} s\n{m.log_text()[-3000:]}"
         # Known down: another read (another block) fails at once, not after the bound again.
         time.sleep(1)
         code, took = timed_errno(lambda: read_at(path, 5 * BLOCK + 8192, direct))
         assert code == errno.EIO
-        assert took < FAST, f"EIO after {took:.1f} s while the endpoint was known down"
+        assert took < FAST, (
+            f"EIO after {took:.1f} s while the endpoint was known down\n{m.log_text()[-3000:]}"
+        )
         restore()
         # No remount: reads work again once the prober heard the endpoint.
-        got = eventually(lambda: read_at(path, 3 * BLOCK, direct), within=30)
+        got = eventually(lambda: read_at(path, 3 * BLOCK, direct), within=60)
         assert got == data[3 * BLOCK : 3 * BLOCK + 4096]
     assert read_at(path, 5 * BLOCK + 8192, direct) == data[5 * BLOCK + 8192 : 5 * BLOCK + 12288]
     assert "has not answered" in m.log_text()
