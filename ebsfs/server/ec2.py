@@ -3,6 +3,7 @@ DeleteTags, ModifySnapshotTier, RestoreSnapshotTier, ModifySnapshotAttribute and
 DescribeSnapshotAttribute, answering in EC2's XML as ebs-direct-api.md §7 describes."""
 
 import contextvars
+import logging
 import re
 import time
 from collections.abc import Callable
@@ -14,6 +15,8 @@ from ebsfs.server.errors import Ec2Error
 from ebsfs.server.storage import COMPLETED, ERROR, Snapshot, Store
 from ebsfs.server.wire import Request, Response, xml_escape
 from ebsfs.types import BLOCK_SIZE
+
+log = logging.getLogger(__name__)
 
 XMLNS = "http://ec2.amazonaws.com/doc/2016-11-15/"
 VOLUME_ID = "vol-ffffffff"
@@ -297,6 +300,7 @@ class Ec2Service:
         snap = self._owned(snapshot_id)
         self._dry_run(params)
         self.store.delete(snap)
+        log.info("deleted snapshot %s (%d GiB)", snap.snapshot_id, snap.volume_size)
         return "<return>true</return>"
 
     # -- CreateTags / DeleteTags ----------------------------------------------------------------

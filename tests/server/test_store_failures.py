@@ -1,7 +1,6 @@
 """The store when the disk misbehaves: a put that failed never comes back at a restart, and a
 hole punch that failed once does not stop space from coming back."""
 
-import ctypes
 import errno
 import hashlib
 import os
@@ -39,9 +38,8 @@ def _rows(store: Store, snap: Snapshot) -> dict[int, bytes]:
 
 
 def _failing_punch(result: int, err: int) -> Any:
-    def punch(fd: int, mode: int, offset: int, length: int) -> int:
-        ctypes.set_errno(err)
-        return result
+    def punch(fd: int, offset: int, length: int) -> int:
+        return err if result else 0
     return punch
 
 
@@ -69,7 +67,7 @@ def test_a_failed_put_stays_failed_where_holes_cannot_be_punched(
 
     monkeypatch.setattr(os, "pwritev", write_then_fail)
     monkeypatch.setattr(os, "fdatasync", fail_sync)
-    monkeypatch.setattr(segments_mod, "_fallocate", _failing_punch(-1, errno.ENOSPC))
+    monkeypatch.setattr(segments_mod, "punch_hole", _failing_punch(-1, errno.ENOSPC))
     if not alone:
         store._writing += 1
     with pytest.raises(OSError):
@@ -93,11 +91,11 @@ def test_a_punch_that_failed_once_does_not_stop_space_coming_back(
         _put(store, snap, i, os.urandom(BLOCK_SIZE))
     store.flush()
     before = store.stats()["allocated"]
-    real = segments_mod._fallocate
-    monkeypatch.setattr(segments_mod, "_fallocate", _failing_punch(-1, errno.ENOSPC))
+    real = segments_mod.punch_hole
+    monkeypatch.setattr(segments_mod, "punch_hole", _failing_punch(-1, errno.ENOSPC))
     _put(store, snap, 0, os.urandom(BLOCK_SIZE))  # replaces a content: its space goes
     store.flush()
-    monkeypatch.setattr(segments_mod, "_fallocate", real)
+    monkeypatch.setattr(segments_mod, "punch_hole", real)
     # A full disk for a moment; a later rewrite gives space back again.
     _put(store, snap, 1, os.urandom(BLOCK_SIZE))
     store.flush()
