@@ -385,10 +385,14 @@ class Ec2Service:
                 "IncorrectState", f"Snapshot {snap.snapshot_id} is already archived."
             )
         self._dry_run(params)
-        snap.archived = True
-        snap.tiering_start = now
-        snap.restore_start = snap.restore_expiry = None
-        self.store.save(snap)
+
+        def archive(new: Snapshot) -> None:
+            new.archived = True
+            new.tiering_start = now
+            new.restore_start = new.restore_expiry = None
+
+        # Built on a copy and published once committed (Store.update), as every change.
+        self.store.update([snap], archive)
         return (
             f"<snapshotId>{snap.snapshot_id}</snapshotId>"
             f"<tieringStartTime>{_iso(now)}</tieringStartTime>"
@@ -423,13 +427,16 @@ class Ec2Service:
             )
         self._dry_run(params)
         now = time.time()
-        snap.restore_start = now
-        if days is None:
-            snap.archived = False
-            snap.restore_expiry = None
-        else:
-            snap.restore_expiry = now + days * 86400.0
-        self.store.save(snap)
+
+        def restore(new: Snapshot) -> None:
+            new.restore_start = now
+            if days is None:
+                new.archived = False
+                new.restore_expiry = None
+            else:
+                new.restore_expiry = now + days * 86400.0
+
+        self.store.update([snap], restore)
         out = [
             f"<snapshotId>{snap.snapshot_id}</snapshotId>",
             f"<restoreStartTime>{_iso(now)}</restoreStartTime>",
@@ -484,19 +491,22 @@ class Ec2Service:
                 "shared publicly; an encrypted snapshot cannot be made public."
             )
         self._dry_run(params)
-        shared = list(snap.shared_with)
-        for kind, value in add:
-            if kind == "user" and value not in shared:
-                shared.append(value)
-            elif kind == "group":
-                snap.public = True
-        for kind, value in remove:
-            if kind == "user" and value in shared:
-                shared.remove(value)
-            elif kind == "group":
-                snap.public = False
-        snap.shared_with = shared
-        self.store.save(snap)
+
+        def share(new: Snapshot) -> None:
+            shared = list(new.shared_with)
+            for kind, value in add:
+                if kind == "user" and value not in shared:
+                    shared.append(value)
+                elif kind == "group":
+                    new.public = True
+            for kind, value in remove:
+                if kind == "user" and value in shared:
+                    shared.remove(value)
+                elif kind == "group":
+                    new.public = False
+            new.shared_with = shared
+
+        self.store.update([snap], share)
         return "<return>true</return>"
 
     def op_DescribeSnapshotAttribute(self, params: dict[str, str]) -> str:

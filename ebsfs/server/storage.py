@@ -202,6 +202,7 @@ class Snapshot:
         """A copy to build a change on (``Store.update`` publishes it)."""
         new = dataclasses.replace(self, **changes)
         new.tags = list(new.tags)
+        new.shared_with = list(new.shared_with)
         return new
 
     def to_doc(self) -> str:
@@ -378,25 +379,6 @@ class Store:
             with self._index_lock:
                 for snap in snaps:
                     _publish(snap, new[snap.snapshot_id])
-
-    def save(self, snap: Snapshot) -> None:
-        """Write a snapshot changed in place through; on failure its in-memory record is
-        put back as stored. ``update`` is better: this shows the change before its commit."""
-        try:
-            with self._write() as db:
-                db.execute(
-                    "UPDATE snapshots SET doc = ? WHERE id = ?",
-                    (snap.to_doc(), snap.snapshot_id),
-                )
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error), self._reader() as db:
-                row = db.execute(
-                    "SELECT doc FROM snapshots WHERE id = ?", (snap.snapshot_id,)
-                ).fetchone()
-                if row is not None:
-                    with self._index_lock:
-                        _publish(snap, Snapshot.from_doc(row[0]))
-            raise
 
     def client_token(self, token: str) -> tuple[str, str] | None:
         """(fingerprint, response JSON) stored with a StartSnapshot ClientToken."""
