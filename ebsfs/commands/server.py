@@ -7,6 +7,7 @@ the configuration file (docs/operations.md), else its default.
 import argparse
 import os
 import socket
+import stat
 import sys
 import time
 from typing import Any, TextIO
@@ -192,12 +193,37 @@ def check_key_pair(config: ServerConfig) -> None:
         )
 
 
-def _open_log(path: str) -> TextIO:
+def _own_file(path: str, flags: int, what: str) -> int:
+    """Open (creating it 0600) a file the server writes, refusing what another user may
+    have planted where it goes (often a directory all may write to, like /var/tmp): a
+    symlink of theirs, a file of theirs, or a hard link to some other file. A symlink of
+    this user's own is followed; anything but a regular file (/dev/stderr) is used as is."""
+    me = os.geteuid()
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            link = os.lstat(path)
+        except FileNotFoundError:
+            link = None
+        if link is not None and stat.S_ISLNK(link.st_mode):
+            if link.st_uid != me:
+                raise UsageError(f"{what} {path} is a symbolic link of uid {link.st_uid}, "
+                                 "not of this user; remove it or choose another")
+        else:
+            flags |= os.O_NOFOLLOW  # not a symlink now: no one may make it one meanwhile
+        fd = os.open(path, flags | os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
     except OSError as exc:
-        raise UsageError(f"--log-file {path}: {exc.strerror}") from None
-    return os.fdopen(fd, "a", buffering=1)
+        raise UsageError(f"{what} {path}: {exc.strerror}") from None
+    found = os.fstat(fd)
+    if stat.S_ISREG(found.st_mode) and (found.st_uid != me or found.st_nlink != 1):
+        os.close(fd)
+        whose = (f"belongs to uid {found.st_uid}" if found.st_uid != me
+                 else f"has {found.st_nlink} hard links")
+        raise UsageError(f"{what} {path} {whose}; remove it or choose another")
+    return fd
+
+
+def _open_log(path: str) -> TextIO:
+    return os.fdopen(_own_file(path, os.O_APPEND, "--log-file"), "a", buffering=1)
 
 
 def _accepts(host: str, port: int) -> bool:
@@ -213,12 +239,16 @@ def _background(config: ServerConfig, log_path: str) -> int:
     if config.port == 0:
         raise UsageError("--background needs a fixed port (--listen HOST:PORT, not port 0)")
     log_file = _open_log(log_path)
+    pid_path = config.data_dir.rstrip("/") + ".pid"
+    # Checked before the server starts, written once it listens.
+    pid_fd = _own_file(pid_path, 0, "the pid file")
     if _accepts(config.host, config.port):
         raise UsageError(f"something already listens on {config.host}:{config.port}")
     pid = os.fork()
     if pid == 0:  # the server: its own session, stdio on the log file
         code = 1
         try:
+            os.close(pid_fd)
             os.setsid()
             null = os.open(os.devnull, os.O_RDONLY)
             os.dup2(null, 0)
@@ -236,9 +266,9 @@ def _background(config: ServerConfig, log_path: str) -> int:
                 f"see {log_path}"
             )
         if _accepts(config.host, config.port):
-            pid_path = config.data_dir.rstrip("/") + ".pid"
-            with open(pid_path, "w") as fh:
-                fh.write(f"{pid}\n")
+            os.ftruncate(pid_fd, 0)
+            os.write(pid_fd, f"{pid}\n".encode())
+            os.close(pid_fd)
             print(f"ebsfs server: pid {pid} (in {pid_path}), listening on "
                   f"{config.host}:{config.port}, log {log_path}")
             return 0
