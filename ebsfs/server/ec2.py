@@ -12,7 +12,7 @@ from urllib.parse import parse_qsl
 from ebsfs.server import tokens
 from ebsfs.server.errors import Ec2Error
 from ebsfs.server.storage import COMPLETED, ERROR, Snapshot, Store
-from ebsfs.server.wire import Request, Response, xml_escape
+from ebsfs.server.wire import XML_INVALID_TEXT, Request, Response, xml_escape, xml_unsafe
 from ebsfs.types import BLOCK_SIZE
 
 XMLNS = "http://ec2.amazonaws.com/doc/2016-11-15/"
@@ -324,6 +324,10 @@ class Ec2Service:
             if len(value) > 256:
                 raise Ec2Error(
                     "InvalidParameterValue", f"Tag value for key '{key}' exceeds 256 characters."
+                )
+            if xml_unsafe(key) or xml_unsafe(value):
+                raise Ec2Error(
+                    "InvalidParameterValue", f"A tag key or value holds {XML_INVALID_TEXT}."
                 )
             if key.lower().startswith("aws:"):
                 raise Ec2Error(
