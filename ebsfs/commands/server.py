@@ -5,6 +5,7 @@ the configuration file (docs/operations.md), else its default.
 """
 
 import argparse
+import contextlib
 import os
 import socket
 import stat
@@ -240,8 +241,24 @@ def _background(config: ServerConfig, log_path: str) -> int:
         raise UsageError("--background needs a fixed port (--listen HOST:PORT, not port 0)")
     log_file = _open_log(log_path)
     pid_path = config.data_dir.rstrip("/") + ".pid"
-    # Checked before the server starts, written once it listens.
+    # Checked before the server starts, written once it listens; removed again if it was
+    # made here and the server does not start.
+    made = not os.path.lexists(pid_path)
     pid_fd = _own_file(pid_path, 0, "the pid file")
+    try:
+        return _fork_server(config, log_file, log_path, pid_fd, pid_path)
+    except BaseException:
+        if made and os.fstat(pid_fd).st_size == 0:
+            with contextlib.suppress(OSError):
+                os.unlink(pid_path)
+        raise
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(pid_fd)
+
+
+def _fork_server(config: ServerConfig, log_file: TextIO, log_path: str, pid_fd: int,
+                 pid_path: str) -> int:
     if _accepts(config.host, config.port):
         raise UsageError(f"something already listens on {config.host}:{config.port}")
     pid = os.fork()
@@ -268,7 +285,6 @@ def _background(config: ServerConfig, log_path: str) -> int:
         if _accepts(config.host, config.port):
             os.ftruncate(pid_fd, 0)
             os.write(pid_fd, f"{pid}\n".encode())
-            os.close(pid_fd)
             print(f"ebsfs server: pid {pid} (in {pid_path}), listening on "
                   f"{config.host}:{config.port}, log {log_path}")
             return 0

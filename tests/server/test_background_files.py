@@ -79,3 +79,12 @@ def test_own_files_and_own_symlinks_are_used(tmp_path: Path) -> None:
         assert (tmp_path / "s.pid").read_text().strip().isdigit()
     finally:
         _stop_any(tmp_path / "s.pid")
+
+
+def test_a_server_that_does_not_start_leaves_no_pid_file(tmp_path: Path) -> None:
+    data = tmp_path / "s"
+    data.mkdir()
+    os.chown(data, 65534, 65534)  # refused: another user's
+    done = _start(data)
+    assert done.returncode == 2, done
+    assert not (tmp_path / "s.pid").exists()
