@@ -11,6 +11,7 @@ import socket
 import stat
 import sys
 import time
+import traceback
 from typing import Any, TextIO
 
 from ebsfs import settings
@@ -22,7 +23,7 @@ from ebsfs.config import (
     MIN_SERVER_SECRET_LENGTH,
     ServerConfig,
 )
-from ebsfs.errors import UsageError
+from ebsfs.errors import EbsfsError, UsageError
 from ebsfs.logsetup import register_secret, setup_logging
 
 DEFAULT_DATA_DIR = "/var/lib/ebsfs/server"
@@ -272,6 +273,16 @@ def _fork_server(config: ServerConfig, log_file: TextIO, log_path: str, pid_fd: 
             os.dup2(log_file.fileno(), 1)
             os.dup2(log_file.fileno(), 2)
             code = _serve(config, log_file)
+        except EbsfsError as exc:
+            # Why it did not start (the data directory in use by another server, the port
+            # taken meanwhile) goes where the command points: the log.
+            with contextlib.suppress(Exception):
+                print(f"ebsfs: {exc}", file=log_file, flush=True)
+            code = exc.exit_code
+        except BaseException:
+            with contextlib.suppress(Exception):
+                traceback.print_exc(file=log_file)
+                log_file.flush()
         finally:
             os._exit(code)
     deadline = time.monotonic() + START_TIMEOUT

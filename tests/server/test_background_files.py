@@ -88,3 +88,20 @@ def test_a_server_that_does_not_start_leaves_no_pid_file(tmp_path: Path) -> None
     done = _start(data)
     assert done.returncode == 2, done
     assert not (tmp_path / "s.pid").exists()
+
+
+def test_why_a_background_server_did_not_start_is_in_its_log(tmp_path: Path) -> None:
+    # A second server on the same data directory (another port): the command said "see
+    # the log", and the log had no word of why (the exception died with the child).
+    data = tmp_path / "s"
+    first = _start(data)
+    try:
+        assert first.returncode == 0, first
+        second = _start(data)
+        assert second.returncode == 2, second
+        assert "see" in second.stderr
+        log = (tmp_path / "s.log").read_text()
+        assert "in use by another server" in log, log
+        assert (tmp_path / "s.pid").read_text().strip().isdigit()  # still the first's
+    finally:
+        _stop_any(tmp_path / "s.pid")
