@@ -3,6 +3,7 @@ DeleteTags, ModifySnapshotTier, RestoreSnapshotTier, ModifySnapshotAttribute and
 DescribeSnapshotAttribute, answering in EC2's XML as ebs-direct-api.md §7 describes."""
 
 import contextvars
+import functools
 import re
 import time
 from collections.abc import Callable
@@ -633,20 +634,27 @@ def glob_match(pattern: str, text: str) -> bool:
     return True
 
 
+@functools.lru_cache(maxsize=4096)
+def _piece_regex(piece: str) -> re.Pattern[str]:
+    """``piece`` (no ``*``) as a regular expression of literals and ``.`` (for ``?``): no
+    quantifier, so no backtracking, and C's speed. Matching a ``?`` piece character by
+    character in Python cost about 0.3 ms per value and text: a request of 600 values
+    against 50 tags took 10 s of CPU per snapshot."""
+    return re.compile("".join("." if c == "?" else re.escape(c) for c in piece), re.DOTALL)
+
+
 def _piece_at(piece: str, text: str, pos: int) -> bool:
     """Whether ``piece`` (no ``*``; ``?`` any character) matches ``text`` at ``pos``."""
     if "?" not in piece:
         return text.startswith(piece, pos)
     if pos + len(piece) > len(text):
         return False
-    return all(p == "?" or p == t for p, t in zip(piece, text[pos:pos + len(piece)], strict=True))
+    return _piece_regex(piece).match(text, pos) is not None
 
 
 def _find_piece(piece: str, text: str, start: int, end: int) -> int:
     """The first place in ``text[start:end]`` where ``piece`` matches; -1 if none."""
     if "?" not in piece:
         return text.find(piece, start, end)
-    for pos in range(start, end - len(piece) + 1):
-        if _piece_at(piece, text, pos):
-            return pos
-    return -1
+    found = _piece_regex(piece).search(text, start, end)
+    return -1 if found is None else found.start()
