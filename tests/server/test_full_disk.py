@@ -48,9 +48,13 @@ def _view(ebs: Any, ec2: Any) -> list[tuple[Any, ...]]:
     for s in ec2.describe_snapshots(OwnerIds=["self"])["Snapshots"]:
         tags = sorted((t["Key"], t["Value"]) for t in s.get("Tags", []))
         blocks: list[int] = []
-        if s["State"] == "completed":
+        if s["State"] == "completed" and s["StorageTier"] == "standard":
             blocks = sorted(list_blocks(ebs, s["SnapshotId"])[0])
-        out.append((s["SnapshotId"], s["State"], tags, blocks))
+        shared = ec2.describe_snapshot_attribute(
+            SnapshotId=s["SnapshotId"], Attribute="createVolumePermission"
+        )["CreateVolumePermissions"]
+        out.append((s["SnapshotId"], s["State"], tags, blocks, s["StorageTier"],
+                    s.get("RestoreExpiryTime"), str(shared)))
     return sorted(out)
 
 
@@ -72,7 +76,8 @@ def _attempt(call: Callable[[], Any]) -> bool:
 
 
 CALLS = ["StartSnapshot", "PutSnapshotBlock", "CreateTags", "DeleteTags", "CompleteSnapshot",
-         "DeleteSnapshot"]
+         "DeleteSnapshot", "ModifySnapshotTier", "RestoreSnapshotTier",
+         "ModifySnapshotAttribute"]
 
 
 @pytest.mark.parametrize("name", CALLS)
@@ -89,6 +94,8 @@ def test_a_call_on_a_full_disk_shows_the_same_after_a_restart(
         digests[i] = checksum.digest(data)
     done = upload_image(ebs, ec2, os.urandom(BLOCK_SIZE), 1)
     ec2.create_tags(Resources=[done], Tags=[{"Key": "keep", "Value": "me"}])
+    cold = upload_image(ebs, ec2, os.urandom(BLOCK_SIZE), 1)
+    ec2.modify_snapshot_tier(SnapshotId=cold, StorageTier="archive")
 
     def complete_twice() -> None:
         # The retry must not answer what the first attempt failed to store.
@@ -111,6 +118,13 @@ def test_a_call_on_a_full_disk_shows_the_same_after_a_restart(
         "DeleteTags": lambda: ec2.delete_tags(Resources=[done]),
         "CompleteSnapshot": complete_twice,
         "DeleteSnapshot": lambda: ec2.delete_snapshot(SnapshotId=done),
+        "ModifySnapshotTier": lambda: ec2.modify_snapshot_tier(
+            SnapshotId=done, StorageTier="archive"),
+        "RestoreSnapshotTier": lambda: ec2.restore_snapshot_tier(
+            SnapshotId=cold, TemporaryRestoreDays=3),
+        "ModifySnapshotAttribute": lambda: ec2.modify_snapshot_attribute(
+            SnapshotId=done, Attribute="createVolumePermission",
+            CreateVolumePermission={"Add": [{"UserId": "111122223333"}]}),
     }
     before = _view(ebs, ec2)
     fs.fill()
