@@ -7,6 +7,7 @@ COMMIT answered ``completed`` to its retry and was ``pending`` again after a res
 """
 
 import os
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -197,3 +198,26 @@ def test_the_server_takes_changes_again_once_there_is_room(
     srv.kill()
     srv.start()
     assert _view(ebs, ec2) == shown
+
+
+def test_a_sweep_on_a_full_disk_logs_a_line_not_a_traceback(tmp_path: Path) -> None:
+    # A snapshot that went to error while the disk was full: the sweep that drops its
+    # blocks failed every 2 s, each time with a 25-line traceback.
+    fs = SmallFs(tmp_path, 32)
+    with fs.mounted():
+        srv = LocalServer(fs.mountpoint, "--timeout-unit", "0.05")
+        srv.start()
+        try:
+            ebs = srv.ebs()
+            sid = ebs.start_snapshot(VolumeSize=1, Timeout=10)["SnapshotId"]
+            put_block(ebs, sid, 0, os.urandom(BLOCK_SIZE))
+            fs.fill()
+            deadline = time.monotonic() + 60  # a hang guard: the sweep runs every 2 s
+            while srv.log_text().count("sweep failed") < 2 and time.monotonic() < deadline:
+                time.sleep(0.2)
+            log = srv.log_text()
+            assert log.count("sweep failed") >= 2, log[-2000:]
+            assert "Traceback" not in log, log[-3000:]
+        finally:
+            fs.unfill()
+            srv.stop()
