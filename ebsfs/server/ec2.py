@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from urllib.parse import parse_qsl
 
 from ebsfs.server import tokens
+from ebsfs.server.ebs import DEFAULT_KMS_KEY_ARN
 from ebsfs.server.errors import Ec2Error
 from ebsfs.server.storage import COMPLETED, ERROR, Snapshot, Store
 from ebsfs.server.wire import XML_INVALID_TEXT, Request, Response, xml_escape, xml_unsafe
@@ -41,6 +42,8 @@ _FILTER_NAMES = {
     "volume-size",
 }
 MAX_TAGS = 50
+#: ModifySnapshotAttribute: "up to 500 modifications to a snapshot in a single operation".
+MAX_PERMISSION_CHANGES = 500
 #: Limits of DescribeSnapshots filters, as EC2's (50 filters, 200 values each); a value
 #: longer than any field it could match (tag values: 256) plus wildcards is refused too.
 MAX_FILTERS = 50
@@ -490,6 +493,24 @@ class Ec2Service:
                     "InvalidParameterValue",
                     f"Value ({value}) for parameter Group is invalid. Expected: 'all'.",
                 )
+        if add and remove:
+            raise Ec2Error(
+                "InvalidParameterCombination",
+                "Account ids cannot be added and removed in the same operation.",
+            )
+        if len(add) + len(remove) > MAX_PERMISSION_CHANGES:
+            raise Ec2Error(
+                "InvalidParameterValue",
+                f"At most {MAX_PERMISSION_CHANGES} modifications may be made in one operation.",
+            )
+        if snap.kms_key_arn == DEFAULT_KMS_KEY_ARN and any(k == "user" for k, _ in add):
+            # AWS (ModifySnapshotAttribute): "Snapshots encrypted with your default KMS key
+            # cannot be shared with other accounts." The error code is our choice.
+            raise Ec2Error(
+                "InvalidParameterValue",
+                f"Snapshot {snap.snapshot_id} is encrypted with the default KMS key; snapshots "
+                "encrypted with it cannot be shared with other accounts.",
+            )
         if snap.encrypted and ("group", "all") in add:
             raise Ec2Error(
                 "InvalidParameterValue", "Encrypted snapshots with EBS default key cannot be "

@@ -290,3 +290,38 @@ def test_what_a_share_does_not_give(two: Two) -> None:
     snap = _describe(two.other_ec2, shared)
     assert snap.get("Tags") is None and snap["StorageTier"] == "standard"
     assert get_block(two.other_ebs, shared, 0, tokens[0]) == image
+
+
+def test_sharing_follows_awss_rules(two: Two) -> None:
+    # AWS: a snapshot encrypted with the default KMS key cannot be shared with another
+    # account; account ids are added or removed, not both, in one call; at most 500.
+    share = {"Add": [{"UserId": OTHER_ACCOUNT}]}
+    default_key = two.ebs.start_snapshot(VolumeSize=1, Encrypted=True)["SnapshotId"]
+    with pytest.raises(ClientError) as exc:
+        two.ec2.modify_snapshot_attribute(SnapshotId=default_key,
+                                          Attribute="createVolumePermission",
+                                          CreateVolumePermission=share)
+    assert _err(exc)[0] == "InvalidParameterValue"
+    assert two.ec2.describe_snapshot_attribute(
+        SnapshotId=default_key, Attribute="createVolumePermission"
+    )["CreateVolumePermissions"] == []
+    own_key = two.ebs.start_snapshot(
+        VolumeSize=1, Encrypted=True,
+        KmsKeyArn=f"arn:aws:kms:us-east-1:{SELF_ACCOUNT}:key/0d0d0d0d-0000-4000-8000-0000000000aa",
+    )["SnapshotId"]
+    two.ec2.modify_snapshot_attribute(SnapshotId=own_key, Attribute="createVolumePermission",
+                                      CreateVolumePermission=share)
+    with pytest.raises(ClientError) as exc:
+        two.ec2.modify_snapshot_attribute(
+            SnapshotId=own_key, Attribute="createVolumePermission",
+            CreateVolumePermission={"Add": [{"UserId": "444455556666"}],
+                                    "Remove": [{"UserId": OTHER_ACCOUNT}]})
+    assert _err(exc)[0] == "InvalidParameterCombination"
+    with pytest.raises(ClientError) as exc:
+        two.ec2.modify_snapshot_attribute(
+            SnapshotId=own_key, Attribute="createVolumePermission",
+            CreateVolumePermission={"Add": [{"UserId": f"{n:012d}"} for n in range(501)]})
+    assert _err(exc)[0] == "InvalidParameterValue"
+    assert two.ec2.describe_snapshot_attribute(
+        SnapshotId=own_key, Attribute="createVolumePermission"
+    )["CreateVolumePermissions"] == [{"UserId": OTHER_ACCOUNT}]
