@@ -193,6 +193,20 @@ def check_key_pair(config: ServerConfig) -> None:
             f"refusing to listen on non-loopback {config.host} with a secret access key of "
             f"{len(secret)} characters; use at least {MIN_SERVER_SECRET_LENGTH}"
         )
+    if config.second_account is not None:
+        # The second pair acts as an account too: the same rules.
+        other_id, other_secret, _ = config.second_account
+        if other_id == DEV_ACCESS_KEY_ID or other_secret == DEV_SECRET_ACCESS_KEY:
+            raise UsageError(
+                f"refusing to listen on non-loopback {config.host} with the published "
+                "development key pair as --second-account; give a key pair of your own"
+            )
+        if len(other_secret) < MIN_SERVER_SECRET_LENGTH:
+            raise UsageError(
+                f"refusing to listen on non-loopback {config.host} with a --second-account "
+                f"secret of {len(other_secret)} characters; use at least "
+                f"{MIN_SERVER_SECRET_LENGTH}"
+            )
 
 
 def _own_file(path: str, flags: int, what: str) -> int:

@@ -329,3 +329,15 @@ def test_the_busy_answer_is_an_error_botocore_can_read(server: LocalServer, serv
     finally:
         for s in busy:
             s.close()
+
+
+def test_second_account_pair_is_held_to_the_same_rules_off_loopback(tmp_path: Path) -> None:
+    # Only the main pair was checked: --second-account with the published development pair
+    # (or a 1-character secret) served another account to the network.
+    from ebsfs.config import DEV_ACCESS_KEY_ID, DEV_SECRET_ACCESS_KEY
+
+    main = ["--access-key-id", "AKIAOTHER00000000000", "--secret-access-key", "s" * 40]
+    dev = ["--second-account", f"{DEV_ACCESS_KEY_ID}:{DEV_SECRET_ACCESS_KEY}:111122223333"]
+    assert "development key pair as --second-account" in _refused(tmp_path, main + dev, None)
+    short = ["--second-account", "AKIASECOND0000000000:x:111122223333"]
+    assert "--second-account secret of 1 characters" in _refused(tmp_path, main + short, None)
