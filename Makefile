@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := fuse3 libfuse3-dev pkg-config e2fsprogs xfsprogs dosfstools mtools fdisk attr systemd
+APT_PACKAGES := fuse3 libfuse3-dev pkg-config e2fsprogs xfsprogs dosfstools mtools fusefat fdisk attr systemd
 STAMP := $(VENV)/.installed
 
 .PHONY: deps venv test lint demo bench chaos clean install uninstall

@@ -32,8 +32,10 @@ server's development key pair is used.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -101,6 +103,15 @@ PARENT_TAG = "ebsfs:parent"
 _NOT_FOUND_CODES = frozenset({"ResourceNotFoundException", "InvalidSnapshot.NotFound"})
 _TOKEN_REASONS = frozenset({"INVALID_BLOCK_TOKEN", "INVALID_PAGE_TOKEN"})
 _BAD_VALUE_CODES = frozenset({"InvalidParameterValue", "InvalidSnapshot.Malformed"})
+#: The snapshot ``Api.probe`` asks about: any answer for it (404, 400, 403) shows the endpoint
+#: at work.
+PROBE_SNAPSHOT = "snap-0000000000000000e"
+
+
+def _is_answer(status: int, code: str) -> bool:
+    """Whether an HTTP answer shows the endpoint at work: anything but a 5xx, and throttling
+    whatever its status (a busy endpoint, not a broken one)."""
+    return 0 < status < 500 or "Throttl" in code or "SlowDown" in code
 
 
 @dataclass(frozen=True)
@@ -376,13 +387,19 @@ class Api:
                 max_pool_connections=aws.max_pool_connections,
                 user_agent_extra="ebsfs",
             )
-            self.ebs: Any = session.client(
-                "ebs",
-                endpoint_url=self.endpoints.ebs,
-                config=config,
-                aws_access_key_id=key_id,
-                aws_secret_access_key=secret,
-            )
+            self._ebs_args: dict[str, Any] = {
+                "endpoint_url": self.endpoints.ebs,
+                "config": config,
+                "aws_access_key_id": key_id,
+                "aws_secret_access_key": secret,
+            }
+            self.ebs: Any = session.client("ebs", **self._ebs_args)
+            #: time.monotonic() of the last HTTP answer any worker thread heard (see
+            #: ``last_answer``); a float store, atomic under the GIL.
+            self._last_answer = -math.inf
+            # First: botocore's retry handler answers the event and later handlers are skipped.
+            self.ebs.meta.events.register_first("needs-retry.ebs", self._heard)
+            self._probe_ebs: Any = None
             # The ec2 client is made at its first use (loading its model costs about 0.2 s of
             # CPU): a mount given --snapshot ids, and the upload process, never need it.
             self._ec2_args: dict[str, Any] = {
@@ -402,6 +419,57 @@ class Api:
             )
             # The lean block calls, or the client's own where this botocore lacks their parts.
             self.blocks = block_calls(self.ebs, credentials)
+            if hasattr(self.blocks, "heard"):
+                self.blocks.heard = self._heard_status
+
+    # ---- liveness ----------------------------------------------------------------------------
+
+    def last_answer(self) -> float:
+        """time.monotonic() of the last HTTP answer that shows the endpoint at work (a 2xx,
+        a 4xx, throttling), heard at every attempt, botocore's own retries included: a call
+        still in botocore's retry loop under throttling does not make the endpoint look down."""
+        return self._last_answer
+
+    def _heard_status(self, status: int, code: str) -> None:
+        if _is_answer(status, code):
+            self._last_answer = time.monotonic()
+
+    def _heard(self, response: Any = None, **_: Any) -> None:
+        # botocore's needs-retry event, after every attempt; None: no answer (connection).
+        if response is None:
+            return
+        http, parsed = response
+        code = str(((parsed or {}).get("Error") or {}).get("Code") or "")
+        self._heard_status(int(getattr(http, "status_code", 0) or 0), code)
+
+    def probe(self, timeout: float) -> None:
+        """One cheap request to the ebs endpoint (ListSnapshotBlocks of ``PROBE_SNAPSHOT``),
+        one attempt, connect and read timeouts at most ``timeout``: returns once the endpoint
+        answered anything but a 5xx; BackendUnavailableError (or ApiError for a 5xx) else."""
+        with self._ec2_lock:  # the session is not thread-safe
+            if self._probe_ebs is None:
+                aws_config = self._ebs_args["config"]
+                config = aws_config.merge(
+                    botocore.config.Config(
+                        retries={"mode": "standard", "total_max_attempts": 1},
+                        connect_timeout=min(aws_config.connect_timeout, timeout),
+                        read_timeout=min(aws_config.read_timeout, timeout),
+                    )
+                )
+                with _converted("AWS configuration"):
+                    self._probe_ebs = self._session.client(
+                        "ebs", **{**self._ebs_args, "config": config}
+                    )
+            client = self._probe_ebs
+        try:
+            client.list_snapshot_blocks(SnapshotId=PROBE_SNAPSHOT, MaxResults=MIN_LIST_RESULTS)
+        except botocore.exceptions.ClientError as exc:
+            code, _, _, status = _error_fields(exc)
+            if _is_answer(status, code):
+                return
+            _raise(exc, "probe (ListSnapshotBlocks)")
+        except (botocore.exceptions.BotoCoreError, OSError) as exc:
+            _raise(exc, "probe (ListSnapshotBlocks)")
 
     @property
     def ec2(self) -> Any:
@@ -411,6 +479,7 @@ class Api:
             if self._ec2 is None:
                 with _converted("AWS configuration"):
                     self._ec2 = self._session.client("ec2", **self._ec2_args)
+                self._ec2.meta.events.register_first("needs-retry.ec2", self._heard)
             return self._ec2
 
     # ---- EC2 -------------------------------------------------------------------------------

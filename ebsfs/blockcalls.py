@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import botocore
@@ -87,6 +88,9 @@ class BlockCalls:
         self._parser = botocore.parsers.create_parser(model.protocol)
         self._exceptions = client.exceptions
         self._user_agent = f"{meta.config.user_agent} ebsfs"
+        #: Told the status and error code of every answer, retried ones included (the
+        #: mount's liveness clock: ``Api.last_answer``).
+        self.heard: Callable[[int, str], None] | None = None
         # The objects botocore's standard mode registers on the client, with its attempts.
         retries = meta.config.retries or {}
         attempts = retries.get("total_max_attempts", standard.DEFAULT_MAX_ATTEMPTS)
@@ -175,6 +179,8 @@ class BlockCalls:
             try:
                 response = self._http.send(request.prepare())
                 if response.status_code < 300:
+                    if self.heard is not None:
+                        self.heard(response.status_code, "")
                     if read_answer:
                         _read(response)
                     self._quota.release_retry_quota(context, response)
@@ -191,6 +197,8 @@ class BlockCalls:
                 shape = self._model.shape_for_error_code(parsed.get("Error", {}).get("Code"))
                 if shape is not None:
                     parsed.update(self._parser.parse(answer, shape))
+                if self.heard is not None:
+                    self.heard(response.status_code, str(parsed.get("Error", {}).get("Code", "")))
             except (botocore.exceptions.ConnectionError, botocore.exceptions.HTTPClientError) as e:
                 caught = e
             delay = self._retry.needs_retry(

@@ -70,6 +70,14 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def _command_parser(parser: argparse.ArgumentParser, name: str | None) -> argparse.ArgumentParser:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and name in action.choices:
+            found: argparse.ArgumentParser = action.choices[name]
+            return found
+    return parser
+
+
 #: The exit code after the reader of stdout went away (``ebsfs ls | head``): what a shell
 #: reports for a command that SIGPIPE ended, as coreutils' commands do.
 EXIT_BROKEN_PIPE = 128 + 13
@@ -104,7 +112,12 @@ def _main(argv: Sequence[str] | None) -> int:
             print(f"ebsfs: {exc}", file=sys.stderr)
             return exc.exit_code
     parser = build_parser(argv[0] if argv and argv[0] in COMMANDS else None)
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # Said by the command's own parser, so that the hint names its help (ebsfs ls -l).
+        _command_parser(parser, getattr(args, "command", None)).error(
+            f"unrecognized arguments: {' '.join(extra)}"
+        )
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return 2

@@ -9,6 +9,7 @@ The CLI prints ``ebsfs: <message>`` and exits with ``exit_code``: no traceback.
     ├── NotFoundError               ENOENT exit 3   no such snapshot, file or block
     ├── AccessDeniedError           EACCES exit 4   AWS said no, or credentials are missing/wrong
     ├── BackendUnavailableError     EIO    exit 5   endpoint unreachable or timing out
+    │   └── EndpointDownError       EIO    exit 5   known down (--io-timeout): failed at once
     ├── MountError                  EIO    exit 6   FUSE unavailable, bad or busy mount point
     ├── SnapshotFailedError         EIO    exit 7   AWS moved the snapshot to ``error``
     ├── ApiError                    EIO    exit 1   any other AWS error (code, reason kept)
@@ -57,6 +58,11 @@ class BackendUnavailableError(EbsfsError):
 
     errno = _errno.EIO
     exit_code = 5
+
+
+class EndpointDownError(BackendUnavailableError):
+    """The endpoint has not answered for ``--io-timeout``: calls fail at once, unretried,
+    until a probe hears it again."""
 
 
 class MountError(EbsfsError):

@@ -34,6 +34,11 @@ VALUE_OPTIONS: dict[str, str] = {
     "scratch_limit": "--scratch-limit",
     "writeback_delay": "--writeback-delay",
     "refresh": "--refresh",
+    "io_timeout": "--io-timeout",
+    "connect_timeout": "--connect-timeout",
+    "read_timeout": "--read-timeout",
+    "max_attempts": "--max-attempts",
+    "log_file": "--log-file",
     "log_level": "--log-level",
 }
 

@@ -42,6 +42,8 @@ snapshot is completed; the file then leaves new/ and shows as MOUNTPOINT/snap-ID
 id is printed on stdout; on a terminal, progress is shown on stderr. Running it again on a file
 that is being sealed just waits. If AWS moves the snapshot to `error`, the data stays in the
 mount's spool and `ebsfs complete PATH` (or chmod a-w) again stores it into a new snapshot.
+A completed snapshot (MOUNTPOINT/snap-ID or by-name/NAME) is already done: its id is printed
+and the exit code is 0, so a script may run it again safely.
 Exit codes: 0 completed; 7 AWS failed the snapshot (its StateMessage is printed); 3 no such
 file; 1 the file cannot be sealed (nothing written: EINVAL; already sealed: EPERM), or sealing
 stopped with the snapshot still pending (the reason is printed; run it again to resume);
@@ -111,7 +113,9 @@ def _seal(path: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     path = os.path.abspath(args.path)
-    mountpoint = os.path.dirname(os.path.dirname(path))
+    under = os.path.basename(os.path.dirname(path))
+    # MOUNTPOINT/new/NAME and MOUNTPOINT/by-name/NAME, or MOUNTPOINT/snap-ID.
+    mountpoint = os.path.dirname(os.path.dirname(path) if under in ("new", "by-name") else path)
     try:
         # Its attributes (and the chmod that seals) mean something only on an ebsfs mount;
         # a missing file is reported as such below.
@@ -126,9 +130,11 @@ def run(args: argparse.Namespace) -> int:
         state = _attr(path, "state")
         if not state:
             raise UsageError(f"{path} is not a file of an ebsfs mount")
-        if os.path.basename(os.path.dirname(path)) != "new":
+        if under != "new":
             if state == "completed":
-                raise NotPermittedError(f"{path} is already completed")
+                # Nothing to do, which is what a script running it again wants to hear.
+                print(_attr(path, "snapshot_id"))
+                return 0
             raise UsageError(f"{path} is not a snapshot being written (not under new/)")
         if state != "sealing":
             _seal(path)

@@ -29,7 +29,7 @@ examples:
   ebsfs ls --owner self,shared
 
 Every state and tier is listed (pending, completed, error; standard, archive), unlike the
-mount, which shows only completed snapshots in the standard tier. The first line, on stderr,
+mount, which shows only completed snapshots in the standard tier. A last line, on stderr,
 says which endpoint was used and why. Exit codes: 0 listed, 2 bad option or configuration,
 3 a --snapshot that does not exist, 4 access denied, 5 endpoint unreachable (docs/errors.md).
 """,
@@ -105,12 +105,13 @@ def table(infos: list[SnapshotInfo]) -> str:
 def run(args: argparse.Namespace) -> int:
     api = Api(settings.aws_config(args))
     infos = api.describe_snapshots(args.snapshots, args.owner, _filters(args.filters))
-    # On stderr, so that the table and --json stay what scripts parse; after the listing, so
-    # that an error stays the one line a command prints.
-    print(f"endpoint: {api.endpoints.describe()}", file=sys.stderr)
     if args.json:
         rows = [asdict(i) | {"name": i.name, "start_time": _iso(i.start_time)} for i in infos]
         print(json.dumps(rows, indent=2, sort_keys=True))
     else:
         print(table(infos))
+    # On stderr, so that the table and --json stay what scripts parse; after them, so that an
+    # error stays the one line a command prints and a reader that went away hears nothing.
+    sys.stdout.flush()
+    print(f"endpoint: {api.endpoints.describe()}", file=sys.stderr)
     return 0

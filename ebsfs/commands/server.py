@@ -5,10 +5,13 @@ the configuration file (docs/operations.md), else its default.
 """
 
 import argparse
+import contextlib
 import os
 import socket
+import stat
 import sys
 import time
+import traceback
 from typing import Any, TextIO
 
 from ebsfs import settings
@@ -20,7 +23,7 @@ from ebsfs.config import (
     MIN_SERVER_SECRET_LENGTH,
     ServerConfig,
 )
-from ebsfs.errors import UsageError
+from ebsfs.errors import EbsfsError, UsageError
 from ebsfs.logsetup import register_secret, setup_logging
 
 DEFAULT_DATA_DIR = "/var/lib/ebsfs/server"
@@ -190,14 +193,53 @@ def check_key_pair(config: ServerConfig) -> None:
             f"refusing to listen on non-loopback {config.host} with a secret access key of "
             f"{len(secret)} characters; use at least {MIN_SERVER_SECRET_LENGTH}"
         )
+    if config.second_account is not None:
+        # The second pair acts as an account too: the same rules.
+        other_id, other_secret, _ = config.second_account
+        if other_id == DEV_ACCESS_KEY_ID or other_secret == DEV_SECRET_ACCESS_KEY:
+            raise UsageError(
+                f"refusing to listen on non-loopback {config.host} with the published "
+                "development key pair as --second-account; give a key pair of your own"
+            )
+        if len(other_secret) < MIN_SERVER_SECRET_LENGTH:
+            raise UsageError(
+                f"refusing to listen on non-loopback {config.host} with a --second-account "
+                f"secret of {len(other_secret)} characters; use at least "
+                f"{MIN_SERVER_SECRET_LENGTH}"
+            )
+
+
+def _own_file(path: str, flags: int, what: str) -> int:
+    """Open (creating it 0600) a file the server writes, refusing what another user may
+    have planted where it goes (often a directory all may write to, like /var/tmp): a
+    symlink of theirs, a file of theirs, or a hard link to some other file. A symlink of
+    this user's own is followed; anything but a regular file (/dev/stderr) is used as is."""
+    me = os.geteuid()
+    try:
+        try:
+            link = os.lstat(path)
+        except FileNotFoundError:
+            link = None
+        if link is not None and stat.S_ISLNK(link.st_mode):
+            if link.st_uid != me:
+                raise UsageError(f"{what} {path} is a symbolic link of uid {link.st_uid}, "
+                                 "not of this user; remove it or choose another")
+        else:
+            flags |= os.O_NOFOLLOW  # not a symlink now: no one may make it one meanwhile
+        fd = os.open(path, flags | os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise UsageError(f"{what} {path}: {exc.strerror}") from None
+    found = os.fstat(fd)
+    if stat.S_ISREG(found.st_mode) and (found.st_uid != me or found.st_nlink != 1):
+        os.close(fd)
+        whose = (f"belongs to uid {found.st_uid}" if found.st_uid != me
+                 else f"has {found.st_nlink} hard links")
+        raise UsageError(f"{what} {path} {whose}; remove it or choose another")
+    return fd
 
 
 def _open_log(path: str) -> TextIO:
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    except OSError as exc:
-        raise UsageError(f"--log-file {path}: {exc.strerror}") from None
-    return os.fdopen(fd, "a", buffering=1)
+    return os.fdopen(_own_file(path, os.O_APPEND, "--log-file"), "a", buffering=1)
 
 
 def _accepts(host: str, port: int) -> bool:
@@ -213,18 +255,48 @@ def _background(config: ServerConfig, log_path: str) -> int:
     if config.port == 0:
         raise UsageError("--background needs a fixed port (--listen HOST:PORT, not port 0)")
     log_file = _open_log(log_path)
+    pid_path = config.data_dir.rstrip("/") + ".pid"
+    # Checked before the server starts, written once it listens; removed again if it was
+    # made here and the server does not start.
+    made = not os.path.lexists(pid_path)
+    pid_fd = _own_file(pid_path, 0, "the pid file")
+    try:
+        return _fork_server(config, log_file, log_path, pid_fd, pid_path)
+    except BaseException:
+        if made and os.fstat(pid_fd).st_size == 0:
+            with contextlib.suppress(OSError):
+                os.unlink(pid_path)
+        raise
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(pid_fd)
+
+
+def _fork_server(config: ServerConfig, log_file: TextIO, log_path: str, pid_fd: int,
+                 pid_path: str) -> int:
     if _accepts(config.host, config.port):
         raise UsageError(f"something already listens on {config.host}:{config.port}")
     pid = os.fork()
     if pid == 0:  # the server: its own session, stdio on the log file
         code = 1
         try:
+            os.close(pid_fd)
             os.setsid()
             null = os.open(os.devnull, os.O_RDONLY)
             os.dup2(null, 0)
             os.dup2(log_file.fileno(), 1)
             os.dup2(log_file.fileno(), 2)
             code = _serve(config, log_file)
+        except EbsfsError as exc:
+            # Why it did not start (the data directory in use by another server, the port
+            # taken meanwhile) goes where the command points: the log.
+            with contextlib.suppress(Exception):
+                print(f"ebsfs: {exc}", file=log_file, flush=True)
+            code = exc.exit_code
+        except BaseException:
+            with contextlib.suppress(Exception):
+                traceback.print_exc(file=log_file)
+                log_file.flush()
         finally:
             os._exit(code)
     deadline = time.monotonic() + START_TIMEOUT
@@ -236,9 +308,8 @@ def _background(config: ServerConfig, log_path: str) -> int:
                 f"see {log_path}"
             )
         if _accepts(config.host, config.port):
-            pid_path = config.data_dir.rstrip("/") + ".pid"
-            with open(pid_path, "w") as fh:
-                fh.write(f"{pid}\n")
+            os.ftruncate(pid_fd, 0)
+            os.write(pid_fd, f"{pid}\n".encode())
             print(f"ebsfs server: pid {pid} (in {pid_path}), listening on "
                   f"{config.host}:{config.port}, log {log_path}")
             return 0

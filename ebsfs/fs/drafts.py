@@ -60,6 +60,7 @@ from ebsfs.errors import (
 )
 from ebsfs.seal import SealTuning, complete_and_wait
 from ebsfs.store.base import BlockReader
+from ebsfs.store.remote import Calls
 from ebsfs.store.remote_write import PutTuning, RemoteWriter, retrying
 from ebsfs.store.spool import Spool, SpoolLock
 from ebsfs.store.writeback import WriteBack, WriteTuning
@@ -837,7 +838,8 @@ class Drafts:
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a blocking API call in a worker thread under the mount's limiter."""
-        return await trio.to_thread.run_sync(partial(fn, *args), limiter=self.limiter)
+        # remote.Calls: bounded by the mount's --io-timeout clock, failed at once while down.
+        return await Calls(self.limiter).run(partial(fn, *args))
 
     def fault(self, count: int, aggregate: str) -> tuple[int, str]:
         """Apply the test-only seal fault, if one is configured."""

@@ -28,6 +28,17 @@ R = TypeVar("R")
 #: Answers by errno name, for ``ebsfs stats``.
 ERRNO_COUNTS: Counter[str] = Counter()
 
+#: A local disk (the spool's) out of room: what the application is told, whatever step of
+#: the request met it, not a bug.
+_NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def _no_room(exc: BaseException) -> OSError | None:
+    for leaf in leaves(exc):
+        if isinstance(leaf, OSError) and leaf.errno in _NO_ROOM:
+            return leaf
+    return None
+
 
 def errno_of(exc: BaseException) -> int:
     """The errno a request answers when ``exc`` ends it."""
@@ -38,7 +49,8 @@ def errno_of(exc: BaseException) -> int:
             return leaf.errno
         if isinstance(leaf, EbsfsError):
             return leaf.errno
-    return errno.EIO
+    full = _no_room(exc)
+    return full.errno if full is not None and full.errno else errno.EIO
 
 
 def fuse_errors(
@@ -57,7 +69,10 @@ def fuse_errors(
             raise
         except (Exception, BaseExceptionGroup) as exc:
             found = leaves(exc)
-            if not any(isinstance(leaf, EbsfsError | pyfuse3.FUSEError) for leaf in found):
+            full = _no_room(exc)
+            if full is not None and not any(isinstance(leaf, EbsfsError) for leaf in found):
+                log.error("%s: no room on a local disk: %s", handler.__name__, full)
+            elif not any(isinstance(leaf, EbsfsError | pyfuse3.FUSEError) for leaf in found):
                 log.error("%s failed unexpectedly", handler.__name__, exc_info=exc)
             elif any(isinstance(leaf, AccessDeniedError) for leaf in found):
                 log.error("%s: access denied: %s", handler.__name__, exc)

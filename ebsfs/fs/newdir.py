@@ -19,7 +19,7 @@ class Draft(Protocol):
         ...
 
     def mode(self) -> int:
-        """Permission bits: 0o644 while writable, 0o444 once sealing has begun."""
+        """Permission bits: 0o600 while writable, 0o400 once sealing has begun."""
         ...
 
     def mtime_ns(self) -> int:

@@ -776,6 +776,10 @@ class EbsfsOperations(pyfuse3.Operations):
         if entry is None or entry[0] != "draft" or self.config.read_only:
             raise self._refuse_change()
         await self._draft(entry[1]).setxattr(os.fsdecode(name), value)
+        # A parent gives the draft its size: the kernel must not keep serving the old one
+        # (attributes only: no page is dropped, so this cannot wait on this request).
+        with contextlib.suppress(Exception):
+            pyfuse3.invalidate_inode(inode, attr_only=True)
 
     @fuse_errors
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:

@@ -35,7 +35,7 @@ from ebsfs.server.validate import (
     serialization,
     to_int,
 )
-from ebsfs.server.wire import Request, Response, json_response
+from ebsfs.server.wire import XML_INVALID_TEXT, Request, Response, json_response, xml_unsafe
 from ebsfs.types import BLOCK_SIZE, MAX_VOLUME_GIB
 
 log = logging.getLogger(__name__)
@@ -186,6 +186,14 @@ class EbsService:
             tags.append((key or "", value or ""))
         c.done()
         assert volume_size is not None
+        # Each of these comes back in DescribeSnapshots' XML.
+        for name, text in [("description", description), ("kmsKeyArn", kms)] + [
+            (f"tags.{n}.member.{part}", t)
+            for n, (k, v) in enumerate(tags, 1) for part, t in (("key", k), ("value", v))
+        ]:
+            if xml_unsafe(text):
+                raise validation("INVALID_PARAMETER_VALUE",
+                                 f"Value at '{name}' holds {XML_INVALID_TEXT}.")
         if len(tags) > 50:
             raise validation("INVALID_TAG", "The number of tags exceeds the limit of 50.")
         for key, _ in tags:

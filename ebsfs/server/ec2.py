@@ -3,6 +3,8 @@ DeleteTags, ModifySnapshotTier, RestoreSnapshotTier, ModifySnapshotAttribute and
 DescribeSnapshotAttribute, answering in EC2's XML as ebs-direct-api.md §7 describes."""
 
 import contextvars
+import functools
+import logging
 import re
 import time
 from collections.abc import Callable
@@ -10,10 +12,13 @@ from datetime import UTC, datetime
 from urllib.parse import parse_qsl
 
 from ebsfs.server import tokens
+from ebsfs.server.ebs import DEFAULT_KMS_KEY_ARN
 from ebsfs.server.errors import Ec2Error
 from ebsfs.server.storage import COMPLETED, ERROR, Snapshot, Store
-from ebsfs.server.wire import Request, Response, xml_escape
+from ebsfs.server.wire import XML_INVALID_TEXT, Request, Response, xml_escape, xml_unsafe
 from ebsfs.types import BLOCK_SIZE
+
+log = logging.getLogger(__name__)
 
 XMLNS = "http://ec2.amazonaws.com/doc/2016-11-15/"
 VOLUME_ID = "vol-ffffffff"
@@ -40,6 +45,8 @@ _FILTER_NAMES = {
     "volume-size",
 }
 MAX_TAGS = 50
+#: ModifySnapshotAttribute: "up to 500 modifications to a snapshot in a single operation".
+MAX_PERMISSION_CHANGES = 500
 #: Limits of DescribeSnapshots filters, as EC2's (50 filters, 200 values each); a value
 #: longer than any field it could match (tag values: 256) plus wildcards is refused too.
 MAX_FILTERS = 50
@@ -297,6 +304,7 @@ class Ec2Service:
         snap = self._owned(snapshot_id)
         self._dry_run(params)
         self.store.delete(snap)
+        log.info("deleted snapshot %s (%d GiB)", snap.snapshot_id, snap.volume_size)
         return "<return>true</return>"
 
     # -- CreateTags / DeleteTags ----------------------------------------------------------------
@@ -324,6 +332,10 @@ class Ec2Service:
             if len(value) > 256:
                 raise Ec2Error(
                     "InvalidParameterValue", f"Tag value for key '{key}' exceeds 256 characters."
+                )
+            if xml_unsafe(key) or xml_unsafe(value):
+                raise Ec2Error(
+                    "InvalidParameterValue", f"A tag key or value holds {XML_INVALID_TEXT}."
                 )
             if key.lower().startswith("aws:"):
                 raise Ec2Error(
@@ -385,10 +397,14 @@ class Ec2Service:
                 "IncorrectState", f"Snapshot {snap.snapshot_id} is already archived."
             )
         self._dry_run(params)
-        snap.archived = True
-        snap.tiering_start = now
-        snap.restore_start = snap.restore_expiry = None
-        self.store.save(snap)
+
+        def archive(new: Snapshot) -> None:
+            new.archived = True
+            new.tiering_start = now
+            new.restore_start = new.restore_expiry = None
+
+        # Built on a copy and published once committed (Store.update), as every change.
+        self.store.update([snap], archive)
         return (
             f"<snapshotId>{snap.snapshot_id}</snapshotId>"
             f"<tieringStartTime>{_iso(now)}</tieringStartTime>"
@@ -423,13 +439,16 @@ class Ec2Service:
             )
         self._dry_run(params)
         now = time.time()
-        snap.restore_start = now
-        if days is None:
-            snap.archived = False
-            snap.restore_expiry = None
-        else:
-            snap.restore_expiry = now + days * 86400.0
-        self.store.save(snap)
+
+        def restore(new: Snapshot) -> None:
+            new.restore_start = now
+            if days is None:
+                new.archived = False
+                new.restore_expiry = None
+            else:
+                new.restore_expiry = now + days * 86400.0
+
+        self.store.update([snap], restore)
         out = [
             f"<snapshotId>{snap.snapshot_id}</snapshotId>",
             f"<restoreStartTime>{_iso(now)}</restoreStartTime>",
@@ -478,25 +497,46 @@ class Ec2Service:
                     "InvalidParameterValue",
                     f"Value ({value}) for parameter Group is invalid. Expected: 'all'.",
                 )
+        if add and remove:
+            raise Ec2Error(
+                "InvalidParameterCombination",
+                "Account ids cannot be added and removed in the same operation.",
+            )
+        if len(add) + len(remove) > MAX_PERMISSION_CHANGES:
+            raise Ec2Error(
+                "InvalidParameterValue",
+                f"At most {MAX_PERMISSION_CHANGES} modifications may be made in one operation.",
+            )
+        if snap.kms_key_arn == DEFAULT_KMS_KEY_ARN and any(k == "user" for k, _ in add):
+            # AWS (ModifySnapshotAttribute): "Snapshots encrypted with your default KMS key
+            # cannot be shared with other accounts." The error code is our choice.
+            raise Ec2Error(
+                "InvalidParameterValue",
+                f"Snapshot {snap.snapshot_id} is encrypted with the default KMS key; snapshots "
+                "encrypted with it cannot be shared with other accounts.",
+            )
         if snap.encrypted and ("group", "all") in add:
             raise Ec2Error(
                 "InvalidParameterValue", "Encrypted snapshots with EBS default key cannot be "
                 "shared publicly; an encrypted snapshot cannot be made public."
             )
         self._dry_run(params)
-        shared = list(snap.shared_with)
-        for kind, value in add:
-            if kind == "user" and value not in shared:
-                shared.append(value)
-            elif kind == "group":
-                snap.public = True
-        for kind, value in remove:
-            if kind == "user" and value in shared:
-                shared.remove(value)
-            elif kind == "group":
-                snap.public = False
-        snap.shared_with = shared
-        self.store.save(snap)
+
+        def share(new: Snapshot) -> None:
+            shared = list(new.shared_with)
+            for kind, value in add:
+                if kind == "user" and value not in shared:
+                    shared.append(value)
+                elif kind == "group":
+                    new.public = True
+            for kind, value in remove:
+                if kind == "user" and value in shared:
+                    shared.remove(value)
+                elif kind == "group":
+                    new.public = False
+            new.shared_with = shared
+
+        self.store.update([snap], share)
         return "<return>true</return>"
 
     def op_DescribeSnapshotAttribute(self, params: dict[str, str]) -> str:
@@ -619,20 +659,27 @@ def glob_match(pattern: str, text: str) -> bool:
     return True
 
 
+@functools.lru_cache(maxsize=4096)
+def _piece_regex(piece: str) -> re.Pattern[str]:
+    """``piece`` (no ``*``) as a regular expression of literals and ``.`` (for ``?``): no
+    quantifier, so no backtracking, and C's speed. Matching a ``?`` piece character by
+    character in Python cost about 0.3 ms per value and text: a request of 600 values
+    against 50 tags took 10 s of CPU per snapshot."""
+    return re.compile("".join("." if c == "?" else re.escape(c) for c in piece), re.DOTALL)
+
+
 def _piece_at(piece: str, text: str, pos: int) -> bool:
     """Whether ``piece`` (no ``*``; ``?`` any character) matches ``text`` at ``pos``."""
     if "?" not in piece:
         return text.startswith(piece, pos)
     if pos + len(piece) > len(text):
         return False
-    return all(p == "?" or p == t for p, t in zip(piece, text[pos:pos + len(piece)], strict=True))
+    return _piece_regex(piece).match(text, pos) is not None
 
 
 def _find_piece(piece: str, text: str, start: int, end: int) -> int:
     """The first place in ``text[start:end]`` where ``piece`` matches; -1 if none."""
     if "?" not in piece:
         return text.find(piece, start, end)
-    for pos in range(start, end - len(piece) + 1):
-        if _piece_at(piece, text, pos):
-            return pos
-    return -1
+    found = _piece_regex(piece).search(text, start, end)
+    return -1 if found is None else found.start()

@@ -61,7 +61,14 @@ _HEADER_NAME = re.compile(_TOKEN)
 # Header values: visible characters (obs-text included), spaces and tabs; no controls.
 _HEADER_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
 _CONTENT_LENGTH = re.compile(r"[0-9]{1,18}")
-_BUSY = b'{"message":"Too many connections; try again."}'
+# Answered before anything tells which protocol the client speaks: EC2's XML, which
+# botocore's JSON parsers take as the message (the code is x-amzn-ErrorType), where JSON was
+# an unparsable answer (ResponseParserError, not retried) to an EC2 client.
+_BUSY = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Response><Errors><Error>'
+         b"<Code>Unavailable</Code><Message>Too many connections; try again.</Message>"
+         b"</Error></Errors><RequestID>-</RequestID></Response>")
+#: Seconds the accepting thread waits for an idle connection it closed to free its slot.
+EVICT_WAIT = 5.0
 
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
 _REASONS[402] = "Payment Required"
@@ -93,6 +100,10 @@ class Server(socketserver.ThreadingTCPServer):
         self.app = app
         self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         self._refused, self._refused_logged = 0, 0.0
+        # Connections waiting for a request with no byte of it received, by when they
+        # started to: the first closed when all slots are taken.
+        self._idle: dict[Handler, float] = {}
+        self._idle_lock = threading.Lock()
         app.allowed_hosts = loopback_hosts(address[0], self.server_address)
 
     def server_bind(self) -> None:
@@ -109,7 +120,9 @@ class Server(socketserver.ThreadingTCPServer):
         """Serve the connection in a thread of its own, if one of MAX_CONNECTIONS is free;
         else answer 503 at once and close it (a thread and its buffers per connection are
         what an unlimited number of idle connections would exhaust)."""
-        if not self._slots.acquire(blocking=False):
+        if not self._slots.acquire(blocking=False) and not (
+            self._close_idle() and self._slots.acquire(timeout=EVICT_WAIT)
+        ):
             self._refused += 1
             now = time.monotonic()
             if now - self._refused_logged >= 1.0:  # one line a second, not one per refusal
@@ -117,7 +130,7 @@ class Server(socketserver.ThreadingTCPServer):
                             MAX_CONNECTIONS, self._refused, client_address[0])
                 self._refused, self._refused_logged = 0, now
             head = (
-                "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/xml\r\n"
                 "x-amzn-ErrorType: ServiceUnavailableException\r\nRetry-After: 1\r\n"
                 f"Content-Length: {len(_BUSY)}\r\nConnection: close\r\n\r\n"
             )
@@ -131,6 +144,28 @@ class Server(socketserver.ThreadingTCPServer):
         except BaseException:
             self._slots.release()
             raise
+
+    def set_idle(self, handler: "Handler", idle: bool) -> None:
+        """Whether ``handler`` waits for a request of which no byte arrived yet."""
+        with self._idle_lock:
+            if idle:
+                self._idle.setdefault(handler, time.monotonic())
+            else:
+                self._idle.pop(handler, None)
+
+    def _close_idle(self) -> bool:
+        """Close the connection idle the longest (a keep-alive connection between requests,
+        or one that sent nothing yet), as HTTP lets a server do at any time, so that idle
+        connections cannot keep new clients out; False if none is idle."""
+        with self._idle_lock:
+            if not self._idle:
+                return False
+            victim = min(self._idle, key=self._idle.__getitem__)
+            del self._idle[victim]
+            victim.close_connection = True
+            with contextlib.suppress(OSError):
+                victim.request.shutdown(socket.SHUT_RDWR)
+        return True
 
     def process_request_thread(  # type: ignore[override]
         self, request: socket.socket, client_address: tuple[str, int]
@@ -248,6 +283,13 @@ class Handler(socketserver.BaseRequestHandler):
         return -1, 0
 
     def _read_head(self) -> tuple[str, str, str, dict[str, str]] | None:
+        self.server.set_idle(self, self._end == self._pos)
+        try:
+            return self._wait_head()
+        finally:
+            self.server.set_idle(self, False)
+
+    def _wait_head(self) -> tuple[str, str, str, dict[str, str]] | None:
         deadline = time.monotonic() + HEAD_TIMEOUT if self._first else None
         while True:
             end, skip = self._find_head_end()
@@ -266,6 +308,7 @@ class Handler(socketserver.BaseRequestHandler):
                 if self._end > self._pos:
                     self.close_connection = True
                 return None
+            self.server.set_idle(self, False)
         self._first = False
         text = self._buf[self._pos:end].decode("latin-1")
         self._pos = end + skip

@@ -134,6 +134,9 @@ def run(config: ServerConfig) -> int:
         while not stop.wait(SWEEP_INTERVAL):
             try:
                 sweep(server.app)
+            except (OSError, sqlite3.Error) as exc:
+                # A full disk: one line each time, not a traceback every SWEEP_INTERVAL.
+                log.error("sweep failed (%s); retrying in %.0f s", exc, SWEEP_INTERVAL)
             except Exception:
                 log.exception("sweep failed")
 

@@ -38,7 +38,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ebsfs.durable import fsync_path
+from ebsfs.durable import fsync_path, punch_hole
 from ebsfs.types import BLOCK_SIZE
 
 log = logging.getLogger(__name__)
@@ -99,14 +99,6 @@ def decode_header(page: bytes) -> Record | None:
         return None
     return Record(snapshot_id, index, seq, digest)
 
-_FALLOC_FL_KEEP_SIZE = 0x01
-_FALLOC_FL_PUNCH_HOLE = 0x02
-_libc = ctypes.CDLL(None, use_errno=True)
-_fallocate = getattr(_libc, "fallocate", None)
-if _fallocate is not None:
-    _fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
-    _fallocate.restype = ctypes.c_int
-
 
 class Segments:
     """The segment files of one directory; safe to use from many threads."""
@@ -119,7 +111,7 @@ class Segments:
         self._lock = threading.Lock()
         self._direct = hasattr(os, "O_DIRECT")
         self._dsync_flag: int = getattr(os, "RWF_DSYNC", 0)
-        self._can_punch = _fallocate is not None
+        self._can_punch = True
         self._local = threading.local()
         self._active = -1
         self._next_offset = 0
@@ -436,11 +428,10 @@ class Segments:
                 os.close(out)
 
     def _punch(self, fd: int, offset: int, length: int) -> None:
-        if not self._can_punch or _fallocate is None:
+        if not self._can_punch:
             return
-        mode = _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE
-        if _fallocate(fd, mode, offset, length) != 0:
-            err = ctypes.get_errno()
+        err = punch_hole(fd, offset, length)
+        if err:
             if err in (errno.EOPNOTSUPP, errno.ENOSYS):
                 log.info("cannot punch holes in %s (%s); space comes back with whole segments",
                          self.dir, os.strerror(err))

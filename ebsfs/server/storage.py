@@ -34,6 +34,7 @@ from memory is always what a restart would find, also when a commit fails (a ful
 
 import contextlib
 import dataclasses
+import errno
 import fcntl
 import hashlib
 import itertools
@@ -202,6 +203,7 @@ class Snapshot:
         """A copy to build a change on (``Store.update`` publishes it)."""
         new = dataclasses.replace(self, **changes)
         new.tags = list(new.tags)
+        new.shared_with = list(new.shared_with)
         return new
 
     def to_doc(self) -> str:
@@ -227,6 +229,7 @@ class Store:
     ) -> None:
         self.root = Path(data_dir)
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _check_data_dir(self.root)
         _make_private(self.root)
         # One server per data directory: a second one would keep its own picture of the
         # snapshots in memory. The lock goes with the process, kill -9 included.
@@ -378,25 +381,6 @@ class Store:
             with self._index_lock:
                 for snap in snaps:
                     _publish(snap, new[snap.snapshot_id])
-
-    def save(self, snap: Snapshot) -> None:
-        """Write a snapshot changed in place through; on failure its in-memory record is
-        put back as stored. ``update`` is better: this shows the change before its commit."""
-        try:
-            with self._write() as db:
-                db.execute(
-                    "UPDATE snapshots SET doc = ? WHERE id = ?",
-                    (snap.to_doc(), snap.snapshot_id),
-                )
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error), self._reader() as db:
-                row = db.execute(
-                    "SELECT doc FROM snapshots WHERE id = ?", (snap.snapshot_id,)
-                ).fetchone()
-                if row is not None:
-                    with self._index_lock:
-                        _publish(snap, Snapshot.from_doc(row[0]))
-            raise
 
     def client_token(self, token: str) -> tuple[str, str] | None:
         """(fingerprint, response JSON) stored with a StartSnapshot ClientToken."""
@@ -922,12 +906,46 @@ def _publish(snap: Snapshot, new: Snapshot) -> None:
     snap.__dict__.update(fresh)
 
 
+#: What a data directory holds (``blocks``: the oldest layout); ``lost+found`` is allowed
+#: too, for a data directory that is a file system of its own.
+_DATA_DIR_NAMES = frozenset({
+    "lock", "tmp", "segments", "token.key", "blocks",
+    "meta.sqlite3", "meta.sqlite3-wal", "meta.sqlite3-shm", "meta.sqlite3-journal",
+})
+
+
+def _check_data_dir(root: Path) -> None:
+    """Refuse a data directory another user owns (they could replace its files: token.key,
+    the database, a symlink for the lock), and an existing directory that is not a data
+    directory (a home, /etc through a symlink): the server would chmod, empty and add
+    files among someone else's."""
+    owner, me = root.stat().st_uid, os.geteuid()
+    if owner != me:
+        raise PermissionError(
+            errno.EPERM,
+            f"data directory {root} is owned by uid {owner}, not by this user (uid {me}): "
+            "that user could replace its files; chown it or choose another",
+        )
+    if (root / "meta.sqlite3").exists():
+        return
+    others = sorted(set(os.listdir(root)) - _DATA_DIR_NAMES - {"lost+found"})
+    if others:
+        shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+        raise OSError(
+            errno.ENOTEMPTY,
+            f"{root} is not an ebsfs data directory (it holds {shown}); give a new or "
+            "empty directory",
+        )
+
+
 def _make_private(root: Path) -> None:
     """Close a data directory an older server (or an umask) left open to other users:
-    directories 0700, files 0600. The blocks of the oldest layout are left to their move."""
+    directories 0700, files 0600; only the server's own. The blocks of the oldest layout
+    are left to their move."""
     for top, dirs, files in os.walk(root):
         if Path(top) == root:
             dirs[:] = [d for d in dirs if d in ("segments", "tmp")]
+            files = [f for f in files if f in _DATA_DIR_NAMES]
         for name, private in [(top, 0o700)] + [(os.path.join(top, f), 0o600) for f in files]:
             try:
                 mode = os.lstat(name).st_mode

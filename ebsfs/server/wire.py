@@ -3,6 +3,7 @@
 import itertools
 import json
 import random
+import re
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,7 +95,21 @@ def ebs_error_response(err: EbsError, request_id: str) -> Response:
     return resp
 
 
+#: Characters XML 1.0 cannot carry, escaped or not: controls other than tab, newline and
+#: carriage return, lone surrogates (which cannot even be encoded), U+FFFE and U+FFFF.
+_XML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+XML_INVALID_TEXT = "a control character, a lone surrogate, U+FFFE or U+FFFF"
+
+
+def xml_unsafe(text: str | None) -> bool:
+    """Whether ``text`` holds a character EC2's XML answers could not carry."""
+    return text is not None and _XML_INVALID.search(text) is not None
+
+
 def xml_escape(text: str) -> str:
+    """``text`` for XML; a character XML cannot carry at all (stored by an older server,
+    or echoed from a request in an error) is shown as U+FFFD, so that the answer parses."""
+    text = _XML_INVALID.sub("\ufffd", text)
     return (
         text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
     )

@@ -8,6 +8,11 @@ bounded); this layer adds its own bounded loop for what botocore leaves (ebs-dir
 * "Failed to read block data" (a body cut short on the way), which AWS calls retryable;
 * throttling, 5xx and connection failures that outlived botocore's attempts or its retry quota;
 * a checksum AWS computed differently (bytes damaged on the way): the same bytes are sent again.
+
+Every call and every retry obeys the read path's bound (``remote.Health``, one per mount
+limiter): a put fails with BackendUnavailableError once the endpoint has not answered for
+``io_timeout`` seconds, and at once while it is known down; the block stays dirty in the
+spool and is stored once the endpoint answers again.
 """
 
 from __future__ import annotations
@@ -21,7 +26,14 @@ from typing import Any, Protocol, TypeVar
 import trio
 
 from ebsfs import checksum
-from ebsfs.errors import ApiError, BackendUnavailableError, ChecksumError, EbsfsError, NotFoundError
+from ebsfs.errors import (
+    ApiError,
+    BackendUnavailableError,
+    ChecksumError,
+    EbsfsError,
+    EndpointDownError,
+    NotFoundError,
+)
 from ebsfs.store.remote import Calls
 from ebsfs.types import BLOCK_SIZE
 
@@ -84,7 +96,10 @@ class PutTuning:
 
 
 def transient(exc: EbsfsError) -> bool:
-    """Whether another attempt of the same PutSnapshotBlock may succeed."""
+    """Whether another attempt of the same PutSnapshotBlock may succeed (not while the
+    endpoint is known down: the call would fail at once again)."""
+    if isinstance(exc, EndpointDownError):
+        return False
     if isinstance(exc, BackendUnavailableError | ChecksumError):
         return True
     if isinstance(exc, ApiError):
@@ -132,11 +147,39 @@ class RemoteWriter:
         self.limiter = limiter
         # The read path's runner (trio's thread cache under the same limiter): about half
         # the trio-side CPU of trio.to_thread.run_sync, which counts at one call per block.
+        # Calls of one limiter share its Health: the mount's reads and writes judge the
+        # endpoint by one clock, and a put fails with the reads once it is down.
         self._calls = Calls(limiter)
+        self._calls.health.configure(api=api)
         self.clock = clock
         self.started_at = clock() if started_at is None else started_at
         self.counters: Counter[str] = counters if counters is not None else Counter()
         self.tuning = tuning or PutTuning()
+        #: Index -> set when the worker of its latest attempt is done (see ``_attempt``).
+        self._running: dict[int, trio.Event] = {}
+
+    async def _attempt(self, index: int, data: bytes | BlockLoader, block: list[bytes]) -> bool:
+        """One attempt in a worker thread, never two of one index at once: an attempt
+        abandoned at the io bound may still be on the wire, and older bytes stored after
+        newer ones would lose the newer (their digest already counted as stored)."""
+        earlier = self._running.get(index)
+        if earlier is not None and not earlier.is_set():
+            self.counters["put_waits"] += 1
+            with trio.move_on_at(self._calls.health.deadline()):
+                await earlier.wait()
+            if not earlier.is_set():
+                raise BackendUnavailableError(
+                    f"PutSnapshotBlock {self.snapshot_id} block {index}: an earlier attempt, "
+                    "abandoned at the io bound, has not ended"
+                )
+        done = self._running[index] = trio.Event()
+
+        def ended() -> None:
+            done.set()
+            if self._running.get(index) is done:
+                del self._running[index]
+
+        return await self._calls.run(self._put_sync, index, data, block, ended=ended)
 
     def _put_sync(self, index: int, data: bytes | BlockLoader, block: list[bytes]) -> bool:
         # Loading and hashing in the same worker thread as the request: one thread hand-off
@@ -166,7 +209,7 @@ class RemoteWriter:
         block: list[bytes] = []
         while True:
             try:
-                stored = await self._calls.run(self._put_sync, index, data, block)
+                stored = await self._attempt(index, data, block)
             except NotFoundError as exc:
                 not_found += 1
                 if self.clock() - self.started_at > t.not_found_grace:
@@ -182,14 +225,19 @@ class RemoteWriter:
                 continue
             except EbsfsError as exc:
                 failures += 1
-                if not transient(exc) or failures >= t.transient_attempts:
+                pause = min(t.max_backoff, t.backoff * 2 ** (failures - 1))
+                # The read path's bound: no retry once the endpoint has not answered for
+                # io_timeout (the mount-wide clock), nor while it is known down.
+                health = self._calls.health
+                stalled = health.down or trio.current_time() + pause >= health.deadline()
+                if not transient(exc) or failures >= t.transient_attempts or stalled:
                     self.counters["put_failures"] += 1
                     raise
                 self.counters["put_retries"] += 1
                 log.info(
                     "PutSnapshotBlock %s block %d: retrying after: %s", self.snapshot_id, index, exc
                 )
-                await trio.sleep(min(t.max_backoff, t.backoff * 2 ** (failures - 1)))
+                await trio.sleep(pause)
                 continue
             if not stored:
                 return None

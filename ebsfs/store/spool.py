@@ -41,6 +41,7 @@ loses power keeps everything fsynced before. Replay stops at the first torn or c
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import logging
@@ -54,9 +55,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from ebsfs.durable import fsync_path
+from ebsfs.durable import fsync_path, punch_hole
 from ebsfs.errors import MountError
-from ebsfs.types import BLOCK_SIZE
+from ebsfs.types import BLOCK_SIZE, ZERO_BLOCK
 
 log = logging.getLogger(__name__)
 
@@ -218,6 +219,8 @@ class Spool:
         self.manifest: dict[str, Any] = {}
         self._data_fd = -1
         self._journal_fd = -1
+        #: Whole zero blocks are holes, not bytes, where the filesystem can punch them.
+        self._can_punch = True
         #: Size of the journal file (records are appended with O_APPEND; kept here so an
         #: append needs no lseek to know where a torn record would have to be cut off).
         self._journal_end = 0
@@ -447,6 +450,7 @@ class Spool:
         # Runs of the write that are contiguous in the data file too (a sequential stream
         # gets consecutive slots): one pwrite each, not one per block.
         runs: list[list[int]] = []  # [file position, start in data, length]
+        view = memoryview(data)
         pos = offset
         try:
             while pos < end:
@@ -460,13 +464,22 @@ class Spool:
                     new_slots.append(index)
                     records += self._record(b"S", index, slot)
                 at = slot * BLOCK_SIZE + within
+                if (
+                    n == BLOCK_SIZE
+                    and self._can_punch
+                    and view[pos - offset : pos - offset + n] == ZERO_BLOCK
+                    and self._punch(at)
+                ):
+                    # A whole block of zeros takes no room in the spool: a hole reads as
+                    # zeros (the slot's old bytes, or a crashed write's, are gone with it).
+                    pos += n
+                    continue
                 last = runs[-1] if runs else None
                 if last is not None and last[0] + last[2] == at:
                     last[2] += n
                 else:
                     runs.append([at, pos - offset, n])
                 pos += n
-            view = memoryview(data)
             for at, start, n in runs:
                 written = 0
                 while written < n:
@@ -482,6 +495,17 @@ class Spool:
         touched = self._cover(offset, end)
         self._check_compact()
         return touched
+
+    def _punch(self, at: int) -> bool:
+        """A hole over the slot at file position ``at``; False (write zeros) where the
+        filesystem cannot punch one."""
+        err = punch_hole(self._data_fd, at, BLOCK_SIZE)
+        if err in (errno.EOPNOTSUPP, errno.ENOSYS):
+            log.info("spool %s: no hole punching here; zero blocks are written", self.directory)
+            self._can_punch = False
+        elif err:
+            raise OSError(err, f"punching a hole in the spool: {os.strerror(err)}")
+        return not err
 
     def is_full(self, index: int) -> bool:
         """Whether every byte of the block was written."""

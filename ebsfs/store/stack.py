@@ -61,6 +61,8 @@ class ReadStacks:
         self.config = config
         self.nursery = nursery
         self.calls = calls or Calls(trio.CapacityLimiter(config.max_concurrency))
+        # The mount's one liveness clock bounds every API call, writes included, from now.
+        self.calls.health.configure(config.io_timeout, api)
         # --cache-size bounds the blocks held in memory, fetched as well as cached: each of the
         # max_concurrency fetches holds a block before it enters the cache.
         in_flight = config.max_concurrency * BLOCK_SIZE
@@ -125,4 +127,5 @@ class ReadStacks:
             "token_windows": len(self.windows),
             "tokens_held": self.windows.tokens,
             "threads_busy": int(self.calls.limiter.borrowed_tokens),
+            **self.calls.health.counters,
         }

@@ -54,6 +54,13 @@ COMMANDS = ("mount", "umount", "ls", "server", "diff")
         ),
         (["ebsfs", "/mnt/s", "-o", "upload_process"], ["mount", "/mnt/s", "--upload-process"]),
         (
+            ["ebsfs", "/mnt/s", "-o", "io_timeout=10,connect-timeout=2,read_timeout=20,"
+             "max_attempts=3,log_file=/var/log/ebsfs/s.log,scratch_limit=2GiB"],
+            ["mount", "/mnt/s", "--io-timeout", "10", "--connect-timeout", "2", "--read-timeout",
+             "20", "--max-attempts", "3", "--log-file", "/var/log/ebsfs/s.log",
+             "--scratch-limit", "2GiB"],
+        ),
+        (
             ["ebsfs", "/mnt/s", "-o", "no_upload_process"],
             ["mount", "/mnt/s", "--no-upload-process"],
         ),

@@ -9,6 +9,7 @@ from collections import Counter
 
 from ebsfs.api import BlockPage
 from ebsfs.errors import (
+    AccessDeniedError,
     ApiError,
     BackendUnavailableError,
     ChecksumError,
@@ -39,12 +40,29 @@ class FakeBlockApi:
         self.unavailable = False
         self.throttled_until: dict[int, float] = {}  # index -> wall time its GETs throttle until
         self.delay = 0.0
+        #: While set, every call hangs until it is cleared (a stopped server).
+        self.stuck = False
+        self.denied = False  # every call answers AccessDenied (a 4xx: the endpoint works)
         self.in_flight = 0
         self.max_in_flight = 0
 
     def _count(self, name: str) -> None:
         with self.lock:
             self.calls[name] += 1
+        while self.stuck:
+            time.sleep(0.01)
+        if self.denied:
+            raise AccessDeniedError("AccessDeniedException: not for you")
+
+    def probe(self, timeout: float) -> None:
+        """As ``Api.probe``: returns once the endpoint answers."""
+        with self.lock:
+            self.calls["probe"] += 1
+        deadline = time.monotonic() + timeout
+        while self.stuck and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if self.unavailable or self.stuck:
+            raise BackendUnavailableError("connection refused")
 
     def list_blocks(
         self,

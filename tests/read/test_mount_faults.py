@@ -115,6 +115,15 @@ def test_stopped_server_is_eio_then_recovers(server_factory, mount_factory, tmp_
         # bounded by the configured timeout plus botocore's own (short) attempts
         assert time.monotonic() - start < io_timeout + 20
         srv.start()
-        assert os.pread(fd, BLOCK, 3 * BLOCK) == data[3 * BLOCK : 4 * BLOCK]
+        # The endpoint is known down until the mount's prober hears it again (no remount).
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                got = os.pread(fd, BLOCK, 3 * BLOCK)
+                break
+            except OSError as exc:
+                assert exc.errno == errno.EIO and time.monotonic() < deadline
+                time.sleep(0.2)
+        assert got == data[3 * BLOCK : 4 * BLOCK]
     finally:
         os.close(fd)

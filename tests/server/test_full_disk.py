@@ -7,6 +7,7 @@ COMMIT answered ``completed`` to its retry and was ``pending`` again after a res
 """
 
 import os
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -48,9 +49,13 @@ def _view(ebs: Any, ec2: Any) -> list[tuple[Any, ...]]:
     for s in ec2.describe_snapshots(OwnerIds=["self"])["Snapshots"]:
         tags = sorted((t["Key"], t["Value"]) for t in s.get("Tags", []))
         blocks: list[int] = []
-        if s["State"] == "completed":
+        if s["State"] == "completed" and s["StorageTier"] == "standard":
             blocks = sorted(list_blocks(ebs, s["SnapshotId"])[0])
-        out.append((s["SnapshotId"], s["State"], tags, blocks))
+        shared = ec2.describe_snapshot_attribute(
+            SnapshotId=s["SnapshotId"], Attribute="createVolumePermission"
+        )["CreateVolumePermissions"]
+        out.append((s["SnapshotId"], s["State"], tags, blocks, s["StorageTier"],
+                    s.get("RestoreExpiryTime"), str(shared)))
     return sorted(out)
 
 
@@ -72,7 +77,8 @@ def _attempt(call: Callable[[], Any]) -> bool:
 
 
 CALLS = ["StartSnapshot", "PutSnapshotBlock", "CreateTags", "DeleteTags", "CompleteSnapshot",
-         "DeleteSnapshot"]
+         "DeleteSnapshot", "ModifySnapshotTier", "RestoreSnapshotTier",
+         "ModifySnapshotAttribute"]
 
 
 @pytest.mark.parametrize("name", CALLS)
@@ -89,6 +95,8 @@ def test_a_call_on_a_full_disk_shows_the_same_after_a_restart(
         digests[i] = checksum.digest(data)
     done = upload_image(ebs, ec2, os.urandom(BLOCK_SIZE), 1)
     ec2.create_tags(Resources=[done], Tags=[{"Key": "keep", "Value": "me"}])
+    cold = upload_image(ebs, ec2, os.urandom(BLOCK_SIZE), 1)
+    ec2.modify_snapshot_tier(SnapshotId=cold, StorageTier="archive")
 
     def complete_twice() -> None:
         # The retry must not answer what the first attempt failed to store.
@@ -111,6 +119,13 @@ def test_a_call_on_a_full_disk_shows_the_same_after_a_restart(
         "DeleteTags": lambda: ec2.delete_tags(Resources=[done]),
         "CompleteSnapshot": complete_twice,
         "DeleteSnapshot": lambda: ec2.delete_snapshot(SnapshotId=done),
+        "ModifySnapshotTier": lambda: ec2.modify_snapshot_tier(
+            SnapshotId=done, StorageTier="archive"),
+        "RestoreSnapshotTier": lambda: ec2.restore_snapshot_tier(
+            SnapshotId=cold, TemporaryRestoreDays=3),
+        "ModifySnapshotAttribute": lambda: ec2.modify_snapshot_attribute(
+            SnapshotId=done, Attribute="createVolumePermission",
+            CreateVolumePermission={"Add": [{"UserId": "111122223333"}]}),
     }
     before = _view(ebs, ec2)
     fs.fill()
@@ -183,3 +198,26 @@ def test_the_server_takes_changes_again_once_there_is_room(
     srv.kill()
     srv.start()
     assert _view(ebs, ec2) == shown
+
+
+def test_a_sweep_on_a_full_disk_logs_a_line_not_a_traceback(tmp_path: Path) -> None:
+    # A snapshot that went to error while the disk was full: the sweep that drops its
+    # blocks failed every 2 s, each time with a 25-line traceback.
+    fs = SmallFs(tmp_path, 32)
+    with fs.mounted():
+        srv = LocalServer(fs.mountpoint, "--timeout-unit", "0.05")
+        srv.start()
+        try:
+            ebs = srv.ebs()
+            sid = ebs.start_snapshot(VolumeSize=1, Timeout=10)["SnapshotId"]
+            put_block(ebs, sid, 0, os.urandom(BLOCK_SIZE))
+            fs.fill()
+            deadline = time.monotonic() + 60  # a hang guard: the sweep runs every 2 s
+            while srv.log_text().count("sweep failed") < 2 and time.monotonic() < deadline:
+                time.sleep(0.2)
+            log = srv.log_text()
+            assert log.count("sweep failed") >= 2, log[-2000:]
+            assert "Traceback" not in log, log[-3000:]
+        finally:
+            fs.unfill()
+            srv.stop()

@@ -1,10 +1,10 @@
 """The store when the disk misbehaves: a put that failed never comes back at a restart, and a
 hole punch that failed once does not stop space from coming back."""
 
-import ctypes
 import errno
 import hashlib
 import os
+import sqlite3
 import threading
 from pathlib import Path
 from typing import Any
@@ -39,9 +39,8 @@ def _rows(store: Store, snap: Snapshot) -> dict[int, bytes]:
 
 
 def _failing_punch(result: int, err: int) -> Any:
-    def punch(fd: int, mode: int, offset: int, length: int) -> int:
-        ctypes.set_errno(err)
-        return result
+    def punch(fd: int, offset: int, length: int) -> int:
+        return err if result else 0
     return punch
 
 
@@ -69,7 +68,7 @@ def test_a_failed_put_stays_failed_where_holes_cannot_be_punched(
 
     monkeypatch.setattr(os, "pwritev", write_then_fail)
     monkeypatch.setattr(os, "fdatasync", fail_sync)
-    monkeypatch.setattr(segments_mod, "_fallocate", _failing_punch(-1, errno.ENOSPC))
+    monkeypatch.setattr(segments_mod, "punch_hole", _failing_punch(-1, errno.ENOSPC))
     if not alone:
         store._writing += 1
     with pytest.raises(OSError):
@@ -93,11 +92,11 @@ def test_a_punch_that_failed_once_does_not_stop_space_coming_back(
         _put(store, snap, i, os.urandom(BLOCK_SIZE))
     store.flush()
     before = store.stats()["allocated"]
-    real = segments_mod._fallocate
-    monkeypatch.setattr(segments_mod, "_fallocate", _failing_punch(-1, errno.ENOSPC))
+    real = segments_mod.punch_hole
+    monkeypatch.setattr(segments_mod, "punch_hole", _failing_punch(-1, errno.ENOSPC))
     _put(store, snap, 0, os.urandom(BLOCK_SIZE))  # replaces a content: its space goes
     store.flush()
-    monkeypatch.setattr(segments_mod, "_fallocate", real)
+    monkeypatch.setattr(segments_mod, "punch_hole", real)
     # A full disk for a moment; a later rewrite gives space back again.
     _put(store, snap, 1, os.urandom(BLOCK_SIZE))
     store.flush()
@@ -165,4 +164,55 @@ def test_a_replayed_put_counts_as_activity(tmp_path: Path) -> None:
     store.close()
     store = Store(tmp_path)  # and it was written down, not only worked out
     assert store.snapshots[snap.snapshot_id].last_activity >= acted - 5
+    store.close()
+
+
+_TIER_AND_SHARING = {
+    "ModifySnapshotTier": ({"StorageTier": "archive"}, lambda s: s.archived),
+    "RestoreSnapshotTier": ({"PermanentRestore": "true"}, lambda s: not s.archived),
+    "ModifySnapshotAttribute": (
+        {"CreateVolumePermission.Add.1.UserId": "111122223333"},
+        lambda s: s.shared_with == ["111122223333"],
+    ),
+}
+
+
+@pytest.mark.parametrize("action", sorted(_TIER_AND_SHARING))
+def test_a_tier_or_sharing_change_whose_commit_fails_is_not_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, action: str
+) -> None:
+    # The tier and sharing calls changed the snapshot in place before their commit: a
+    # CreateTags committed meanwhile wrote the uncommitted change along with its tag, so a
+    # call answered with an error (its own commit failed: a full disk) was kept anyway,
+    # in memory and after a restart.
+    store = Store(tmp_path)
+    snap = _snapshot(store, "snap-0000000000000000d")
+    assert store.seal(snap, lambda rows: (COMPLETED, ""), 0.0)
+    if action == "RestoreSnapshotTier":
+        store.update([snap], lambda s: setattr(s, "archived", True))
+    ec2 = Ec2Service(store, "000000000000", lambda s: (COMPLETED, ""), None)  # type: ignore[arg-type]
+    extra, changed = _TIER_AND_SHARING[action]
+    real = store._index_pending
+    calls: list[int] = []
+
+    def tag_then_fail() -> None:
+        # Under the write lock, right before the call's own transaction: another change
+        # to the same snapshot gets in first, then the call's commit fails.
+        real()
+        calls.append(1)
+        if len(calls) == 1:
+            ec2.op_CreateTags({"ResourceId.1": snap.snapshot_id, "Tag.1.Key": "k",
+                               "Tag.1.Value": "v"})
+            raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(store, "_index_pending", tag_then_fail)
+    with pytest.raises(sqlite3.OperationalError):
+        getattr(ec2, "op_" + action)({"SnapshotId": snap.snapshot_id, **extra})
+    monkeypatch.undo()
+    shown = store.snapshots[snap.snapshot_id]
+    assert shown.tags == [("k", "v")] and not changed(shown), shown
+    store.close()
+    store = Store(tmp_path)
+    stored = store.snapshots[snap.snapshot_id]
+    assert stored.tags == [("k", "v")] and not changed(stored), stored
     store.close()

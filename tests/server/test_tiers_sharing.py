@@ -248,3 +248,80 @@ def test_second_account_flag_is_checked(tmp_path: Path) -> None:
                       f"{OTHER_KEY_ID}:{OTHER_SECRET}:{SELF_ACCOUNT}")
     with pytest.raises(RuntimeError, match="account id other than"):
         srv.start()
+
+
+def test_what_a_share_does_not_give(two: Two) -> None:
+    # The main account may read what the second shares with it, nothing more: no change to
+    # it, no block token outliving the share, no ListChangedBlocks against an unshared one.
+    image = b"s" * BLOCK_SIZE
+    shared = upload_image(two.other_ebs, two.other_ec2, image, 1)
+    private = upload_image(two.other_ebs, two.other_ec2, b"p" * BLOCK_SIZE, 1)
+    two.other_ec2.modify_snapshot_attribute(
+        SnapshotId=shared, Attribute="createVolumePermission",
+        CreateVolumePermission={"Add": [{"UserId": SELF_ACCOUNT}]})
+    calls = [
+        lambda: two.ec2.delete_snapshot(SnapshotId=shared),
+        lambda: two.ec2.create_tags(Resources=[shared], Tags=[{"Key": "k", "Value": "v"}]),
+        lambda: two.ec2.delete_tags(Resources=[shared]),
+        lambda: two.ec2.modify_snapshot_tier(SnapshotId=shared, StorageTier="archive"),
+        lambda: two.ec2.restore_snapshot_tier(SnapshotId=shared, PermanentRestore=True),
+        lambda: two.ec2.modify_snapshot_attribute(
+            SnapshotId=shared, Attribute="createVolumePermission",
+            CreateVolumePermission={"Add": [{"Group": "all"}]}),
+        lambda: two.ec2.describe_snapshot_attribute(
+            SnapshotId=shared, Attribute="createVolumePermission"),
+    ]
+    for call in calls:
+        with pytest.raises(ClientError) as exc:
+            call()
+        assert _err(exc)[0] == "InvalidSnapshot.NotFound"
+    for first, second in ((shared, private), (private, shared)):
+        with pytest.raises(ClientError) as exc:
+            two.ebs.list_changed_blocks(FirstSnapshotId=first, SecondSnapshotId=second)
+        assert _err(exc)[0] == "ResourceNotFoundException"
+    tokens, _ = list_blocks(two.ebs, shared)
+    two.other_ec2.modify_snapshot_attribute(
+        SnapshotId=shared, Attribute="createVolumePermission",
+        CreateVolumePermission={"Remove": [{"UserId": SELF_ACCOUNT}]})
+    with pytest.raises(ClientError) as exc:
+        get_block(two.ebs, shared, 0, tokens[0])
+    assert _err(exc)[0] == "ResourceNotFoundException"
+    # Nothing changed for the owner.
+    snap = _describe(two.other_ec2, shared)
+    assert snap.get("Tags") is None and snap["StorageTier"] == "standard"
+    assert get_block(two.other_ebs, shared, 0, tokens[0]) == image
+
+
+def test_sharing_follows_awss_rules(two: Two) -> None:
+    # AWS: a snapshot encrypted with the default KMS key cannot be shared with another
+    # account; account ids are added or removed, not both, in one call; at most 500.
+    share = {"Add": [{"UserId": OTHER_ACCOUNT}]}
+    default_key = two.ebs.start_snapshot(VolumeSize=1, Encrypted=True)["SnapshotId"]
+    with pytest.raises(ClientError) as exc:
+        two.ec2.modify_snapshot_attribute(SnapshotId=default_key,
+                                          Attribute="createVolumePermission",
+                                          CreateVolumePermission=share)
+    assert _err(exc)[0] == "InvalidParameterValue"
+    assert two.ec2.describe_snapshot_attribute(
+        SnapshotId=default_key, Attribute="createVolumePermission"
+    )["CreateVolumePermissions"] == []
+    own_key = two.ebs.start_snapshot(
+        VolumeSize=1, Encrypted=True,
+        KmsKeyArn=f"arn:aws:kms:us-east-1:{SELF_ACCOUNT}:key/0d0d0d0d-0000-4000-8000-0000000000aa",
+    )["SnapshotId"]
+    two.ec2.modify_snapshot_attribute(SnapshotId=own_key, Attribute="createVolumePermission",
+                                      CreateVolumePermission=share)
+    with pytest.raises(ClientError) as exc:
+        two.ec2.modify_snapshot_attribute(
+            SnapshotId=own_key, Attribute="createVolumePermission",
+            CreateVolumePermission={"Add": [{"UserId": "444455556666"}],
+                                    "Remove": [{"UserId": OTHER_ACCOUNT}]})
+    assert _err(exc)[0] == "InvalidParameterCombination"
+    with pytest.raises(ClientError) as exc:
+        two.ec2.modify_snapshot_attribute(
+            SnapshotId=own_key, Attribute="createVolumePermission",
+            CreateVolumePermission={"Add": [{"UserId": f"{n:012d}"} for n in range(501)]})
+    assert _err(exc)[0] == "InvalidParameterValue"
+    assert two.ec2.describe_snapshot_attribute(
+        SnapshotId=own_key, Attribute="createVolumePermission"
+    )["CreateVolumePermissions"] == [{"UserId": OTHER_ACCOUNT}]

@@ -286,3 +286,40 @@ def test_a_failed_compaction_keeps_the_old_journal(
     monkeypatch.undo()
     assert _state(Spool.load(spool.directory)) == _state(spool)
     spool.close()
+
+
+def test_whole_zero_blocks_take_no_room_and_read_as_zeros(tmp_path: Path) -> None:
+    spool = Spool.create(tmp_path, {"name": "x"})
+    data = os.urandom(BS)
+    image = data + bytes(6 * BS) + data  # a dd of an image: 8 blocks, 6 of them zeros
+    spool.write(0, image)
+    used = os.stat(spool.data_path).st_blocks * 512
+    assert used <= 2 * BS + 64 * 1024, used  # 2.0 blocks, not 8
+    # Zeros over data that was there give its room back too.
+    spool.write(7 * BS, bytes(BS))
+    assert os.stat(spool.data_path).st_blocks * 512 <= BS + 64 * 1024
+    for index in range(8):
+        block = spool.read_block(index, os.urandom(BS))  # a base is not shown through
+        assert block == (data if index == 0 else bytes(BS)), index
+        assert spool.is_full(index)
+    spool.close()
+    again = Spool.load(spool.directory)
+    assert [again.read_block(i, None) for i in range(8)] == [data] + [bytes(BS)] * 7
+    again.close()
+
+
+def test_zeros_over_a_crashed_write_are_zeros(tmp_path: Path) -> None:
+    # A write whose bytes reached the data file but whose records did not (kill -9): the
+    # slot is handed out again, and zeros written there must not show the old bytes.
+    spool = Spool.create(tmp_path, {"name": "x"})
+    spool.write(0, os.urandom(BS))
+    slot = spool.slots[0]
+    spool.close()
+    with open(spool.data_path, "r+b") as f:  # what the lost write left
+        f.seek((slot + 1) * BS)
+        f.write(os.urandom(BS))
+    again = Spool.load(spool.directory)
+    again.write(9 * BS, bytes(BS))  # gets the next slot, where those bytes are
+    assert again.slots[9] == slot + 1
+    assert again.read_block(9, None) == bytes(BS)
+    again.close()
