@@ -32,6 +32,7 @@ draft that is being sealed, completed or failed is ReadOnlyError.
 from __future__ import annotations
 
 import contextlib
+import copy
 import errno
 import logging
 import math
@@ -189,6 +190,17 @@ class SnapshotDraft:
         self.m["mtime_ns"] = self._mtime_ns
         self.spool.save_manifest(self.m)
 
+    def _save_or_undo(self, before: dict[str, Any]) -> None:
+        """Save a change asked for by a request; if the manifest cannot be saved (a full
+        spool disk), put ``before`` back and answer ENOSPC: the change was not made."""
+        try:
+            self._save()
+        except OSError as exc:
+            self.m = before
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise NoSpaceError(f"{self.name}: the spool's disk is full") from None
+            raise EbsfsError(f"{self.name}: spool: {exc.strerror or exc}") from None
+
     def _touch(self) -> None:
         self._mtime_ns = time.time_ns()
 
@@ -248,8 +260,9 @@ class SnapshotDraft:
         if first:
             # Recorded before the data: a crash between the two must not bring back data
             # with its attributes still settable (a parent set under written blocks).
+            before = copy.deepcopy(self.m)
             self.m["written"] = True
-            self._save()
+            self._save_or_undo(before)
         try:
             await self.wb.write(offset, data)
         except OSError as exc:
@@ -268,12 +281,22 @@ class SnapshotDraft:
             self._start_soon()
         return len(data)
 
+    def kept(self) -> None:
+        """The keep writing it is done: it is a draft like any other from now on."""
+        if self.m.pop("kept_from", None) is not None:
+            self._save()
+        if self.m.get("size") is not None and self.m.get("written") and not self.snapshot_id:
+            self._start_soon()
+
     def _start_soon(self) -> None:
         """Start the snapshot in the background, so uploads can begin while writes go on.
 
         The writes never wait for it: they are in the spool already, and an endpoint that is
         down only delays the StartSnapshot (tried again here at most every
-        ``START_RETRY`` seconds, and by every fsync, close and seal)."""
+        ``START_RETRY`` seconds, and by every fsync, close and seal). Not while a keep
+        writes it: a restart must find nothing started for a keep cut short."""
+        if self.m.get("kept_from"):
+            return
         if self._start_scope is not None or trio.current_time() < self._start_retry_at:
             return
         self._start_scope = trio.CancelScope()
@@ -315,10 +338,11 @@ class SnapshotDraft:
         new = _gib_ceil(size)
         if self.m.get("parent") and new < self.m["parent_gib"] * GIB:
             raise NotPermittedError(f"{self.name}: cannot be smaller than its parent")
+        before = copy.deepcopy(self.m)
         self.m["size"] = new
         self.m["client_token"] = _new_token()
         self._touch()
-        self._save()
+        self._save_or_undo(before)
 
     async def fsync(self) -> None:
         if self.state in (DRAFT, PENDING):
@@ -343,6 +367,8 @@ class SnapshotDraft:
             self.m["size"] = _gib_ceil(max(self.spool.max_end, 1))
             self.m["client_token"] = _new_token()
             self._save()
+        if self.m.get("kept_from"):
+            return  # a keep writes it: started once that is done (``kept``)
         if self.m.get("size") is not None and self.m.get("written") and not self.snapshot_id:
             await self._start()
 
@@ -456,6 +482,7 @@ class SnapshotDraft:
             text = value.decode("utf-8")
         except UnicodeDecodeError:
             raise InvalidValueError(f"{name}: not UTF-8 text") from None
+        before, parent_reader = copy.deepcopy(self.m), self.wb.parent
         if key == "parent":
             await self._set_parent(text.strip())
         elif key == "encrypted":
@@ -475,7 +502,11 @@ class SnapshotDraft:
             self._set_tag(key[len("tag.") :], text)
         self.m["client_token"] = _new_token()
         self._touch()
-        self._save()
+        try:
+            self._save_or_undo(before)
+        except EbsfsError:
+            self.wb.parent = parent_reader
+            raise
 
     def _set_tag(self, key: str, value: str) -> None:
         tags = dict(self.m.get("tags", {}))
@@ -540,6 +571,10 @@ class SnapshotDraft:
             raise NotPermittedError(f"{self.name} is already {state}")
         if not self.m.get("written"):
             raise InvalidValueError(f"{self.name}: nothing was written, nothing to seal")
+        if self.m.get("kept_from"):
+            raise NotPermittedError(
+                f"{self.name}: {self.m['kept_from']} is still being kept into it; seal it after"
+            )
         if state == ERROR:
             if self.m.get("aws_error"):
                 # AWS failed the snapshot for good: start a new one from the spool.
@@ -583,7 +618,11 @@ class SnapshotDraft:
 
     async def _finish(self, scope: trio.CancelScope) -> None:
         snapshot_id = self.snapshot_id
-        assert snapshot_id is not None
+        if snapshot_id is None:  # never in the mount's nursery: an error there ends the mount
+            self._failed("sealing failed, seal again to retry: no snapshot was started",
+                         aws=False)
+            self._seal_scope = None
+            return
         with scope:
             try:
                 # Recorded only once AWS answered CompleteSnapshot: until then every seal
@@ -782,6 +821,8 @@ class Drafts:
         self.seal_tuning = seal_tuning or SealTuning()
         self.seal_fault = os.environ.get(SEAL_FAULT_ENV, "") if seal_fault is None else seal_fault
         self._drafts: dict[str, SnapshotDraft] = {}
+        #: Names whose spool is being made (``create``).
+        self._creating: set[str] = set()
         #: The lock of ``spool_root`` the mount holds (see ``ebsfs.fs.wiring``).
         self.spool_lock: SpoolLock | None = None
         self._callbacks: list[Callable[[str, str], None]] = []
@@ -819,6 +860,13 @@ class Drafts:
                     spool.destroy()
                     continue
                 name = str(spool.manifest["name"])
+                if spool.manifest.get("kept_from") and not spool.manifest.get("snapshot_id"):
+                    # A keep cut short (the daemon died): some of the changes only, never
+                    # started, and the overlay it came from is gone. It never was a draft.
+                    log.warning("%s: the keep of %s that wrote it did not finish; discarded",
+                                name, spool.manifest["kept_from"])
+                    spool.destroy()
+                    continue
                 if name in self._drafts:
                     log.error("two spools named %s; %s left alone", name, directory)
                     spool.close()
@@ -875,10 +923,14 @@ class Drafts:
     def get(self, name: str) -> SnapshotDraft | None:
         return self._drafts.get(name)
 
-    async def create(self, name: str) -> SnapshotDraft:
-        if name in self._drafts:
+    async def create(self, name: str, *, kept_from: str = "") -> SnapshotDraft:
+        if name in self._drafts or name in self._creating:
             raise InvalidValueError(f"new/{name} exists already")
-        if not name or "/" in name or len(name.encode()) > 255:
+        try:
+            encoded = name.encode()
+        except UnicodeEncodeError:  # bytes that are not UTF-8 (the Name tag is text)
+            encoded = b""
+        if not encoded or "/" in name or len(encoded) > 255 or name in (".", ".."):
             raise InvalidValueError(f"{name!r} cannot name a snapshot")
         manifest = {
             "version": 1,
@@ -887,7 +939,19 @@ class Drafts:
             "size": None,
             "mtime_ns": time.time_ns(),
         }
-        spool = await trio.to_thread.run_sync(Spool.create, self.spool_root, manifest)
+        if kept_from:
+            manifest["kept_from"] = kept_from
+        # Taken until the spool is made: a second create meanwhile (a keep from scratch/ is
+        # not serialized with new/ by the kernel) must not make a second spool of the name.
+        self._creating.add(name)
+        try:
+            spool = await trio.to_thread.run_sync(Spool.create, self.spool_root, manifest)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise NoSpaceError(f"new/{name}: the spool's disk is full") from None
+            raise EbsfsError(f"new/{name}: spool: {exc.strerror or exc}") from None
+        finally:
+            self._creating.discard(name)
         draft = SnapshotDraft(self, spool)
         self._drafts[name] = draft
         return draft

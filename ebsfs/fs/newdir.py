@@ -58,6 +58,10 @@ class Draft(Protocol):
         """Begin sealing (``chmod a-w``): flush, CompleteSnapshot; completion is reported later."""
         ...
 
+    def kept(self) -> None:
+        """The keep that creates it (``create(kept_from=...)``) wrote all it had to."""
+        ...
+
 
 class NewDirectory(Protocol):
     """The drafts under ``new/``."""
@@ -70,8 +74,10 @@ class NewDirectory(Protocol):
         """The draft called ``name``, or None."""
         ...
 
-    async def create(self, name: str) -> Draft:
-        """A new, empty draft (EEXIST-style errors as ``ebsfs.errors``)."""
+    async def create(self, name: str, *, kept_from: str = "") -> Draft:
+        """A new, empty draft (EEXIST-style errors as ``ebsfs.errors``). ``kept_from``: a keep
+        of that scratch overlay writes it; until ``Draft.kept`` no snapshot is started, and a
+        restart finds it unfinished and discards it."""
         ...
 
     async def remove(self, name: str) -> None:

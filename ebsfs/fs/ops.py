@@ -60,7 +60,7 @@ from ebsfs.fs.inodes import (
 from ebsfs.fs.newdir import Draft, NewDirectory
 from ebsfs.fs.partitions import Partition
 from ebsfs.fs.partview import DRAFT_PREFIX, PartitionTables
-from ebsfs.fs.scratch import XATTR_BASE, XATTR_KEEP, Overlay, ScratchDirectory
+from ebsfs.fs.scratch import XATTR_BASE, XATTR_KEEP, Overlay, ScratchDirectory, keep_name
 from ebsfs.store.ranges import read_range
 from ebsfs.store.stack import ReadStacks
 from ebsfs.types import BLOCK_SIZE
@@ -121,7 +121,7 @@ class EmptyNewDirectory:
     def get(self, name: str) -> Draft | None:
         return None
 
-    async def create(self, name: str) -> Draft:
+    async def create(self, name: str, *, kept_from: str = "") -> Draft:
         raise ReadOnlyError("this mount has no write path")
 
     async def remove(self, name: str) -> None:
@@ -350,6 +350,14 @@ class EbsfsOperations(pyfuse3.Operations):
             raise fail(errno.ENOENT)
         return overlay
 
+    def _overlay_of(self, key: str) -> Overlay:
+        """The overlay of a scratch inode (keyed by ``Overlay.key``, not by its name: one
+        removed while open keeps its inode, and a new one of the same name gets another)."""
+        overlay = self.scratch.by_key(key) if self.scratch is not None else None
+        if overlay is None:
+            raise fail(errno.ENOENT)
+        return overlay
+
     def _scratch_attr(self, overlay: Overlay) -> pyfuse3.EntryAttributes:
         a = pyfuse3.EntryAttributes()
         a.st_mode = stat.S_IFREG | 0o600
@@ -357,7 +365,7 @@ class EbsfsOperations(pyfuse3.Operations):
         a.st_size = overlay.size
         a.st_mtime_ns = a.st_ctime_ns = a.st_atime_ns = overlay.created_ns
         # Local and cheap to ask: no attribute caching, so a new base's size shows at once.
-        a = self._common(a, self.inodes.number("scratch", overlay.name), 0.0, 0.0)
+        a = self._common(a, self.inodes.number("scratch", overlay.key), 0.0, 0.0)
         a.st_blocks = len(overlay.copied) * (BLOCK_SIZE // 512)
         return a
 
@@ -385,7 +393,7 @@ class EbsfsOperations(pyfuse3.Operations):
                 raise fail(errno.ENOENT)
             return self._link_attr(name, target)
         if kind == "scratch":
-            return self._scratch_attr(self._overlay(name))
+            return self._scratch_attr(self._overlay_of(name))
         if kind in ("partdir", "labeldir"):
             self._owner_of(inode)
             return self._owner_dir_attr(kind, name)
@@ -557,7 +565,10 @@ class EbsfsOperations(pyfuse3.Operations):
         if kind == "scratch":
             if writing and self.config.read_only:
                 raise self._refuse_change()
-            fh = self._new_handle(_Handle(inode, overlay=self._overlay(name)))
+            overlay = self._overlay_of(name)
+            fh = self._new_handle(_Handle(inode, overlay=overlay))
+            if self.scratch is not None:
+                self.scratch.opened(overlay)
             return pyfuse3.FileInfo(fh=fh, keep_cache=False)
         if kind == "part":
             owner, _, number = name.rpartition("\0")
@@ -605,7 +616,10 @@ class EbsfsOperations(pyfuse3.Operations):
             if self.scratch.get(text) is not None:
                 raise fail(errno.EEXIST)
             overlay = await self.scratch.create(text)
-            fh = self._new_handle(_Handle(self.inodes.number("scratch", text), overlay=overlay))
+            fh = self._new_handle(
+                _Handle(self.inodes.number("scratch", overlay.key), overlay=overlay)
+            )
+            self.scratch.opened(overlay)
             return pyfuse3.FileInfo(fh=fh, keep_cache=False), self._scratch_attr(overlay)
         if parent_inode != NEW or self.config.read_only:
             raise self._refuse_change()
@@ -664,6 +678,8 @@ class EbsfsOperations(pyfuse3.Operations):
     @fuse_errors
     async def release(self, fh: int) -> None:
         handle = self.handles.pop(fh, None)
+        if handle is not None and handle.overlay is not None and self.scratch is not None:
+            self.scratch.released(handle.overlay)
         if handle is None or not handle.draft_name:
             return
         self.draft_opens[handle.draft_name] -= 1
@@ -726,7 +742,7 @@ class EbsfsOperations(pyfuse3.Operations):
         if kind == "draft":
             return self._draft(name).xattrs()
         if kind == "scratch" and self.scratch is not None:
-            return self.scratch.xattrs(self._overlay(name))
+            return self.scratch.xattrs(self._overlay_of(name))
         return {}
 
     @fuse_errors
@@ -746,12 +762,12 @@ class EbsfsOperations(pyfuse3.Operations):
     ) -> None:
         entry = self.inodes.entry(inode)
         if entry is not None and entry[0] == "scratch" and self.scratch is not None:
-            overlay, key = self._overlay(entry[1]), os.fsdecode(name)
+            overlay, key = self._overlay_of(entry[1]), os.fsdecode(name)
             if key == XATTR_BASE:
                 await self.scratch.set_base(overlay, value)
             elif key == XATTR_KEEP:
                 await self.scratch.keep(overlay, value, self.newdir)
-                leaf = value.decode(errors="replace").strip().encode()
+                leaf = keep_name(value).encode()
                 with contextlib.suppress(Exception):
                     pyfuse3.invalidate_entry_async(NEW, leaf, ignore_enoent=True)
             else:

@@ -101,11 +101,15 @@ class PartitionTables:
 
     async def read_disk(self, owner: str, offset: int, length: int) -> bytes | memoryview:
         """Bytes of the owner's whole disk, through its own read path."""
+        # Gone meanwhile (rm, a refresh): an error, never zeros, which a scratch overlay of it
+        # would copy under its writes as if they were the disk's.
         if owner.startswith(DRAFT_PREFIX):
             draft = self.newdir.get(owner[len(DRAFT_PREFIX) :])
-            return await draft.read(offset, length) if draft is not None else b""
+            if draft is None:
+                raise NotFoundError(f"{owner} is gone")
+            return await draft.read(offset, length)
         info = self.catalog.snapshots.get(owner)
         if info is None:
-            return b""
+            raise NotFoundError(f"{owner} is gone")
         stack = self.stacks.get(info.snapshot_id, info.volume_size)
         return await read_range(stack, offset, length, info.volume_size << 30)

@@ -47,6 +47,7 @@ import json
 import logging
 import os
 import shutil
+import stat
 import struct
 import uuid
 import zlib
@@ -121,7 +122,9 @@ class SpoolLock:
         naming the holder if another mount has it."""
         try:
             root.mkdir(mode=0o700, parents=True, exist_ok=True)
-            fd = os.open(root / LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            _check_owner(root)
+            flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+            fd = os.open(root / LOCK, flags, 0o600)
         except OSError as exc:
             raise MountError(f"spool {root}: {exc.strerror or exc}") from None
         try:
@@ -151,6 +154,43 @@ class SpoolLock:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+
+def _check_owner(root: Path) -> None:
+    """Refuse a spool another user could change: the daemon (often root) creates, truncates
+    and reads files there, and whoever may rename entries in it could swap in symlinks."""
+    link = os.lstat(root)
+    if stat.S_ISLNK(link.st_mode) and link.st_uid != os.geteuid():
+        # Whoever made it chose the directory the daemon works in (as fs.protected_symlinks).
+        raise MountError(
+            f"spool {root} is a symlink of uid {link.st_uid}, not of this mount's user "
+            f"(uid {os.geteuid()}); give the directory itself"
+        )
+    real = Path(os.path.realpath(root))
+    for above in real.parents:
+        up = os.stat(above)
+        if up.st_uid not in (0, os.geteuid()):
+            raise MountError(
+                f"spool {root}: {above} belongs to uid {up.st_uid}, who could move the spool "
+                "away and put their own in its place; use a directory under one of root's "
+                "or the mount user's"
+            )
+        if up.st_mode & 0o002 and not up.st_mode & stat.S_ISVTX:
+            raise MountError(
+                f"spool {root}: {above} is writable by everyone (and not sticky); use a "
+                "directory under one that is not"
+            )
+    st = os.stat(root)
+    if st.st_uid != os.geteuid():
+        raise MountError(
+            f"spool {root} belongs to uid {st.st_uid}, not to this mount's user "
+            f"(uid {os.geteuid()}); use a directory of its own"
+        )
+    if st.st_mode & 0o022:
+        raise MountError(
+            f"spool {root} is writable by others (mode {st.st_mode & 0o7777:o}); "
+            f"chmod go-w it, or use a directory of the mount's own"
+        )
 
 
 def _holder(text: str) -> str:
@@ -203,8 +243,12 @@ class Spool:
         directory = root / uuid.uuid4().hex
         directory.mkdir(mode=0o700)  # disk images may hold secrets
         spool = cls(directory)
-        spool._open()
-        spool.save_manifest(manifest)
+        try:
+            spool._open()
+            spool.save_manifest(manifest)
+        except BaseException:  # a full disk: no half-made directory is left behind
+            spool.destroy()
+            raise
         return spool
 
     @classmethod
