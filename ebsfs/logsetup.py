@@ -10,11 +10,14 @@ tokens, SigV4 signatures and credentials scopes wherever they appear, and any va
 :func:`register_secret`, so no log line can leak what signs requests.
 """
 
+import errno
+import hashlib
 import logging
 import logging.handlers
 import os
 import re
 import socket
+import stat
 import sys
 import threading
 from typing import TextIO
@@ -231,21 +234,56 @@ def escape_path(path: str) -> str:
     return "".join(out)
 
 
+#: The longest file name most file systems take (NAME_MAX).
+_NAME_MAX = 255
+
+
 def fallback_log_path(name: str) -> str:
     """Where a daemon's log goes when there is no system log: ``NAME.log`` in
-    ``$EBSFS_LOG_DIR``, else /var/log/ebsfs."""
+    ``$EBSFS_LOG_DIR``, else /var/log/ebsfs. A name too long for one file name is cut and
+    ends with a hash of the whole (two long mount points never share a file)."""
     directory = os.environ.get(LOG_DIR_ENV) or FALLBACK_LOG_DIR
-    return os.path.join(directory, f"{escape_path(name)}.log")
+    escaped = escape_path(name)
+    if len(escaped.encode()) + len(".log") > _NAME_MAX:
+        digest = hashlib.sha256(escaped.encode()).hexdigest()[:16]
+        escaped = f"{escaped[:200]}-{digest}"
+    return os.path.join(directory, f"{escaped}.log")
 
 
 def _open_fallback(name: str) -> tuple[TextIO | None, str]:
+    """The fallback log file, opened for appending, or None and why not. Whatever is in the
+    way is not written through: a symlink (the file's or its directory's, unless root or
+    this user made it), a FIFO or device, a file with other links or of another owner."""
     path = fallback_log_path(name)
+    directory = os.path.dirname(path)
+    me = os.geteuid()
     try:
-        os.makedirs(os.path.dirname(path), mode=0o750, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
-        return os.fdopen(fd, "a", buffering=1), path
+        os.makedirs(directory, mode=0o750, exist_ok=True)
+        link = os.lstat(directory)
+        if stat.S_ISLNK(link.st_mode) and link.st_uid not in (0, me):
+            return None, f"{directory}: a symlink of another user, not followed"
+        fd = os.open(
+            path,
+            os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK,
+            0o640,
+        )
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return None, f"{path}: a symlink, not followed"
         return None, f"{path}: {exc.strerror}"
+    info = os.fstat(fd)
+    why = ""
+    if not stat.S_ISREG(info.st_mode):
+        why = "not a regular file"
+    elif info.st_nlink != 1:
+        why = f"a file with {info.st_nlink} links"
+    elif info.st_uid != me:
+        why = f"a file of user {info.st_uid}"
+    if why:
+        os.close(fd)
+        return None, f"{path}: {why}, not written"
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "a", buffering=1), path
 
 
 def describe(handler: logging.Handler) -> str:
