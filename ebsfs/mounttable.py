@@ -272,6 +272,12 @@ def _device(text: str, base: int) -> tuple[int, int] | None:
         return None
 
 
+def _maps_path(field: str) -> str:
+    """A path of /proc/PID/maps as it is named: the kernel writes a newline in it as the four
+    characters ``\\012`` (and nothing else escaped, so the raw field is tried too)."""
+    return field.replace("\\012", "\n")
+
+
 def _process_holders(entry: MountEntry, exclude: set[int]) -> Iterable[str]:
     # A path under the mount point is only a candidate: the directory under the mount (a
     # shell that was in it before the mount) has the same name. The mount id, or the
@@ -304,7 +310,9 @@ def _process_holders(entry: MountEntry, exclude: set[int]) -> Iterable[str]:
         maps = _read(f"/proc/{pid}/maps") or ""
         mapped = (line.split(maxsplit=5) for line in maps.splitlines())
         if any(
-            len(parts) == 6 and _under(parts[5], mountpoint) and _device(parts[3], 16) == device
+            len(parts) == 6
+            and (_under(parts[5], mountpoint) or _under(_maps_path(parts[5]), mountpoint))
+            and _device(parts[3], 16) == device
             for parts in mapped
         ):
             uses.append("mapped file")

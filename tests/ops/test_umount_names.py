@@ -1,0 +1,83 @@
+"""``ebsfs umount`` of mount points whose names the kernel escapes (newline, backslash,
+space, tab): what holds them is still found."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ebsfs import mounttable
+from tests.ops.mounts import ebsfs, ebsfs_env
+from tests.serverproc import LocalServer, upload_image
+
+# ctypes' mmap: Python's mmap module keeps a duplicate of the descriptor open.
+MAP_AND_CLOSE = (
+    "import ctypes, os, sys, time\n"
+    "libc = ctypes.CDLL(None, use_errno=True)\n"
+    "libc.mmap.restype = ctypes.c_void_p\n"
+    "libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,"
+    " ctypes.c_int, ctypes.c_long]\n"
+    "fd = os.open(sys.argv[1], os.O_RDONLY)\n"
+    "addr = libc.mmap(None, 4096, 1, 1, fd, 0)\n"
+    "assert addr not in (None, ctypes.c_void_p(-1).value)\n"
+    "os.close(fd)\n"
+    "ctypes.string_at(addr, 1)\n"
+    "print('mapped', flush=True)\n"
+    "time.sleep(300)\n"
+)
+
+
+def _mounted(path: Path) -> bool:
+    return any(e.mountpoint == str(path) for e in mounttable.mount_table())
+
+
+def _detach(path: Path) -> None:
+    if _mounted(path):
+        subprocess.run(["fusermount3", "-uz", str(path)], capture_output=True, timeout=30)
+    deadline = time.monotonic() + 10
+    while _mounted(path) and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("name", ["plain", "odd\nname\\with \ttabs"])
+def test_a_mapping_holds_a_mount_point_whatever_its_name(
+    server: LocalServer, tmp_path: Path, name: str
+) -> None:
+    """/proc/PID/maps writes a newline in a path as the four characters \\012: a file mapped
+    from such a mount (its descriptor closed) was not seen, the daemon was told to stop, and
+    umount waited for --timeout to end instead of naming the holder."""
+    image = tmp_path / "disk.img"
+    image.write_bytes(os.urandom(1 << 20))
+    snap = upload_image(server.ebs(), server.ec2(), image, name="mapped")
+    env = ebsfs_env(server, tmp_path)
+    mnt = tmp_path / name
+    mnt.mkdir()
+    ebsfs("mount", str(mnt), env=env)
+    holder = None
+    try:
+        holder = subprocess.Popen(
+            [sys.executable, "-c", MAP_AND_CLOSE, str(mnt / snap)],
+            cwd="/",
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert holder.stdout is not None and holder.stdout.readline() == "mapped\n"
+        done = ebsfs("umount", "--timeout", "20", str(mnt), env=env, check=False)
+        assert done.returncode == 6, done.stderr
+        assert "busy" in done.stderr and f"pid {holder.pid}: mapped file" in done.stderr
+        assert _mounted(mnt)
+        holder.kill()
+        holder.wait()
+        holder = None
+        ebsfs("umount", str(mnt), env=env)
+        assert not _mounted(mnt)
+    finally:
+        if holder is not None:
+            holder.kill()
+            holder.wait()
+        _detach(mnt)
