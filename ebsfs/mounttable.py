@@ -264,6 +264,20 @@ def _link_mnt_id(path: str) -> int | None:
         os.close(fd)
 
 
+def fstype_of(path: str) -> str | None:
+    """The file system type of the mount ``path`` (symlinks followed) is on, from the mount
+    table (None: no such path, or its mount is not in this process's table)."""
+    try:
+        fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        mount_id = _fdinfo_mnt_id(f"/proc/self/fdinfo/{fd}")
+    finally:
+        os.close(fd)
+    return next((e.fstype for e in mount_table() if e.mount_id == mount_id), None)
+
+
 def _device(text: str, base: int) -> tuple[int, int] | None:
     major, _, minor = text.partition(":")
     try:
