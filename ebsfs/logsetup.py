@@ -62,6 +62,11 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
         rf"\g<1>{MASK}",
     ),
     (re.compile(r"\b((?:AKIA|ASIA)[A-Z0-9]{4})[A-Z0-9]{12}\b"), rf"\g<1>{MASK}"),
+    # The password of a URL's user information (http://user:PASSWORD@host/).
+    _URL_PASSWORD := (
+        re.compile(r"(\b[a-zA-Z][\w+.-]*://[^\s/:@\"']*:)[^\s/@\"']+@"),
+        rf"\g<1>{MASK}@",
+    ),
 )
 
 _secrets: set[str] = set()
@@ -114,6 +119,17 @@ def redact(text: str) -> str:
     """``text`` with every known secret and secret-shaped value masked."""
     for pattern, replacement in _PATTERNS:
         text = pattern.sub(replacement, text)
+    return _mask_known(text)
+
+
+def redact_message(text: str) -> str:
+    """A command's one-line error with known secrets and URL passwords masked (not every
+    secret shape: 'ExpiredToken: The ...' is a message, not a token)."""
+    pattern, replacement = _URL_PASSWORD
+    return _mask_known(pattern.sub(replacement, text))
+
+
+def _mask_known(text: str) -> str:
     with _secrets_lock:
         known = sorted(_secrets, key=len, reverse=True)
     for secret in known:
