@@ -71,7 +71,9 @@ class DaemonOptions:
 def check_mountpoint(path: str, nonempty: bool = False) -> str:
     """The absolute mount point; MountError if it cannot be mounted on (or, unless
     ``nonempty``, holds files that the mount would hide)."""
-    mountpoint = os.path.abspath(path)
+    # Symlinks resolved: the mount table names the directory mounted on, and the daemon
+    # finds its own mount (and what holds it) there.
+    mountpoint = os.path.realpath(path)
     try:
         st = os.stat(mountpoint)
     except FileNotFoundError:

@@ -4,6 +4,7 @@ space, tab): what holds them is still found."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -81,3 +82,37 @@ def test_a_mapping_holds_a_mount_point_whatever_its_name(
             holder.kill()
             holder.wait()
         _detach(mnt)
+
+
+def test_a_daemon_mounted_through_a_symlink_still_waits_for_its_holders(
+    server: LocalServer, tmp_path: Path
+) -> None:
+    """``ebsfs mount /mnt/link`` with /mnt/link a symlink to the real directory: the mount
+    table names the real directory, the daemon looked its mount up by the link's path, found
+    nothing, and on SIGTERM (systemd's stop) pulled the mount from under a process in it."""
+    env = ebsfs_env(server, tmp_path)
+    real = tmp_path / "real"
+    real.mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    log = tmp_path / "mount.log"
+    ebsfs("mount", str(link), "--log-file", str(log), env=env)
+    holder = None
+    try:
+        assert _mounted(real)
+        pid = int(os.getxattr(real, "user.ebsfs.pid"))
+        holder = subprocess.Popen(["sleep", "300"], cwd=real)
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while "is busy" not in log.read_text() and _mounted(real):
+            assert time.monotonic() < deadline, log.read_text()  # hang guard
+            time.sleep(0.05)
+        assert _mounted(real), log.read_text()
+        assert f"pid {holder.pid}" in log.read_text()
+        assert "new" in os.listdir(real)  # still served
+    finally:
+        if holder is not None:
+            holder.kill()
+            holder.wait()
+        ebsfs("umount", str(real), env=env, check=False)
+        _detach(real)
