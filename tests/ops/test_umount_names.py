@@ -116,3 +116,41 @@ def test_a_daemon_mounted_through_a_symlink_still_waits_for_its_holders(
             holder.wait()
         ebsfs("umount", str(real), env=env, check=False)
         _detach(real)
+
+
+def test_a_daemon_whose_mount_is_covered_by_another_does_not_unmount_that_one(
+    server: LocalServer, tmp_path: Path
+) -> None:
+    """A tmpfs mounted over the ebsfs mount: on SIGTERM the daemon looked at the top mount
+    of its path (the tmpfs: not ebsfs, so 'nothing holds it') and libfuse's unmount of the
+    path, as root, detached the tmpfs instead of its own mount. The tmpfs over it holds the
+    ebsfs mount, as umount(8) would say."""
+    env = ebsfs_env(server, tmp_path)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    log = tmp_path / "mount.log"
+    ebsfs("mount", str(mnt), "--log-file", str(log), env=env)
+    pid = int(os.getxattr(mnt, "user.ebsfs.pid"))
+    covered = False
+    try:
+        subprocess.run(["mount", "-t", "tmpfs", "cover", str(mnt)], check=True, timeout=30)
+        covered = True
+        (mnt / "tmpfs-file").write_text("on the tmpfs")
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while "is busy" not in log.read_text() and "unmounting" not in log.read_text():
+            assert time.monotonic() < deadline, log.read_text()  # hang guard
+            time.sleep(0.05)
+        time.sleep(0.5)
+        assert (mnt / "tmpfs-file").read_text() == "on the tmpfs", log.read_text()
+        assert "is busy" in log.read_text() and f"a mount at {mnt}" in log.read_text()
+    finally:
+        if covered:
+            subprocess.run(["umount", str(mnt)], capture_output=True, timeout=30)
+        if any(e.mountpoint == str(mnt) and e.fstype == "tmpfs"
+               for e in mounttable.mount_table()):
+            subprocess.run(["umount", "-l", str(mnt)], capture_output=True, timeout=30)
+        deadline = time.monotonic() + 30
+        while _mounted(mnt) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        _detach(mnt)
