@@ -35,7 +35,8 @@ _PRIORITY = {
 MASK = "***"
 
 # Shapes of secrets that may end up in a message: header values, query parameters, key=value
-# pairs in configuration dumps, and long-term or temporary access key ids.
+# pairs in configuration dumps, and long-term or temporary access key ids. Runs before a
+# literal are bounded ({0,64}): unbounded, a long line of 'a.a.a.' cost quadratic time.
 _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"(Signature=)[0-9a-fA-F]{16,}"), rf"\g<1>{MASK}"),
     (re.compile(r"(X-Amz-Signature=)[^&\s\"']+", re.I), rf"\g<1>{MASK}"),
@@ -45,7 +46,8 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     # secret, a token or a password (secret_key, aws_secret_access_key, SessionToken, token).
     (
         re.compile(
-            r"(\b[\w.-]*(?:secret[\w-]*|token|password|passwd|passphrase)[\"']?\s*[=:]\s*[\"']?)"
+            r"(\b[\w.-]{0,64}(?:secret[\w-]{0,64}|token|password|passwd|passphrase)"
+            r"[\"']?\s*[=:]\s*[\"']?)"
             r"(?!\*\*\*)[^\s\"',}&;]+",
             re.I,
         ),
@@ -55,7 +57,7 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     # argv printed as a list ('--secret-access-key', 'X').
     (
         re.compile(
-            r"(--[\w-]*(?:secret|token|password|passwd|passphrase)[\w-]*"
+            r"(--[\w-]{0,64}(?:secret|token|password|passwd|passphrase)[\w-]{0,64}"
             r"(?:=|[\"']?,?\s+[\"']?))(?!\*\*\*)(?!--)[^\s\"',}]+",
             re.I,
         ),
@@ -64,7 +66,7 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"\b((?:AKIA|ASIA)[A-Z0-9]{4})[A-Z0-9]{12}\b"), rf"\g<1>{MASK}"),
     # The password of a URL's user information (http://user:PASSWORD@host/).
     _URL_PASSWORD := (
-        re.compile(r"(\b[a-zA-Z][\w+.-]*://[^\s/:@\"']*:)[^\s/@\"']+@"),
+        re.compile(r"(\b[a-zA-Z][\w+.-]{0,31}://[^\s/:@\"']{0,256}:)[^\s/@\"']{1,256}@"),
         rf"\g<1>{MASK}@",
     ),
 )
