@@ -34,6 +34,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import threading
 import time
 import uuid
@@ -196,16 +197,40 @@ def _botocore_endpoint_configured(session: boto3.Session) -> str | None:
     return None
 
 
+#: What a region name looks like (us-east-1, us-gov-west-1, eu-isoe-west-1): anything else
+#: from the instance metadata is not taken as one.
+_REGION_NAME = re.compile(r"[a-z]{2}(?:-[a-z0-9]+)+-[0-9]{1,3}")
+#: The longest the instance metadata may take to name a region, whatever it sends.
+IMDS_DEADLINE = 5.0
+
+
 def instance_region(session: boto3.Session) -> str | None:
     """The region of the EC2 instance this runs on, from its metadata, or None.
 
     botocore's own provider: its timeout and attempts (1 s, 1 by default), the metadata
-    endpoint settings and ``AWS_EC2_METADATA_DISABLED`` apply, so it never waits long.
+    endpoint settings and ``AWS_EC2_METADATA_DISABLED`` apply. Its timeout is per read, so
+    the whole lookup is bounded by :data:`IMDS_DEADLINE` too (an answer dripping a byte at a
+    time is given up, its thread left to end alone), and what it names must look like a
+    region name.
     """
-    try:
-        region = botocore.utils.IMDSRegionProvider(session._session).provide()
-    except (botocore.exceptions.BotoCoreError, OSError, ValueError) as exc:
-        log.debug("instance metadata: no region (%s)", exc)
+    answer: list[str | None] = []
+
+    def provide() -> None:
+        try:
+            answer.append(botocore.utils.IMDSRegionProvider(session._session).provide())
+        except (botocore.exceptions.BotoCoreError, OSError, ValueError) as exc:
+            log.debug("instance metadata: no region (%s)", exc)
+            answer.append(None)
+
+    worker = threading.Thread(target=provide, name="ebsfs-imds", daemon=True)
+    worker.start()
+    worker.join(IMDS_DEADLINE)
+    if not answer:
+        log.warning("instance metadata: no region within %.0f s; not used", IMDS_DEADLINE)
+        return None
+    region = answer[0]
+    if region and not _REGION_NAME.fullmatch(region):
+        log.warning("instance metadata: %.80r is no region name; not used", region)
         return None
     return region or None
 

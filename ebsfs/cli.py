@@ -124,7 +124,7 @@ def _main(argv: Sequence[str] | None) -> int:
     try:
         return int(args.func(args))
     except EbsfsError as exc:
-        print(f"ebsfs: {exc}", file=sys.stderr)
+        print(f"ebsfs: {logsetup.redact_message(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("ebsfs: interrupted", file=sys.stderr)

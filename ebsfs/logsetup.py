@@ -10,11 +10,14 @@ tokens, SigV4 signatures and credentials scopes wherever they appear, and any va
 :func:`register_secret`, so no log line can leak what signs requests.
 """
 
+import errno
+import hashlib
 import logging
 import logging.handlers
 import os
 import re
 import socket
+import stat
 import sys
 import threading
 from typing import TextIO
@@ -32,7 +35,8 @@ _PRIORITY = {
 MASK = "***"
 
 # Shapes of secrets that may end up in a message: header values, query parameters, key=value
-# pairs in configuration dumps, and long-term or temporary access key ids.
+# pairs in configuration dumps, and long-term or temporary access key ids. Runs before a
+# literal are bounded ({0,64}): unbounded, a long line of 'a.a.a.' cost quadratic time.
 _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"(Signature=)[0-9a-fA-F]{16,}"), rf"\g<1>{MASK}"),
     (re.compile(r"(X-Amz-Signature=)[^&\s\"']+", re.I), rf"\g<1>{MASK}"),
@@ -42,7 +46,8 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     # secret, a token or a password (secret_key, aws_secret_access_key, SessionToken, token).
     (
         re.compile(
-            r"(\b[\w.-]*(?:secret[\w-]*|token|password|passwd|passphrase)[\"']?\s*[=:]\s*[\"']?)"
+            r"(\b[\w.-]{0,64}(?:secret[\w-]{0,64}|token|password|passwd|passphrase)"
+            r"[\"']?\s*[=:]\s*[\"']?)"
             r"(?!\*\*\*)[^\s\"',}&;]+",
             re.I,
         ),
@@ -52,13 +57,18 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     # argv printed as a list ('--secret-access-key', 'X').
     (
         re.compile(
-            r"(--[\w-]*(?:secret|token|password|passwd|passphrase)[\w-]*"
+            r"(--[\w-]{0,64}(?:secret|token|password|passwd|passphrase)[\w-]{0,64}"
             r"(?:=|[\"']?,?\s+[\"']?))(?!\*\*\*)(?!--)[^\s\"',}]+",
             re.I,
         ),
         rf"\g<1>{MASK}",
     ),
     (re.compile(r"\b((?:AKIA|ASIA)[A-Z0-9]{4})[A-Z0-9]{12}\b"), rf"\g<1>{MASK}"),
+    # The password of a URL's user information (http://user:PASSWORD@host/).
+    _URL_PASSWORD := (
+        re.compile(r"(\b[a-zA-Z][\w+.-]{0,31}://[^\s/:@\"']{0,256}:)[^\s/@\"']{1,256}@"),
+        rf"\g<1>{MASK}@",
+    ),
 )
 
 _secrets: set[str] = set()
@@ -111,6 +121,17 @@ def redact(text: str) -> str:
     """``text`` with every known secret and secret-shaped value masked."""
     for pattern, replacement in _PATTERNS:
         text = pattern.sub(replacement, text)
+    return _mask_known(text)
+
+
+def redact_message(text: str) -> str:
+    """A command's one-line error with known secrets and URL passwords masked (not every
+    secret shape: 'ExpiredToken: The ...' is a message, not a token)."""
+    pattern, replacement = _URL_PASSWORD
+    return _mask_known(pattern.sub(replacement, text))
+
+
+def _mask_known(text: str) -> str:
     with _secrets_lock:
         known = sorted(_secrets, key=len, reverse=True)
     for secret in known:
@@ -231,21 +252,56 @@ def escape_path(path: str) -> str:
     return "".join(out)
 
 
+#: The longest file name most file systems take (NAME_MAX).
+_NAME_MAX = 255
+
+
 def fallback_log_path(name: str) -> str:
     """Where a daemon's log goes when there is no system log: ``NAME.log`` in
-    ``$EBSFS_LOG_DIR``, else /var/log/ebsfs."""
+    ``$EBSFS_LOG_DIR``, else /var/log/ebsfs. A name too long for one file name is cut and
+    ends with a hash of the whole (two long mount points never share a file)."""
     directory = os.environ.get(LOG_DIR_ENV) or FALLBACK_LOG_DIR
-    return os.path.join(directory, f"{escape_path(name)}.log")
+    escaped = escape_path(name)
+    if len(escaped.encode()) + len(".log") > _NAME_MAX:
+        digest = hashlib.sha256(escaped.encode()).hexdigest()[:16]
+        escaped = f"{escaped[:200]}-{digest}"
+    return os.path.join(directory, f"{escaped}.log")
 
 
 def _open_fallback(name: str) -> tuple[TextIO | None, str]:
+    """The fallback log file, opened for appending, or None and why not. Whatever is in the
+    way is not written through: a symlink (the file's or its directory's, unless root or
+    this user made it), a FIFO or device, a file with other links or of another owner."""
     path = fallback_log_path(name)
+    directory = os.path.dirname(path)
+    me = os.geteuid()
     try:
-        os.makedirs(os.path.dirname(path), mode=0o750, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
-        return os.fdopen(fd, "a", buffering=1), path
+        os.makedirs(directory, mode=0o750, exist_ok=True)
+        link = os.lstat(directory)
+        if stat.S_ISLNK(link.st_mode) and link.st_uid not in (0, me):
+            return None, f"{directory}: a symlink of another user, not followed"
+        fd = os.open(
+            path,
+            os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK,
+            0o640,
+        )
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return None, f"{path}: a symlink, not followed"
         return None, f"{path}: {exc.strerror}"
+    info = os.fstat(fd)
+    why = ""
+    if not stat.S_ISREG(info.st_mode):
+        why = "not a regular file"
+    elif info.st_nlink != 1:
+        why = f"a file with {info.st_nlink} links"
+    elif info.st_uid != me:
+        why = f"a file of user {info.st_uid}"
+    if why:
+        os.close(fd)
+        return None, f"{path}: {why}, not written"
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "a", buffering=1), path
 
 
 def describe(handler: logging.Handler) -> str:

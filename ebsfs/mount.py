@@ -71,7 +71,9 @@ class DaemonOptions:
 def check_mountpoint(path: str, nonempty: bool = False) -> str:
     """The absolute mount point; MountError if it cannot be mounted on (or, unless
     ``nonempty``, holds files that the mount would hide)."""
-    mountpoint = os.path.abspath(path)
+    # Symlinks resolved: the mount table names the directory mounted on, and the daemon
+    # finds its own mount (and what holds it) there.
+    mountpoint = os.path.realpath(path)
     try:
         st = os.stat(mountpoint)
     except FileNotFoundError:
@@ -175,11 +177,15 @@ async def _serve(
             pyfuse3.init(ops, config.mountpoint, fuse_options(config))
         except RuntimeError as exc:
             raise MountError(f"cannot mount {config.mountpoint}: {exc}") from None
+        # Ours is the top mount at the path right now; later another may cover it.
+        own = mounttable.top_mount(config.mountpoint)
         unmounted = False
         try:
             stopping = trio.Event()
             nursery.start_soon(catalog.refresher)
-            nursery.start_soon(_signals, config.mountpoint, stopping)
+            nursery.start_soon(
+                _signals, config.mountpoint, stopping, own.mount_id if own else None
+            )
             nursery.start_soon(_trim_memory, config.cache_size + TRIM_SLACK)
             nursery.start_soon(
                 _announce_when_answering, config.mountpoint, ready, config.read_ahead, stopping
@@ -206,15 +212,20 @@ async def _serve(
 BUSY_RECHECK = 1.0
 
 
-def _holders(mountpoint: str) -> list[str]:
-    """What keeps our mount busy (nothing once it is detached from the mount table)."""
-    entry = mounttable.top_mount(mountpoint)
+def _holders(mountpoint: str, mount_id: int | None) -> list[str]:
+    """What keeps our mount (``mount_id``) busy, a mount over it included; nothing once it
+    is detached from the mount table. Not whatever is on top at the path: another mount
+    there would be unmounted in its place."""
+    table = mounttable.mount_table()
+    entry = next((e for e in table if e.mount_id == mount_id), None)
+    if mount_id is None:
+        entry = mounttable.top_mount(mountpoint, table)
     if entry is None or entry.fstype != mounttable.FSTYPE:
         return []
     return mounttable.holders(mountpoint, entry, {os.getpid()})
 
 
-async def _signals(mountpoint: str, stopping: trio.Event) -> None:
+async def _signals(mountpoint: str, stopping: trio.Event, mount_id: int | None = None) -> None:
     # libfuse's unmount is lazy: stopping while a loop device or a process holds the mount
     # would leave them with I/O errors. SIGTERM and SIGHUP therefore wait until it is free
     # (as umount(8) refuses); SIGINT, or `ebsfs umount --lazy`, which detaches it first,
@@ -223,28 +234,30 @@ async def _signals(mountpoint: str, stopping: trio.Event) -> None:
         async for signum in signals:
             name = signal.Signals(signum).name
             if signum != signal.SIGINT:
-                held = await trio.to_thread.run_sync(_holders, mountpoint)
+                held = await trio.to_thread.run_sync(_holders, mountpoint, mount_id)
                 if held:
                     log.warning(
                         "%s: %s is busy, held by: %s; unmounting once it is free "
                         "(SIGINT or `ebsfs umount --lazy` to stop now)",
                         name, mountpoint, "; ".join(held[:5]),
                     )
-                    name = await _until_free(mountpoint, signals) or name
+                    name = await _until_free(mountpoint, mount_id, signals) or name
             log.info("%s: unmounting %s", name, mountpoint)
             stopping.set()
             pyfuse3.terminate()
             return
 
 
-async def _until_free(mountpoint: str, signals: AsyncIterator[int]) -> str | None:
+async def _until_free(
+    mountpoint: str, mount_id: int | None, signals: AsyncIterator[int]
+) -> str | None:
     """Return once nothing holds the mount, or with "SIGINT" when one arrives first."""
     while True:
         with trio.move_on_after(BUSY_RECHECK):
             async for signum in signals:
                 if signum == signal.SIGINT:
                     return "SIGINT"
-        if not await trio.to_thread.run_sync(_holders, mountpoint):
+        if not await trio.to_thread.run_sync(_holders, mountpoint, mount_id):
             return None
 
 

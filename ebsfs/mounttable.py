@@ -264,12 +264,32 @@ def _link_mnt_id(path: str) -> int | None:
         os.close(fd)
 
 
+def fstype_of(path: str) -> str | None:
+    """The file system type of the mount ``path`` (symlinks followed) is on, from the mount
+    table (None: no such path, or its mount is not in this process's table)."""
+    try:
+        fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        mount_id = _fdinfo_mnt_id(f"/proc/self/fdinfo/{fd}")
+    finally:
+        os.close(fd)
+    return next((e.fstype for e in mount_table() if e.mount_id == mount_id), None)
+
+
 def _device(text: str, base: int) -> tuple[int, int] | None:
     major, _, minor = text.partition(":")
     try:
         return int(major, base), int(minor, base)
     except ValueError:
         return None
+
+
+def _maps_path(field: str) -> str:
+    """A path of /proc/PID/maps as it is named: the kernel writes a newline in it as the four
+    characters ``\\012`` (and nothing else escaped, so the raw field is tried too)."""
+    return field.replace("\\012", "\n")
 
 
 def _process_holders(entry: MountEntry, exclude: set[int]) -> Iterable[str]:
@@ -304,7 +324,9 @@ def _process_holders(entry: MountEntry, exclude: set[int]) -> Iterable[str]:
         maps = _read(f"/proc/{pid}/maps") or ""
         mapped = (line.split(maxsplit=5) for line in maps.splitlines())
         if any(
-            len(parts) == 6 and _under(parts[5], mountpoint) and _device(parts[3], 16) == device
+            len(parts) == 6
+            and (_under(parts[5], mountpoint) or _under(_maps_path(parts[5]), mountpoint))
+            and _device(parts[3], 16) == device
             for parts in mapped
         ):
             uses.append("mapped file")

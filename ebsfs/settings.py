@@ -140,7 +140,7 @@ def _strings(value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
-_SNAPSHOT_ID = re.compile(r"^snap-[0-9a-f]{8,17}$")
+_SNAPSHOT_ID = re.compile(r"^snap-[0-9a-f]{8,17}\Z")
 
 
 def _snapshot_ids(value: Any) -> tuple[str, ...]:

@@ -15,14 +15,14 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol, TextIO
 
-from ebsfs import settings
+from ebsfs import mounttable, settings
 from ebsfs.api import Api
 from ebsfs.cli import add_aws_options
 from ebsfs.errors import ApiError, EbsfsError, InvalidTokenError, NotFoundError, UsageError
 from ebsfs.sizes import format_size
 from ebsfs.types import BLOCK_SIZE
 
-SNAPSHOT_ID = re.compile(r"^snap-[0-9a-f]{8,17}$")
+SNAPSHOT_ID = re.compile(r"^snap-[0-9a-f]{8,17}\Z")
 
 #: How long a 404 from two snapshots EC2 calls completed is treated as AWS's read-readiness
 #: lag (reads can fail for up to about a minute after completion) rather than an answer.
@@ -195,11 +195,17 @@ def resolve(api: Any, text: str) -> str:
         raise UsageError(f"not a snapshot id: {text!r} (expected snap-<hex>)")
     if "/" in text or os.path.exists(text):
         try:
-            found = os.getxattr(text, ID_XATTR).decode()
+            found = os.getxattr(text, ID_XATTR).decode(errors="replace")
         except OSError as exc:
             raise UsageError(
                 f"{text}: not a snapshot file of an ebsfs mount ({exc.strerror})"
             ) from None
+        # Anyone may set the attribute on a file of their own: only a mount's answer counts.
+        fstype = mounttable.fstype_of(text)
+        if fstype != mounttable.FSTYPE:
+            raise UsageError(
+                f"{text}: not a snapshot file of an ebsfs mount (it is on {fstype or 'no mount'})"
+            )
         if not SNAPSHOT_ID.match(found):
             raise UsageError(f"{text}: not a completed snapshot (no snapshot id yet)")
         return found

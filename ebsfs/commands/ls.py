@@ -12,6 +12,7 @@ from ebsfs import settings
 from ebsfs.api import Api, SnapshotInfo
 from ebsfs.cli import add_aws_options
 from ebsfs.errors import UsageError
+from ebsfs.mounttable import printable
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -81,21 +82,22 @@ def _iso(epoch: float) -> str:
 def table(infos: list[SnapshotInfo]) -> str:
     """The table ``ebsfs ls`` prints."""
     header = ("SNAPSHOT", "STATE", "TIER", "SIZE", "NAME", "PARENT", "PROGRESS", "STARTED")
-    rows = [header]
+    rows: list[tuple[str, ...]] = [header]
     for i in sorted(infos, key=lambda i: (i.start_time, i.snapshot_id)):
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(i.start_time))
-        rows.append(
-            (
-                i.snapshot_id,
-                i.state,
-                i.storage_tier,
-                f"{i.volume_size} GiB",
-                i.name or "-",
-                i.parent or "-",
-                i.progress or "-",
-                started + "Z",
-            )
+        # Whoever may tag a snapshot (or answer for the endpoint) must not drive the
+        # terminal or forge rows: control characters are escaped.
+        cells = (
+            i.snapshot_id,
+            i.state,
+            i.storage_tier,
+            f"{i.volume_size} GiB",
+            i.name or "-",
+            i.parent or "-",
+            i.progress or "-",
+            started + "Z",
         )
+        rows.append(tuple(printable(cell) for cell in cells))
     widths = [max(len(r[c]) for r in rows) for c in range(len(header))]
     return "\n".join(
         "  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows

@@ -16,7 +16,7 @@ from collections.abc import Callable
 import trio
 from cachetools import LRUCache
 
-from ebsfs.errors import EbsfsError
+from ebsfs.errors import ApiError, EbsfsError
 from ebsfs.store.remote import BlockApi, Calls
 
 log = logging.getLogger(__name__)
@@ -73,11 +73,25 @@ class BlockCounts:
                 self._queued.discard(snapshot_id)
 
     async def _count(self, snapshot_id: str) -> int:
+        # Indexes come in ascending order: one not above the last seen (a page listed again)
+        # or a page token given before (a loop, even of empty pages) means no progress.
         total = 0
+        last = -1
         token: str | None = None
+        tokens: set[str] = set()
         while True:
             page = await self.calls.run(self.api.list_blocks, snapshot_id, 0, 10000, token)
+            for index, _ in page.blocks:
+                if index <= last:
+                    raise ApiError(
+                        f"ListSnapshotBlocks listed block {index} again (after block {last})"
+                    )
+                last = index
             total += len(page.blocks)
+            if page.next_token in tokens:
+                raise ApiError("ListSnapshotBlocks returned a page token it had given before")
             token = page.next_token
+            if token:
+                tokens.add(token)
             if not token:
                 return total

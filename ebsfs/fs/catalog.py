@@ -33,7 +33,7 @@ from ebsfs.store.remote import Calls
 
 log = logging.getLogger(__name__)
 
-SNAPSHOT_ID_RE = re.compile(r"^snap-[0-9a-f]{8,17}$")
+SNAPSHOT_ID_RE = re.compile(r"^snap-[0-9a-f]{8,17}\Z")
 #: A lookup of an unknown snapshot id asks EC2 at most this often per id.
 UNKNOWN_LOOKUP_INTERVAL = 2.0
 #: How long a snapshot sealed through new/ may answer 404 before it is given up on.

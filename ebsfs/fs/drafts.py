@@ -84,7 +84,7 @@ SEAL_FAULT_ENV = "EBSFS_TEST_SEAL_FAULT"
 
 DRAFT, PENDING, SEALING, COMPLETED, ERROR = "draft", "pending", "sealing", "completed", "error"
 XATTR = "user.ebsfs."
-_SNAP_RE = re.compile(r"^snap-[0-9a-f]{8,17}$")
+_SNAP_RE = re.compile(r"^snap-[0-9a-f]{8,17}\Z")
 _MAX_TAGS = 50
 
 

@@ -21,6 +21,8 @@ _EXTENDED = frozenset({0x05, 0x0F, 0x85})
 #: Bounds against hostile tables: GPT entries read (bytes), logical partitions followed.
 MAX_GPT_ENTRY_BYTES = 1 << 20
 MAX_LOGICAL = 128
+#: EBRs read in one chain, empty links included (each costs a read; Linux stops at 100).
+MAX_EBRS = 2 * MAX_LOGICAL
 
 Reader = Callable[[int, int], Awaitable[bytes | memoryview]]
 
@@ -92,7 +94,12 @@ async def _logical(read: Reader, extended: int, disk_size: int) -> list[Partitio
     out: list[Partition] = []
     seen: set[int] = set()
     ebr = extended
-    while len(out) < MAX_LOGICAL and ebr not in seen and ebr * SECTOR < disk_size:
+    while (
+        len(out) < MAX_LOGICAL
+        and len(seen) < MAX_EBRS
+        and ebr not in seen
+        and ebr * SECTOR < disk_size
+    ):
         seen.add(ebr)
         sector = bytes(await read(ebr * SECTOR, SECTOR))
         if sector[510:512] != _MBR_SIGNATURE:
