@@ -39,6 +39,7 @@ import trio
 
 from ebsfs.api import BlockPage
 from ebsfs.errors import (
+    RETRY,
     ApiError,
     BackendUnavailableError,
     ChecksumError,
@@ -85,8 +86,6 @@ def endpoint_answered(exc: BaseException) -> bool:
     if isinstance(exc, BackendUnavailableError):
         return False
     if isinstance(exc, ApiError) and not isinstance(exc, InvalidTokenError):
-        if "Throttl" in exc.code or "SlowDown" in exc.code:
-            return True
         return not (exc.code == "IncompleteBody" or exc.status >= 500)
     return isinstance(exc, EbsfsError)
 
@@ -459,11 +458,8 @@ class TokenWindows:
 
 
 def _retryable(exc: EbsfsError) -> bool:
-    if isinstance(exc, BackendUnavailableError):
-        return True
-    if isinstance(exc, ApiError) and not isinstance(exc, InvalidTokenError):
-        return exc.code == "IncompleteBody" or exc.status >= 500 or "Throttl" in exc.code
-    return False
+    # One classification (ebsfs.errors.classify): throttling, quotas (402), 5xx, transient.
+    return exc.kind == RETRY and not isinstance(exc, InvalidTokenError)
 
 
 class RemoteBlocks:
