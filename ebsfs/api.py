@@ -251,7 +251,10 @@ def _convert(exc: Exception, what: str) -> EbsfsError:
         elif kind == GONE:
             result = NotFoundError(text)
         elif kind == DEPENDENCY:
-            return DependencyMissingError(text, code, reason, status)
+            # Said plainly: the snapshot is there, a KMS key (or grant) it needs is not.
+            return DependencyMissingError(
+                f"{text} (a KMS key or grant the snapshot needs is missing; not retried)",
+                code, reason, status)
         elif reason in _TOKEN_REASONS:
             return InvalidTokenError(text, code, reason, status)
         elif code in _BAD_VALUE_CODES:
