@@ -119,6 +119,8 @@ class SnapshotInfo:
     storage_tier: str = "standard"
     #: Set for an Outposts local snapshot, which the EBS direct APIs cannot read either.
     outpost_arn: str = ""
+    #: Epoch seconds EC2 says it completed (0: not completed, or not said).
+    completion_time: float = 0.0
 
     @property
     def name(self) -> str:
@@ -327,6 +329,7 @@ def _ec2_info(item: dict[str, Any]) -> SnapshotInfo:
         parent=_tags(item.get("Tags")).get(PARENT_TAG, ""),
         storage_tier=str(item.get("StorageTier") or "standard"),
         outpost_arn=str(item.get("OutpostArn") or ""),
+        completion_time=_epoch(item.get("CompletionTime")),
     )
 
 

@@ -12,10 +12,11 @@ its SHA256 check is fetched again, a bounded number of times, then the read fail
 ChecksumError and one log line. ``read_verified`` also hands up the digest the block was
 checked against, for a layer above that keeps blocks and would otherwise hash them again. A
 snapshot that completed moments ago may answer 404 for up to a minute (ebs-direct-api.md
-§4.4): such answers are retried until ``not_found_grace`` seconds after this layer was
-created. Connection failures and 5xx answers were already retried by botocore (bounded); what
-it gives up on is retried here with back-off until the endpoint has not answered any call of
-the mount for ``io_timeout`` seconds (``Health``, one clock per mount), or at most four times
+§4.4): such answers are retried until ``not_found_grace`` (3 minutes) after its completion
+(``seen_completed``: DescribeSnapshots' CompletionTime, or the moment ebsfs saw it complete),
+or after this layer was created when that is unknown. Connection failures and 5xx answers
+were already retried by botocore (bounded); what it gives up on is retried here with
+back-off until the endpoint has not answered any call of the mount for ``io_timeout`` seconds (``Health``, one clock per mount), or at most four times
 that (a backend that only throttles), then the read fails (EIO at the FUSE edge). Every call
 is bounded by that clock even when its thread hangs (``Calls``), calls fail at once while the
 endpoint is known down, and one probe task marks it up again: nothing hangs, reads resume
@@ -401,7 +402,7 @@ class RemoteTuning:
     # not answered any call of the mount for this long (Health), and never for longer than
     # four times this.
     io_timeout: float = 30.0
-    not_found_grace: float = 60.0
+    not_found_grace: float = 180.0  # READ_LAG_GRACE
     backoff: float = 0.2  # first pause between our own retries; doubles, capped at 5 s
 
 
@@ -455,6 +456,30 @@ class TokenWindows:
 
     def __len__(self) -> int:
         return len(self._lru)
+
+
+#: How long a 404 of a completed snapshot is taken for AWS's read lag, counted from its
+#: completion: lags up to 53 s were observed (ebs-direct-api.md §4.4); three minutes of margin.
+READ_LAG_GRACE = 180.0
+
+#: Snapshot id -> epoch seconds of its completion, as far as this process knows (a few bytes
+#: per snapshot this mount saw complete or listed).
+_completed_at: dict[str, float] = {}
+
+
+def seen_completed(snapshot_id: str, when: float | None = None) -> None:
+    """Record that ``snapshot_id`` completed at ``when`` (epoch seconds; now if unknown):
+    the read lag's grace counts from it. The earliest time known stays."""
+    when = when or time.time()
+    known = _completed_at.get(snapshot_id)
+    if known is None or when < known:
+        _completed_at[snapshot_id] = when
+
+
+def since_completion(snapshot_id: str, since_first_sight: float) -> float:
+    """Seconds since ``snapshot_id`` completed, else ``since_first_sight``."""
+    known = _completed_at.get(snapshot_id)
+    return since_first_sight if known is None else time.time() - known
 
 
 def _retryable(exc: EbsfsError) -> bool:
@@ -622,7 +647,8 @@ class RemoteBlocks:
                 fresh = True
                 continue
             except NotFoundError as exc:
-                if trio.current_time() - self._created >= t.not_found_grace:
+                since = since_completion(self.snapshot_id, trio.current_time() - self._created)
+                if since >= t.not_found_grace:
                     log.error("snapshot %s block %d unreadable: %s", self.snapshot_id, index, exc)
                     raise EbsfsError(f"snapshot {self.snapshot_id} not readable: {exc}") from exc
                 fresh = True
@@ -670,4 +696,14 @@ def blocks_for(volume_gib: int) -> int:
     return volume_gib * ((1 << 30) // BLOCK_SIZE)
 
 
-__all__ = ["BlockApi", "Calls", "RemoteBlocks", "RemoteTuning", "TokenWindows", "blocks_for"]
+__all__ = [
+    "READ_LAG_GRACE",
+    "BlockApi",
+    "Calls",
+    "RemoteBlocks",
+    "RemoteTuning",
+    "TokenWindows",
+    "blocks_for",
+    "seen_completed",
+    "since_completion",
+]
