@@ -16,9 +16,9 @@ snapshot that completed moments ago may answer 404 for up to a minute (ebs-direc
 (``seen_completed``: DescribeSnapshots' CompletionTime, or the moment ebsfs saw it complete),
 or after this layer was created when that is unknown. Connection failures and 5xx answers
 were already retried by botocore (bounded); what it gives up on is retried here with
-back-off until the endpoint has not answered any call of the mount for ``io_timeout`` seconds (``Health``, one clock per mount), or at most four times
-that (a backend that only throttles), then the read fails (EIO at the FUSE edge). Every call
-is bounded by that clock even when its thread hangs (``Calls``), calls fail at once while the
+back-off until the endpoint has not answered any call of the mount for ``io_timeout``
+seconds (``Health``, one clock per mount), or at most four times that (a backend that only
+throttles), then the read fails (EIO at the FUSE edge). Every call is bounded by that clock even when its thread hangs (``Calls``), calls fail at once while the
 endpoint is known down, and one probe task marks it up again: nothing hangs, reads resume
 without a remount, and throttling alone is never an error.
 """
