@@ -18,9 +18,10 @@ or after this layer was created when that is unknown. Connection failures and 5x
 were already retried by botocore (bounded); what it gives up on is retried here with
 back-off until the endpoint has not answered any call of the mount for ``io_timeout``
 seconds (``Health``, one clock per mount), or at most four times that (a backend that only
-throttles), then the read fails (EIO at the FUSE edge). Every call is bounded by that clock even when its thread hangs (``Calls``), calls fail at once while the
-endpoint is known down, and one probe task marks it up again: nothing hangs, reads resume
-without a remount, and throttling alone is never an error.
+throttles), then the read fails (EIO at the FUSE edge). Every call is bounded by that clock
+even when its thread hangs (``Calls``), calls fail at once while the endpoint is known down,
+and one probe task marks it up again: nothing hangs, reads resume without a remount, and
+throttling alone is never an error.
 """
 
 from __future__ import annotations
