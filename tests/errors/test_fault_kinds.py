@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.mounting import MountProc
+from tests.mounting import MountProc, ebsfs
 from tests.serverproc import LocalServer
 from tests.write.helpers import download, seal, sh
 
@@ -71,6 +71,11 @@ def test_a_missing_kms_key_fails_the_fsync_and_starts_no_new_snapshot(tmp_path: 
                 assert info.value.errno == errno.EIO
             finally:
                 os.close(fd)
+            # The seal fails too, saying why, and does not start over in a new snapshot.
+            done = ebsfs("complete", str(target), env=server.env(), timeout=120)
+            assert done.returncode != 0
+            assert "KMS key" in done.stderr and "Traceback" not in done.stderr, done.stderr
+            assert "is gone" not in done.stderr, done.stderr
         finally:
             m.stop()
         assert "DEPENDENCY_RESOURCE_NOT_FOUND" in m.log_text()
