@@ -12,11 +12,21 @@ from typing import Any
 
 import botocore.exceptions
 import pytest
+import trio
 
 from ebsfs.commands import diff
-from ebsfs.errors import NotFoundError
-from ebsfs.store.remote import READ_LAG_GRACE, seen_completed, since_completion
+from ebsfs.errors import EbsfsError, NotFoundError
+from ebsfs.store.remote import (
+    READ_LAG_GRACE,
+    Calls,
+    RemoteBlocks,
+    RemoteTuning,
+    seen_completed,
+    since_completion,
+)
+from ebsfs.types import BlockIndex
 from tests.mounting import MountProc, ebsfs
+from tests.read.fakes import FakeBlockApi, block_of
 from tests.serverproc import LocalServer, list_blocks, upload_image
 from tests.write.helpers import seal, sh
 
@@ -113,3 +123,27 @@ def test_the_grace_is_at_least_three_minutes_and_counts_from_completion() -> Non
     assert 99 <= since_completion("snap-0ccc", 7.0) <= 200
     seen_completed("snap-0ccc")  # seen later: the earliest stays
     assert since_completion("snap-0ccc", 7.0) >= 99
+
+
+def _remote(api: FakeBlockApi, snapshot_id: str) -> RemoteBlocks:
+    return RemoteBlocks(api, Calls(trio.CapacityLimiter(4)), snapshot_id, api.volume_gib * 2048,
+                        tuning=RemoteTuning(backoff=0.01))
+
+
+def test_reads_count_the_grace_from_the_completion() -> None:
+    # Completed an hour ago: a 404 is an answer at once, not 3 minutes later.
+    old = FakeBlockApi({0: block_of(0)})
+    old.not_found_until = time.time() + 1000
+    seen_completed("snap-0ddd", time.time() - 3600)
+    # Completed just now: the 404s of the lag are waited out.
+    fresh = FakeBlockApi({0: block_of(0)})
+    fresh.not_found_until = time.time() + 0.5
+    seen_completed("snap-0dde")
+
+    async def main() -> None:
+        with trio.fail_after(30):
+            with pytest.raises(EbsfsError, match="not readable"):
+                await _remote(old, "snap-0ddd").read_block(BlockIndex(0))
+            assert await _remote(fresh, "snap-0dde").read_block(BlockIndex(0)) == block_of(0)
+
+    trio.run(main)
