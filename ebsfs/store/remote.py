@@ -88,6 +88,8 @@ def endpoint_answered(exc: BaseException) -> bool:
     if isinstance(exc, BackendUnavailableError):
         return False
     if isinstance(exc, ApiError) and not isinstance(exc, InvalidTokenError):
+        if "Throttl" in exc.code or exc.code in ("SlowDown", "RequestLimitExceeded"):
+            return True
         return not (exc.code == "IncompleteBody" or exc.status >= 500)
     return isinstance(exc, EbsfsError)
 
