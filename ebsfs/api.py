@@ -59,15 +59,20 @@ from ebsfs.config import (
     AwsConfig,
 )
 from ebsfs.errors import (
+    DENIED,
+    DEPENDENCY,
+    GONE,
     AccessDeniedError,
     ApiError,
     BackendUnavailableError,
     ChecksumError,
+    DependencyMissingError,
     EbsfsError,
     InvalidTokenError,
     InvalidValueError,
     NotFoundError,
     UsageError,
+    classify,
 )
 from ebsfs.types import BLOCK_SIZE
 
@@ -79,29 +84,10 @@ __all__ = ["Api", "BlockPage", "ChangedPage", "SnapshotInfo", "resolve_endpoints
 MIN_LIST_RESULTS = 100
 MAX_LIST_RESULTS = 10000
 
-_ACCESS_CODES = frozenset(
-    {
-        "AccessDeniedException",
-        "AccessDenied",
-        "UnauthorizedOperation",
-        "AuthFailure",
-        "InvalidSignatureException",
-        "SignatureDoesNotMatch",
-        "UnrecognizedClientException",
-        "InvalidClientTokenId",
-        "MissingAuthenticationToken",
-        "MissingAuthenticationTokenException",
-        "IncompleteSignatureException",
-        "ExpiredToken",
-        "ExpiredTokenException",
-        "OptInRequired",
-    }
-)
 #: The tag in which ebsfs records a snapshot's parent at StartSnapshot (DescribeSnapshots has
 #: no parent field; this is where AWS keeps it for us).
 PARENT_TAG = "ebsfs:parent"
 
-_NOT_FOUND_CODES = frozenset({"ResourceNotFoundException", "InvalidSnapshot.NotFound"})
 _TOKEN_REASONS = frozenset({"INVALID_BLOCK_TOKEN", "INVALID_PAGE_TOKEN"})
 _BAD_VALUE_CODES = frozenset({"InvalidParameterValue", "InvalidSnapshot.Malformed"})
 #: The snapshot ``Api.probe`` asks about: any answer for it (404, 400, 403) shows the endpoint
@@ -134,6 +120,8 @@ class SnapshotInfo:
     storage_tier: str = "standard"
     #: Set for an Outposts local snapshot, which the EBS direct APIs cannot read either.
     outpost_arn: str = ""
+    #: Epoch seconds EC2 says it completed (0: not completed, or not said).
+    completion_time: float = 0.0
 
     @property
     def name(self) -> str:
@@ -280,17 +268,28 @@ def _convert(exc: Exception, what: str) -> EbsfsError:
     if isinstance(exc, botocore.exceptions.ClientError):
         code, reason, message, status = _error_fields(exc)
         text = f"{what}: {code}{' ' + reason if reason else ''}: {message or 'no message'}"
-        if code in _ACCESS_CODES or status == 403:
+        # The kind (ebsfs.errors.classify) decides; the class follows it, for the errno.
+        kind = classify(code, reason, status, message)
+        result: EbsfsError
+        if kind == DENIED:
             if code == "InvalidSignatureException" and "checksum" in message.lower():
                 return ChecksumError(text)
-            return AccessDeniedError(text)
-        if code in _NOT_FOUND_CODES or status == 404:
-            return NotFoundError(text)
-        if reason in _TOKEN_REASONS:
+            result = AccessDeniedError(text)
+        elif kind == GONE:
+            result = NotFoundError(text)
+        elif kind == DEPENDENCY:
+            # Said plainly: the snapshot is there, a KMS key (or grant) it needs is not.
+            return DependencyMissingError(
+                f"{text} (a KMS key or grant the snapshot needs is missing; not retried)",
+                code, reason, status)
+        elif reason in _TOKEN_REASONS:
             return InvalidTokenError(text, code, reason, status)
-        if code in _BAD_VALUE_CODES:
-            return InvalidValueError(text)
-        return ApiError(text, code, reason, status)
+        elif code in _BAD_VALUE_CODES:
+            result = InvalidValueError(text)
+        else:
+            return ApiError(text, code, reason, status)
+        result.kind = kind
+        return result
     if isinstance(
         exc, botocore.exceptions.NoCredentialsError | botocore.exceptions.PartialCredentialsError
     ):
@@ -355,6 +354,7 @@ def _ec2_info(item: dict[str, Any]) -> SnapshotInfo:
         parent=_tags(item.get("Tags")).get(PARENT_TAG, ""),
         storage_tier=str(item.get("StorageTier") or "standard"),
         outpost_arn=str(item.get("OutpostArn") or ""),
+        completion_time=_epoch(item.get("CompletionTime")),
     )
 
 

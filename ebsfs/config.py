@@ -99,3 +99,8 @@ class ServerConfig:
     #: A second account (access key id, secret, account id) whose snapshots the server
     #: also holds, to test sharing (``--second-account``; docs/server.md).
     second_account: tuple[str, str, str] | None = None
+    #: ``--fault REASON:RATE`` pairs: named AWS errors at a share of requests (docs/server.md).
+    faults: tuple[tuple[str, float], ...] = ()
+    #: Seconds after ``completed`` during which the direct APIs still answer 404
+    #: SNAPSHOT_NOT_FOUND, as AWS does for up to about a minute (``--read-lag``).
+    read_lag: float = 0.0

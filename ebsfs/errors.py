@@ -13,16 +13,97 @@ The CLI prints ``ebsfs: <message>`` and exits with ``exit_code``: no traceback.
     ├── MountError                  EIO    exit 6   FUSE unavailable, bad or busy mount point
     ├── SnapshotFailedError         EIO    exit 7   AWS moved the snapshot to ``error``
     ├── ApiError                    EIO    exit 1   any other AWS error (code, reason kept)
-    │   └── InvalidTokenError       EIO             a block or page token AWS no longer accepts
+    │   ├── InvalidTokenError       EIO             a block or page token AWS no longer accepts
+    │   └── DependencyMissingError  EIO    exit 1   a KMS key (or grant) AWS needs is missing
     ├── ChecksumError               EIO             a block failed its SHA256 check
     ├── ReadOnlyError               EROFS
     ├── FileTooLargeError           EFBIG
     ├── NotPermittedError           EPERM
     ├── NoSpaceError                ENOSPC          the spool's disk is full
     └── InvalidValueError           EINVAL
+
+Every error also has a ``kind`` (``classify``): what a caller may do about it. The kind of
+an AWS error comes from its (code, Reason, HTTP status), decided here and nowhere else.
 """
 
 import errno as _errno
+
+#: Kinds (``EbsfsError.kind``). The same call again after a pause: throttling, a quota,
+#: 5xx, a connection failure, a body cut short.
+RETRY = "retry"
+#: The whole request sent again (a block put: WRITE_REQUEST_TIMEOUT, CONFLICTING_BLOCK_UPDATE).
+RESEND = "resend"
+#: The snapshot does not exist (any more, or not yet readable).
+GONE = "gone"
+#: Something the snapshot depends on (a KMS key or grant) is missing: final, and NOT
+#: "snapshot gone" (a new snapshot would fail the same way).
+DEPENDENCY = "dependency"
+DENIED = "denied"
+INVALID = "invalid"
+#: Anything else: no retry.
+FINAL = "final"
+
+_RETRY_CODES = frozenset(
+    {
+        "RequestThrottledException",
+        "ThrottlingException",
+        "Throttling",
+        "ThrottledException",
+        "TooManyRequestsException",
+        "RequestLimitExceeded",  # EC2
+        "SlowDown",
+        "ServiceQuotaExceededException",  # 402 DEPENDENCY_SERVICE_QUOTA_EXCEEDED: a KMS quota
+        "ConcurrentLimitExceededException",
+        "InternalServerException",
+        "InternalError",  # EC2
+        "InternalFailure",
+        "ServiceUnavailable",
+        "ServiceUnavailableException",
+        "Unavailable",
+        "IncompleteBody",
+    }
+)
+_RESEND_REASONS = frozenset({"WRITE_REQUEST_TIMEOUT", "CONFLICTING_BLOCK_UPDATE"})
+_DEPENDENCY_REASONS = frozenset({"DEPENDENCY_RESOURCE_NOT_FOUND", "GRANT_NOT_FOUND"})
+_DENIED_CODES = frozenset(
+    {
+        "AccessDeniedException",
+        "AccessDenied",
+        "UnauthorizedOperation",
+        "AuthFailure",
+        "InvalidSignatureException",
+        "SignatureDoesNotMatch",
+        "UnrecognizedClientException",
+        "MissingAuthenticationToken",
+        "MissingAuthenticationTokenException",
+        "IncompleteSignatureException",
+        "InvalidClientTokenId",
+        "OptInRequired",
+        "ExpiredToken",
+        "ExpiredTokenException",
+    }
+)
+_GONE_CODES = frozenset({"ResourceNotFoundException", "InvalidSnapshot.NotFound"})
+
+
+def classify(code: str, reason: str = "", status: int = 0, message: str = "") -> str:
+    """The kind of an AWS error from its code, Reason and HTTP status (``message`` only for
+    the one error AWS tells apart by text: "Failed to read block data", retryable)."""
+    if code in _RETRY_CODES or status >= 500 or status == 429:
+        return RETRY
+    if reason in _RESEND_REASONS:
+        return RESEND
+    if reason in _DEPENDENCY_REASONS:
+        return DEPENDENCY
+    if code in _DENIED_CODES or status == 403:
+        return DENIED
+    if code in _GONE_CODES or status == 404:
+        return INVALID if reason == "IMAGE_NOT_FOUND" else GONE
+    if "Failed to read block data" in message:
+        return RETRY
+    if code == "ValidationException" or code.startswith("Invalid") or code == "ConflictException":
+        return INVALID
+    return FINAL
 
 
 class EbsfsError(Exception):
@@ -30,6 +111,8 @@ class EbsfsError(Exception):
 
     errno: int = _errno.EIO
     exit_code: int = 1
+    #: What a caller may do about it (one of the kinds above); AWS errors set it per instance.
+    kind: str = FINAL
 
 
 class UsageError(EbsfsError):
@@ -44,6 +127,7 @@ class NotFoundError(EbsfsError):
 
     errno = _errno.ENOENT
     exit_code = 3
+    kind = GONE
 
 
 class AccessDeniedError(EbsfsError):
@@ -51,6 +135,7 @@ class AccessDeniedError(EbsfsError):
 
     errno = _errno.EACCES
     exit_code = 4
+    kind = DENIED
 
 
 class BackendUnavailableError(EbsfsError):
@@ -58,6 +143,7 @@ class BackendUnavailableError(EbsfsError):
 
     errno = _errno.EIO
     exit_code = 5
+    kind = RETRY
 
 
 class EndpointDownError(BackendUnavailableError):
@@ -87,14 +173,22 @@ class ApiError(EbsfsError):
         self.code = code
         self.reason = reason
         self.status = status
+        self.kind = classify(code, reason, status, message)
 
 
 class InvalidTokenError(ApiError):
     """A block or page token that AWS no longer accepts (expired or re-issued)."""
 
 
+class DependencyMissingError(ApiError):
+    """A resource the snapshot depends on is missing (a KMS key, 404
+    DEPENDENCY_RESOURCE_NOT_FOUND): final, and not "snapshot gone"."""
+
+
 class ChecksumError(EbsfsError):
     """A block whose bytes do not match its SHA256 checksum."""
+
+    kind = RETRY
 
 
 class ReadOnlyError(EbsfsError):
@@ -119,6 +213,7 @@ class InvalidValueError(EbsfsError):
     """A bad value, such as an unknown parent snapshot or a malformed tag."""
 
     errno = _errno.EINVAL
+    kind = INVALID
 
 
 class NoSpaceError(EbsfsError):

@@ -85,7 +85,7 @@ async def complete_and_wait(
             "CompleteSnapshot %s: %d blocks, status %s", snapshot_id, changed_blocks_count, status
         )
         if status == "error":
-            info = await call(api.describe_snapshot, snapshot_id)
+            info = await retrying(call, api.describe_snapshot, snapshot_id)
             raise SnapshotFailedError(
                 f"snapshot {snapshot_id} failed: {info.state_message or 'state error'}"
             )
@@ -133,7 +133,7 @@ async def _send_complete(
         raise
     except EbsfsError as exc:
         try:
-            info = await call(api.describe_snapshot, snapshot_id)
+            info = await retrying(call, api.describe_snapshot, snapshot_id)
         except EbsfsError:
             raise exc from None
         if info.state in ("completed", "error"):

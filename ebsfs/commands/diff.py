@@ -20,13 +20,15 @@ from ebsfs.api import Api
 from ebsfs.cli import add_aws_options
 from ebsfs.errors import ApiError, EbsfsError, InvalidTokenError, NotFoundError, UsageError
 from ebsfs.sizes import format_size
+from ebsfs.store.remote import READ_LAG_GRACE, seen_completed, since_completion
 from ebsfs.types import BLOCK_SIZE
 
 SNAPSHOT_ID = re.compile(r"^snap-[0-9a-f]{8,17}\Z")
 
 #: How long a 404 from two snapshots EC2 calls completed is treated as AWS's read-readiness
-#: lag (reads can fail for up to about a minute after completion) rather than an answer.
-READINESS_WAIT = 75.0
+#: lag (reads can fail for up to about a minute after completion) rather than an answer,
+#: counted from the later completion when EC2 says when (else from the first 404).
+READINESS_WAIT = READ_LAG_GRACE
 #: Times an expired page token is replaced by restarting after the last index seen.
 TOKEN_RESTARTS = 3
 
@@ -134,13 +136,16 @@ def changed_indexes(
 def _first_page(
     api: ChangedBlocksApi, first: str, second: str, sleep: Callable[[float], None]
 ) -> Any:
-    deadline = time.monotonic() + READINESS_WAIT
+    started = time.monotonic()
     delay = 2.0
     while True:
         try:
             return api.list_changed_blocks(first, second, start_index=0, next_token=None)
         except NotFoundError as exc:
-            if not _both_completed(api, (first, second), exc) or time.monotonic() >= deadline:
+            if not _both_completed(api, (first, second), exc):
+                raise
+            waited = time.monotonic() - started
+            if min(since_completion(s, waited) for s in (first, second)) >= READINESS_WAIT:
                 raise
             sleep(delay)
             delay = min(delay * 2, 15.0)
@@ -159,6 +164,9 @@ def _both_completed(api: ChangedBlocksApi, ids: Iterable[str], original: NotFoun
             raise NotFoundError(
                 f"snapshot {snapshot_id} is {info.state}: only completed snapshots can be compared"
             ) from original
+        completion = getattr(info, "completion_time", 0.0)
+        if completion:
+            seen_completed(snapshot_id, completion)
     return True
 
 

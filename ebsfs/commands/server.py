@@ -80,6 +80,15 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _fault(text: str) -> tuple[str, float]:
+    from ebsfs.server.faults import parse_fault
+
+    try:
+        return parse_fault(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _account(text: str) -> tuple[str, str, str]:
     key_id, sep, rest = text.partition(":")
     secret, sep2, account = rest.rpartition(":")
@@ -126,6 +135,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="share whose connection is closed before the response is complete")
     faults.add_argument("--corrupt-rate", type=_rate, metavar="P",
                         help="share of GetSnapshotBlock answers with altered bytes")
+    faults.add_argument("--fault", type=_fault, action="append", metavar="REASON:RATE",
+                        help="answer that AWS error (a Reason such as "
+                        "DEPENDENCY_SERVICE_QUOTA_EXCEEDED, WRITE_REQUEST_TIMEOUT, "
+                        "DEPENDENCY_RESOURCE_NOT_FOUND, or EC2's RequestLimitExceeded) to a "
+                        "share of the requests that can get it; repeatable (docs/server.md)")
     faults.add_argument("--fault-seed", type=int, metavar="N",
                         help="seed for the fault choices (default: random)")
     p.add_argument("--encryption-by-default", action="store_const", const=True, default=None,
@@ -137,6 +151,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "60 minutes)")
     timing.add_argument("--complete-delay", type=_seconds, metavar="SECONDS",
                         help="time from CompleteSnapshot to completed or error (default: 0)")
+    timing.add_argument("--read-lag", type=_seconds, metavar="SECONDS",
+                        help="after completed, the direct APIs still answer 404 "
+                        "SNAPSHOT_NOT_FOUND this long, as AWS does (default: 0)")
     timing.add_argument("--timeout-unit", type=_seconds, metavar="SECONDS",
                         help="how long one minute of StartSnapshot's Timeout lasts "
                         "(default: 60; tests shorten it)")
@@ -156,6 +173,7 @@ def build_config(args: argparse.Namespace | dict[str, Any]) -> ServerConfig:
     given = dict(vars(args) if isinstance(args, argparse.Namespace) else args)
     listen = given.pop("listen", None)
     second = given.pop("second_account", None)
+    faults = tuple(given.pop("fault", None) or ())
     # The flag's own parser allows port 0 (a free port); the file and environment layers
     # are read by ebsfs.settings.
     values = settings.server_values({**given, "listen": None})
@@ -170,6 +188,7 @@ def build_config(args: argparse.Namespace | dict[str, Any]) -> ServerConfig:
         host=host,
         port=port,
         second_account=second,
+        faults=faults,
         **values,
     )
 

@@ -29,7 +29,7 @@ import trio
 
 from ebsfs.api import BlockPage, SnapshotInfo
 from ebsfs.errors import AccessDeniedError, EbsfsError, NotFoundError
-from ebsfs.store.remote import Calls
+from ebsfs.store.remote import READ_LAG_GRACE, Calls, seen_completed, since_completion
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ SNAPSHOT_ID_RE = re.compile(r"^snap-[0-9a-f]{8,17}\Z")
 #: A lookup of an unknown snapshot id asks EC2 at most this often per id.
 UNKNOWN_LOOKUP_INTERVAL = 2.0
 #: How long a snapshot sealed through new/ may answer 404 before it is given up on.
-NOT_FOUND_GRACE = 60.0
+NOT_FOUND_GRACE = READ_LAG_GRACE
 
 
 class ListingApi(Protocol):
@@ -145,7 +145,8 @@ class Catalog:
     async def _probe_until_readable(self, snapshot_id: str, name: str) -> SnapshotInfo:
         """``_probe``, retried while AWS still answers 404 for a snapshot that just completed
         (ebs-direct-api.md §4.4: up to about a minute)."""
-        deadline = trio.current_time() + NOT_FOUND_GRACE
+        # Counted from its completion when known (seen_completed), as the reads count it.
+        deadline = trio.current_time() + NOT_FOUND_GRACE - since_completion(snapshot_id, 0.0)
         pause = 0.5
         while True:
             try:
@@ -179,6 +180,9 @@ class Catalog:
             self._refreshing = None
         self.counters["refreshes"] += 1
         listed = {i.snapshot_id: i for i in infos if readable(i)}
+        for info in listed.values():
+            if info.completion_time:
+                seen_completed(info.snapshot_id, info.completion_time)
         for sid, info in self._extra.items():
             listed.setdefault(sid, info)
         self.snapshots = listed
@@ -235,11 +239,15 @@ class Catalog:
 
     async def add_completed(self, snapshot_id: str, name: str = "") -> None:
         """Show a snapshot sealed through ``new/`` (in every mode)."""
+        # The moment ebsfs saw it complete: AWS's read lag counts from about here.
+        seen_completed(snapshot_id)
         info: SnapshotInfo | None = None
         if not self.fixed:
             try:
                 found = await self.calls.run(self.api.describe_snapshots, (snapshot_id,), "", ())
                 info = next((i for i in found if i.snapshot_id == snapshot_id), None)
+                if info is not None and info.completion_time:
+                    seen_completed(snapshot_id, info.completion_time)
             except (AccessDeniedError, NotFoundError) as exc:
                 log.info("EC2 does not describe %s (%s); probing it instead", snapshot_id, exc)
         if info is None:

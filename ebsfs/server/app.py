@@ -193,7 +193,7 @@ class App:
                 raise coral(403, _EBS_AUTH_CODES[exc.kind], exc.message) from None
             operation, params = ebs_mod.route(req)
             req.operation = operation
-            self.faults.before_ebs()
+            self.faults.before_ebs(operation)
             resp = self.ebs.handle(req, operation, params)
         except EbsError as err:
             return ebs_error_response(err, req.request_id)
@@ -212,7 +212,7 @@ class App:
                 raise Ec2Error(_EC2_AUTH_CODES[exc.kind], exc.message, 403) from None
             params = self.ec2.params(req)
             req.operation = params.get("Action", "-")
-            self.faults.before_ec2()
+            self.faults.before_ec2(req.operation)
             resp = self.ec2.handle(req, params)
         except Ec2Error as err:
             return ec2_error_response(err, req.request_id)

@@ -102,6 +102,8 @@ class Timing:
     page_token_ttl: float = PAGE_TOKEN_TTL
     complete_delay: float = 0.0
     minute: float = 60.0
+    #: Seconds after ``completed`` during which reads still answer 404 (``--read-lag``).
+    read_lag: float = 0.0
 
 
 class EbsService:
@@ -121,11 +123,21 @@ class EbsService:
     def state(self, snap: Snapshot) -> tuple[str, str]:
         return snap.state(time.time(), self.timing.minute)
 
+    def _lagging(self, snap: Snapshot) -> bool:
+        """Whether ``snap`` completed less than ``read_lag`` ago: AWS's direct reads still
+        answer 404 SNAPSHOT_NOT_FOUND for a while after EC2 says completed."""
+        if self.timing.read_lag <= 0:
+            return False
+        done = snap.completion_time()
+        return done is not None and time.time() < done + self.timing.read_lag
+
     def _readable(self, snapshot_id: str, account: str = ACCOUNT_ID) -> Snapshot:
         """A completed snapshot ``account`` may read; anything else reads as 404, as on
         AWS, bar an archived one (docs/server.md: its answer is our choice)."""
         snap = self.store.get(snapshot_id)
         if snap is None or not snap.may_read(account) or self.state(snap)[0] != COMPLETED:
+            raise not_found(snapshot_id)
+        if self._lagging(snap):
             raise not_found(snapshot_id)
         if snap.storage_tier(time.time()) == "archive":
             raise archived(snapshot_id)
@@ -595,7 +607,7 @@ class EbsService:
         ):
             return None
         snap = self.store.get(snapshot_id)
-        if snap is None or self.state(snap)[0] != COMPLETED:
+        if snap is None or self.state(snap)[0] != COMPLETED or self._lagging(snap):
             return None
         if not snap.may_read(req.account) or snap.archived:
             return None  # the general path refuses it, or checks a temporary restore

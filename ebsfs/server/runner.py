@@ -78,6 +78,7 @@ def build(config: ServerConfig) -> tuple[Server, Store]:
         page_token_ttl=PAGE_TOKEN_TTL if ttl is None else ttl,
         complete_delay=config.complete_delay,
         minute=config.timeout_unit,
+        read_lag=config.read_lag,
     )
     faults = Faults(
         latency_ms=config.latency_ms,
@@ -86,6 +87,7 @@ def build(config: ServerConfig) -> tuple[Server, Store]:
         drop_rate=config.drop_rate,
         corrupt_rate=config.corrupt_rate,
         seed=config.fault_seed,
+        named=config.faults,
     )
     others = {}
     if config.second_account is not None:

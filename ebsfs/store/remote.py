@@ -12,14 +12,16 @@ its SHA256 check is fetched again, a bounded number of times, then the read fail
 ChecksumError and one log line. ``read_verified`` also hands up the digest the block was
 checked against, for a layer above that keeps blocks and would otherwise hash them again. A
 snapshot that completed moments ago may answer 404 for up to a minute (ebs-direct-api.md
-§4.4): such answers are retried until ``not_found_grace`` seconds after this layer was
-created. Connection failures and 5xx answers were already retried by botocore (bounded); what
-it gives up on is retried here with back-off until the endpoint has not answered any call of
-the mount for ``io_timeout`` seconds (``Health``, one clock per mount), or at most four times
-that (a backend that only throttles), then the read fails (EIO at the FUSE edge). Every call
-is bounded by that clock even when its thread hangs (``Calls``), calls fail at once while the
-endpoint is known down, and one probe task marks it up again: nothing hangs, reads resume
-without a remount, and throttling alone is never an error.
+§4.4): such answers are retried until ``not_found_grace`` (3 minutes) after its completion
+(``seen_completed``: DescribeSnapshots' CompletionTime, or the moment ebsfs saw it complete),
+or after this layer was created when that is unknown. Connection failures and 5xx answers
+were already retried by botocore (bounded); what it gives up on is retried here with
+back-off until the endpoint has not answered any call of the mount for ``io_timeout``
+seconds (``Health``, one clock per mount), or at most four times that (a backend that only
+throttles), then the read fails (EIO at the FUSE edge). Every call is bounded by that clock
+even when its thread hangs (``Calls``), calls fail at once while the endpoint is known down,
+and one probe task marks it up again: nothing hangs, reads resume without a remount, and
+throttling alone is never an error.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ import trio
 
 from ebsfs.api import BlockPage
 from ebsfs.errors import (
+    RETRY,
     ApiError,
     BackendUnavailableError,
     ChecksumError,
@@ -85,7 +88,7 @@ def endpoint_answered(exc: BaseException) -> bool:
     if isinstance(exc, BackendUnavailableError):
         return False
     if isinstance(exc, ApiError) and not isinstance(exc, InvalidTokenError):
-        if "Throttl" in exc.code or "SlowDown" in exc.code:
+        if "Throttl" in exc.code or exc.code in ("SlowDown", "RequestLimitExceeded"):
             return True
         return not (exc.code == "IncompleteBody" or exc.status >= 500)
     return isinstance(exc, EbsfsError)
@@ -402,7 +405,7 @@ class RemoteTuning:
     # not answered any call of the mount for this long (Health), and never for longer than
     # four times this.
     io_timeout: float = 30.0
-    not_found_grace: float = 60.0
+    not_found_grace: float = 180.0  # READ_LAG_GRACE
     backoff: float = 0.2  # first pause between our own retries; doubles, capped at 5 s
 
 
@@ -458,12 +461,33 @@ class TokenWindows:
         return len(self._lru)
 
 
+#: How long a 404 of a completed snapshot is taken for AWS's read lag, counted from its
+#: completion: lags up to 53 s were observed (ebs-direct-api.md §4.4); three minutes of margin.
+READ_LAG_GRACE = 180.0
+
+#: Snapshot id -> epoch seconds of its completion, as far as this process knows (a few bytes
+#: per snapshot this mount saw complete or listed).
+_completed_at: dict[str, float] = {}
+
+
+def seen_completed(snapshot_id: str, when: float | None = None) -> None:
+    """Record that ``snapshot_id`` completed at ``when`` (epoch seconds; now if unknown):
+    the read lag's grace counts from it. The earliest time known stays."""
+    when = when or time.time()
+    known = _completed_at.get(snapshot_id)
+    if known is None or when < known:
+        _completed_at[snapshot_id] = when
+
+
+def since_completion(snapshot_id: str, since_first_sight: float) -> float:
+    """Seconds since ``snapshot_id`` completed, else ``since_first_sight``."""
+    known = _completed_at.get(snapshot_id)
+    return since_first_sight if known is None else time.time() - known
+
+
 def _retryable(exc: EbsfsError) -> bool:
-    if isinstance(exc, BackendUnavailableError):
-        return True
-    if isinstance(exc, ApiError) and not isinstance(exc, InvalidTokenError):
-        return exc.code == "IncompleteBody" or exc.status >= 500 or "Throttl" in exc.code
-    return False
+    # One classification (ebsfs.errors.classify): throttling, quotas (402), 5xx, transient.
+    return exc.kind == RETRY and not isinstance(exc, InvalidTokenError)
 
 
 class RemoteBlocks:
@@ -626,7 +650,8 @@ class RemoteBlocks:
                 fresh = True
                 continue
             except NotFoundError as exc:
-                if trio.current_time() - self._created >= t.not_found_grace:
+                since = since_completion(self.snapshot_id, trio.current_time() - self._created)
+                if since >= t.not_found_grace:
                     log.error("snapshot %s block %d unreadable: %s", self.snapshot_id, index, exc)
                     raise EbsfsError(f"snapshot {self.snapshot_id} not readable: {exc}") from exc
                 fresh = True
@@ -674,4 +699,14 @@ def blocks_for(volume_gib: int) -> int:
     return volume_gib * ((1 << 30) // BLOCK_SIZE)
 
 
-__all__ = ["BlockApi", "Calls", "RemoteBlocks", "RemoteTuning", "TokenWindows", "blocks_for"]
+__all__ = [
+    "READ_LAG_GRACE",
+    "BlockApi",
+    "Calls",
+    "RemoteBlocks",
+    "RemoteTuning",
+    "TokenWindows",
+    "blocks_for",
+    "seen_completed",
+    "since_completion",
+]

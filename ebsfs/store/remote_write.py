@@ -27,9 +27,9 @@ import trio
 
 from ebsfs import checksum
 from ebsfs.errors import (
-    ApiError,
+    RESEND,
+    RETRY,
     BackendUnavailableError,
-    ChecksumError,
     EbsfsError,
     EndpointDownError,
     NotFoundError,
@@ -100,17 +100,10 @@ def transient(exc: EbsfsError) -> bool:
     endpoint is known down: the call would fail at once again)."""
     if isinstance(exc, EndpointDownError):
         return False
-    if isinstance(exc, BackendUnavailableError | ChecksumError):
-        return True
-    if isinstance(exc, ApiError):
-        text = str(exc)
-        return (
-            exc.status >= 500
-            or "Throttl" in exc.code
-            or "Failed to read block data" in text
-            or exc.code in ("IncompleteBody", "ConcurrentLimitExceededException")
-        )
-    return False
+    # One classification (ebsfs.errors.classify): throttling, quotas, 5xx, connection
+    # failures, "Failed to read block data", and the put sent again after AWS's
+    # WRITE_REQUEST_TIMEOUT or CONFLICTING_BLOCK_UPDATE.
+    return exc.kind in (RETRY, RESEND)
 
 
 async def retrying(

@@ -41,7 +41,7 @@ class StackConfig:
     read_ahead: int  # bytes; 0 turns read-ahead off
     max_concurrency: int
     io_timeout: float = 30.0
-    not_found_grace: float = 60.0
+    not_found_grace: float = 180.0  # remote.READ_LAG_GRACE: AWS's read lag, from completion
     max_stacks: int = 256
     disk_cache: int = 0  # bytes of the local disk cache; 0: off (settings refuse under a block)
     disk_cache_file: str = ""  # its file (diskcache.cache_file)

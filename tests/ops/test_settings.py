@@ -186,7 +186,7 @@ def test_every_config_field_can_be_set() -> None:
     assert mount_fields == set(settings.SCHEMA["mount"])
     assert {f.name for f in fields(AwsConfig)} - {"origins"} == set(settings.SCHEMA["aws"])
     # --second-account is a flag only (a test aid): no environment or file key.
-    flags_only = {"host", "port", "second_account"}
+    flags_only = {"host", "port", "second_account", "faults"}  # --fault too
     server_fields = {f.name for f in fields(ServerConfig)} - flags_only | {"listen"}
     assert server_fields == set(settings.SCHEMA["server"])
 
