@@ -542,6 +542,21 @@ class Api:
                 out.setdefault(info.snapshot_id, info)
         return list(out.values())
 
+    def check_listing(self, owner: str = "self", filters: Iterable[tuple[str, str]] = ()) -> None:
+        """One small DescribeSnapshots page of the listing ``describe_snapshots`` would make:
+        its errors (credentials, access, a bad filter, the endpoint) without its pages."""
+        owners, shared = parse_owner(owner)
+        kwargs: dict[str, Any] = {"MaxResults": 5}
+        flt = _group_filters(filters)
+        if flt:
+            kwargs["Filters"] = flt
+        if owners:
+            kwargs["OwnerIds"] = owners
+        elif shared:
+            kwargs["RestorableByUserIds"] = ["self"]
+        with _converted("DescribeSnapshots"):
+            self.ec2.describe_snapshots(**kwargs)
+
     def _describe(self, kwargs: dict[str, Any]) -> list[SnapshotInfo]:
         out: list[SnapshotInfo] = []
         with _converted("DescribeSnapshots"):

@@ -148,7 +148,7 @@ async def _serve(
                 refresh=config.refresh,
             ),
         )
-        await catalog.load()
+        await catalog.load(background=True)
         newdir = await open_new_directory(
             MountContext(config, api, nursery, limiter, stacks, put_process)
         )

@@ -50,6 +50,10 @@ class ListingApi(Protocol):
         filters: Iterable[tuple[str, str]] = (),
     ) -> list[SnapshotInfo]: ...
 
+    def check_listing(
+        self, owner: str = "self", filters: Iterable[tuple[str, str]] = ()
+    ) -> None: ...
+
     def list_blocks(
         self,
         snapshot_id: str,
@@ -102,6 +106,9 @@ class Catalog:
         # lookup costs the same with 20 snapshots or 20,000.
         self._version = 0
         self._by_name: tuple[int, dict[str, str]] = (-1, {})
+        # Unset only while a background first listing (load(background=True)) is under way.
+        self._listed = trio.Event()
+        self._listed.set()
 
     def _changed(self) -> None:
         self._version += 1
@@ -113,16 +120,29 @@ class Catalog:
 
     # ---- listing ------------------------------------------------------------------------------
 
-    async def load(self) -> None:
-        """The first listing; its errors are the mount's startup errors."""
+    async def load(self, *, background: bool = False) -> None:
+        """The first listing; its errors are the mount's startup errors.
+
+        ``background``: only one small page is asked for now (its errors are the startup
+        errors) and ``refresher`` makes the full listing, so that a mount over thousands of
+        snapshots answers at once; lookups and listings wait for it (``listed``)."""
         if self.fixed:
             found = {}
             for sid in self.config.snapshot_ids:
                 found[sid] = await self._probe(sid)
             self.snapshots = found
             self._changed()
+        elif background:
+            await self.calls.run(self.api.check_listing, self.config.owner, self.config.filters)
+            self._listed = trio.Event()
+            return
         else:
             await self.refresh(raise_errors=True)
+        self._listed.set()
+
+    async def listed(self) -> None:
+        """Return once the first full listing is done (at once after it)."""
+        await self._listed.wait()
 
     async def _probe(self, snapshot_id: str, name: str = "") -> SnapshotInfo:
         """What a one-page ListSnapshotBlocks tells of a snapshot (no EC2 call)."""
@@ -189,7 +209,16 @@ class Catalog:
         self._changed()
 
     async def refresher(self) -> None:
-        """Refresh every ``refresh`` seconds, forever (a task of the mount's nursery)."""
+        """The first full listing if ``load`` left it to the background, then a refresh
+        every ``refresh`` seconds, forever (a task of the mount's nursery)."""
+        if not self._listed.is_set() and not self.fixed:
+            start = trio.current_time()
+            try:
+                await self.refresh()  # a failure keeps the (empty) listing and logs why
+            finally:
+                self._listed.set()
+            log.info("listed %d snapshots in %.1f s", len(self.snapshots),
+                     trio.current_time() - start)
         if self.fixed or self.config.refresh <= 0:
             return
         while True:
@@ -198,6 +227,7 @@ class Catalog:
 
     async def lookup(self, name: str) -> SnapshotInfo | None:
         """The snapshot called ``name``; an unknown id is looked up in EC2 (listed mode)."""
+        await self._listed.wait()
         info = self.snapshots.get(name)
         if info is not None or self.fixed or not is_snapshot_id(name):
             return info

@@ -450,6 +450,7 @@ class EbsfsOperations(pyfuse3.Operations):
                 raise fail(errno.ENOENT)
             return self._snapshot_attr(info)
         if parent_inode == BY_NAME:
+            await self.catalog.listed()
             target = self.catalog.by_name().get(text)
             if target is None:
                 raise fail(errno.ENOENT)
@@ -477,6 +478,7 @@ class EbsfsOperations(pyfuse3.Operations):
             return f"../{number}".encode()
         if entry is None or entry[0] != "link":
             raise fail(errno.EINVAL)
+        await self.catalog.listed()
         target = self.catalog.by_name().get(entry[1])
         if target is None:
             raise fail(errno.ENOENT)
@@ -525,6 +527,7 @@ class EbsfsOperations(pyfuse3.Operations):
 
     async def _list_dir(self, fh: int) -> list[tuple[str, pyfuse3.EntryAttributes]]:
         """The entries of directory ``fh`` (an inode), in a stable order."""
+        await self.catalog.listed()
         if fh == SCRATCH:
             entries = [
                 (n, self._scratch_attr(self._overlay(n)))
