@@ -3,9 +3,10 @@
 1. ``ebsfs server`` holds BENCH_CATALOG_SNAPSHOTS (default 20,000) completed snapshots, each
    with a unique Name tag and no blocks (made with boto3 in 16 threads).
 2. Baseline: a bare boto3 DescribeSnapshots paginator listing them all, in this process.
-3. A fresh ebsfs mount: the time until it answers (its first full listing included), then
-   ``ls -l`` of the top level and of ``by-name/``, then a listing refresh forced by a lookup
-   of ``by-name/`` after ``--refresh`` seconds, and the daemon's RSS (VmRSS and VmHWM).
+3. A fresh ebsfs mount: the time until it answers (one small page: the full listing goes on
+   in the background), the time of that background listing (from the daemon's log line),
+   then, once it is in, ``ls -l`` of the top level and of ``by-name/``, then again after a
+   listing refresh (``--refresh`` seconds later), and the daemon's RSS (VmRSS and VmHWM).
 
 Prints each figure with its target (mount answers within 5 s, each ``ls -l`` under 5 s,
 RSS under 150 MiB) and the mount's time over the bare listing's.
@@ -14,6 +15,7 @@ RSS under 150 MiB) and the mount's time over the bare listing's.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import tempfile
 import time
@@ -81,6 +83,12 @@ def main() -> None:
                 assert m.proc is not None
                 pid = m.proc.pid
                 rss_mounted = _status(pid, "VmRSS")
+                deadline = time.monotonic() + 300
+                while (found := re.search(r"listed \d+ snapshots in ([0-9.]+) s",
+                                          m.log_text())) is None:
+                    assert time.monotonic() < deadline, "no background listing"
+                    time.sleep(0.2)
+                listing = float(found.group(1))
                 top = _timed("ls", "-l", str(m.path))
                 by_name = _timed("ls", "-l", str(m.path / "by-name"))
                 time.sleep(REFRESH + 2)  # a refresh has run
@@ -93,6 +101,8 @@ def main() -> None:
         ("bare boto3 listing of all", f"{bare:.2f} s", ""),
         ("mount answers", f"{answered:.2f} s", "<= 5 s"),
         ("mount / bare listing", f"{answered / bare:.2f}", ""),
+        ("background listing", f"{listing:.2f} s", ""),
+        ("background listing / bare listing", f"{listing / bare:.2f}", ""),
         ("ls -l MOUNTPOINT", f"{top:.2f} s", "< 5 s"),
         ("ls -l by-name/", f"{by_name:.2f} s", "< 5 s"),
         ("ls -l by-name/ after a refresh", f"{by_name_after:.2f} s", "< 5 s"),
