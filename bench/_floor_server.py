@@ -25,8 +25,8 @@ import socket
 import sys
 import threading
 
+from ebsfs.core.blocks import BLOCK_SIZE
 from ebsfs.server.sigv4 import AuthFailure, Verifier
-from ebsfs.types import BLOCK_SIZE
 
 #: Blocks are written round a file of this size, so that a run needs little disk (not with
 #: ``--contract``, which appends).

@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ebsfs.types import BLOCK_SIZE
+from ebsfs.core.blocks import BLOCK_SIZE
 from tests.serverproc import LocalServer
 
 CONNECTIONS = 1000

@@ -37,9 +37,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from ebsfs import checksum
-from ebsfs.sizes import format_size, parse_size
-from ebsfs.types import BLOCK_SIZE, BLOCKS_PER_GIB
+from ebsfs.core import checksum
+from ebsfs.core.blocks import BLOCK_SIZE, BLOCKS_PER_GIB
+from ebsfs.core.sizes import format_size, parse_size
 from tests.mounting import MountProc, drop_page_cache
 from tests.serverproc import LocalServer, complete, put_block, wait_state
 

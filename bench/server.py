@@ -23,8 +23,8 @@ from typing import Any
 import boto3
 import botocore.config
 
-from ebsfs import checksum
-from ebsfs.types import BLOCK_SIZE
+from ebsfs.core import checksum
+from ebsfs.core.blocks import BLOCK_SIZE
 from tests.serverproc import LocalServer, complete, list_blocks, put_block, wait_state
 
 LEVELS = (1, 8, 32)

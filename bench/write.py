@@ -31,9 +31,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from ebsfs import checksum
-from ebsfs.sizes import format_size, parse_size
-from ebsfs.types import BLOCK_SIZE
+from ebsfs.core import checksum
+from ebsfs.core.blocks import BLOCK_SIZE
+from ebsfs.core.sizes import format_size, parse_size
 from tests.mounting import MountProc, ebsfs
 from tests.serverproc import LocalServer, complete, list_blocks, put_block, wait_state
 

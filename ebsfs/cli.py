@@ -15,8 +15,10 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from ebsfs import __version__, fstab, logsetup
-from ebsfs.errors import EbsfsError
+from ebsfs import __version__
+from ebsfs.core.errors import EbsfsError
+from ebsfs.daemon import logsetup
+from ebsfs.options import fstab
 
 log = logging.getLogger(__name__)
 

@@ -20,9 +20,9 @@ from typing import Any
 import boto3
 import botocore.config
 
-from ebsfs import checksum
-from ebsfs.config import DEV_ACCESS_KEY_ID, DEV_SECRET_ACCESS_KEY
-from ebsfs.types import BLOCK_SIZE, BLOCKS_PER_GIB, ZERO_BLOCK
+from ebsfs.core import checksum
+from ebsfs.core.blocks import BLOCK_SIZE, BLOCKS_PER_GIB, ZERO_BLOCK
+from ebsfs.options.config import DEV_ACCESS_KEY_ID, DEV_SECRET_ACCESS_KEY
 
 REGION = "us-east-1"
 START_TIMEOUT = 20.0

@@ -5,9 +5,9 @@ import sys
 
 import pytest
 
-from ebsfs import checksum, errors
-from ebsfs.sizes import format_size, parse_size
-from ebsfs.types import BLOCK_SIZE
+from ebsfs.core import checksum, errors
+from ebsfs.core.blocks import BLOCK_SIZE
+from ebsfs.core.sizes import format_size, parse_size
 
 
 # Payloads and aggregates from ebs-direct-api.md §4.3, observed on AWS.

@@ -15,9 +15,8 @@ import stat
 import sys
 import time
 
-from ebsfs import mounttable
 from ebsfs.cli import positive_seconds
-from ebsfs.errors import (
+from ebsfs.core.errors import (
     BackendUnavailableError,
     EbsfsError,
     MountError,
@@ -26,6 +25,7 @@ from ebsfs.errors import (
     SnapshotFailedError,
     UsageError,
 )
+from ebsfs.daemon import mounttable
 
 XATTR = "user.ebsfs."
 POLL = 0.1

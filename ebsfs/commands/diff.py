@@ -15,13 +15,14 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol, TextIO
 
-from ebsfs import mounttable, settings
-from ebsfs.api import Api
+from ebsfs.aws.api import Api
 from ebsfs.cli import add_aws_options
-from ebsfs.errors import ApiError, EbsfsError, InvalidTokenError, NotFoundError, UsageError
-from ebsfs.sizes import format_size
-from ebsfs.store.remote import READ_LAG_GRACE, seen_completed, since_completion
-from ebsfs.types import BLOCK_SIZE
+from ebsfs.core.blocks import BLOCK_SIZE
+from ebsfs.core.errors import ApiError, EbsfsError, InvalidTokenError, NotFoundError, UsageError
+from ebsfs.core.sizes import format_size
+from ebsfs.daemon import mounttable
+from ebsfs.options import settings
+from ebsfs.read.remote import READ_LAG_GRACE, seen_completed, since_completion
 
 SNAPSHOT_ID = re.compile(r"^snap-[0-9a-f]{8,17}\Z")
 
@@ -50,7 +51,7 @@ Exit codes: 0 listed, 2 bad arguments, 3 no such (completed) snapshot,
 
 
 class ChangedBlocksApi(Protocol):
-    """The part of ``ebsfs.api.Api`` that diff uses."""
+    """The part of ``ebsfs.aws.api.Api`` that diff uses."""
 
     def list_changed_blocks(
         self,

@@ -8,11 +8,11 @@ import sys
 import time
 from dataclasses import asdict
 
-from ebsfs import settings
-from ebsfs.api import Api, SnapshotInfo
+from ebsfs.aws.api import Api, SnapshotInfo
 from ebsfs.cli import add_aws_options
-from ebsfs.errors import UsageError
-from ebsfs.mounttable import printable
+from ebsfs.core.errors import UsageError
+from ebsfs.daemon.mounttable import printable
+from ebsfs.options import settings
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -6,10 +6,10 @@ import argparse
 import os
 from dataclasses import replace
 
-from ebsfs import settings
 from ebsfs.cli import add_aws_options
-from ebsfs.config import MountConfig
-from ebsfs.mount import DaemonOptions, run_mount
+from ebsfs.daemon.run import DaemonOptions, run_mount
+from ebsfs.options import settings
+from ebsfs.options.config import MountConfig
 
 EXAMPLES = """\
 examples:

@@ -14,8 +14,10 @@ import time
 import traceback
 from typing import Any, TextIO
 
-from ebsfs import settings
-from ebsfs.config import (
+from ebsfs.core.errors import EbsfsError, UsageError
+from ebsfs.daemon.logsetup import register_secret, setup_logging
+from ebsfs.options import settings
+from ebsfs.options.config import (
     DEFAULT_SERVER_HOST,
     DEFAULT_SERVER_PORT,
     DEV_ACCESS_KEY_ID,
@@ -23,8 +25,6 @@ from ebsfs.config import (
     MIN_SERVER_SECRET_LENGTH,
     ServerConfig,
 )
-from ebsfs.errors import EbsfsError, UsageError
-from ebsfs.logsetup import register_secret, setup_logging
 
 DEFAULT_DATA_DIR = "/var/lib/ebsfs/server"
 
@@ -36,7 +36,7 @@ examples:
 
   ebsfs server --data-dir /var/tmp/s --background --log-file /var/tmp/s.log
 
-Without a key pair the server accepts only the development pair from ebsfs.config, and only
+Without a key pair the server accepts only the development pair from ebsfs.options.config, and only
 on a loopback address; on any other address it refuses the development pair and secrets
 shorter than 16 characters, wherever they come from. On loopback it answers only requests
 whose Host is localhost, 127.0.0.1 or [::1] (or the listen name) with its port. Ready when
@@ -175,7 +175,7 @@ def build_config(args: argparse.Namespace | dict[str, Any]) -> ServerConfig:
     second = given.pop("second_account", None)
     faults = tuple(given.pop("fault", None) or ())
     # The flag's own parser allows port 0 (a free port); the file and environment layers
-    # are read by ebsfs.settings.
+    # are read by ebsfs.options.settings.
     values = settings.server_values({**given, "listen": None})
     if listen is None and "listen" in values:
         listen = _listen(values["listen"])

@@ -10,8 +10,8 @@ import argparse
 import json
 from typing import Any
 
-from ebsfs import mounttable
-from ebsfs.errors import MountError
+from ebsfs.core.errors import MountError
+from ebsfs.daemon import mounttable
 from ebsfs.fs.ops import STATS_XATTR
 
 

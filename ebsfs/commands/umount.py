@@ -9,11 +9,11 @@ import signal
 import subprocess
 import time
 
-from ebsfs import mounttable
 from ebsfs.cli import positive_seconds
-from ebsfs.errors import MountError
+from ebsfs.core.errors import MountError
+from ebsfs.daemon import mounttable
+from ebsfs.daemon.mounttable import MountEntry
 from ebsfs.fs.ops import PID_XATTR
-from ebsfs.mounttable import MountEntry
 
 EPILOG = """\
 examples:

@@ -16,8 +16,8 @@ from collections.abc import Callable
 import trio
 from cachetools import LRUCache
 
-from ebsfs.errors import ApiError, EbsfsError
-from ebsfs.store.remote import BlockApi, Calls
+from ebsfs.core.errors import ApiError, EbsfsError
+from ebsfs.read.remote import BlockApi, Calls
 
 log = logging.getLogger(__name__)
 

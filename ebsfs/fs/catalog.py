@@ -27,9 +27,9 @@ from typing import Protocol
 
 import trio
 
-from ebsfs.api import BlockPage, SnapshotInfo
-from ebsfs.errors import AccessDeniedError, EbsfsError, NotFoundError
-from ebsfs.store.remote import READ_LAG_GRACE, Calls, seen_completed, since_completion
+from ebsfs.aws.api import BlockPage, SnapshotInfo
+from ebsfs.core.errors import AccessDeniedError, EbsfsError, NotFoundError
+from ebsfs.read.remote import READ_LAG_GRACE, Calls, seen_completed, since_completion
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ NOT_FOUND_GRACE = READ_LAG_GRACE
 
 
 class ListingApi(Protocol):
-    """The part of ``ebsfs.api.Api`` the catalog uses."""
+    """The part of ``ebsfs.aws.api.Api`` the catalog uses."""
 
     def describe_snapshots(
         self,

@@ -2,7 +2,7 @@
 
 pyfuse3 ends its main loop on any exception other than ``FUSEError``, so every request
 handler is wrapped by :func:`fuse_errors`. ``EbsfsError`` subclasses carry their errno
-(``ebsfs.errors``); an exception group (from concurrent work) answers with its first ebsfs
+(``ebsfs.core.errors``); an exception group (from concurrent work) answers with its first ebsfs
 error; anything else is a bug, logged with its traceback and answered with EIO.
 """
 
@@ -17,8 +17,8 @@ from typing import Any, ParamSpec, TypeVar
 
 import pyfuse3
 
-from ebsfs.errors import AccessDeniedError, EbsfsError
-from ebsfs.exgroups import leaves
+from ebsfs.core.errors import AccessDeniedError, EbsfsError
+from ebsfs.core.exgroups import leaves
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 The Operations class routes every request on ``new/`` and the files in it to an object of this
 shape, so the namespace code knows nothing of spools, write-back or sealing. Methods raise
-``ebsfs.errors`` exceptions; the FUSE edge maps them to errno.
+``ebsfs.core.errors`` exceptions; the FUSE edge maps them to errno.
 """
 
 from collections.abc import Callable
@@ -75,7 +75,7 @@ class NewDirectory(Protocol):
         ...
 
     async def create(self, name: str, *, kept_from: str = "") -> Draft:
-        """A new, empty draft (EEXIST-style errors as ``ebsfs.errors``). ``kept_from``: a keep
+        """A new, empty draft (EEXIST-style errors as ``ebsfs.core.errors``). ``kept_from``: a keep
         of that scratch overlay writes it; until ``Draft.kept`` no snapshot is started, and a
         restart finds it unfinished and discards it."""
         ...

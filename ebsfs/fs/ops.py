@@ -42,8 +42,9 @@ from typing import Any
 import pyfuse3
 import trio
 
-from ebsfs.api import SnapshotInfo
-from ebsfs.errors import NotFoundError, ReadOnlyError
+from ebsfs.aws.api import SnapshotInfo
+from ebsfs.core.blocks import BLOCK_SIZE
+from ebsfs.core.errors import NotFoundError, ReadOnlyError
 from ebsfs.fs.blockcount import BlockCounts
 from ebsfs.fs.catalog import Catalog
 from ebsfs.fs.edge import ERRNO_COUNTS, fail, fuse_errors
@@ -61,9 +62,8 @@ from ebsfs.fs.newdir import Draft, NewDirectory
 from ebsfs.fs.partitions import Partition
 from ebsfs.fs.partview import DRAFT_PREFIX, PartitionTables
 from ebsfs.fs.scratch import XATTR_BASE, XATTR_KEEP, Overlay, ScratchDirectory, keep_name
-from ebsfs.store.ranges import read_range
-from ebsfs.store.stack import ReadStacks
-from ebsfs.types import BLOCK_SIZE
+from ebsfs.read.ranges import read_range
+from ebsfs.read.stack import ReadStacks
 
 log = logging.getLogger(__name__)
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from cachetools import LRUCache
 
-from ebsfs.errors import FileTooLargeError, NotFoundError, ReadOnlyError
+from ebsfs.core.errors import FileTooLargeError, NotFoundError, ReadOnlyError
 from ebsfs.fs.catalog import Catalog
 from ebsfs.fs.newdir import NewDirectory
 from ebsfs.fs.partitions import Partition, label_links, read_partitions
-from ebsfs.store.ranges import read_range
-from ebsfs.store.stack import ReadStacks
+from ebsfs.read.ranges import read_range
+from ebsfs.read.stack import ReadStacks
 
 DRAFT_PREFIX = "new/"
 

@@ -25,10 +25,10 @@ from pathlib import Path
 
 import trio
 
-from ebsfs.errors import EbsfsError, InvalidValueError, NoSpaceError, NotFoundError
+from ebsfs.core.blocks import BLOCK_SIZE
+from ebsfs.core.errors import EbsfsError, InvalidValueError, NoSpaceError, NotFoundError
 from ebsfs.fs.newdir import NewDirectory
 from ebsfs.fs.partitions import Partition
-from ebsfs.types import BLOCK_SIZE
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
-from ebsfs import checksum
+from ebsfs.core import checksum
+from ebsfs.core.blocks import BLOCK_SIZE, MAX_VOLUME_GIB
 from ebsfs.server import tokens
 from ebsfs.server.errors import EbsError, coral, not_found, validation
 from ebsfs.server.storage import COMPLETED, ERROR, PENDING, Refused, Snapshot, Store
@@ -36,7 +37,6 @@ from ebsfs.server.validate import (
     to_int,
 )
 from ebsfs.server.wire import XML_INVALID_TEXT, Request, Response, json_response, xml_unsafe
-from ebsfs.types import BLOCK_SIZE, MAX_VOLUME_GIB
 
 log = logging.getLogger(__name__)
 

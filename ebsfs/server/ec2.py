@@ -11,12 +11,12 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from urllib.parse import parse_qsl
 
+from ebsfs.core.blocks import BLOCK_SIZE
 from ebsfs.server import tokens
 from ebsfs.server.ebs import DEFAULT_KMS_KEY_ARN
 from ebsfs.server.errors import Ec2Error
 from ebsfs.server.storage import COMPLETED, ERROR, Snapshot, Store
 from ebsfs.server.wire import XML_INVALID_TEXT, Request, Response, xml_escape, xml_unsafe
-from ebsfs.types import BLOCK_SIZE
 
 log = logging.getLogger(__name__)
 

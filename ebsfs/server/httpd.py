@@ -21,9 +21,9 @@ from email.utils import formatdate
 from http import HTTPStatus
 from typing import Any
 
+from ebsfs.core.blocks import BLOCK_SIZE
 from ebsfs.server.app import App
 from ebsfs.server.wire import Request, Response
-from ebsfs.types import BLOCK_SIZE
 
 log = logging.getLogger("ebsfs.server.requests")
 

@@ -10,9 +10,9 @@ import threading
 import time
 from types import FrameType
 
-from ebsfs.config import DEV_ACCESS_KEY_ID, DEV_SECRET_ACCESS_KEY, ServerConfig
-from ebsfs.errors import UsageError
-from ebsfs.notify import notify_ready, notify_stopping
+from ebsfs.core.errors import UsageError
+from ebsfs.daemon.notify import notify_ready, notify_stopping
+from ebsfs.options.config import DEV_ACCESS_KEY_ID, DEV_SECRET_ACCESS_KEY, ServerConfig
 from ebsfs.server.app import App
 from ebsfs.server.ebs import (
     ACCOUNT_ID,

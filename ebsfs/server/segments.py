@@ -38,8 +38,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ebsfs.durable import fsync_path, punch_hole
-from ebsfs.types import BLOCK_SIZE
+from ebsfs.core.blocks import BLOCK_SIZE
+from ebsfs.core.durable import fsync_path, punch_hole
 
 log = logging.getLogger(__name__)
 

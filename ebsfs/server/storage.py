@@ -51,6 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ebsfs.core.blocks import BLOCKS_PER_GIB
 from ebsfs.server.segments import (
     SEGMENT_BLOCKS,
     Record,
@@ -59,7 +60,6 @@ from ebsfs.server.segments import (
     fsync_path,
     header_bytes,
 )
-from ebsfs.types import BLOCKS_PER_GIB
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""The one classification of AWS errors (ebsfs.errors.classify) over every (code, Reason)
+"""The one classification of AWS errors (ebsfs.core.errors.classify) over every (code, Reason)
 pair the EBS model and the EC2 calls ebsfs makes can answer, and api._convert's use of it."""
 
 from __future__ import annotations
@@ -6,9 +6,9 @@ from __future__ import annotations
 import botocore.exceptions
 import pytest
 
-from ebsfs import errors
-from ebsfs.api import _convert
-from ebsfs.errors import (
+from ebsfs.aws.api import _convert
+from ebsfs.core import errors
+from ebsfs.core.errors import (
     DENIED,
     DEPENDENCY,
     FINAL,

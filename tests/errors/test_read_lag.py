@@ -15,8 +15,9 @@ import pytest
 import trio
 
 from ebsfs.commands import diff
-from ebsfs.errors import EbsfsError, NotFoundError
-from ebsfs.store.remote import (
+from ebsfs.core.blocks import BlockIndex
+from ebsfs.core.errors import EbsfsError, NotFoundError
+from ebsfs.read.remote import (
     READ_LAG_GRACE,
     Calls,
     RemoteBlocks,
@@ -24,7 +25,6 @@ from ebsfs.store.remote import (
     seen_completed,
     since_completion,
 )
-from ebsfs.types import BlockIndex
 from tests.mounting import MountProc, ebsfs
 from tests.read.fakes import FakeBlockApi, block_of
 from tests.serverproc import LocalServer, list_blocks, upload_image

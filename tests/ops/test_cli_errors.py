@@ -1,6 +1,6 @@
 """Every CLI error a test can reach: one line ``ebsfs: ...``, no traceback, the documented code.
 
-The codes are those of docs/errors.md (and ``ebsfs.errors``).
+The codes are those of docs/errors.md (and ``ebsfs.core.errors``).
 """
 
 import os

@@ -132,8 +132,8 @@ def test_an_unreadable_path_is_one_line(
 def test_stats_from_a_hostile_mount_is_one_line(
     raw: bytes, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from ebsfs import cli, mounttable
-
+    from ebsfs import cli
+    from ebsfs.daemon import mounttable
     monkeypatch.setattr(mounttable, "ebsfs_mount", lambda path, *a: (path, None))
     monkeypatch.setattr(mounttable, "bounded_getxattr", lambda *a, **k: raw)
     assert cli.main(["stats", "/m"]) == 6
@@ -144,8 +144,8 @@ def test_stats_from_a_hostile_mount_is_one_line(
 def test_stats_escapes_control_characters(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from ebsfs import cli, mounttable
-
+    from ebsfs import cli
+    from ebsfs.daemon import mounttable
     monkeypatch.setattr(mounttable, "ebsfs_mount", lambda path, *a: (path, None))
     monkeypatch.setattr(
         mounttable, "bounded_getxattr", lambda *a, **k: b'{"read": {"x\\u001b]0;pwned\\u0007": 1}}'

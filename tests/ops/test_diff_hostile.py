@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from ebsfs.commands import diff
-from ebsfs.errors import UsageError
+from ebsfs.core.errors import UsageError
 
 SNAP = "snap-0123456789abcdef0"
 
@@ -46,9 +46,9 @@ def test_an_attribute_value_with_a_trailing_newline_is_no_id(tmp_path: Path) -> 
 def test_no_snapshot_id_check_takes_a_trailing_newline(text: str) -> None:
     """The same '$' in the mount's catalog (a lookup of 'snap-...\\n' asked EC2 for it), in
     the configuration's snapshot ids and in a draft's parent."""
-    from ebsfs import settings
-    from ebsfs.fs import catalog, drafts
-
+    from ebsfs.fs import catalog
+    from ebsfs.options import settings
+    from ebsfs.write import drafts
     assert not catalog.is_snapshot_id(text)
     assert not drafts._SNAP_RE.match(text)
     with pytest.raises(ValueError):

@@ -6,7 +6,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from ebsfs.types import BLOCK_SIZE
+from ebsfs.core.blocks import BLOCK_SIZE
 from tests.ops.mounts import ebsfs, ebsfs_env, mounted
 from tests.serverproc import LocalServer
 

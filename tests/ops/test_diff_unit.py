@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from ebsfs.commands import diff
-from ebsfs.errors import ApiError, InvalidTokenError, NotFoundError
-from ebsfs.types import BLOCK_SIZE
+from ebsfs.core.blocks import BLOCK_SIZE
+from ebsfs.core.errors import ApiError, InvalidTokenError, NotFoundError
 
 
 @dataclass

@@ -15,9 +15,9 @@ from typing import ClassVar
 import boto3
 import pytest
 
-from ebsfs.api import resolve_endpoints
-from ebsfs.config import DEFAULT_LOCAL_ENDPOINT, AwsConfig
-from ebsfs.settings import aws_config
+from ebsfs.aws.api import resolve_endpoints
+from ebsfs.options.config import DEFAULT_LOCAL_ENDPOINT, AwsConfig
+from ebsfs.options.settings import aws_config
 from tests.serverproc import LocalServer
 
 

@@ -14,8 +14,8 @@ from typing import ClassVar
 import boto3
 import pytest
 
-from ebsfs.api import resolve_endpoints
-from ebsfs.config import DEFAULT_LOCAL_ENDPOINT, AwsConfig
+from ebsfs.aws.api import resolve_endpoints
+from ebsfs.options.config import DEFAULT_LOCAL_ENDPOINT, AwsConfig
 
 
 class _Hostile(http.server.BaseHTTPRequestHandler):

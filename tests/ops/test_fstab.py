@@ -2,8 +2,8 @@
 
 import pytest
 
-from ebsfs import fstab
-from ebsfs.errors import UsageError
+from ebsfs.core.errors import UsageError
+from ebsfs.options import fstab
 
 COMMANDS = ("mount", "umount", "ls", "server", "diff")
 

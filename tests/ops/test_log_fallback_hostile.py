@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from ebsfs import logsetup
+from ebsfs.daemon import logsetup
 
 NOBODY = 65534
 

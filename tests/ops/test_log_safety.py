@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from ebsfs import logsetup
+from ebsfs.daemon import logsetup
 from tests.ops.mounts import ebsfs, ebsfs_env, unmount
 from tests.serverproc import LocalServer, free_port
 

@@ -3,7 +3,7 @@ must not drive the terminal of whoever lists it, nor forge rows of the table."""
 
 from __future__ import annotations
 
-from ebsfs.api import SnapshotInfo
+from ebsfs.aws.api import SnapshotInfo
 from ebsfs.commands.ls import table
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ebsfs import logsetup, notify
+from ebsfs.daemon import logsetup, notify
 
 
 @pytest.fixture
@@ -55,7 +55,7 @@ def test_unreachable_socket_is_logged_not_raised(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "absent"))
-    with caplog.at_level(logging.WARNING, logger="ebsfs.notify"):
+    with caplog.at_level(logging.WARNING, logger="ebsfs.daemon.notify"):
         assert notify.notify_ready() is False
     assert "could not notify systemd" in caplog.text
 

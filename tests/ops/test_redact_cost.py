@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from ebsfs import logsetup
+from ebsfs.daemon import logsetup
 
 N = 64 * 1024
 

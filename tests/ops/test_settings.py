@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from ebsfs import settings
 from ebsfs.cli import build_parser
-from ebsfs.config import MountConfig
-from ebsfs.errors import UsageError
+from ebsfs.core.errors import UsageError
+from ebsfs.options import settings
+from ebsfs.options.config import MountConfig
 
 CONFIG = """
 [aws]
@@ -162,7 +162,7 @@ def test_bad_environment_value_names_the_variable(config_file: Path) -> None:
 
 
 def test_secret_in_the_file_is_never_shown(config_file: Path) -> None:
-    from ebsfs.logsetup import redact
+    from ebsfs.daemon.logsetup import redact
 
     settings.load_config(str(config_file), {})
     assert "do-not-print-me" not in redact("key do-not-print-me leaked")
@@ -180,7 +180,7 @@ def test_server_values(config_file: Path) -> None:
 def test_every_config_field_can_be_set() -> None:
     from dataclasses import fields
 
-    from ebsfs.config import AwsConfig, ServerConfig
+    from ebsfs.options.config import AwsConfig, ServerConfig
 
     mount_fields = {f.name for f in fields(MountConfig)} - {"mountpoint", "aws", "foreground"}
     assert mount_fields == set(settings.SCHEMA["mount"])

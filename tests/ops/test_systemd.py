@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ebsfs import settings
+from ebsfs.options import settings
 from tests.serverproc import LocalServer
 
 SYSTEMD = Path(__file__).resolve().parents[2] / "systemd"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from ebsfs import mounttable
+from ebsfs.daemon import mounttable
 from tests.ops.mounts import ebsfs, ebsfs_env
 from tests.serverproc import LocalServer, upload_image
 

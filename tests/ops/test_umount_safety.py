@@ -92,8 +92,8 @@ def test_umount_never_signals_a_pid_from_another_filesystem(
 
 
 def test_umount_refuses_a_pid_that_is_not_an_ebsfs_daemon() -> None:
-    from ebsfs import mounttable
-    from ebsfs.errors import MountError
+    from ebsfs.core.errors import MountError
+    from ebsfs.daemon import mounttable
 
     entry = mounttable.MountEntry(1, 0, "0:1", "/m", "fuse.ebsfs", "ebsfs", "user_id=0")
     with subprocess.Popen(["sleep", "300"]) as proc:

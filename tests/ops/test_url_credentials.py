@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ebsfs import logsetup
+from ebsfs.daemon import logsetup
 
 PASSWORD = "HUNTER2-url-password"
 

@@ -14,11 +14,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ebsfs import fstab
-from ebsfs import settings as ebsfs_settings
 from ebsfs.cli import build_parser
-from ebsfs.errors import UsageError
-from ebsfs.sizes import format_size, parse_size
+from ebsfs.core.errors import UsageError
+from ebsfs.core.sizes import format_size, parse_size
+from ebsfs.options import fstab
+from ebsfs.options import settings as ebsfs_settings
 
 UNITS = {
     "": 1, "b": 1,

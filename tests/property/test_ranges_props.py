@@ -11,8 +11,8 @@ import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ebsfs.store.ranges import read_range
-from ebsfs.types import BLOCK_SIZE, BlockIndex
+from ebsfs.core.blocks import BLOCK_SIZE, BlockIndex
+from ebsfs.read.ranges import read_range
 
 BLOCKS = 6
 

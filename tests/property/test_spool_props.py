@@ -18,9 +18,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from ebsfs.store import spool as spool_mod
-from ebsfs.store.spool import Interval, Spool, _add_interval
-from ebsfs.types import BLOCK_SIZE
+from ebsfs.core.blocks import BLOCK_SIZE
+from ebsfs.write import spool as spool_mod
+from ebsfs.write.spool import Interval, Spool, _add_interval
 
 BLOCKS = 4
 VOLUME = BLOCKS * BLOCK_SIZE

@@ -1,4 +1,4 @@
-"""A fake of the block-reading part of ebsfs.api.Api, with faults, for unit tests of layers."""
+"""A fake of the block-reading part of ebsfs.aws.api.Api, with faults, for unit tests of layers."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import threading
 import time
 from collections import Counter
 
-from ebsfs.api import BlockPage
-from ebsfs.errors import (
+from ebsfs.aws.api import BlockPage
+from ebsfs.core.blocks import BLOCK_SIZE
+from ebsfs.core.errors import (
     AccessDeniedError,
     ApiError,
     BackendUnavailableError,
@@ -16,7 +17,6 @@ from ebsfs.errors import (
     InvalidTokenError,
     NotFoundError,
 )
-from ebsfs.types import BLOCK_SIZE
 
 
 def block_of(index: int) -> bytes:

@@ -1,4 +1,4 @@
-"""ebsfs.api: botocore errors become ebsfs errors; blocks are verified before they are returned."""
+"""ebsfs.aws.api: botocore errors become ebsfs errors; blocks are verified before returned."""
 
 import contextlib
 import datetime
@@ -18,12 +18,12 @@ import botocore.exceptions
 import pytest
 from botocore.credentials import RefreshableCredentials
 
-from ebsfs import checksum, errors
-from ebsfs.api import Api, _convert, new_client_token
-from ebsfs.blockcalls import BlockCalls, ClientBlockCalls
-from ebsfs.config import DEV_ACCESS_KEY_ID, DEV_SECRET_ACCESS_KEY, AwsConfig
+from ebsfs.aws.api import Api, _convert, new_client_token
+from ebsfs.aws.blockcalls import BlockCalls, ClientBlockCalls
+from ebsfs.core import checksum, errors
+from ebsfs.core.blocks import BLOCK_SIZE
+from ebsfs.options.config import DEV_ACCESS_KEY_ID, DEV_SECRET_ACCESS_KEY, AwsConfig
 from ebsfs.server.sigv4 import Verifier
-from ebsfs.types import BLOCK_SIZE
 from tests.serverproc import LocalServer, list_blocks, upload_image, wait_state
 
 
@@ -100,7 +100,7 @@ def test_unreachable_endpoint_is_backend_unavailable() -> None:
         api.list_blocks("snap-0123456789abcdef0")
 
 
-# ---- the lean block calls (ebsfs.blockcalls) against real HTTP -------------------------------
+# ---- the lean block calls (ebsfs.aws.blockcalls) against real HTTP -------------------------------
 
 SNAP = "snap-0123456789abcdef0"
 #: Real AWS block tokens carry + / = (they must be percent-encoded in the query).
@@ -342,9 +342,9 @@ def test_without_http_session_the_clients_own_calls_are_used(
     server: LocalServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     _without_http_session(monkeypatch)
-    with caplog.at_level(logging.INFO, logger="ebsfs.blockcalls"):
+    with caplog.at_level(logging.INFO, logger="ebsfs.aws.blockcalls"):
         api = _api_on(server.endpoint_url, "client")
-    lines = [r.getMessage() for r in caplog.records if r.name == "ebsfs.blockcalls"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "ebsfs.aws.blockcalls"]
     assert len(lines) == 1, lines
     assert "client's own calls" in lines[0] and "http_session" in lines[0]
     sid, tokens, image = _completed(server, 2)

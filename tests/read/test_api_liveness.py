@@ -9,9 +9,9 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from ebsfs import errors
-from ebsfs.api import Api
-from ebsfs.config import AwsConfig
+from ebsfs.aws.api import Api
+from ebsfs.core import errors
+from ebsfs.options.config import AwsConfig
 from tests.read.test_api import SILENT, ScriptedServer, Seen, _error_answer, scripted
 from tests.serverproc import free_port
 

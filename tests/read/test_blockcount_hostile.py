@@ -7,9 +7,9 @@ from typing import Any
 
 import trio
 
-from ebsfs.api import BlockPage
+from ebsfs.aws.api import BlockPage
 from ebsfs.fs.blockcount import BlockCounts
-from ebsfs.store.remote import Calls
+from ebsfs.read.remote import Calls
 
 SNAP = "snap-0123456789abcdef0"
 

@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 import trio
 
-from ebsfs import errors
-from ebsfs.api import BlockPage, SnapshotInfo
+from ebsfs.aws.api import BlockPage, SnapshotInfo
 from ebsfs.cli import build_parser
 from ebsfs.commands.mount import mount_config_from_args
+from ebsfs.core import errors
+from ebsfs.daemon.run import check_mountpoint
 from ebsfs.fs.catalog import Catalog, CatalogConfig, is_snapshot_id
-from ebsfs.mount import check_mountpoint
-from ebsfs.store.remote import Calls
+from ebsfs.read.remote import Calls
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -120,7 +120,7 @@ def test_mountpoint_checks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     (tmp_path / "file").write_text("")
     with pytest.raises(errors.MountError, match="not a directory"):
         check_mountpoint(str(tmp_path / "file"))
-    monkeypatch.setattr("ebsfs.mount.FUSE_DEVICE", str(tmp_path / "no-fuse"))
+    monkeypatch.setattr("ebsfs.daemon.run.FUSE_DEVICE", str(tmp_path / "no-fuse"))
     with pytest.raises(errors.MountError, match="FUSE is unavailable"):
         check_mountpoint(str(tmp_path))
 

@@ -9,9 +9,9 @@ from collections.abc import Iterable
 import pytest
 import trio
 
-from ebsfs.api import BlockPage, SnapshotInfo
+from ebsfs.aws.api import BlockPage, SnapshotInfo
 from ebsfs.fs.catalog import Catalog, CatalogConfig
-from ebsfs.store.remote import Calls
+from ebsfs.read.remote import Calls
 
 pytestmark = pytest.mark.timeout(30)
 

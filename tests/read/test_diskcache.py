@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 import trio
 
-from ebsfs.store import diskcache
-from ebsfs.store.diskcache import DiskCache, DiskCachedBlocks, cache_file
-from ebsfs.store.remote import Calls, RemoteBlocks, RemoteTuning
-from ebsfs.types import BLOCK_SIZE, BlockIndex
+from ebsfs.core.blocks import BLOCK_SIZE, BlockIndex
+from ebsfs.read import diskcache
+from ebsfs.read.diskcache import DiskCache, DiskCachedBlocks, cache_file
+from ebsfs.read.remote import Calls, RemoteBlocks, RemoteTuning
 from tests.read.fakes import FakeBlockApi, block_of
 
 pytestmark = pytest.mark.timeout(60)
@@ -169,7 +169,7 @@ def test_corrupted_slot_is_detected_and_read_from_below(
                 byte = f.read(1)
                 f.seek(BLOCK_SIZE // 2)
                 f.write(bytes([byte[0] ^ 0xFF]))
-            with caplog.at_level(logging.WARNING, logger="ebsfs.store.diskcache"):
+            with caplog.at_level(logging.WARNING, logger="ebsfs.read.diskcache"):
                 assert await blocks.read_block(B(6)) == block_of(6)
             assert api.calls["get"] == 2
             assert cache.counters["disk_cache_errors"] == 1
@@ -185,7 +185,7 @@ def test_corrupted_slot_is_detected_and_read_from_below(
     lines = [
         r.getMessage()
         for r in caplog.records
-        if r.name == "ebsfs.store.diskcache" and r.levelno >= logging.WARNING
+        if r.name == "ebsfs.read.diskcache" and r.levelno >= logging.WARNING
     ]
     assert len(lines) == 1 and "block 6" in lines[0] and "SHA256" in lines[0]
 
@@ -201,7 +201,7 @@ def test_read_error_falls_back_to_below(tmp_path: Path, caplog: pytest.LogCaptur
             await blocks.read_block(B(2))
             await stored(cache, 2)
             os.truncate(path, 0)  # the slots are gone: short reads
-            with caplog.at_level(logging.WARNING, logger="ebsfs.store.diskcache"):
+            with caplog.at_level(logging.WARNING, logger="ebsfs.read.diskcache"):
                 assert await blocks.read_block(B(0)) == block_of(0)
                 assert await blocks.read_block(B(2)) == block_of(2)
             assert api.calls["get"] == 4
@@ -239,7 +239,7 @@ def test_no_o_direct_falls_back_to_buffered_io(
     ram.mkdir()
     subprocess.run(["mount", "-t", "ramfs", "ramfs", str(ram)], check=True)
     try:
-        with caplog.at_level(logging.INFO, logger="ebsfs.store.diskcache"):
+        with caplog.at_level(logging.INFO, logger="ebsfs.read.diskcache"):
             cache = _hit_after_store(ram / "blocks")
     finally:
         subprocess.run(["umount", str(ram)], check=False)
@@ -282,7 +282,7 @@ def test_full_disk_stops_storing(tmp_path: Path, caplog: pytest.LogCaptureFixtur
     async def main() -> None:
         async with running(DiskCache(small / "blocks", 8 * BLOCK_SIZE)) as cache:
             blocks = layer(api, cache)
-            with caplog.at_level(logging.WARNING, logger="ebsfs.store.diskcache"):
+            with caplog.at_level(logging.WARNING, logger="ebsfs.read.diskcache"):
                 for i in range(0, 20, 2):
                     assert await blocks.read_block(B(i)) == block_of(i)
                     await trio.sleep(0.02)
@@ -322,7 +322,7 @@ def test_direct_writes_refused_fall_back_to_buffered(
     async def main() -> None:
         async with running(cache):
             blocks = layer(api, cache)
-            with caplog.at_level(logging.INFO, logger="ebsfs.store.diskcache"):
+            with caplog.at_level(logging.INFO, logger="ebsfs.read.diskcache"):
                 await blocks.read_block(B(0))
                 await blocks.read_block(B(2))
                 await stored(cache, 2)

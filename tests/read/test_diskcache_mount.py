@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
-from ebsfs import settings
 from ebsfs.commands.mount import mount_config_from_args
-from ebsfs.errors import UsageError
-from ebsfs.fstab import translate
+from ebsfs.core.errors import UsageError
+from ebsfs.options import settings
+from ebsfs.options.fstab import translate
 from tests.mounting import MountProc, drop_page_cache, ebsfs
 from tests.serverproc import LocalServer, upload_image
 

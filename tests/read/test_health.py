@@ -9,12 +9,12 @@ from collections.abc import Awaitable, Callable, Iterable
 import pytest
 import trio
 
-from ebsfs import errors
-from ebsfs.api import SnapshotInfo
+from ebsfs.aws.api import SnapshotInfo
+from ebsfs.core import errors
+from ebsfs.core.blocks import BLOCK_SIZE, BlockIndex
 from ebsfs.fs.catalog import Catalog, CatalogConfig
-from ebsfs.store.cache import BlockCache, CachedBlocks
-from ebsfs.store.remote import Calls, RemoteBlocks, RemoteTuning
-from ebsfs.types import BLOCK_SIZE, BlockIndex
+from ebsfs.read.cache import BlockCache, CachedBlocks
+from ebsfs.read.remote import Calls, RemoteBlocks, RemoteTuning
 from tests.read.fakes import FakeBlockApi, block_of
 
 pytestmark = pytest.mark.timeout(60)

@@ -11,13 +11,13 @@ from collections.abc import Awaitable, Callable
 import pytest
 import trio
 
-from ebsfs import errors
-from ebsfs.store.cache import BlockCache, CachedBlocks
-from ebsfs.store.ranges import ReplyBuffers, read_range
-from ebsfs.store.readahead import ReadAhead
-from ebsfs.store.remote import Calls, RemoteBlocks, RemoteTuning, TokenWindows
-from ebsfs.store.stack import ReadStacks, StackConfig
-from ebsfs.types import BLOCK_SIZE, BlockIndex
+from ebsfs.core import errors
+from ebsfs.core.blocks import BLOCK_SIZE, BlockIndex
+from ebsfs.read.cache import BlockCache, CachedBlocks
+from ebsfs.read.ranges import ReplyBuffers, read_range
+from ebsfs.read.readahead import ReadAhead
+from ebsfs.read.remote import Calls, RemoteBlocks, RemoteTuning, TokenWindows
+from ebsfs.read.stack import ReadStacks, StackConfig
 from tests.read.fakes import FakeBlockApi, block_of
 
 pytestmark = pytest.mark.timeout(60)

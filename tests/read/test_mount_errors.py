@@ -172,7 +172,7 @@ def test_a_signal_before_the_mount_first_answers_is_a_clean_stop(tmp_path: Path)
     # after a signal that is the requested stop, not an error; without one it still is.
     import trio
 
-    from ebsfs.mount import _announce_when_answering
+    from ebsfs.daemon.run import _announce_when_answering
 
     gone = str(tmp_path / "gone")
     announced: list[bool] = []

@@ -8,8 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from ebsfs import checksum
-from ebsfs.types import BLOCK_SIZE, BLOCKS_PER_GIB, MAX_VOLUME_GIB
+from ebsfs.core import checksum
+from ebsfs.core.blocks import BLOCK_SIZE, BLOCKS_PER_GIB, MAX_VOLUME_GIB
 from tests.read.fakes import block_of
 from tests.serverproc import complete, put_block, wait_state
 

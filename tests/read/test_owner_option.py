@@ -6,10 +6,10 @@ from typing import Any
 
 import pytest
 
-from ebsfs.api import Api, parse_owner
-from ebsfs.config import AwsConfig
-from ebsfs.errors import UsageError
-from ebsfs.fstab import translate_options
+from ebsfs.aws.api import Api, parse_owner
+from ebsfs.core.errors import UsageError
+from ebsfs.options.config import AwsConfig
+from ebsfs.options.fstab import translate_options
 
 
 def test_parse_owner() -> None:

@@ -15,8 +15,8 @@ import pytest
 from botocore import UNSIGNED
 from botocore.exceptions import ClientError
 
-from ebsfs import checksum
-from ebsfs.types import BLOCK_SIZE
+from ebsfs.core import checksum
+from ebsfs.core.blocks import BLOCK_SIZE
 from tests.server.conftest import Shared
 from tests.server.raw import send, sign, signed, store_state
 from tests.serverproc import LocalServer, free_port

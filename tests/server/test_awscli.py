@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ebsfs import checksum
-from ebsfs.types import BLOCK_SIZE
+from ebsfs.core import checksum
+from ebsfs.core.blocks import BLOCK_SIZE
 from tests.serverproc import LocalServer, upload_image
 
 

@@ -2,8 +2,8 @@
 
 import os
 
-from ebsfs import checksum
-from ebsfs.types import BLOCK_SIZE
+from ebsfs.core import checksum
+from ebsfs.core.blocks import BLOCK_SIZE
 from tests.serverproc import (
     LocalServer,
     complete,

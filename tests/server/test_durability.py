@@ -8,9 +8,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ebsfs import checksum
+from ebsfs.core import checksum
+from ebsfs.core.blocks import BLOCK_SIZE
 from ebsfs.server.segments import HEADER_SIZE, RECORD_SIZE, Record, encode_header
-from ebsfs.types import BLOCK_SIZE
 from tests.server.raw import allocated, stored
 from tests.serverproc import (
     LocalServer,

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from ebsfs.types import BLOCK_SIZE
+from ebsfs.core.blocks import BLOCK_SIZE
 from tests.server.conftest import Shared
 from tests.serverproc import LocalServer, put_block, upload_image
 

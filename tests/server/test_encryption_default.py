@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 
 from ebsfs.commands.server import build_config
+from ebsfs.core.blocks import BLOCK_SIZE
 from ebsfs.server.ebs import DEFAULT_KMS_KEY_ARN
-from ebsfs.types import BLOCK_SIZE
 from tests.serverproc import upload_image
 
 OTHER_KEY = "arn:aws:kms:us-east-1:000000000000:key/11111111-2222-4333-8444-555555555555"

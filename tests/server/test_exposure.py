@@ -18,8 +18,8 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 
+from ebsfs.core.blocks import BLOCK_SIZE
 from ebsfs.server.httpd import HEAD_TIMEOUT, MAX_CONNECTIONS
-from ebsfs.types import BLOCK_SIZE
 from tests.server.conftest import Shared
 from tests.server.raw import send, sign, signed
 from tests.serverproc import LocalServer, free_port
@@ -125,7 +125,7 @@ def _refused(tmp_path: Path, flags: list[str], env_pair: tuple[str, str] | None)
 
 
 def test_development_pair_refused_off_loopback_even_when_explicit(tmp_path: Path) -> None:
-    from ebsfs.config import DEV_ACCESS_KEY_ID, DEV_SECRET_ACCESS_KEY
+    from ebsfs.options.config import DEV_ACCESS_KEY_ID, DEV_SECRET_ACCESS_KEY
 
     flags = ["--access-key-id", DEV_ACCESS_KEY_ID, "--secret-access-key", DEV_SECRET_ACCESS_KEY]
     assert "published development key pair" in _refused(tmp_path, flags, None)
@@ -334,7 +334,7 @@ def test_the_busy_answer_is_an_error_botocore_can_read(server: LocalServer, serv
 def test_second_account_pair_is_held_to_the_same_rules_off_loopback(tmp_path: Path) -> None:
     # Only the main pair was checked: --second-account with the published development pair
     # (or a 1-character secret) served another account to the network.
-    from ebsfs.config import DEV_ACCESS_KEY_ID, DEV_SECRET_ACCESS_KEY
+    from ebsfs.options.config import DEV_ACCESS_KEY_ID, DEV_SECRET_ACCESS_KEY
 
     main = ["--access-key-id", "AKIAOTHER00000000000", "--secret-access-key", "s" * 40]
     dev = ["--second-account", f"{DEV_ACCESS_KEY_ID}:{DEV_SECRET_ACCESS_KEY}:111122223333"]

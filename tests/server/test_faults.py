@@ -13,8 +13,8 @@ from botocore.exceptions import (
 )
 from urllib3.exceptions import ProtocolError
 
-from ebsfs import checksum
-from ebsfs.types import BLOCK_SIZE
+from ebsfs.core import checksum
+from ebsfs.core.blocks import BLOCK_SIZE
 from tests.server.raw import store_state
 from tests.serverproc import complete, download_image, list_blocks, put_block, upload_image
 

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from ebsfs import checksum
-from ebsfs.types import BLOCK_SIZE
+from ebsfs.core import checksum
+from ebsfs.core.blocks import BLOCK_SIZE
 from tests.server.smallfs import SmallFs
 from tests.serverproc import (
     LocalServer,

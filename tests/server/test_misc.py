@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from ebsfs.types import BLOCK_SIZE
+from ebsfs.core.blocks import BLOCK_SIZE
 from tests.server.conftest import Shared
 from tests.server.raw import sign
 from tests.serverproc import put_block

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
+from ebsfs.core.blocks import BLOCK_SIZE
 from ebsfs.server.storage import Store
-from ebsfs.types import BLOCK_SIZE
 from tests.serverproc import LocalServer, upload_image
 
 

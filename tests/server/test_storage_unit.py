@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from ebsfs.core.blocks import BLOCK_SIZE
 from ebsfs.server.segments import RECORD_SIZE
 from ebsfs.server.storage import COMPLETED, Refused, Snapshot, Store
-from ebsfs.types import BLOCK_SIZE
 
 
 def _snapshot(store: Store, sid: str) -> Snapshot:

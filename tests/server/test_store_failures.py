@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
+from ebsfs.core.blocks import BLOCK_SIZE
 from ebsfs.server import segments as segments_mod
 from ebsfs.server.ec2 import Ec2Service
 from ebsfs.server.storage import COMPLETED, Snapshot, Store
-from ebsfs.types import BLOCK_SIZE
 
 
 def _snapshot(store: Store, sid: str) -> Snapshot:

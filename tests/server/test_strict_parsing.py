@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from ebsfs import checksum
-from ebsfs.types import BLOCK_SIZE
+from ebsfs.core import checksum
+from ebsfs.core.blocks import BLOCK_SIZE
 from tests.server.conftest import Shared
 from tests.server.raw import Answer, send, sign, signed, store_state
 from tests.serverproc import complete, put_block, wait_state

@@ -10,7 +10,7 @@ import botocore.config
 import pytest
 from botocore.exceptions import ClientError
 
-from ebsfs.types import BLOCK_SIZE
+from ebsfs.core.blocks import BLOCK_SIZE
 from tests.serverproc import LocalServer, get_block, list_blocks, upload_image
 
 OTHER_KEY_ID = "AKIAEBSFSOTHERACCT00"

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
+from ebsfs.core.blocks import BLOCK_SIZE
 from ebsfs.server.segments import data_bytes
-from ebsfs.types import BLOCK_SIZE
 from tests.serverproc import LocalServer, get_block, list_blocks, upload_image
 
 

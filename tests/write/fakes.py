@@ -11,9 +11,9 @@ import threading
 from collections import Counter
 from dataclasses import dataclass, field
 
-from ebsfs import checksum
-from ebsfs.errors import ApiError, BackendUnavailableError, ChecksumError, NotFoundError
-from ebsfs.types import BLOCK_SIZE
+from ebsfs.core import checksum
+from ebsfs.core.blocks import BLOCK_SIZE
+from ebsfs.core.errors import ApiError, BackendUnavailableError, ChecksumError, NotFoundError
 
 
 @dataclass(frozen=True)

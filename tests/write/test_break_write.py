@@ -12,13 +12,13 @@ import pytest
 import trio
 import trio.testing
 
-from ebsfs.errors import InvalidValueError, NoSpaceError
-from ebsfs.fs.drafts import Drafts
+from ebsfs.core.blocks import BLOCK_SIZE
+from ebsfs.core.errors import InvalidValueError, NoSpaceError
 from ebsfs.fs.partitions import Partition
 from ebsfs.fs.scratch import ScratchDirectory
-from ebsfs.store.spool import Spool
-from ebsfs.store.writeback import WriteTuning
-from ebsfs.types import BLOCK_SIZE
+from ebsfs.write.drafts import Drafts
+from ebsfs.write.spool import Spool
+from ebsfs.write.writeback import WriteTuning
 from tests.mounting import mount_factory  # noqa: F401  (fixture)
 from tests.serverproc import LocalServer, upload_image
 
@@ -248,9 +248,9 @@ def test_an_overlay_removed_while_open_still_serves_its_handle(
 _KEEP_THEN_DIE = r'''
 import os, sys, trio
 from pathlib import Path
-from ebsfs.fs.drafts import Drafts, SnapshotDraft
+from ebsfs.write.drafts import Drafts, SnapshotDraft
 from ebsfs.fs.scratch import ScratchDirectory
-from ebsfs.store.writeback import WriteTuning
+from ebsfs.write.writeback import WriteTuning
 from tests.write.fakes import DictReader, FakeApi
 
 BS = 512 * 1024
@@ -540,7 +540,7 @@ def test_a_spool_path_that_is_another_users_symlink_is_refused(
 def test_a_draft_being_kept_into_cannot_be_sealed_yet(tmp_path: Path) -> None:
     """chmod a-w of new/NAME while a keep writes it: no snapshot is started during a keep,
     so the seal must wait for it (refused), not run without a snapshot."""
-    from ebsfs.errors import NotPermittedError
+    from ebsfs.core.errors import NotPermittedError
 
     api = FakeApi()
 

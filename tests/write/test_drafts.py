@@ -8,18 +8,18 @@ from pathlib import Path
 import pytest
 import trio
 
-from ebsfs.errors import (
+from ebsfs.core.blocks import BLOCK_SIZE
+from ebsfs.core.errors import (
     EbsfsError,
     FileTooLargeError,
     InvalidValueError,
     NotPermittedError,
     ReadOnlyError,
 )
-from ebsfs.fs.drafts import Drafts, SnapshotDraft
-from ebsfs.seal import SealTuning
-from ebsfs.store.remote_write import PutTuning
-from ebsfs.store.writeback import WriteTuning
-from ebsfs.types import BLOCK_SIZE
+from ebsfs.write.drafts import Drafts, SnapshotDraft
+from ebsfs.write.seal import SealTuning
+from ebsfs.write.sink import PutTuning
+from ebsfs.write.writeback import WriteTuning
 
 from .fakes import DictReader, FakeApi
 

@@ -10,7 +10,7 @@ import stat
 from collections.abc import Callable
 from pathlib import Path
 
-from ebsfs import checksum
+from ebsfs.core import checksum
 from tests.mounting import MountProc, ebsfs
 from tests.serverproc import LocalServer, complete, upload_image, wait_state
 from tests.write.helpers import download, seal, sh

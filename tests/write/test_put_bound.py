@@ -8,10 +8,10 @@ import threading
 import pytest
 import trio
 
-from ebsfs import errors
-from ebsfs.store.remote import Calls
-from ebsfs.store.remote_write import PutTuning, RemoteWriter
-from ebsfs.types import BLOCK_SIZE
+from ebsfs.core import errors
+from ebsfs.core.blocks import BLOCK_SIZE
+from ebsfs.read.remote import Calls
+from ebsfs.write.sink import PutTuning, RemoteWriter
 
 pytestmark = pytest.mark.timeout(60)
 SNAP = "snap-0123456789abcdef0"

@@ -1,4 +1,4 @@
-"""The upload process (ebsfs/putproc.py) against the real local server: what it stores, the
+"""The upload process (ebsfs/write/upload.py) against the real local server: what it stores, the
 errors it carries back, and how it dies, is replaced, gives up and goes away with the mount."""
 
 from __future__ import annotations
@@ -19,12 +19,12 @@ from typing import Any
 
 import pytest
 
-from ebsfs import checksum
-from ebsfs.api import Api
-from ebsfs.config import AwsConfig
-from ebsfs.errors import BackendUnavailableError, ChecksumError, EbsfsError, NotFoundError
-from ebsfs.putproc import PutProcess
-from ebsfs.types import BLOCK_SIZE
+from ebsfs.aws.api import Api
+from ebsfs.core import checksum
+from ebsfs.core.blocks import BLOCK_SIZE
+from ebsfs.core.errors import BackendUnavailableError, ChecksumError, EbsfsError, NotFoundError
+from ebsfs.options.config import AwsConfig
+from ebsfs.write.upload import PutProcess
 from tests.mounting import MountProc
 from tests.serverproc import LocalServer, download_image, list_blocks, wait_state
 from tests.write.helpers import seal, sh
@@ -198,7 +198,7 @@ def test_a_child_that_cannot_start_means_uploads_in_the_mount(
     broken = PutProcess(aws, Api(aws), 2, command=[sys.executable, "-c", "import sys; sys.exit(3)"])
     sid = _snapshot(server)
     data = _block(5)
-    with caplog.at_level(logging.ERROR, logger="ebsfs.putproc"):
+    with caplog.at_level(logging.ERROR, logger="ebsfs.write.upload"):
         broken.put_block(sid, 0, data, checksum.block_checksum(data))
     assert (broken.started, broken.fallback_calls) == (0, 1)
     assert "cannot start the upload process" in caplog.text
@@ -255,9 +255,9 @@ def test_the_child_dies_with_the_mount(server: LocalServer, env: None, tmp_path:
             "-c",
             textwrap.dedent(f"""
                 import sys, time
-                from ebsfs.api import Api
-                from ebsfs.config import AwsConfig
-                from ebsfs.putproc import PutProcess
+                from ebsfs.aws.api import Api
+                from ebsfs.options.config import AwsConfig
+                from ebsfs.write.upload import PutProcess
                 aws = AwsConfig(endpoint_url={server.endpoint_url!r}, region={server.region!r})
                 p = PutProcess(aws, Api(aws), 2)
                 p._current()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from ebsfs import checksum
+from ebsfs.core import checksum
 from tests.mounting import MountProc, ebsfs
 from tests.serverproc import LocalServer, complete, upload_image, wait_state
 from tests.write.helpers import download, seal, sh

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from ebsfs.errors import (
+from ebsfs.core.errors import (
     AccessDeniedError,
     ApiError,
     BackendUnavailableError,
@@ -19,7 +19,7 @@ from ebsfs.errors import (
     InvalidValueError,
     NoSpaceError,
 )
-from ebsfs.fs.drafts import Drafts
+from ebsfs.write.drafts import Drafts
 
 from .fakes import FakeApi
 from .test_drafts import BS, run, sealed

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from ebsfs.store import spool as spool_module
-from ebsfs.store.spool import JOURNAL, Spool
-from ebsfs.types import BLOCK_SIZE
+from ebsfs.core.blocks import BLOCK_SIZE
+from ebsfs.write import spool as spool_module
+from ebsfs.write.spool import JOURNAL, Spool
 
 BS = BLOCK_SIZE
 
@@ -277,7 +277,7 @@ def test_a_failed_compaction_keeps_the_old_journal(
 
     spool = Spool.create(tmp_path, {"name": "x"})
     monkeypatch.setattr(spool_module.os, "replace", no_rename)
-    with caplog.at_level("WARNING", logger="ebsfs.store.spool"):
+    with caplog.at_level("WARNING", logger="ebsfs.write.spool"):
         _many_writes(spool, 3000)  # every write is still accepted
     assert "journal not compacted" in caplog.text
     assert (spool.directory / JOURNAL).stat().st_size > 64 * 1024

@@ -6,8 +6,8 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from ebsfs.settings import default_spool_dir, escape_path
-from ebsfs.store.spool import LOCK
+from ebsfs.options.settings import default_spool_dir, escape_path
+from ebsfs.write.spool import LOCK
 from tests.mounting import MountProc, ebsfs
 from tests.serverproc import LocalServer
 
@@ -115,8 +115,7 @@ def test_drafts_left_in_the_old_shared_spool_are_named_in_the_log(
 
 
 def test_the_default_spool_is_per_mount_point_and_a_setting_wins(tmp_path: Path) -> None:
-    from ebsfs import settings
-
+    from ebsfs.options import settings
     env = {"EBSFS_SPOOL_ROOT": str(tmp_path)}
     a = settings.mount_config("/mnt/a", {}, config=settings.EMPTY, environ=env)
     b = settings.mount_config("/mnt/b", {}, config=settings.EMPTY, environ=env)

@@ -6,12 +6,12 @@ from pathlib import Path
 import pytest
 import trio
 
-from ebsfs import checksum
-from ebsfs.errors import ApiError, BackendUnavailableError, NotFoundError
-from ebsfs.store.remote_write import PutTuning, RemoteWriter
-from ebsfs.store.spool import Spool
-from ebsfs.store.writeback import WriteBack, WriteTuning
-from ebsfs.types import BLOCK_SIZE
+from ebsfs.core import checksum
+from ebsfs.core.blocks import BLOCK_SIZE
+from ebsfs.core.errors import ApiError, BackendUnavailableError, NotFoundError
+from ebsfs.write.sink import PutTuning, RemoteWriter
+from ebsfs.write.spool import Spool
+from ebsfs.write.writeback import WriteBack, WriteTuning
 
 from .fakes import DictReader, FakeApi
 

@@ -6,9 +6,9 @@ import sys
 
 import trio
 
-from ebsfs.exgroups import first_error
-from ebsfs.store.base import BlockReader
-from ebsfs.types import BLOCK_SIZE, ZERO_BLOCK, BlockIndex
+from ebsfs.core.blocks import BLOCK_SIZE, ZERO_BLOCK, BlockIndex
+from ebsfs.core.exgroups import first_error
+from ebsfs.read.base import BlockReader
 
 #: Size of a pooled reply buffer: the kernel asks for at most 1 MiB per FUSE read, two blocks.
 REPLY_BUFFER_SIZE = 2 * BLOCK_SIZE

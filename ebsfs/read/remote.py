@@ -39,8 +39,9 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import trio
 
-from ebsfs.api import BlockPage
-from ebsfs.errors import (
+from ebsfs.aws.api import BlockPage
+from ebsfs.core.blocks import BLOCK_SIZE, BlockIndex
+from ebsfs.core.errors import (
     RETRY,
     ApiError,
     BackendUnavailableError,
@@ -50,7 +51,6 @@ from ebsfs.errors import (
     InvalidTokenError,
     NotFoundError,
 )
-from ebsfs.types import BLOCK_SIZE, BlockIndex
 
 if TYPE_CHECKING:
     import outcome
@@ -61,7 +61,7 @@ T = TypeVar("T")
 
 
 class BlockApi(Protocol):
-    """The part of ``ebsfs.api.Api`` this layer uses (a fake in unit tests)."""
+    """The part of ``ebsfs.aws.api.Api`` this layer uses (a fake in unit tests)."""
 
     def list_blocks(
         self,
@@ -486,7 +486,7 @@ def since_completion(snapshot_id: str, since_first_sight: float) -> float:
 
 
 def _retryable(exc: EbsfsError) -> bool:
-    # One classification (ebsfs.errors.classify): throttling, quotas (402), 5xx, transient.
+    # One classification (ebsfs.core.errors.classify): throttling, quotas (402), 5xx, transient.
     return exc.kind == RETRY and not isinstance(exc, InvalidTokenError)
 
 

@@ -14,7 +14,7 @@ import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from ebsfs.errors import MountError, UsageError
+from ebsfs.core.errors import MountError, UsageError
 
 FSTYPE = "fuse.ebsfs"
 FUSE_DEVICE = "/dev/fuse"

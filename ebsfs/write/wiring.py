@@ -14,17 +14,17 @@ from pathlib import Path
 
 import trio
 
-from ebsfs import settings
-from ebsfs.api import Api
-from ebsfs.config import MountConfig
-from ebsfs.fs.drafts import Drafts
+from ebsfs.aws.api import Api
+from ebsfs.core.blocks import BlockIndex
 from ebsfs.fs.newdir import NewDirectory
 from ebsfs.fs.ops import EmptyNewDirectory
-from ebsfs.putproc import PutProcess
-from ebsfs.store.spool import Spool, SpoolLock
-from ebsfs.store.stack import ReadStacks
-from ebsfs.store.writeback import WriteTuning
-from ebsfs.types import BlockIndex
+from ebsfs.options import settings
+from ebsfs.options.config import MountConfig
+from ebsfs.read.stack import ReadStacks
+from ebsfs.write.drafts import Drafts
+from ebsfs.write.spool import Spool, SpoolLock
+from ebsfs.write.upload import PutProcess
+from ebsfs.write.writeback import WriteTuning
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ every FUSE request and writes the spool, and up to ``--max-concurrency`` worker 
 botocore for each 512 KiB PutSnapshotBlock. In one process they share one GIL, and every
 ``write()`` of the user's ``dd`` waits until the trio thread wins it back from the upload
 threads. :class:`PutProcess` is a drop-in for ``Api.put_block`` that hands each block to a
-child (``python -m ebsfs.putproc``) running the same ``Api.put_block`` in its own threads,
+child (``python -m ebsfs.write.upload``) running the same ``Api.put_block`` in its own threads,
 under its own GIL; the mount's worker thread only waits for the answer. A block wholly in
 the spool goes as (file, offset): the child reads and hashes it itself.
 
@@ -14,14 +14,14 @@ a call takes an idle connection, sends its request and reads the answer on it, a
 thread of the child serves that connection; no thread wakes another on either side.
 
 The contract is ``Api.put_block``'s: the call returns once AWS acknowledged the block, or
-raises the ``ebsfs.errors`` exception ``Api`` raised in the child (class, message, code,
+raises the ``ebsfs.core.errors`` exception ``Api`` raised in the child (class, message, code,
 reason and status carried over), so the write layer's retries see exactly what they would
 see in-process. The child:
 
 * is forked by a writable mount when it starts (:meth:`PutProcess.prefork`, before trio
   runs: the child shares the modules and the clients already loaded, and keeps none of the
   mount's descriptors but its connections); one that replaces a dead child, or any child of
-  a ``PutProcess`` not preforked, is a fresh ``python -m ebsfs.putproc`` started at a put,
+  a ``PutProcess`` not preforked, is a fresh ``python -m ebsfs.write.upload`` started at a put,
   which inherits the mount's environment (credentials resolve as they do for the mount;
   nothing secret is passed on its command line) and AWS settings;
 * exits when a connection reaches end of file: the mount closed them (unmount), or the
@@ -58,11 +58,11 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any, Protocol
 
-from ebsfs import checksum, errors
-from ebsfs.config import AwsConfig
-from ebsfs.errors import BackendUnavailableError, EbsfsError
-from ebsfs.store.remote_write import PutApi
-from ebsfs.types import BLOCK_SIZE, ZERO_BLOCK
+from ebsfs.core import checksum, errors
+from ebsfs.core.blocks import BLOCK_SIZE, ZERO_BLOCK
+from ebsfs.core.errors import BackendUnavailableError, EbsfsError
+from ebsfs.options.config import AwsConfig
+from ebsfs.write.sink import PutApi
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ class PutProcess:
         self.fallback = fallback
         self.threads = max(1, threads)
         self.log_level = log_level
-        self.command = list(command or (sys.executable, "-m", "ebsfs.putproc"))
+        self.command = list(command or (sys.executable, "-m", "ebsfs.write.upload"))
         # botocore gives up on its own after its attempts; this only catches a stuck child.
         self.answer_timeout = aws.max_attempts * (aws.connect_timeout + aws.read_timeout + 20.0)
         self._lock = threading.Lock()
@@ -145,7 +145,7 @@ class PutProcess:
         ``fallback`` (the mount's ``Api``) that this process has loaded, so it costs no
         import and no client to build, and the first upload does not wait for it. Only
         while this process has a single thread (before the mount starts trio); a child
-        started later (after one died) is a fresh ``python -m ebsfs.putproc``."""
+        started later (after one died) is a fresh ``python -m ebsfs.write.upload``."""
         with self._lock:
             if self._link is not None or self._closed or self._disabled:
                 return
@@ -507,7 +507,7 @@ def _encode_error(exc: EbsfsError) -> dict[str, Any]:
 
 
 def _decode_error(answer: dict[str, Any]) -> EbsfsError:
-    """The exception the child raised, rebuilt: only ``ebsfs.errors`` classes are made."""
+    """The exception the child raised, rebuilt: only ``ebsfs.core.errors`` classes are made."""
     cls = getattr(errors, str(answer.get("type", "")), None)
     message = str(answer.get("message", "the upload process failed"))
     if not (isinstance(cls, type) and issubclass(cls, EbsfsError)):
@@ -524,7 +524,7 @@ def _decode_error(answer: dict[str, Any]) -> EbsfsError:
 
 
 def _serve(socks: list[socket.socket]) -> int:
-    from ebsfs.api import Api  # boto3 is imported here, in the child only
+    from ebsfs.aws.api import Api  # boto3 is imported here, in the child only
 
     first = socks[0]
     settings = _recv_json(first)
@@ -620,10 +620,10 @@ def _answer(api: PutApi, request: Any, data: memoryview, block: bytearray) -> di
 
 
 def main(argv: Sequence[str]) -> int:
-    """Entry point of the child: ``python -m ebsfs.putproc FD[,FD...]``."""
+    """Entry point of the child: ``python -m ebsfs.write.upload FD[,FD...]``."""
     fds = argv[0].split(",") if len(argv) == 1 else []
     if not fds or not all(fd.isdigit() for fd in fds):
-        print("ebsfs.putproc is started by ebsfs mount, not by hand", file=sys.stderr)
+        print("ebsfs.write.upload is started by ebsfs mount, not by hand", file=sys.stderr)
         return 2
     _ignore_stop_signals()
     socks = [socket.socket(fileno=int(fd)) for fd in fds]

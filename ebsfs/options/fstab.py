@@ -11,7 +11,7 @@ that concern only mount(8) or that a FUSE mount of ebsfs always has (``_netdev``
 
 from collections.abc import Iterable, Sequence
 
-from ebsfs.errors import UsageError
+from ebsfs.core.errors import UsageError
 
 #: ``name=value`` options and the ``ebsfs mount`` flag each becomes. Names may use ``-`` or
 #: ``_``; ``snapshot`` and ``filter`` may repeat, and ``snapshot`` also takes ``a:b:c``;

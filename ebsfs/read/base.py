@@ -19,7 +19,7 @@ of hashing the block again. Both are found with ``getattr``, so layers without t
 
 from typing import Protocol
 
-from ebsfs.types import BlockIndex
+from ebsfs.core.blocks import BlockIndex
 
 
 class BlockReader(Protocol):

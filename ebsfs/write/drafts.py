@@ -47,7 +47,8 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import trio
 
-from ebsfs.errors import (
+from ebsfs.core.blocks import BLOCK_SIZE, MAX_VOLUME_BYTES, BlockIndex
+from ebsfs.core.errors import (
     ApiError,
     EbsfsError,
     FileTooLargeError,
@@ -58,17 +59,16 @@ from ebsfs.errors import (
     ReadOnlyError,
     SnapshotFailedError,
 )
-from ebsfs.seal import SealTuning, complete_and_wait
-from ebsfs.store.base import BlockReader
-from ebsfs.store.remote import Calls
-from ebsfs.store.remote_write import PutTuning, RemoteWriter, retrying
-from ebsfs.store.spool import Spool, SpoolLock
-from ebsfs.store.writeback import WriteBack, WriteTuning
-from ebsfs.types import BLOCK_SIZE, MAX_VOLUME_BYTES, BlockIndex
+from ebsfs.read.base import BlockReader
+from ebsfs.read.remote import Calls
+from ebsfs.write.seal import SealTuning, complete_and_wait
+from ebsfs.write.sink import PutTuning, RemoteWriter, retrying
+from ebsfs.write.spool import Spool, SpoolLock
+from ebsfs.write.writeback import WriteBack, WriteTuning
 
 if TYPE_CHECKING:
     from ebsfs.fs.newdir import NewDirectory
-    from ebsfs.putproc import PutProcess
+    from ebsfs.write.upload import PutProcess
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ _MAX_TAGS = 50
 
 
 class DraftApi(Protocol):
-    """The part of ``ebsfs.api.Api`` the drafts use."""
+    """The part of ``ebsfs.aws.api.Api`` the drafts use."""
 
     def start_snapshot(
         self,
@@ -823,7 +823,7 @@ class Drafts:
         self._drafts: dict[str, SnapshotDraft] = {}
         #: Names whose spool is being made (``create``).
         self._creating: set[str] = set()
-        #: The lock of ``spool_root`` the mount holds (see ``ebsfs.fs.wiring``).
+        #: The lock of ``spool_root`` the mount holds (see ``ebsfs.write.wiring``).
         self.spool_lock: SpoolLock | None = None
         self._callbacks: list[Callable[[str, str], None]] = []
         #: Counters of drafts that completed or were removed, so totals never go backwards.

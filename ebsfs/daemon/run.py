@@ -32,27 +32,27 @@ from pathlib import Path
 import pyfuse3
 import trio
 
-from ebsfs import mounttable
-from ebsfs.api import Api
-from ebsfs.config import MountConfig
-from ebsfs.errors import EbsfsError, MountError, UsageError
-from ebsfs.exgroups import first_error
+from ebsfs.aws.api import Api
+from ebsfs.core.errors import EbsfsError, MountError, UsageError
+from ebsfs.core.exgroups import first_error
+from ebsfs.daemon import mounttable
+from ebsfs.daemon.logsetup import describe, setup_logging
+from ebsfs.daemon.notify import notify_ready, notify_stopping
 from ebsfs.fs.catalog import Catalog, CatalogConfig
 from ebsfs.fs.ops import EbsfsOperations, OpsConfig
 from ebsfs.fs.partview import PartitionTables
 from ebsfs.fs.scratch import ScratchDirectory
-from ebsfs.fs.wiring import (
+from ebsfs.options.config import MountConfig
+from ebsfs.read.diskcache import cache_file
+from ebsfs.read.remote import Calls
+from ebsfs.read.stack import ReadStacks, StackConfig
+from ebsfs.write.upload import PutProcess
+from ebsfs.write.wiring import (
     MountContext,
     close_new_directory,
     open_new_directory,
     upload_process,
 )
-from ebsfs.logsetup import describe, setup_logging
-from ebsfs.notify import notify_ready, notify_stopping
-from ebsfs.putproc import PutProcess
-from ebsfs.store.diskcache import cache_file
-from ebsfs.store.remote import Calls
-from ebsfs.store.stack import ReadStacks, StackConfig
 
 log = logging.getLogger(__name__)
 

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 
 import trio
 
-from ebsfs.errors import EbsfsError
-from ebsfs.store.base import BlockReader
-from ebsfs.types import BlockIndex
+from ebsfs.core.blocks import BlockIndex
+from ebsfs.core.errors import EbsfsError
+from ebsfs.read.base import BlockReader
 
 log = logging.getLogger(__name__)
 

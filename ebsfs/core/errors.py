@@ -1,7 +1,7 @@
 """The exceptions of ebsfs, each with the errno the filesystem answers and the CLI exit code.
 
 Everything below the FUSE edge raises these; botocore's exceptions are converted to them in
-one place (``ebsfs.api``), and the FUSE edge (``ebsfs.fs``) turns them into errno values.
+one place (``ebsfs.aws.api``), and the FUSE edge (``ebsfs.fs``) turns them into errno values.
 The CLI prints ``ebsfs: <message>`` and exits with ``exit_code``: no traceback.
 
     EbsfsError                      EIO    exit 1

@@ -1,6 +1,6 @@
 """The write-back layer of a pending snapshot: spooled writes become stored 512 KiB blocks.
 
-Writes land in the spool (``ebsfs.store.spool``) at once, at any offset and length; this layer
+Writes land in the spool (``ebsfs.write.spool``) at once, at any offset and length; this layer
 keeps, per block index, a version number bumped by every write and the version last stored, and
 an uploader task that sends dirty blocks to a ``BlockSink`` (PutSnapshotBlock):
 
@@ -41,12 +41,12 @@ from dataclasses import dataclass
 
 import trio
 
-from ebsfs import checksum
-from ebsfs.errors import EbsfsError, NotFoundError
-from ebsfs.store.base import BlockReader
-from ebsfs.store.remote_write import BlockLoader, BlockSink, SpooledBlock
-from ebsfs.store.spool import FULL, Spool
-from ebsfs.types import BLOCK_SIZE, ZERO_BLOCK, BlockIndex
+from ebsfs.core import checksum
+from ebsfs.core.blocks import BLOCK_SIZE, ZERO_BLOCK, BlockIndex
+from ebsfs.core.errors import EbsfsError, NotFoundError
+from ebsfs.read.base import BlockReader
+from ebsfs.write.sink import BlockLoader, BlockSink, SpooledBlock
+from ebsfs.write.spool import FULL, Spool
 
 log = logging.getLogger(__name__)
 

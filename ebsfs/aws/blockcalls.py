@@ -19,7 +19,7 @@ the client uses, once per call and nothing else:
 * an error answer parsed by botocore's rest-json parser and raised as the same
   ``ClientError`` subclass the client raises.
 
-Only botocore's exceptions leave this module: ``ebsfs.api`` converts them.
+Only botocore's exceptions leave this module: ``ebsfs.aws.api`` converts them.
 
 Some of those parts are botocore's internals (the client's ``_endpoint.http_session``, the
 standard retry classes). ``block_calls`` builds ``BlockCalls`` once, when the ``Api`` is made;

@@ -24,13 +24,13 @@ from pathlib import Path
 
 import trio
 
-from ebsfs.errors import MountError
-from ebsfs.store.base import BlockReader
-from ebsfs.store.cache import BlockCache, CachedBlocks
-from ebsfs.store.diskcache import DiskCache, DiskCachedBlocks
-from ebsfs.store.readahead import ReadAhead
-from ebsfs.store.remote import BlockApi, Calls, RemoteBlocks, RemoteTuning, TokenWindows
-from ebsfs.types import BLOCK_SIZE, BLOCKS_PER_GIB
+from ebsfs.core.blocks import BLOCK_SIZE, BLOCKS_PER_GIB
+from ebsfs.core.errors import MountError
+from ebsfs.read.base import BlockReader
+from ebsfs.read.cache import BlockCache, CachedBlocks
+from ebsfs.read.diskcache import DiskCache, DiskCachedBlocks
+from ebsfs.read.readahead import ReadAhead
+from ebsfs.read.remote import BlockApi, Calls, RemoteBlocks, RemoteTuning, TokenWindows
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,8 @@ from collections.abc import Hashable
 import trio
 from cachetools import LRUCache
 
-from ebsfs.store.base import BlockReader
-from ebsfs.types import BlockIndex
+from ebsfs.core.blocks import BlockIndex
+from ebsfs.read.base import BlockReader
 
 
 def _sizeof(value: bytes) -> int:

@@ -33,11 +33,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ebsfs.config import AwsConfig, MountConfig
-from ebsfs.errors import UsageError
-from ebsfs.logsetup import LEVELS, register_secret
-from ebsfs.sizes import parse_size
-from ebsfs.types import BLOCK_SIZE
+from ebsfs.core.blocks import BLOCK_SIZE
+from ebsfs.core.errors import UsageError
+from ebsfs.core.sizes import parse_size
+from ebsfs.daemon.logsetup import LEVELS, register_secret
+from ebsfs.options.config import AwsConfig, MountConfig
 
 DEFAULT_CONFIG_PATH = "/etc/ebsfs/ebsfs.toml"
 CONFIG_ENV = "EBSFS_CONFIG"

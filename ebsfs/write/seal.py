@@ -15,14 +15,19 @@ from typing import Any, Protocol
 
 import trio
 
-from ebsfs.errors import BackendUnavailableError, EbsfsError, NotFoundError, SnapshotFailedError
-from ebsfs.store.remote_write import retrying
+from ebsfs.core.errors import (
+    BackendUnavailableError,
+    EbsfsError,
+    NotFoundError,
+    SnapshotFailedError,
+)
+from ebsfs.write.sink import retrying
 
 log = logging.getLogger(__name__)
 
 
 class SnapshotState(Protocol):
-    """What DescribeSnapshots tells about one snapshot (``ebsfs.api.SnapshotInfo``)."""
+    """What DescribeSnapshots tells about one snapshot (``ebsfs.aws.api.SnapshotInfo``)."""
 
     @property
     def state(self) -> str: ...
@@ -33,7 +38,7 @@ class SnapshotState(Protocol):
 
 
 class SealApi(Protocol):
-    """The part of ``ebsfs.api.Api`` sealing uses."""
+    """The part of ``ebsfs.aws.api.Api`` sealing uses."""
 
     def complete_snapshot(
         self, snapshot_id: str, changed_blocks_count: int, aggregate_b64: str | None

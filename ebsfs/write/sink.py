@@ -25,8 +25,9 @@ from typing import Any, Protocol, TypeVar
 
 import trio
 
-from ebsfs import checksum
-from ebsfs.errors import (
+from ebsfs.core import checksum
+from ebsfs.core.blocks import BLOCK_SIZE
+from ebsfs.core.errors import (
     RESEND,
     RETRY,
     BackendUnavailableError,
@@ -34,8 +35,7 @@ from ebsfs.errors import (
     EndpointDownError,
     NotFoundError,
 )
-from ebsfs.store.remote import Calls
-from ebsfs.types import BLOCK_SIZE
+from ebsfs.read.remote import Calls
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +43,8 @@ T = TypeVar("T")
 
 
 class PutApi(Protocol):
-    """The part of ``ebsfs.api.Api`` this layer uses (``ebsfs.putproc.PutProcess`` offers it
-    too, with the optional ``put_spooled_block`` that reads a ``SpooledBlock`` itself)."""
+    """The part of ``ebsfs.aws.api.Api`` this layer uses (``ebsfs.write.upload.PutProcess``
+    offers it too, with the optional ``put_spooled_block`` that reads a ``SpooledBlock`` itself)."""
 
     def put_block(
         self, snapshot_id: str, index: int, data: bytes | memoryview, checksum_b64: str
@@ -100,7 +100,7 @@ def transient(exc: EbsfsError) -> bool:
     endpoint is known down: the call would fail at once again)."""
     if isinstance(exc, EndpointDownError):
         return False
-    # One classification (ebsfs.errors.classify): throttling, quotas, 5xx, connection
+    # One classification (ebsfs.core.errors.classify): throttling, quotas, 5xx, connection
     # failures, "Failed to read block data", and the put sent again after AWS's
     # WRITE_REQUEST_TIMEOUT or CONFLICTING_BLOCK_UPDATE.
     return exc.kind in (RETRY, RESEND)

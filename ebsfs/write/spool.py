@@ -55,9 +55,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from ebsfs.durable import fsync_path, punch_hole
-from ebsfs.errors import MountError
-from ebsfs.types import BLOCK_SIZE, ZERO_BLOCK
+from ebsfs.core.blocks import BLOCK_SIZE, ZERO_BLOCK
+from ebsfs.core.durable import fsync_path, punch_hole
+from ebsfs.core.errors import MountError
 
 log = logging.getLogger(__name__)
 

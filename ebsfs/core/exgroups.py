@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ebsfs.errors import EbsfsError
+from ebsfs.core.errors import EbsfsError
 
 
 def leaves(exc: BaseException) -> list[BaseException]:

@@ -1,14 +1,14 @@
 """The EBS direct APIs and the EC2 snapshot calls, as plain synchronous methods.
 
-This is the only module that imports boto3 and botocore (with ``ebsfs.blockcalls``, its helper
-for the two block calls). Every botocore exception is converted here to an ``ebsfs.errors``
+This is the only module that imports boto3 and botocore (with ``ebsfs.aws.blockcalls``, its helper
+for the two block calls). Every botocore exception is converted here to an ``ebsfs.core.errors``
 class (``raise ... from exc``), so the layers above never see botocore. Retries of throttling,
 5xx answers and dropped connections are botocore's own ("standard" mode, bounded by
 ``AwsConfig.max_attempts``); every request has connect and read timeouts. Methods block: the
 mount runs them in worker threads under one trio CapacityLimiter.
 
 GetSnapshotBlock and PutSnapshotBlock, one call per 512 KiB block, skip the client's per-call
-machinery: ``ebsfs.blockcalls`` builds them from the client's own botocore parts (signer,
+machinery: ``ebsfs.aws.blockcalls`` builds them from the client's own botocore parts (signer,
 HTTP session, standard retry objects, error parser): about a third less CPU per call. Where
 the botocore installed lacks one of those parts, ``blockcalls.block_calls`` says so in one log
 line and the client's own calls are used (the same answers and exceptions).
@@ -49,16 +49,10 @@ import botocore.credentials
 import botocore.exceptions
 import botocore.utils
 
-from ebsfs import checksum
-from ebsfs.blockcalls import block_calls
-from ebsfs.config import (
-    DEFAULT_LOCAL_ENDPOINT,
-    DEFAULT_LOCAL_REGION,
-    DEV_ACCESS_KEY_ID,
-    DEV_SECRET_ACCESS_KEY,
-    AwsConfig,
-)
-from ebsfs.errors import (
+from ebsfs.aws.blockcalls import block_calls
+from ebsfs.core import checksum
+from ebsfs.core.blocks import BLOCK_SIZE
+from ebsfs.core.errors import (
     DENIED,
     DEPENDENCY,
     GONE,
@@ -74,7 +68,13 @@ from ebsfs.errors import (
     UsageError,
     classify,
 )
-from ebsfs.types import BLOCK_SIZE
+from ebsfs.options.config import (
+    DEFAULT_LOCAL_ENDPOINT,
+    DEFAULT_LOCAL_REGION,
+    DEV_ACCESS_KEY_ID,
+    DEV_SECRET_ACCESS_KEY,
+    AwsConfig,
+)
 
 log = logging.getLogger(__name__)
 
@@ -264,11 +264,11 @@ def _error_fields(exc: botocore.exceptions.ClientError) -> tuple[str, str, str, 
 
 
 def _convert(exc: Exception, what: str) -> EbsfsError:
-    """The ``ebsfs.errors`` equivalent of a botocore/boto3 exception raised by ``what``."""
+    """The ``ebsfs.core.errors`` equivalent of a botocore/boto3 exception raised by ``what``."""
     if isinstance(exc, botocore.exceptions.ClientError):
         code, reason, message, status = _error_fields(exc)
         text = f"{what}: {code}{' ' + reason if reason else ''}: {message or 'no message'}"
-        # The kind (ebsfs.errors.classify) decides; the class follows it, for the errno.
+        # The kind (ebsfs.core.errors.classify) decides; the class follows it, for the errno.
         kind = classify(code, reason, status, message)
         result: EbsfsError
         if kind == DENIED:
@@ -386,7 +386,7 @@ def _group_filters(filters: Iterable[tuple[str, str]]) -> list[dict[str, Any]]:
 
 
 class Api:
-    """boto3 ``ebs`` and ``ec2`` clients behind methods that raise only ``ebsfs.errors``."""
+    """boto3 ``ebs`` and ``ec2`` clients behind methods that raise only ``ebsfs.core.errors``."""
 
     def __init__(self, aws: AwsConfig) -> None:
         with _converted("AWS configuration"):

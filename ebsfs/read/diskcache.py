@@ -41,9 +41,9 @@ from pathlib import Path
 import trio
 from cachetools import LRUCache
 
-from ebsfs.store.base import BlockReader
-from ebsfs.store.remote import Calls
-from ebsfs.types import BLOCK_SIZE, BlockIndex
+from ebsfs.core.blocks import BLOCK_SIZE, BlockIndex
+from ebsfs.read.base import BlockReader
+from ebsfs.read.remote import Calls
 
 log = logging.getLogger(__name__)
 
