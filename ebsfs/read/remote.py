@@ -295,8 +295,10 @@ class Calls:
     Every call, its wait for a thread included, is bounded by the mount-wide clock of
     ``health`` (``Health``): a call that outlives it fails with ``BackendUnavailableError``
     and its thread is abandoned (it ends on its own within botocore's timeouts, still
-    holding its limiter token, and its answer is dropped); while the endpoint is down calls
-    fail at once (after asking for a probe and waiting for it a moment, ``Health.admit``).
+    holding its limiter token, and its answer is dropped), unless the endpoint answered
+    within the bound (a call of many requests, such as DescribeSnapshots' pages, heard by
+    ``Health.heard``): it is waited for on; while the endpoint is down calls fail at once
+    (after asking for a probe and waiting for it a moment, ``Health.admit``).
     """
 
     def __init__(self, limiter: trio.CapacityLimiter, io_timeout: float | None = None) -> None:
@@ -328,20 +330,34 @@ class Calls:
             if ended is not None:
                 ended()
             raise
-        with trio.move_on_at(min(deadline, health.deadline())) as scope:
-            health._scopes[scope] = deadline
-            try:
-                result = await self._run(fn, args, ended)
-            except EbsfsError as exc:
-                if endpoint_answered(exc):
-                    health.answered()
-                else:
-                    health.failed()
-                raise
-            finally:
-                del health._scopes[scope]
-            health.answered()
-            return result
+        call = _Pending()
+        bound = min(deadline, health.deadline())
+        while True:
+            with trio.move_on_at(bound) as scope:
+                health._scopes[scope] = deadline
+                try:
+                    if call.started:
+                        result = await call.wait()
+                    else:
+                        result = await self._run(fn, args, ended, call)
+                except EbsfsError as exc:
+                    if endpoint_answered(exc):
+                        health.answered()
+                    else:
+                        health.failed()
+                    raise
+                finally:
+                    del health._scopes[scope]
+                health.answered()
+                return result
+            # The bound passed, but a call of many requests (DescribeSnapshots' pages) may
+            # still be hearing answers (``Health.heard``): it is at work, wait on for it.
+            if health.io_timeout is not None:
+                bound = min(deadline, health._last_answer() + health.io_timeout)
+            if call.done or (call.started and trio.current_time() < bound):
+                continue
+            call.abandon()
+            break
         health.failed()
         raise BackendUnavailableError(
             f"{getattr(fn, '__name__', 'call')}: no answer within the bound "
@@ -349,8 +365,13 @@ class Calls:
         )
 
     async def _run(
-        self, fn: Callable[..., T], args: tuple[Any, ...], ended: Callable[[], None] | None
+        self,
+        fn: Callable[..., T],
+        args: tuple[Any, ...],
+        ended: Callable[[], None] | None,
+        call: _Pending | None = None,
     ) -> T:
+        call = call if call is not None else _Pending()
         holder = _Holder()
         try:
             await self.limiter.acquire_on_behalf_of(holder)
@@ -358,28 +379,18 @@ class Calls:
             if ended is not None:
                 ended()
             raise
-        task = trio.lowlevel.current_task()
         token = trio.lowlevel.current_trio_token()
-        abandoned = False
 
         def back(result: outcome.Outcome[T]) -> None:
             # In the trio thread, once the worker is done: its token is free only now.
             self.limiter.release_on_behalf_of(holder)
             if ended is not None:
                 ended()
-            if not abandoned:
-                trio.lowlevel.reschedule(task, result)
+            call.deliver(result)
 
         def deliver(result: outcome.Outcome[T]) -> None:
             with contextlib.suppress(trio.RunFinishedError):
                 token.run_sync_soon(back, result)
-
-        def abort(_: Any) -> trio.lowlevel.Abort:
-            # A cancelled or timed-out call must not wait for a stuck socket; the thread
-            # finishes on its own within botocore's timeouts and its answer is dropped.
-            nonlocal abandoned
-            abandoned = True
-            return trio.lowlevel.Abort.SUCCEEDED
 
         try:
             trio.lowlevel.start_thread_soon(partial(fn, *args), deliver)
@@ -388,8 +399,55 @@ class Calls:
             if ended is not None:
                 ended()
             raise
-        result: T = await trio.lowlevel.wait_task_rescheduled(abort)
+        call.started = True
+        result: T = await call.wait()
         return result
+
+
+class _Pending:
+    """The outcome of one call running in a worker thread, waited for by at most one task.
+
+    A wait cancelled (the bound, a cancelled caller) leaves the call running: its outcome is
+    kept for a later ``wait`` (a call still hearing answers), or dropped once ``abandon``ed;
+    the thread finishes on its own within botocore's timeouts either way."""
+
+    __slots__ = ("_result", "_task", "abandoned", "started")
+
+    def __init__(self) -> None:
+        self.started = False
+        self.abandoned = False
+        self._task: trio.lowlevel.Task | None = None
+        self._result: Any = None
+
+    @property
+    def done(self) -> bool:
+        return self._result is not None
+
+    def deliver(self, result: Any) -> None:
+        if self.abandoned:
+            return
+        if self._task is not None:
+            task, self._task = self._task, None
+            trio.lowlevel.reschedule(task, result)
+        else:
+            self._result = result
+
+    def abandon(self) -> None:
+        self.abandoned = True
+        self._result = None
+
+    async def wait(self) -> Any:
+        if self._result is not None:
+            await trio.lowlevel.checkpoint()
+            return self._result.unwrap()
+        self._task = trio.lowlevel.current_task()
+
+        def abort(_: Any) -> trio.lowlevel.Abort:
+            # A cancelled or timed-out wait must not wait for a stuck socket.
+            self._task = None
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        return await trio.lowlevel.wait_task_rescheduled(abort)
 
 
 @dataclass(frozen=True)
