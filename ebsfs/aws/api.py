@@ -559,9 +559,21 @@ class Api:
 
     def _describe(self, kwargs: dict[str, Any]) -> list[SnapshotInfo]:
         out: list[SnapshotInfo] = []
+        seen: set[str] = set()
         with _converted("DescribeSnapshots"):
             for page in self.ec2.get_paginator("describe_snapshots").paginate(**kwargs):
                 out.extend(_ec2_info(item) for item in page.get("Snapshots", ()))
+                # botocore stops only a token repeated at once; a loop of pages would be
+                # followed forever (and the listing grow without end).
+                token = page.get("NextToken")
+                if token in seen:
+                    raise ApiError(
+                        f"DescribeSnapshots: page token {str(token)[:40]!r} came back after "
+                        f"{len(seen)} pages (the listing loops); listing stopped",
+                        "PaginationLoop",
+                    )
+                if token:
+                    seen.add(token)
         return out
 
     def describe_snapshot(self, snapshot_id: str) -> SnapshotInfo:

@@ -4,10 +4,18 @@ stops answering midway, an unmount while it runs."""
 
 from __future__ import annotations
 
+import datetime
 import os
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
+import pytest
+
+from ebsfs.aws.api import Api
+from ebsfs.core.errors import ApiError
+from ebsfs.options.config import AwsConfig
 from tests.mounting import MountProc
 from tests.serverproc import LocalServer, complete
 
@@ -50,3 +58,40 @@ def test_a_listing_longer_than_io_timeout_whose_pages_all_answer_is_not_given_up
             assert "listing snapshots failed" not in m.log_text()
     finally:
         slow.stop()
+
+
+class _LoopingPages:
+    """A DescribeSnapshots paginator whose pages come round again: A, B, C, A, B, C..."""
+
+    def __init__(self) -> None:
+        self.pages = 0
+
+    def get_paginator(self, _: str) -> _LoopingPages:
+        return self
+
+    def paginate(self, **_: object) -> Iterator[dict[str, Any]]:
+        tokens = ["A", "B", "C"]
+        while self.pages < 10_000:  # a hang guard: the loop is infinite on its own
+            token = tokens[self.pages % 3]
+            self.pages += 1
+            yield {
+                "Snapshots": [
+                    {
+                        "SnapshotId": f"snap-{self.pages:017x}",
+                        "State": "completed",
+                        "VolumeSize": 1,
+                        "StartTime": datetime.datetime.now(datetime.UTC),
+                    }
+                ],
+                "NextToken": token,
+            }
+        raise AssertionError("the listing followed 10,000 looping pages")
+
+
+def test_a_listing_whose_page_tokens_loop_fails_with_a_clear_error() -> None:
+    api = Api(AwsConfig(endpoint_url="http://127.0.0.1:9", region="us-east-1"))
+    pages = _LoopingPages()
+    api._ec2 = pages
+    with pytest.raises(ApiError, match="loops"):
+        api.describe_snapshots()
+    assert pages.pages <= 4
