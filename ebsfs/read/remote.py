@@ -538,9 +538,16 @@ def seen_completed(snapshot_id: str, when: float | None = None) -> None:
 
 
 def since_completion(snapshot_id: str, since_first_sight: float) -> float:
-    """Seconds since ``snapshot_id`` completed, else ``since_first_sight``."""
+    """Seconds since ``snapshot_id`` completed, else ``since_first_sight``; never less than
+    ``since_first_sight``: a CompletionTime ahead of the local clock (skew) does not make
+    the grace any longer than counted from first sight."""
     known = _completed_at.get(snapshot_id)
-    return since_first_sight if known is None else time.time() - known
+    return since_first_sight if known is None else max(time.time() - known, since_first_sight)
+
+
+#: How often, at most, a snapshot answering 404 in the read lag's grace is described again
+#: (is it still there?), whatever the number of reads waiting.
+EXISTS_CHECK_INTERVAL = 10.0
 
 
 def _retryable(exc: EbsfsError) -> bool:
@@ -571,6 +578,8 @@ class RemoteBlocks:
         calls.health.configure(self.tuning.io_timeout, api)
         self._listing: dict[int, trio.Event] = {}
         self._created = trio.current_time()
+        self._exists_checked = -math.inf  # when EC2 was last asked, in the read lag
+        self._gone: str | None = None  # why EC2 says the snapshot is not readable any more
 
     def stats(self) -> dict[str, int]:
         """Requests by API and outcome, bytes fetched, retries (shared between snapshots)."""
@@ -712,6 +721,8 @@ class RemoteBlocks:
                 if since >= t.not_found_grace:
                     log.error("snapshot %s block %d unreadable: %s", self.snapshot_id, index, exc)
                     raise EbsfsError(f"snapshot {self.snapshot_id} not readable: {exc}") from exc
+                # In the grace: the lag, unless EC2 says the snapshot is gone (deleted).
+                await self._check_still_there(exc)
                 fresh = True
             except (BackendUnavailableError, ApiError) as exc:
                 # Throttling or a few failures while other calls succeed is a busy backend,
@@ -739,6 +750,35 @@ class RemoteBlocks:
             self.counters["retries"] += 1
             await trio.sleep(pause)
             pause = min(pause * 2, 5.0, t.io_timeout / 4)
+
+    async def _check_still_there(self, exc: NotFoundError) -> None:
+        """A 404 in the read lag's grace is the lag only while EC2 still describes the
+        snapshot as completed: asked at the first 404 and then at most every
+        ``EXISTS_CHECK_INTERVAL`` seconds (shared by the reads of this snapshot); a deleted
+        snapshot fails every read at once with NotFoundError (ENOENT), not after the grace."""
+        if self._gone is None:
+            describe = getattr(self.api, "describe_snapshot", None)
+            now = trio.current_time()
+            if describe is None or now - self._exists_checked < EXISTS_CHECK_INTERVAL:
+                return
+            self._exists_checked = now
+            try:
+                info = await self._call("DescribeSnapshots", describe, self.snapshot_id)
+            except NotFoundError as gone:
+                self._gone = f"deleted: {gone}"
+            except EbsfsError as other:  # no ec2:DescribeSnapshots, say: wait the lag out
+                log.debug("snapshot %s: DescribeSnapshots in the read lag: %s", self.snapshot_id,
+                          other)
+                return
+            else:
+                if getattr(info, "state", "completed") == "completed":
+                    return
+                self._gone = f"it is {info.state} now"
+            log.error("snapshot %s is no longer readable (%s): its reads fail at once",
+                      self.snapshot_id, self._gone)
+        raise NotFoundError(
+            f"snapshot {self.snapshot_id} does not exist any more ({self._gone})"
+        ) from exc
 
     async def _call(
         self, api_name: str, fn: Callable[..., T], *args: Any, deadline: float = math.inf
