@@ -47,6 +47,7 @@ import boto3
 import botocore.config
 import botocore.credentials
 import botocore.exceptions
+import botocore.parsers
 import botocore.utils
 
 from ebsfs.aws.blockcalls import block_calls
@@ -253,12 +254,23 @@ def resolve_endpoints(aws: AwsConfig, session: boto3.Session) -> Endpoints:
     )
 
 
+#: The longest AWS error message (or code, or Reason) kept: a proxy's HTML page or a huge
+#: body must not become a message of megabytes, logged and printed at every failure.
+MESSAGE_LIMIT = 500
+
+
+def _short(text: object, limit: int = MESSAGE_LIMIT) -> str:
+    """``text`` on one line (whitespace runs made one space), at most ``limit`` characters."""
+    one = " ".join(str(text)[: limit * 4].split())
+    return one if len(one) <= limit else one[: limit - 1] + "…"
+
+
 def _error_fields(exc: botocore.exceptions.ClientError) -> tuple[str, str, str, int]:
     response: Any = exc.response or {}
     error = response.get("Error") or {}
-    code = str(error.get("Code") or "")
-    message = str(error.get("Message") or "")
-    reason = str(response.get("Reason") or error.get("Reason") or "")
+    code = _short(error.get("Code") or "", 100)
+    message = _short(error.get("Message") or "")
+    reason = _short(response.get("Reason") or error.get("Reason") or "", 100)
     status = int((response.get("ResponseMetadata") or {}).get("HTTPStatusCode") or 0)
     return code, reason, message, status
 
@@ -306,11 +318,16 @@ def _convert(exc: Exception, what: str) -> EbsfsError:
         | botocore.exceptions.ResponseStreamingError,
     ):
         return BackendUnavailableError(f"{what}: {exc}")
+    if isinstance(exc, botocore.parsers.ResponseParserError):
+        # Not an AWS answer (a proxy's page, a body cut or garbled): botocore raises this
+        # outside its own exception tree.
+        return ApiError(f"{what}: the endpoint's answer is not AWS's: {_short(exc)}",
+                        "ResponseParserError")
     if isinstance(exc, botocore.exceptions.BotoCoreError):
-        return ApiError(f"{what}: {exc}", type(exc).__name__)
+        return ApiError(f"{what}: {_short(exc)}", type(exc).__name__)
     if isinstance(exc, OSError):
-        return BackendUnavailableError(f"{what}: {exc}")
-    return ApiError(f"{what}: {type(exc).__name__}: {exc}", type(exc).__name__)
+        return BackendUnavailableError(f"{what}: {_short(exc)}")
+    return ApiError(f"{what}: {type(exc).__name__}: {_short(exc)}", type(exc).__name__)
 
 
 @contextmanager
@@ -319,7 +336,12 @@ def _converted(what: str) -> Iterator[None]:
         yield
     except EbsfsError:
         raise
-    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, OSError) as exc:
+    except (
+        botocore.exceptions.BotoCoreError,
+        botocore.exceptions.ClientError,
+        botocore.parsers.ResponseParserError,
+        OSError,
+    ) as exc:
         raise _convert(exc, what) from exc
 
 
@@ -493,7 +515,8 @@ class Api:
             if _is_answer(status, code):
                 return
             _raise(exc, "probe (ListSnapshotBlocks)")
-        except (botocore.exceptions.BotoCoreError, OSError) as exc:
+        except (botocore.exceptions.BotoCoreError, botocore.parsers.ResponseParserError,
+                OSError) as exc:
             _raise(exc, "probe (ListSnapshotBlocks)")
 
     @property

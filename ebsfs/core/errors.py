@@ -97,7 +97,9 @@ def classify(code: str, reason: str = "", status: int = 0, message: str = "") ->
         return DEPENDENCY
     if code in _DENIED_CODES or status == 403:
         return DENIED
-    if code in _GONE_CODES or status == 404:
+    # A 404 is "gone" only when AWS named it: a bare 404 (no code, or only the status as its
+    # code) comes from a proxy or a wrong endpoint path and says nothing of the snapshot.
+    if code in _GONE_CODES or (status == 404 and code and not code.isdigit()):
         return INVALID if reason == "IMAGE_NOT_FOUND" else GONE
     if "Failed to read block data" in message:
         return RETRY
