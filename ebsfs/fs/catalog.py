@@ -12,7 +12,9 @@ Only ``completed`` snapshots in the standard tier are kept: the others (and arch
 StorageTier ``archive``) cannot be read. Ids are looked up without the mount's owner, so a
 snapshot shared with the account opens by id. A snapshot sealed through
 this mount's ``new/`` is added with ``add_completed`` in either mode. A refresh that fails
-keeps the previous listing and logs one line; the mount serves on.
+keeps the previous listing and logs one line; the mount serves on. A background first
+listing that fails is tried again with back-off, and until one succeeds the listings that
+need it (``listed``) fail with its error rather than show an empty mount.
 """
 
 from __future__ import annotations
@@ -109,6 +111,9 @@ class Catalog:
         # Unset only while a background first listing (load(background=True)) is under way.
         self._listed = trio.Event()
         self._listed.set()
+        #: Why the background first listing failed, until a full listing succeeds: the
+        #: root and by-name/ answer it (EIO, EACCES...) rather than look empty.
+        self._listing_error: EbsfsError | None = None
 
     def _changed(self) -> None:
         self._version += 1
@@ -140,9 +145,19 @@ class Catalog:
             await self.refresh(raise_errors=True)
         self._listed.set()
 
-    async def listed(self) -> None:
-        """Return once the first full listing is done (at once after it)."""
+    async def listed(self, *, strict: bool = True) -> None:
+        """Return once the first full listing is done (at once after it). ``strict``: raise
+        why it failed while no full listing has succeeded (the refresher keeps trying)."""
         await self._listed.wait()
+        failed = self._listing_error
+        if strict and failed is not None:
+            # A new exception each time (one raised again keeps growing its traceback),
+            # of the same class: its errno.
+            try:
+                error = type(failed)(f"no listing of snapshots yet: {failed}")
+            except TypeError:
+                error = EbsfsError(f"no listing of snapshots yet: {failed}")
+            raise error
 
     async def _probe(self, snapshot_id: str, name: str = "") -> SnapshotInfo:
         """What a one-page ListSnapshotBlocks tells of a snapshot (no EC2 call)."""
@@ -193,12 +208,18 @@ class Catalog:
             self.counters["refresh_errors"] += 1
             if raise_errors:
                 raise
-            log.warning("listing snapshots failed, keeping the previous listing: %s", exc)
+            if not self._listed.is_set() or self._listing_error is not None:
+                # No full listing yet: an empty mount would say "no snapshots"; say why.
+                log.error("listing snapshots failed, trying again soon: %s", exc)
+                self._listing_error = exc
+            else:
+                log.warning("listing snapshots failed, keeping the previous listing: %s", exc)
             return
         finally:
             self._refreshing.set()
             self._refreshing = None
         self.counters["refreshes"] += 1
+        self._listing_error = None
         listed = {i.snapshot_id: i for i in infos if readable(i)}
         for info in listed.values():
             if info.completion_time:
@@ -217,6 +238,11 @@ class Catalog:
                 await self.refresh()  # a failure keeps the (empty) listing and logs why
             finally:
                 self._listed.set()
+            pause = 1.0
+            while self._listing_error is not None:  # sooner than a refresh: nothing is shown
+                await trio.sleep(pause)
+                pause = min(pause * 2, max(self.config.refresh, 1.0), 30.0)
+                await self.refresh()
             log.info("listed %d snapshots in %.1f s", len(self.snapshots),
                      trio.current_time() - start)
         if self.fixed or self.config.refresh <= 0:

@@ -527,7 +527,7 @@ class EbsfsOperations(pyfuse3.Operations):
 
     async def _list_dir(self, fh: int) -> list[tuple[str, pyfuse3.EntryAttributes]]:
         """The entries of directory ``fh`` (an inode), in a stable order."""
-        await self.catalog.listed()
+        await self.catalog.listed(strict=fh in (ROOT, BY_NAME, PARTS))
         if fh == SCRATCH:
             entries = [
                 (n, self._scratch_attr(self._overlay(n)))

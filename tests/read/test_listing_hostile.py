@@ -5,7 +5,9 @@ stops answering midway, an unmount while it runs."""
 from __future__ import annotations
 
 import datetime
+import errno
 import os
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -95,3 +97,42 @@ def test_a_listing_whose_page_tokens_loop_fails_with_a_clear_error() -> None:
     with pytest.raises(ApiError, match="loops"):
         api.describe_snapshots()
     assert pages.pages <= 4
+
+
+def test_a_first_listing_cut_short_is_an_error_then_retried_not_an_empty_mount(
+    tmp_path: Path,
+) -> None:
+    data = tmp_path / "data"
+    quick = LocalServer(data)
+    quick.start()
+    try:
+        made = _populate(quick, 1100)
+    finally:
+        quick.stop()
+    slow = LocalServer(data, "--latency-ms", "1500", port=quick.port)
+    slow.start()
+    try:
+        with MountProc(slow, tmp_path / "mnt", "--io-timeout", "3") as m:
+            slow.stop()  # during the first page of the full listing
+            with pytest.raises(OSError) as info:
+                os.listdir(m.path)  # not an empty root: it would say "no snapshots"
+            assert info.value.errno == errno.EIO, info.value
+            assert "listing snapshots failed" in m.log_text()
+            # The drafts do not depend on the listing.
+            assert os.listdir(m.path / "new") == []
+            back = LocalServer(data, port=quick.port)
+            back.start()
+            try:
+                deadline = time.monotonic() + 120  # a hang guard; retried within seconds
+                while True:
+                    try:
+                        names = set(os.listdir(m.path))
+                        break
+                    except OSError:
+                        assert time.monotonic() < deadline, m.log_text()[-2000:]
+                        time.sleep(0.5)
+                assert made <= names
+            finally:
+                back.stop()
+    finally:
+        slow.stop()
