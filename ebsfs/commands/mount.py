@@ -47,7 +47,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="append",
         metavar="ID",
         default=None,
-        help="show only this snapshot (repeatable); no EC2 call is made, for IAM policies "
+        help="show only this snapshot (repeatable); no EC2 call is made (but one for an id "
+        "answering 404, to wait out the read lag of one that just completed), for IAM policies "
         "that grant only ebs:*",
     )
     what.add_argument(

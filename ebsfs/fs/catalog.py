@@ -6,7 +6,9 @@ Two modes:
   pages, again every ``refresh`` seconds; a lookup of an unknown ``snap-`` name asks EC2 for
   that one id (rate-limited), so a snapshot made elsewhere shows without waiting;
 * fixed (``--snapshot`` ids): no EC2 call at all. Each id is checked once with a one-page
-  ListSnapshotBlocks, which also gives its VolumeSize; its mtime is the mount time.
+  ListSnapshotBlocks, which also gives its VolumeSize; its mtime is the mount time. Only
+  an id answering 404 is described with EC2, to wait out the read lag of one that just
+  completed (``_probe_given``).
 
 Only ``completed`` snapshots in the standard tier are kept: the others (and archived ones,
 StorageTier ``archive``) cannot be read. Ids are looked up without the mount's owner, so a
@@ -134,7 +136,7 @@ class Catalog:
         if self.fixed:
             found = {}
             for sid in self.config.snapshot_ids:
-                found[sid] = await self._probe(sid)
+                found[sid] = await self._probe_given(sid)
             self.snapshots = found
             self._changed()
         elif background:
@@ -176,6 +178,30 @@ class Catalog:
             tags=tags,
             progress="100%",
         )
+
+    async def _probe_given(self, snapshot_id: str) -> SnapshotInfo:
+        """``_probe`` of a ``--snapshot`` id; a 404 is trusted only once EC2 does not say the
+        snapshot completed within the read lag's grace (a remount right after a seal): then
+        its lag is waited out. The one EC2 call of this mode, made only after a 404; any
+        EC2 error (no ec2:DescribeSnapshots) keeps the 404."""
+        try:
+            return await self._probe(snapshot_id)
+        except NotFoundError as exc:
+            not_found = exc
+        try:
+            infos = await self.calls.run(self.api.describe_snapshots, (snapshot_id,), "", ())
+        except EbsfsError as exc:
+            log.debug("%s: DescribeSnapshots after a 404: %s", snapshot_id, exc)
+            raise not_found from None
+        info = next((i for i in infos if i.snapshot_id == snapshot_id), None)
+        if info is None or not readable(info) or not info.completion_time:
+            raise not_found from None
+        seen_completed(snapshot_id, info.completion_time)
+        if since_completion(snapshot_id, 0.0) >= NOT_FOUND_GRACE:
+            raise not_found from None
+        log.info("%s completed moments ago and is not readable yet (AWS's read lag): waiting",
+                 snapshot_id)
+        return await self._probe_until_readable(snapshot_id, "")
 
     async def _probe_until_readable(self, snapshot_id: str, name: str) -> SnapshotInfo:
         """``_probe``, retried while AWS still answers 404 for a snapshot that just completed

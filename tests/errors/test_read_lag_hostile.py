@@ -18,7 +18,7 @@ from ebsfs.read import remote as remote_module
 from ebsfs.read.remote import Calls, RemoteBlocks, RemoteTuning, seen_completed, since_completion
 from tests.mounting import MountProc
 from tests.read.fakes import FakeBlockApi, block_of
-from tests.serverproc import LocalServer
+from tests.serverproc import LocalServer, upload_image
 from tests.write.helpers import seal, sh
 
 BS = 524288
@@ -120,3 +120,27 @@ def test_a_completion_time_ahead_of_the_local_clock_does_not_stretch_the_grace()
                 await remote.read_block(BlockIndex(0))
 
     trio.run(main)
+
+
+def test_a_snapshot_mount_of_a_snapshot_in_the_lag_waits_it_out(tmp_path: Path) -> None:
+    # Remounting right after a seal: `--snapshot ID` probes with ListSnapshotBlocks, which
+    # answers 404 in the lag; the mount must wait the lag out (EC2 says it completed just
+    # now), not fail with "does not exist" (exit 3).
+    with LocalServer(tmp_path / "data", "--read-lag", "6") as server:
+        data = os.urandom(BS)
+        snapshot_id = upload_image(server.ebs(), server.ec2(), data)
+        with (
+            MountProc(server, tmp_path / "mnt", "--snapshot", snapshot_id) as m,
+            open(m.path / snapshot_id, "rb") as f,
+        ):
+            assert f.read(BS) == data
+
+
+def test_a_snapshot_mount_of_a_missing_id_still_fails_at_once(tmp_path: Path) -> None:
+    with LocalServer(tmp_path / "data", "--read-lag", "6") as server:
+        started = time.monotonic()
+        m = MountProc(server, tmp_path / "mnt", "--snapshot", "snap-0123456789abcdef0")
+        with pytest.raises(Exception):  # noqa: B017 - the mount's own failure
+            m.start()
+        m.stop()
+        assert time.monotonic() - started < 60, "waited a grace for an id EC2 does not know"
