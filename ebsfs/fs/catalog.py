@@ -312,6 +312,8 @@ class Catalog:
                     name, info.outpost_arn,
                 )
             elif readable(info):
+                if info.completion_time:  # the read lag's grace counts from it
+                    seen_completed(name, info.completion_time)
                 self.snapshots[name] = info
                 self._changed()
                 return info

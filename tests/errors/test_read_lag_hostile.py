@@ -144,3 +144,26 @@ def test_a_snapshot_mount_of_a_missing_id_still_fails_at_once(tmp_path: Path) ->
             m.start()
         m.stop()
         assert time.monotonic() - started < 60, "waited a grace for an id EC2 does not know"
+
+
+def test_a_snapshot_found_by_id_counts_its_grace_from_its_completion() -> None:
+    # Not in the last listing (made elsewhere since, or shared): looked up by id. Completed
+    # an hour ago, so a 404 is an answer at once, as for a listed snapshot, not 3 minutes
+    # of retries counted from first sight.
+    from ebsfs.aws.api import SnapshotInfo
+    from ebsfs.fs.catalog import Catalog, CatalogConfig
+
+    sid = "snap-0aaa00000000000b1"
+    hour_ago = time.time() - 3600
+
+    class Ec2:
+        def describe_snapshots(self, ids: object = (), owner: str = "",
+                               filters: object = ()) -> list[SnapshotInfo]:
+            return [SnapshotInfo(sid, "completed", 1, hour_ago - 60, completion_time=hour_ago)]
+
+    async def main() -> None:
+        cat = Catalog(Ec2(), Calls(trio.CapacityLimiter(2)), CatalogConfig(refresh=0))  # type: ignore[arg-type]
+        assert await cat.lookup(sid) is not None
+
+    trio.run(main)
+    assert since_completion(sid, 0.0) >= 3000
