@@ -250,6 +250,9 @@ class Catalog:
         for info in listed.values():
             if info.completion_time:
                 seen_completed(info.snapshot_id, info.completion_time)
+        for sid in [sid for sid in self._extra if sid in listed]:
+            # Listed now: from here the listing decides, and drops it once it is deleted.
+            del self._extra[sid]
         for sid, info in self._extra.items():
             listed.setdefault(sid, info)
         self.snapshots = listed

@@ -16,10 +16,12 @@ from typing import Any
 import pytest
 
 from ebsfs.aws.api import Api
+from ebsfs.commands.stats import read_stats
 from ebsfs.core.errors import ApiError
 from ebsfs.options.config import AwsConfig
 from tests.mounting import MountProc
 from tests.serverproc import LocalServer, complete
+from tests.write.helpers import seal, sh
 
 COUNT = 2100  # three pages of DescribeSnapshots (1,000 a page)
 
@@ -136,3 +138,25 @@ def test_a_first_listing_cut_short_is_an_error_then_retried_not_an_empty_mount(
                 back.stop()
     finally:
         slow.stop()
+
+
+def test_a_snapshot_sealed_here_then_deleted_elsewhere_leaves_the_listing(
+    tmp_path: Path,
+) -> None:
+    with LocalServer(tmp_path / "data") as server, MountProc(
+        server, tmp_path / "mnt", "--refresh", "1"
+    ) as m:
+        target = m.path / "new" / "img"
+        sh("truncate", "-s", "1G", target)
+        target.write_bytes(os.urandom(4096))
+        snapshot_id = seal(target, server)
+        assert snapshot_id in os.listdir(m.path)
+        deadline = time.monotonic() + 60  # a hang guard: a refresh a second
+        refreshes = read_stats(str(m.path))["listing"].get("refreshes", 0)
+        while read_stats(str(m.path))["listing"].get("refreshes", 0) < refreshes + 2:
+            assert time.monotonic() < deadline  # a refresh after the seal listed it
+            time.sleep(0.2)
+        server.ec2().delete_snapshot(SnapshotId=snapshot_id)
+        while snapshot_id in os.listdir(m.path) or "img" in os.listdir(m.path / "by-name"):
+            assert time.monotonic() < deadline, "a deleted snapshot stays listed"
+            time.sleep(0.5)
