@@ -61,10 +61,5 @@ def notify_stopping(status: str | None = "flushing buffered writes") -> bool:
     return notify(state)
 
 
-def notify_status(status: str) -> bool:
-    """Update the free-form status line ``systemctl status`` shows."""
-    return notify(f"STATUS={_one_line(status)}")
-
-
 def _one_line(text: str) -> str:
     return " ".join(text.split())

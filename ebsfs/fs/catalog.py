@@ -18,7 +18,6 @@ keeps the previous listing and logs one line; the mount serves on.
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections import Counter
 from collections.abc import Iterable
@@ -28,12 +27,12 @@ from typing import Protocol
 import trio
 
 from ebsfs.aws.api import BlockPage, SnapshotInfo
+from ebsfs.core.blocks import SNAPSHOT_ID_RE
 from ebsfs.core.errors import AccessDeniedError, EbsfsError, NotFoundError
 from ebsfs.read.remote import READ_LAG_GRACE, Calls, seen_completed, since_completion
 
 log = logging.getLogger(__name__)
 
-SNAPSHOT_ID_RE = re.compile(r"^snap-[0-9a-f]{8,17}\Z")
 #: A lookup of an unknown snapshot id asks EC2 at most this often per id.
 UNKNOWN_LOOKUP_INTERVAL = 2.0
 #: How long a snapshot sealed through new/ may answer 404 before it is given up on.

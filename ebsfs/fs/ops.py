@@ -43,7 +43,14 @@ import pyfuse3
 import trio
 
 from ebsfs.aws.api import SnapshotInfo
-from ebsfs.core.blocks import BLOCK_SIZE
+from ebsfs.core.blocks import (
+    BLOCK_SIZE,
+    PID_XATTR,
+    STATS_XATTR,
+    XATTR_BASE,
+    XATTR_KEEP,
+    XATTR_PREFIX,
+)
 from ebsfs.core.errors import NotFoundError, ReadOnlyError
 from ebsfs.fs.blockcount import BlockCounts
 from ebsfs.fs.catalog import Catalog
@@ -61,15 +68,12 @@ from ebsfs.fs.inodes import (
 from ebsfs.fs.newdir import Draft, NewDirectory
 from ebsfs.fs.partitions import Partition
 from ebsfs.fs.partview import DRAFT_PREFIX, PartitionTables
-from ebsfs.fs.scratch import XATTR_BASE, XATTR_KEEP, Overlay, ScratchDirectory, keep_name
+from ebsfs.fs.scratch import Overlay, ScratchDirectory, keep_name
 from ebsfs.read.ranges import read_range
 from ebsfs.read.stack import ReadStacks
 
 log = logging.getLogger(__name__)
 
-STATS_XATTR = "user.ebsfs.stats"
-PID_XATTR = "user.ebsfs.pid"
-XATTR_PREFIX = "user.ebsfs."
 #: Completed snapshots never change: their attributes may be cached long.
 SNAPSHOT_ATTR_TIMEOUT = 300.0
 #: Names come and go (listing refreshes, drafts sealed): look them up again soon.

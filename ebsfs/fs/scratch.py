@@ -25,7 +25,7 @@ from pathlib import Path
 
 import trio
 
-from ebsfs.core.blocks import BLOCK_SIZE
+from ebsfs.core.blocks import BLOCK_SIZE, XATTR_BASE, XATTR_KEEP, XATTR_USED
 from ebsfs.core.errors import EbsfsError, InvalidValueError, NoSpaceError, NotFoundError
 from ebsfs.fs.newdir import NewDirectory
 from ebsfs.fs.partitions import Partition
@@ -36,9 +36,6 @@ log = logging.getLogger(__name__)
 #: name of a new overlay (``snap-ID.pN`` there, since a name cannot hold ``/``).
 _BASE = re.compile(r"(snap-[0-9a-f]{8,17})(?:[/.]p?([0-9]{1,4}))?")
 _NAME = re.compile(r"[^/\0]{1,255}")
-XATTR_BASE = "user.ebsfs.base"
-XATTR_KEEP = "user.ebsfs.keep"
-XATTR_USED = "user.ebsfs.scratch_bytes"
 
 #: Resolves ``(snapshot id, partition number or None)`` to the base's size and its partition
 #: (None for the whole disk); raises NotFoundError.

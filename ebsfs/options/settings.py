@@ -27,13 +27,12 @@ import difflib
 import hashlib
 import math
 import os
-import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ebsfs.core.blocks import BLOCK_SIZE
+from ebsfs.core.blocks import BLOCK_SIZE, SNAPSHOT_ID_RE
 from ebsfs.core.errors import UsageError
 from ebsfs.core.sizes import parse_size
 from ebsfs.daemon.logsetup import LEVELS, register_secret
@@ -140,13 +139,12 @@ def _strings(value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
-_SNAPSHOT_ID = re.compile(r"^snap-[0-9a-f]{8,17}\Z")
 
 
 def _snapshot_ids(value: Any) -> tuple[str, ...]:
     ids = _strings(value)
     for snapshot_id in ids:
-        if not _SNAPSHOT_ID.match(snapshot_id):
+        if not SNAPSHOT_ID_RE.match(snapshot_id):
             raise ValueError(f"not a snapshot id: {snapshot_id!r} (expected snap-<hex>)")
     return ids
 
