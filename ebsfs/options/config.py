@@ -11,6 +11,9 @@ from dataclasses import dataclass, field
 DEFAULT_SERVER_HOST = "127.0.0.1"
 DEFAULT_SERVER_PORT = 9537
 DEFAULT_LOCAL_ENDPOINT = f"http://{DEFAULT_SERVER_HOST}:{DEFAULT_SERVER_PORT}"
+#: The configuration file read when neither ``--config`` nor ``$EBSFS_CONFIG`` names one.
+DEFAULT_CONFIG_PATH = "/etc/ebsfs/ebsfs.toml"
+CONFIG_ENV = "EBSFS_CONFIG"
 #: Where ``ebsfs server`` keeps its snapshots when given no ``--data-dir``.
 DEFAULT_DATA_DIR = "/var/lib/ebsfs/server"
 #: The development key pair the local server accepts on loopback when given no other.

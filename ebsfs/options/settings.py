@@ -19,11 +19,9 @@ from ebsfs.core.errors import UsageError
 from ebsfs.daemon.logsetup import register_secret
 from ebsfs.options import parsers
 from ebsfs.options import table as option_table
-from ebsfs.options.config import AwsConfig, MountConfig
+from ebsfs.options.config import CONFIG_ENV, DEFAULT_CONFIG_PATH, AwsConfig, MountConfig
 from ebsfs.options.flags import add_flags
 
-DEFAULT_CONFIG_PATH = "/etc/ebsfs/ebsfs.toml"
-CONFIG_ENV = "EBSFS_CONFIG"
 #: Where the spools of mounts that set no ``spool_dir`` go, one per mount point (the
 #: environment variable moves it, for tests and for machines whose /var/lib is small).
 DEFAULT_SPOOL_ROOT = "/var/lib/ebsfs/spool"

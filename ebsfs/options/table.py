@@ -13,6 +13,8 @@ from typing import Any, Literal
 from ebsfs.core.sizes import format_size
 from ebsfs.options import parsers as p
 from ebsfs.options.config import (
+    CONFIG_ENV,
+    DEFAULT_CONFIG_PATH,
     DEFAULT_DATA_DIR,
     DEFAULT_SERVER_HOST,
     DEFAULT_SERVER_PORT,
@@ -115,7 +117,7 @@ SELECTION, FAULTS, TIMING = "AWS selection", "fault injection", "timing"
 
 CONFIG = Option(
     "config", None, metavar="PATH",
-    help="TOML configuration file (default: $EBSFS_CONFIG, else /etc/ebsfs/ebsfs.toml if it "
+    help=f"TOML configuration file (default: ${CONFIG_ENV}, else {DEFAULT_CONFIG_PATH} if it "
     "exists); the command line and the environment override it",
 )
 
