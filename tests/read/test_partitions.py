@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ebsfs.fs.partitions import SECTOR, Partition, label_links, read_partitions
-from tests.mounting import ebsfs
+from tests.mounting import ebsfs, kernel_mounted
 from tests.read.conftest import build_tree, sha256_tree
 from tests.serverproc import LocalServer
 
@@ -141,16 +141,6 @@ def test_hostile_bytes_give_partitions_inside_the_disk_or_none(
 
 
 @contextlib.contextmanager
-def mounted(source: Path, target: Path, *opts: str) -> Iterator[Path]:
-    target.mkdir(parents=True, exist_ok=True)
-    run("mount", "-o", ",".join(("loop", *opts)), str(source), str(target))
-    try:
-        yield target
-    finally:
-        subprocess.run(["umount", str(target)], check=False)
-
-
-@contextlib.contextmanager
 def fat_mounted(image: Path, target: Path) -> Iterator[Path]:
     """A FAT image mounted read-only with fusefat (kernels built without vfat, as here, and
     containers, have only a FUSE driver); it shows 8.3 names in upper case."""
@@ -174,7 +164,7 @@ def _disk(tmp_path: Path) -> tuple[Path, dict[str, dict[str, str]]]:
     run("mcopy", "-s", "-i", str(fat), *(str(p) for p in trees["efi"].iterdir()), "::/")
     run("mkfs.ext4", "-q", "-F", "-L", "root", "-d", str(trees["root"]), str(ext))
     run("mkfs.xfs", "-q", "-f", "-L", "data", str(xfs))
-    with mounted(xfs, tmp_path / "xfs-rw") as target:
+    with kernel_mounted(xfs, tmp_path / "xfs-rw", "loop") as target:
         for item in trees["data"].iterdir():
             run("cp", "-a", str(item), str(target))
     disk = tmp_path / "disk.img"
@@ -243,7 +233,7 @@ def test_gpt_disk_written_through_new_each_partition_mounted_from_its_file(
         got = sha256_tree(efi)
         got.pop("EFI")  # fusefat shows the volume label as an empty file
         assert got == {k.upper(): v for k, v in want["efi"].items()}
-    with mounted(parts / "by-label" / "root", tmp_path / "root-ro", "ro") as root:
+    with kernel_mounted(parts / "by-label" / "root", tmp_path / "root-ro", "loop", "ro") as root:
         assert sha256_tree(root) == want["root"]
-    with mounted(parts / "3", tmp_path / "data-ro", "ro") as data:
+    with kernel_mounted(parts / "3", tmp_path / "data-ro", "loop", "ro") as data:
         assert sha256_tree(data) == want["data"]
