@@ -23,7 +23,7 @@ from ebsfs.fs.edge import fail
 from ebsfs.fs.inodes import NEW, PARTS, SCRATCH, InodeTable
 from ebsfs.fs.newdir import Draft, NewDirectory
 from ebsfs.fs.partitions import Partition
-from ebsfs.fs.partview import DRAFT_PREFIX
+from ebsfs.fs.partview import DRAFT_PREFIX, PartitionTables
 from ebsfs.fs.scratch import Overlay, ScratchDirectory
 
 #: Completed snapshots never change: their attributes may be cached long.
@@ -46,36 +46,37 @@ def link_target(snapshot_id: str) -> bytes:
     return f"../{snapshot_id}".encode()
 
 
+@dataclass(frozen=True)
+class Namespace:
+    """What every part of the FUSE edge works on: the mount's names and what they stand for."""
+
+    inodes: InodeTable
+    catalog: Catalog
+    newdir: NewDirectory
+    partitions: PartitionTables
+    #: None on a --read-only mount: scratch/ is then empty and refuses every change.
+    scratch: ScratchDirectory | None
+    config: OpsConfig
+
+
 class Entries:
     """Attributes of the mount's names, and the drafts and overlays they stand for."""
 
-    def __init__(
-        self,
-        inodes: InodeTable,
-        catalog: Catalog,
-        newdir: NewDirectory,
-        block_counts: BlockCounts,
-        config: OpsConfig,
-        scratch: ScratchDirectory | None,
-    ) -> None:
-        self.inodes = inodes
-        self.catalog = catalog
-        self.newdir = newdir
+    def __init__(self, ns: Namespace, block_counts: BlockCounts) -> None:
+        self.ns = ns
         self.block_counts = block_counts
-        self.config = config
-        self.scratch = scratch
         self.started = time.time_ns()
 
     # ---- what a name stands for ----------------------------------------------------------
 
     def draft(self, name: str) -> Draft:
-        draft = self.newdir.get(name)
+        draft = self.ns.newdir.get(name)
         if draft is None:
             raise fail(errno.ENOENT)
         return draft
 
     def overlay(self, name: str) -> Overlay:
-        overlay = self.scratch.get(name) if self.scratch is not None else None
+        overlay = self.ns.scratch.get(name) if self.ns.scratch is not None else None
         if overlay is None:
             raise fail(errno.ENOENT)
         return overlay
@@ -83,7 +84,7 @@ class Entries:
     def overlay_of(self, key: str) -> Overlay:
         """The overlay of a scratch inode (keyed by ``Overlay.key``, not by its name: one
         removed while open keeps its inode, and a new one of the same name gets another)."""
-        overlay = self.scratch.by_key(key) if self.scratch is not None else None
+        overlay = self.ns.scratch.by_key(key) if self.ns.scratch is not None else None
         if overlay is None:
             raise fail(errno.ENOENT)
         return overlay
@@ -104,7 +105,7 @@ class Entries:
 
     def directory(self, inode: int) -> pyfuse3.EntryAttributes:
         a = pyfuse3.EntryAttributes()
-        writable = inode in (NEW, SCRATCH) and not self.config.read_only
+        writable = inode in (NEW, SCRATCH) and not self.ns.config.read_only
         a.st_mode = stat.S_IFDIR | (0o755 if writable else 0o555)
         a.st_nlink = 2
         a.st_size = 0
@@ -117,7 +118,7 @@ class Entries:
         a.st_nlink = 1
         a.st_size = info.volume_size << 30
         a.st_mtime_ns = a.st_ctime_ns = a.st_atime_ns = int(info.start_time * 1e9)
-        ino = self.inodes.number("snapshot", info.snapshot_id)
+        ino = self.ns.inodes.number("snapshot", info.snapshot_id)
         a = self.common(a, ino, ENTRY_TIMEOUT, SNAPSHOT_ATTR_TIMEOUT)
         held = self.block_counts.get(info.snapshot_id)
         if held is not None:  # else the full size until counted (an upper bound)
@@ -130,7 +131,7 @@ class Entries:
         a.st_nlink = 1
         a.st_size = len(link_target(target))
         a.st_mtime_ns = a.st_ctime_ns = a.st_atime_ns = self.started
-        return self.common(a, self.inodes.number("link", name), ENTRY_TIMEOUT, ENTRY_TIMEOUT)
+        return self.common(a, self.ns.inodes.number("link", name), ENTRY_TIMEOUT, ENTRY_TIMEOUT)
 
     def of_draft(self, draft: Draft) -> pyfuse3.EntryAttributes:
         a = pyfuse3.EntryAttributes()
@@ -138,7 +139,7 @@ class Entries:
         a.st_nlink = 1
         a.st_size = draft.size()
         a.st_mtime_ns = a.st_ctime_ns = a.st_atime_ns = draft.mtime_ns()
-        ino = self.inodes.number("draft", draft.name)
+        ino = self.ns.inodes.number("draft", draft.name)
         return self.common(a, ino, ENTRY_TIMEOUT, DRAFT_ATTR_TIMEOUT)
 
     def of_overlay(self, overlay: Overlay) -> pyfuse3.EntryAttributes:
@@ -148,18 +149,18 @@ class Entries:
         a.st_size = overlay.size
         a.st_mtime_ns = a.st_ctime_ns = a.st_atime_ns = overlay.created_ns
         # Local and cheap to ask: no attribute caching, so a new base's size shows at once.
-        a = self.common(a, self.inodes.number("scratch", overlay.key), 0.0, 0.0)
+        a = self.common(a, self.ns.inodes.number("scratch", overlay.key), 0.0, 0.0)
         a.st_blocks = len(overlay.copied) * (BLOCK_SIZE // 512)
         return a
 
     def part(self, owner: str, part: Partition) -> pyfuse3.EntryAttributes:
         a = pyfuse3.EntryAttributes()
-        writable = owner.startswith(DRAFT_PREFIX) and not self.config.read_only
+        writable = owner.startswith(DRAFT_PREFIX) and not self.ns.config.read_only
         a.st_mode = stat.S_IFREG | (0o600 if writable else 0o444)
         a.st_nlink = 1
         a.st_size = part.size
         a.st_mtime_ns = a.st_ctime_ns = a.st_atime_ns = self.owner_mtime(owner)
-        ino = self.inodes.number("part", f"{owner}\0{part.number}")
+        ino = self.ns.inodes.number("part", f"{owner}\0{part.number}")
         timeout = DRAFT_ATTR_TIMEOUT if owner.startswith(DRAFT_PREFIX) else SNAPSHOT_ATTR_TIMEOUT
         return self.common(a, ino, ENTRY_TIMEOUT, timeout)
 
@@ -169,19 +170,19 @@ class Entries:
         a.st_nlink = 1
         a.st_size = len(f"../{number}")
         a.st_mtime_ns = a.st_ctime_ns = a.st_atime_ns = self.owner_mtime(owner)
-        ino = self.inodes.number("label", f"{owner}\0{label}")
+        ino = self.ns.inodes.number("label", f"{owner}\0{label}")
         return self.common(a, ino, ENTRY_TIMEOUT, ENTRY_TIMEOUT)
 
     def owner_dir(self, kind: str, owner: str) -> pyfuse3.EntryAttributes:
         """A snapshot's or draft's directory under parts/ (``partdir``) or its by-label/."""
         a = self.directory(PARTS)
-        a.st_ino = self.inodes.number("partdir" if kind == "partdir" else "labeldir", owner)
+        a.st_ino = self.ns.inodes.number("partdir" if kind == "partdir" else "labeldir", owner)
         a.st_mtime_ns = a.st_ctime_ns = a.st_atime_ns = self.owner_mtime(owner)
         return a
 
     def owner_mtime(self, owner: str) -> int:
         if owner.startswith(DRAFT_PREFIX):
-            draft = self.newdir.get(owner[len(DRAFT_PREFIX) :])
+            draft = self.ns.newdir.get(owner[len(DRAFT_PREFIX) :])
             return draft.mtime_ns() if draft is not None else self.started
-        info = self.catalog.snapshots.get(owner)
+        info = self.ns.catalog.snapshots.get(owner)
         return int(info.start_time * 1e9) if info is not None else self.started

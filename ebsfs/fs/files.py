@@ -14,14 +14,13 @@ from dataclasses import dataclass
 import pyfuse3
 
 from ebsfs.aws.api import SnapshotInfo
-from ebsfs.fs.catalog import Catalog
 from ebsfs.fs.edge import fail
-from ebsfs.fs.entries import Entries, OpsConfig
-from ebsfs.fs.inodes import NEW, SCRATCH, InodeTable
-from ebsfs.fs.newdir import Draft, NewDirectory
+from ebsfs.fs.entries import Entries, Namespace
+from ebsfs.fs.inodes import NEW, SCRATCH
+from ebsfs.fs.newdir import Draft
 from ebsfs.fs.partitions import Partition
-from ebsfs.fs.partview import DRAFT_PREFIX, PartitionTables
-from ebsfs.fs.scratch import Overlay, ScratchDirectory
+from ebsfs.fs.partview import DRAFT_PREFIX
+from ebsfs.fs.scratch import Overlay
 from ebsfs.read.ranges import read_range
 from ebsfs.read.stack import ReadStacks
 
@@ -47,25 +46,11 @@ class Files:
     """The open files of a mount."""
 
     def __init__(
-        self,
-        inodes: InodeTable,
-        catalog: Catalog,
-        stacks: ReadStacks,
-        newdir: NewDirectory,
-        partitions: PartitionTables,
-        scratch: ScratchDirectory | None,
-        entries: Entries,
-        config: OpsConfig,
-        counters: Counter[str],
+        self, ns: Namespace, entries: Entries, stacks: ReadStacks, counters: Counter[str]
     ) -> None:
-        self.inodes = inodes
-        self.catalog = catalog
-        self.stacks = stacks
-        self.newdir = newdir
-        self.partitions = partitions
-        self.scratch = scratch
+        self.ns = ns
         self.entries = entries
-        self.config = config
+        self.stacks = stacks
         self.counters = counters
         self.handles: dict[int, Handle] = {}
         #: Open handles per draft name (its own and its partitions'): the last one released
@@ -94,19 +79,19 @@ class Files:
         """Open the file ``(kind, name)``, a name of ``inode``."""
         writing = (flags & os.O_ACCMODE) != os.O_RDONLY or flags & os.O_TRUNC
         if kind == "scratch":
-            if writing and self.config.read_only:
+            if writing and self.ns.config.read_only:
                 raise refuse_change()
             overlay = self.entries.overlay_of(name)
             fh = self._new(Handle(inode, overlay=overlay))
-            if self.scratch is not None:
-                self.scratch.opened(overlay)
+            if self.ns.scratch is not None:
+                self.ns.scratch.opened(overlay)
             return pyfuse3.FileInfo(fh=fh, keep_cache=False)
         if kind == "part":
             owner, _, number = name.rpartition("\0")
             of_draft = owner.startswith(DRAFT_PREFIX)
-            if writing and (self.config.read_only or not of_draft):
+            if writing and (self.ns.config.read_only or not of_draft):
                 raise refuse_change()
-            part = self.partitions.partition(owner, int(number))
+            part = self.ns.partitions.partition(owner, int(number))
             if part is None:
                 raise fail(errno.ENOENT)
             draft_name = owner[len(DRAFT_PREFIX) :] if of_draft else ""
@@ -119,7 +104,7 @@ class Files:
         if kind == "snapshot":
             if writing:
                 raise refuse_change()
-            info = self.catalog.snapshots.get(name)
+            info = self.ns.catalog.snapshots.get(name)
             if info is None:
                 raise fail(errno.ENOENT)
             fh = self._new(Handle(inode, snapshot=info))
@@ -127,7 +112,7 @@ class Files:
             # Completed snapshots never change: let the kernel keep their pages.
             return pyfuse3.FileInfo(fh=fh, keep_cache=True)
         if kind == "draft":
-            if writing and self.config.read_only:
+            if writing and self.ns.config.read_only:
                 raise refuse_change()
             draft = self.entries.draft(name)
             fh = self._new(Handle(inode, draft=draft, draft_name=name))
@@ -140,18 +125,18 @@ class Files:
         self, parent: int, text: str
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         """A new scratch overlay or draft, open."""
-        if parent == SCRATCH and self.scratch is not None and not self.config.read_only:
-            if self.scratch.get(text) is not None:
+        if parent == SCRATCH and self.ns.scratch is not None and not self.ns.config.read_only:
+            if self.ns.scratch.get(text) is not None:
                 raise fail(errno.EEXIST)
-            overlay = await self.scratch.create(text)
-            ino = self.inodes.number("scratch", overlay.key)
+            overlay = await self.ns.scratch.create(text)
+            ino = self.ns.inodes.number("scratch", overlay.key)
             fh = self._new(Handle(ino, overlay=overlay))
-            self.scratch.opened(overlay)
+            self.ns.scratch.opened(overlay)
             return pyfuse3.FileInfo(fh=fh, keep_cache=False), self.entries.of_overlay(overlay)
-        if parent != NEW or self.config.read_only:
+        if parent != NEW or self.ns.config.read_only:
             raise refuse_change()
-        draft = await self.newdir.create(text)
-        fh = self._new(Handle(self.inodes.number("draft", text), draft=draft, draft_name=text))
+        draft = await self.ns.newdir.create(text)
+        fh = self._new(Handle(self.ns.inodes.number("draft", text), draft=draft, draft_name=text))
         self.draft_opens[text] += 1
         return pyfuse3.FileInfo(fh=fh, keep_cache=False), self.entries.of_draft(draft)
 
@@ -160,10 +145,10 @@ class Files:
         if handle.draft is not None:
             return await handle.draft.read(off, size)
         if handle.overlay is not None:
-            assert self.scratch is not None
-            return await self.scratch.read(handle.overlay, off, size)
+            assert self.ns.scratch is not None
+            return await self.ns.scratch.read(handle.overlay, off, size)
         if handle.part is not None:
-            data = await self.partitions.read(handle.part_owner, handle.part, off, size)
+            data = await self.ns.partitions.read(handle.part_owner, handle.part, off, size)
         else:
             info = handle.snapshot
             assert info is not None
@@ -175,29 +160,31 @@ class Files:
 
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         handle = self.get(fh)
-        if handle.overlay is not None and self.scratch is not None:
-            return await self.scratch.write(handle.overlay, off, buf)
-        if handle.part is not None and handle.draft_name and not self.config.read_only:
-            return await self.partitions.write(handle.part_owner, handle.part, off, buf)
-        if handle.draft is None or self.config.read_only:
+        if handle.overlay is not None and self.ns.scratch is not None:
+            return await self.ns.scratch.write(handle.overlay, off, buf)
+        if handle.part is not None and handle.draft_name and not self.ns.config.read_only:
+            return await self.ns.partitions.write(handle.part_owner, handle.part, off, buf)
+        if handle.draft is None or self.ns.config.read_only:
             raise refuse_change()
         return await handle.draft.write(off, buf)
 
     async def fsync(self, fh: int) -> None:
         handle = self.get(fh)
-        draft = handle.draft or (self.newdir.get(handle.draft_name) if handle.draft_name else None)
+        draft = handle.draft
+        if draft is None and handle.draft_name:
+            draft = self.ns.newdir.get(handle.draft_name)
         if draft is not None:
             await draft.fsync()
 
     async def release(self, fh: int) -> None:
         handle = self.handles.pop(fh, None)
-        if handle is not None and handle.overlay is not None and self.scratch is not None:
-            self.scratch.released(handle.overlay)
+        if handle is not None and handle.overlay is not None and self.ns.scratch is not None:
+            self.ns.scratch.released(handle.overlay)
         if handle is None or not handle.draft_name:
             return
         self.draft_opens[handle.draft_name] -= 1
         if self.draft_opens[handle.draft_name] <= 0:
             del self.draft_opens[handle.draft_name]
-            draft = handle.draft or self.newdir.get(handle.draft_name)
+            draft = handle.draft or self.ns.newdir.get(handle.draft_name)
             if draft is not None:
                 await draft.release()

@@ -23,7 +23,7 @@ from ebsfs.core.errors import NotFoundError, ReadOnlyError
 from ebsfs.fs.blockcount import BlockCounts
 from ebsfs.fs.catalog import Catalog
 from ebsfs.fs.edge import ERRNO_COUNTS, fail, fuse_errors
-from ebsfs.fs.entries import Entries, OpsConfig
+from ebsfs.fs.entries import Entries, Namespace, OpsConfig
 from ebsfs.fs.files import Files, refuse_change
 from ebsfs.fs.inodes import BY_NAME, DIRECTORIES, NEW, ROOT, SCRATCH, InodeTable
 from ebsfs.fs.newdir import Draft, NewDirectory
@@ -31,12 +31,12 @@ from ebsfs.fs.partsdir import Listing, PartsDirectory
 from ebsfs.fs.partview import DRAFT_PREFIX, PartitionTables
 from ebsfs.fs.scratch import ScratchDirectory
 from ebsfs.fs.tree import Tree
-from ebsfs.fs.xattrs import Xattrs, snapshot_xattrs
+from ebsfs.fs.xattrs import Xattrs
 from ebsfs.read.stack import ReadStacks
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EbsfsOperations", "EmptyNewDirectory", "OpsConfig", "snapshot_xattrs"]
+__all__ = ["EbsfsOperations", "EmptyNewDirectory", "OpsConfig"]
 
 
 class EmptyNewDirectory:
@@ -91,25 +91,11 @@ class EbsfsOperations(pyfuse3.Operations):
         #: None on a --read-only mount: scratch/ is then empty and refuses every change.
         self.scratch = scratch(self.partitions) if scratch is not None else None
         self.counters: Counter[str] = Counter()
-        self.entries = Entries(
-            self.inodes, catalog, newdir, self.block_counts, config, self.scratch
-        )
-        parts = PartsDirectory(self.inodes, catalog, newdir, self.partitions, self.entries)
-        self.tree = Tree(self.inodes, catalog, newdir, self.scratch, self.entries, parts)
-        self.files = Files(
-            self.inodes,
-            catalog,
-            stacks,
-            newdir,
-            self.partitions,
-            self.scratch,
-            self.entries,
-            config,
-            self.counters,
-        )
-        self.xattrs = Xattrs(
-            self.inodes, catalog, newdir, self.scratch, self.entries, config, self.stats
-        )
+        ns = Namespace(self.inodes, catalog, newdir, self.partitions, self.scratch, config)
+        self.entries = Entries(ns, self.block_counts)
+        self.tree = Tree(ns, self.entries, PartsDirectory(ns, self.entries))
+        self.files = Files(ns, self.entries, stacks, self.counters)
+        self.xattrs = Xattrs(ns, self.entries, self.stats)
         #: Directory handles: the inode and its entries, listed once at the first readdir so
         #: that a directory of 20,000 names is not rebuilt for every page of it.
         self.dir_handles: dict[int, tuple[int, Listing]] = {}

@@ -10,13 +10,10 @@ import errno
 
 import pyfuse3
 
-from ebsfs.fs.catalog import Catalog
 from ebsfs.fs.edge import fail
-from ebsfs.fs.entries import Entries, link_target
-from ebsfs.fs.inodes import BY_NAME, DIRECTORIES, NEW, PARTS, PARTS_NEW, ROOT, SCRATCH, InodeTable
-from ebsfs.fs.newdir import NewDirectory
+from ebsfs.fs.entries import Entries, Namespace, link_target
+from ebsfs.fs.inodes import BY_NAME, DIRECTORIES, NEW, PARTS, PARTS_NEW, ROOT, SCRATCH
 from ebsfs.fs.partsdir import Listing, PartsDirectory
-from ebsfs.fs.scratch import ScratchDirectory
 
 #: The fixed directories of the root, in listing order.
 _TOP = (("by-name", BY_NAME), ("new", NEW), ("parts", PARTS), ("scratch", SCRATCH))
@@ -25,19 +22,8 @@ _TOP = (("by-name", BY_NAME), ("new", NEW), ("parts", PARTS), ("scratch", SCRATC
 class Tree:
     """Lookups and listings of the whole namespace."""
 
-    def __init__(
-        self,
-        inodes: InodeTable,
-        catalog: Catalog,
-        newdir: NewDirectory,
-        scratch: ScratchDirectory | None,
-        entries: Entries,
-        parts: PartsDirectory,
-    ) -> None:
-        self.inodes = inodes
-        self.catalog = catalog
-        self.newdir = newdir
-        self.scratch = scratch
+    def __init__(self, ns: Namespace, entries: Entries, parts: PartsDirectory) -> None:
+        self.ns = ns
         self.entries = entries
         self.parts = parts
 
@@ -48,17 +34,17 @@ class Tree:
         """The attributes of any inode handed out (ENOENT once what it stood for is gone)."""
         if inode in DIRECTORIES:
             return self.entries.directory(inode)
-        entry = self.inodes.entry(inode)
+        entry = self.ns.inodes.entry(inode)
         if entry is None:
             raise fail(errno.ENOENT)
         kind, name = entry
         if kind == "snapshot":
-            info = self.catalog.snapshots.get(name)
+            info = self.ns.catalog.snapshots.get(name)
             if info is None:
                 raise fail(errno.ENOENT)
             return self.entries.snapshot(info)
         if kind == "link":
-            target = self.catalog.by_name().get(name)
+            target = self.ns.catalog.by_name().get(name)
             if target is None:
                 raise fail(errno.ENOENT)
             return self.entries.link(name, target)
@@ -77,13 +63,13 @@ class Tree:
             fixed = dict(_TOP).get(text)
             if fixed is not None:
                 return self.entries.directory(fixed)
-            info = await self.catalog.lookup(text)
+            info = await self.ns.catalog.lookup(text)
             if info is None:
                 raise fail(errno.ENOENT)
             return self.entries.snapshot(info)
         if parent == BY_NAME:
-            await self.catalog.listed()
-            target = self.catalog.by_name().get(text)
+            await self.ns.catalog.listed()
+            target = self.ns.catalog.by_name().get(text)
             if target is None:
                 raise fail(errno.ENOENT)
             return self.entries.link(text, target)
@@ -96,35 +82,35 @@ class Tree:
         raise fail(errno.ENOTDIR)
 
     async def readlink(self, inode: int) -> bytes:
-        entry = self.inodes.entry(inode)
+        entry = self.ns.inodes.entry(inode)
         if entry is not None and entry[0] == "label":
             return self.parts.readlink(entry[1])
         if entry is None or entry[0] != "link":
             raise fail(errno.EINVAL)
-        await self.catalog.listed()
-        target = self.catalog.by_name().get(entry[1])
+        await self.ns.catalog.listed()
+        target = self.ns.catalog.by_name().get(entry[1])
         if target is None:
             raise fail(errno.ENOENT)
         return link_target(target)
 
     async def listing(self, inode: int) -> Listing:
         """The entries of directory ``inode``, in a stable order."""
-        await self.catalog.listed()
+        await self.ns.catalog.listed()
         if inode == SCRATCH:
-            names = self.scratch.names() if self.scratch else []
+            names = self.ns.scratch.names() if self.ns.scratch else []
             return [(n, self.entries.of_overlay(self.entries.overlay(n))) for n in names]
         if inode == ROOT:
             out = [(name, self.entries.directory(ino)) for name, ino in _TOP]
-            for sid in sorted(self.catalog.snapshots):
-                out.append((sid, self.entries.snapshot(self.catalog.snapshots[sid])))
+            for sid in sorted(self.ns.catalog.snapshots):
+                out.append((sid, self.entries.snapshot(self.ns.catalog.snapshots[sid])))
             return out
         if inode == BY_NAME:
-            links = self.catalog.by_name()
+            links = self.ns.catalog.by_name()
             return [(n, self.entries.link(n, links[n])) for n in sorted(links)]
         if inode == NEW:
             drafts = []
-            for name in sorted(self.newdir.names()):
-                draft = self.newdir.get(name)
+            for name in sorted(self.ns.newdir.names()):
+                draft = self.ns.newdir.get(name)
                 if draft is not None:
                     drafts.append((name, self.entries.of_draft(draft)))
             return drafts

@@ -17,13 +17,11 @@ import pyfuse3
 
 from ebsfs.aws.api import SnapshotInfo
 from ebsfs.core.blocks import PID_XATTR, STATS_XATTR, XATTR_BASE, XATTR_KEEP, XATTR_PREFIX
-from ebsfs.fs.catalog import Catalog
 from ebsfs.fs.edge import fail
-from ebsfs.fs.entries import Entries, OpsConfig
+from ebsfs.fs.entries import Entries, Namespace
 from ebsfs.fs.files import refuse_change
-from ebsfs.fs.inodes import NEW, ROOT, InodeTable
-from ebsfs.fs.newdir import NewDirectory
-from ebsfs.fs.scratch import ScratchDirectory, keep_name
+from ebsfs.fs.inodes import NEW, ROOT
+from ebsfs.fs.scratch import keep_name
 
 
 def snapshot_xattrs(info: SnapshotInfo) -> dict[str, bytes]:
@@ -45,21 +43,10 @@ class Xattrs:
     """Extended attributes by inode, and the few that may be set."""
 
     def __init__(
-        self,
-        inodes: InodeTable,
-        catalog: Catalog,
-        newdir: NewDirectory,
-        scratch: ScratchDirectory | None,
-        entries: Entries,
-        config: OpsConfig,
-        stats: Callable[[], dict[str, Any]],
+        self, ns: Namespace, entries: Entries, stats: Callable[[], dict[str, Any]]
     ) -> None:
-        self.inodes = inodes
-        self.catalog = catalog
-        self.newdir = newdir
-        self.scratch = scratch
+        self.ns = ns
         self.entries = entries
-        self.config = config
         self.stats = stats
 
     def of(self, inode: int) -> dict[str, bytes]:
@@ -69,36 +56,36 @@ class Xattrs:
                 STATS_XATTR: json.dumps(self.stats(), sort_keys=True).encode(),
                 PID_XATTR: str(os.getpid()).encode(),
             }
-        entry = self.inodes.entry(inode)
+        entry = self.ns.inodes.entry(inode)
         if entry is None:
             return {}
         kind, name = entry
         if kind == "snapshot":
-            info = self.catalog.snapshots.get(name)
+            info = self.ns.catalog.snapshots.get(name)
             return snapshot_xattrs(info) if info else {}
         if kind == "draft":
             return self.entries.draft(name).xattrs()
-        if kind == "scratch" and self.scratch is not None:
-            return self.scratch.xattrs(self.entries.overlay_of(name))
+        if kind == "scratch" and self.ns.scratch is not None:
+            return self.ns.scratch.xattrs(self.entries.overlay_of(name))
         return {}
 
     async def set(self, inode: int, name: str, value: bytes) -> None:
         """Set a draft's attribute (its StartSnapshot shape) or a scratch overlay's
         (``base``, ``keep``); EROFS anywhere else."""
-        entry = self.inodes.entry(inode)
-        if entry is not None and entry[0] == "scratch" and self.scratch is not None:
+        entry = self.ns.inodes.entry(inode)
+        if entry is not None and entry[0] == "scratch" and self.ns.scratch is not None:
             overlay = self.entries.overlay_of(entry[1])
             if name == XATTR_BASE:
-                await self.scratch.set_base(overlay, value)
+                await self.ns.scratch.set_base(overlay, value)
             elif name == XATTR_KEEP:
-                await self.scratch.keep(overlay, value, self.newdir)
+                await self.ns.scratch.keep(overlay, value, self.ns.newdir)
                 leaf = keep_name(value).encode()
                 with contextlib.suppress(Exception):
                     pyfuse3.invalidate_entry_async(NEW, leaf, ignore_enoent=True)
             else:
                 raise fail(errno.ENOTSUP)
             return
-        if entry is None or entry[0] != "draft" or self.config.read_only:
+        if entry is None or entry[0] != "draft" or self.ns.config.read_only:
             raise refuse_change()
         await self.entries.draft(entry[1]).setxattr(name, value)
         # A parent gives the draft its size: the kernel must not keep serving the old one
@@ -108,7 +95,7 @@ class Xattrs:
 
     def remove(self, inode: int) -> None:
         """No attribute can be removed: ENOTSUP on a draft, EROFS elsewhere."""
-        entry = self.inodes.entry(inode)
-        if entry is None or entry[0] != "draft" or self.config.read_only:
+        entry = self.ns.inodes.entry(inode)
+        if entry is None or entry[0] != "draft" or self.ns.config.read_only:
             raise refuse_change()
         raise fail(errno.ENOTSUP)
