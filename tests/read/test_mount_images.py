@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.mounting import kernel_mounted, loop_device
-from tests.read.conftest import build_tree, make_ext4, sha256_tree
+from tests.read.conftest import build_tree, make_ext4, partitioned_disk, sha256_tree
 from tests.serverproc import upload_image
 
 pytestmark = pytest.mark.timeout(240)
@@ -105,13 +105,8 @@ def test_ext4_image_reads_back_exactly(server, mount_factory, tmp_path: Path) ->
 
 
 def test_gpt_image_with_two_partitions(server, mount_factory, tmp_path: Path) -> None:
-    image = tmp_path / "gpt.img"
-    with open(image, "wb") as f:
-        f.truncate(48 * MIB)
     script = "label: gpt\nsize=16MiB, name=one\nsize=16MiB, name=two\n"
-    subprocess.run(
-        ["sfdisk", "-q", str(image)], input=script, text=True, check=True, capture_output=True
-    )
+    image = partitioned_disk(tmp_path / "gpt.img", 48 * MIB, script)
     layout = json.loads(run("sfdisk", "--json", str(image)))["partitiontable"]
     parts = layout["partitions"]
     sector = layout.get("sectorsize", 512)
