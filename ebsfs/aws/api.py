@@ -37,7 +37,6 @@ import os
 import re
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -776,11 +775,6 @@ class Api:
         with _converted(f"CompleteSnapshot {snapshot_id}"):
             r = self.ebs.complete_snapshot(**kwargs)
         return str(r.get("Status", "pending"))
-
-
-def new_client_token() -> str:
-    """A fresh StartSnapshot ClientToken."""
-    return str(uuid.uuid4())
 
 
 #: A factory the mount and commands use, replaceable in tests.

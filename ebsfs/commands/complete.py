@@ -16,6 +16,7 @@ import sys
 import time
 
 from ebsfs.cli import positive_seconds
+from ebsfs.core.blocks import XATTR_PREFIX
 from ebsfs.core.errors import (
     BackendUnavailableError,
     EbsfsError,
@@ -27,7 +28,6 @@ from ebsfs.core.errors import (
 )
 from ebsfs.daemon import mounttable
 
-XATTR = "user.ebsfs."
 POLL = 0.1
 
 EPILOG = """\
@@ -74,7 +74,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _attr(path: str, key: str) -> str:
     try:
-        return os.getxattr(path, XATTR + key).decode("utf-8", "replace")
+        return os.getxattr(path, XATTR_PREFIX + key).decode("utf-8", "replace")
     except OSError as exc:
         if exc.errno in (errno.ENODATA, getattr(errno, "ENOATTR", errno.ENODATA)):
             return ""

@@ -17,7 +17,7 @@ from typing import Any, Protocol, TextIO
 
 from ebsfs.aws.api import Api
 from ebsfs.cli import add_aws_options
-from ebsfs.core.blocks import BLOCK_SIZE
+from ebsfs.core.blocks import BLOCK_SIZE, ID_XATTR
 from ebsfs.core.errors import ApiError, EbsfsError, InvalidTokenError, NotFoundError, UsageError
 from ebsfs.core.sizes import format_size
 from ebsfs.daemon import mounttable
@@ -193,7 +193,6 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(func=run)
 
 
-ID_XATTR = "user.ebsfs.snapshot_id"
 
 
 def resolve(api: Any, text: str) -> str:

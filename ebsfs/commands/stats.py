@@ -10,9 +10,9 @@ import argparse
 import json
 from typing import Any
 
+from ebsfs.core.blocks import STATS_XATTR
 from ebsfs.core.errors import MountError
 from ebsfs.daemon import mounttable
-from ebsfs.fs.ops import STATS_XATTR
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

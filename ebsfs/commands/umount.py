@@ -10,10 +10,10 @@ import subprocess
 import time
 
 from ebsfs.cli import positive_seconds
+from ebsfs.core.blocks import PID_XATTR
 from ebsfs.core.errors import MountError
 from ebsfs.daemon import mounttable
 from ebsfs.daemon.mounttable import MountEntry
-from ebsfs.fs.ops import PID_XATTR
 
 EPILOG = """\
 examples:

@@ -1,13 +1,6 @@
-"""Logging for the daemons: readable on a terminal, journald-friendly under systemd, no secrets.
-
-Under systemd (``JOURNAL_STREAM`` or ``INVOCATION_ID`` in the environment) each line starts
-with the syslog priority in angle brackets (``<3>`` error ... ``<7>`` debug), which journald
-turns into the entry's PRIORITY and strips; the journal adds its own timestamps, so none is
-printed. On a terminal or in a file, lines carry a timestamp and the level name.
-
-Every record passes through :class:`RedactSecrets`, which masks AWS secret keys, session
-tokens, SigV4 signatures and credentials scopes wherever they appear, and any value passed to
-:func:`register_secret`, so no log line can leak what signs requests.
+"""Logging for the daemons: readable on a terminal, journald-friendly under systemd, and
+every record passed through :class:`RedactSecrets` so that no line leaks what signs
+requests. See docs/operations.md and docs/architecture.md.
 """
 
 import errno

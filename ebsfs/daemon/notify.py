@@ -1,9 +1,6 @@
-"""systemd's readiness protocol (sd_notify): one datagram per state change to $NOTIFY_SOCKET.
-
-Without ``NOTIFY_SOCKET`` every function here does nothing, so the daemon calls them
-unconditionally. The socket may be a path or an abstract-namespace name written with a
-leading ``@``. A failure to send is logged once and never stops the daemon: systemd's
-readiness is a courtesy to the service manager, not part of the mount.
+"""systemd's readiness protocol (sd_notify): one datagram per state change to $NOTIFY_SOCKET;
+nothing without it, and a failure to send never stops the daemon.
+See docs/operations.md.
 """
 
 import logging
@@ -59,11 +56,6 @@ def notify_stopping(status: str | None = "flushing buffered writes") -> bool:
     if status:
         state += f"\nSTATUS={_one_line(status)}"
     return notify(state)
-
-
-def notify_status(status: str) -> bool:
-    """Update the free-form status line ``systemctl status`` shows."""
-    return notify(f"STATUS={_one_line(status)}")
 
 
 def _one_line(text: str) -> str:

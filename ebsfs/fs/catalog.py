@@ -1,28 +1,16 @@
 """The completed snapshots a mount shows, and their Name tags for ``by-name/``.
 
-Two modes:
-
-* listed (the default): EC2 DescribeSnapshots with the mount's owner and ``--filter``s, all
-  pages, again every ``refresh`` seconds; a lookup of an unknown ``snap-`` name asks EC2 for
-  that one id (rate-limited), so a snapshot made elsewhere shows without waiting;
-* fixed (``--snapshot`` ids): no EC2 call at all. Each id is checked once with a one-page
-  ListSnapshotBlocks, which also gives its VolumeSize; its mtime is the mount time. Only
-  an id answering 404 is described with EC2, to wait out the read lag of one that just
-  completed (``_probe_given``).
-
-Only ``completed`` snapshots in the standard tier are kept: the others (and archived ones,
-StorageTier ``archive``) cannot be read. Ids are looked up without the mount's owner, so a
-snapshot shared with the account opens by id. A snapshot sealed through
-this mount's ``new/`` is added with ``add_completed`` in either mode. A refresh that fails
-keeps the previous listing and logs one line; the mount serves on. A background first
-listing that fails is tried again with back-off, and until one succeeds the listings that
-need it (``listed``) fail with its error rather than show an empty mount.
+Listed (DescribeSnapshots, refreshed; an unknown ``snap-`` id asked for once) or fixed
+(``--snapshot`` ids, each checked with one ListSnapshotBlocks page); only completed,
+standard-tier snapshots are kept, and a failed refresh keeps the last listing (a failed
+background first listing is retried, and ``listed`` raises its error until one succeeds).
+A fixed id answering 404 is described once with EC2 to wait out AWS's read lag.
+See docs/architecture.md and docs/usage.md.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections import Counter
 from collections.abc import Iterable
@@ -32,12 +20,12 @@ from typing import Protocol
 import trio
 
 from ebsfs.aws.api import BlockPage, SnapshotInfo
+from ebsfs.core.blocks import SNAPSHOT_ID_RE
 from ebsfs.core.errors import AccessDeniedError, EbsfsError, NotFoundError
 from ebsfs.read.remote import READ_LAG_GRACE, Calls, seen_completed, since_completion
 
 log = logging.getLogger(__name__)
 
-SNAPSHOT_ID_RE = re.compile(r"^snap-[0-9a-f]{8,17}\Z")
 #: A lookup of an unknown snapshot id asks EC2 at most this often per id.
 UNKNOWN_LOOKUP_INTERVAL = 2.0
 #: How long a snapshot sealed through new/ may answer 404 before it is given up on.

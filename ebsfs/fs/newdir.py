@@ -88,3 +88,7 @@ class NewDirectory(Protocol):
         """Register ``callback(name, snapshot_id)``, called when a sealed draft completes, so
         the namespace can show it at the top level and under ``by-name/``."""
         ...
+
+    def stats(self) -> dict[str, int]:
+        """The write path's counters, for ``ebsfs stats`` (empty: no ``write`` section)."""
+        ...

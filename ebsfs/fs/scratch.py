@@ -1,13 +1,6 @@
-"""Scratch overlays (``MOUNTPOINT/scratch/``): writable, local-only copy-on-write views of a
-completed snapshot or of one of its partitions (docs/usage.md, "Scratch overlays").
-
-An overlay starts no snapshot and sends nothing: a block is copied from its base into a
-sparse local file the first time it is written, and read from there after; every other read
-goes to the base (the snapshot's block stack, or its partition). The copies live in the
-spool's ``scratch/`` directory, count against one limit for the mount (ENOSPC past it), and
-are deleted on ``rm``, at unmount, and at the next mount after a crash. Setting
-``user.ebsfs.keep`` to NAME writes the copied blocks into ``new/NAME``, a child of the base
-snapshot (flow D), and leaves the overlay as it is.
+"""Scratch overlays (``MOUNTPOINT/scratch/``): local copy-on-write views of a completed
+snapshot or partition; nothing is sent until ``user.ebsfs.keep`` writes the copied blocks
+into a draft. See docs/usage.md ("Scratch overlays") and docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -25,7 +18,7 @@ from pathlib import Path
 
 import trio
 
-from ebsfs.core.blocks import BLOCK_SIZE
+from ebsfs.core.blocks import BLOCK_SIZE, XATTR_BASE, XATTR_KEEP, XATTR_USED
 from ebsfs.core.errors import EbsfsError, InvalidValueError, NoSpaceError, NotFoundError
 from ebsfs.fs.newdir import NewDirectory
 from ebsfs.fs.partitions import Partition
@@ -36,9 +29,6 @@ log = logging.getLogger(__name__)
 #: name of a new overlay (``snap-ID.pN`` there, since a name cannot hold ``/``).
 _BASE = re.compile(r"(snap-[0-9a-f]{8,17})(?:[/.]p?([0-9]{1,4}))?")
 _NAME = re.compile(r"[^/\0]{1,255}")
-XATTR_BASE = "user.ebsfs.base"
-XATTR_KEEP = "user.ebsfs.keep"
-XATTR_USED = "user.ebsfs.scratch_bytes"
 
 #: Resolves ``(snapshot id, partition number or None)`` to the base's size and its partition
 #: (None for the whole disk); raises NotFoundError.

@@ -32,15 +32,3 @@ class BlockReader(Protocol):
     def stats(self) -> dict[str, int]:
         """This layer's counters, merged into ``ebsfs stats``."""
         ...
-
-
-class BlockDevice(BlockReader, Protocol):
-    """A pending snapshot's blocks, for reading and writing."""
-
-    async def write_block(self, index: BlockIndex, data: bytes) -> None:
-        """Store ``BLOCK_SIZE`` bytes at ``index`` (durable only after ``flush``)."""
-        ...
-
-    async def flush(self) -> None:
-        """Return when everything written before the call is stored below."""
-        ...

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 import trio
 
 from ebsfs.aws.api import BlockPage
-from ebsfs.core.blocks import BLOCK_SIZE, BlockIndex
+from ebsfs.core.blocks import BlockIndex
 from ebsfs.core.errors import (
     RETRY,
     ApiError,
@@ -792,11 +792,6 @@ class RemoteBlocks:
         return result
 
 
-def blocks_for(volume_gib: int) -> int:
-    """Number of block indexes in a volume of ``volume_gib`` GiB."""
-    return volume_gib * ((1 << 30) // BLOCK_SIZE)
-
-
 __all__ = [
     "READ_LAG_GRACE",
     "BlockApi",
@@ -804,7 +799,6 @@ __all__ = [
     "RemoteBlocks",
     "RemoteTuning",
     "TokenWindows",
-    "blocks_for",
     "seen_completed",
     "since_completion",
 ]

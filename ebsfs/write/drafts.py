@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import trio
 
-from ebsfs.core.blocks import BLOCK_SIZE, MAX_VOLUME_BYTES, BlockIndex
+from ebsfs.core.blocks import BLOCK_SIZE, MAX_VOLUME_BYTES, SNAPSHOT_ID_RE, XATTR_PREFIX, BlockIndex
 from ebsfs.core.errors import (
     ApiError,
     EbsfsError,
@@ -83,8 +83,6 @@ START_RETRY = 30.0
 SEAL_FAULT_ENV = "EBSFS_TEST_SEAL_FAULT"
 
 DRAFT, PENDING, SEALING, COMPLETED, ERROR = "draft", "pending", "sealing", "completed", "error"
-XATTR = "user.ebsfs."
-_SNAP_RE = re.compile(r"^snap-[0-9a-f]{8,17}\Z")
 _MAX_TAGS = 50
 
 
@@ -466,12 +464,12 @@ class SnapshotDraft:
         out["stored_blocks"] = str(self.wb.stored_blocks)
         for key, value in {"Name": self.name, **self.m.get("tags", {})}.items():
             out[f"tag.{key}"] = value
-        return {XATTR + k: v.encode() for k, v in out.items()}
+        return {XATTR_PREFIX + k: v.encode() for k, v in out.items()}
 
     async def setxattr(self, name: str, value: bytes) -> None:
-        if not name.startswith(XATTR):
+        if not name.startswith(XATTR_PREFIX):
             raise NotPermittedError(f"{self.name}: only user.ebsfs.* attributes can be set")
-        key = name[len(XATTR) :]
+        key = name[len(XATTR_PREFIX) :]
         if key not in ("parent", "description", "encrypted", "kms_key_arn") and not (
             key.startswith("tag.")
         ):
@@ -542,7 +540,7 @@ class SnapshotDraft:
                 "takes its parent's encryption")
 
     async def _set_parent(self, parent: str) -> None:
-        if not _SNAP_RE.match(parent):
+        if not SNAPSHOT_ID_RE.match(parent):
             raise InvalidValueError(f"user.ebsfs.parent: {parent!r} is not a snapshot id")
         try:
             info = await self.owner.call(partial(self.owner.api.describe_snapshot, parent))

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from ebsfs.commands import diff
+from ebsfs.core.blocks import ID_XATTR, SNAPSHOT_ID_RE
 from ebsfs.core.errors import UsageError
 
 SNAP = "snap-0123456789abcdef0"
@@ -21,7 +22,7 @@ def test_a_file_of_another_file_system_with_the_attribute_is_no_snapshot(
     diff took the id it named, and compared snapshots the user never pointed at."""
     planted = tmp_path / "web-root"
     planted.write_bytes(b"")
-    os.setxattr(planted, diff.ID_XATTR, SNAP.encode())
+    os.setxattr(planted, ID_XATTR, SNAP.encode())
     with pytest.raises(UsageError, match="not a snapshot file of an ebsfs mount"):
         diff.resolve(None, str(planted))
 
@@ -37,7 +38,7 @@ def test_an_id_with_a_trailing_newline_is_no_id(text: str) -> None:
 def test_an_attribute_value_with_a_trailing_newline_is_no_id(tmp_path: Path) -> None:
     planted = tmp_path / "f"
     planted.write_bytes(b"")
-    os.setxattr(planted, diff.ID_XATTR, (SNAP + "\n").encode())
+    os.setxattr(planted, ID_XATTR, (SNAP + "\n").encode())
     with pytest.raises(UsageError):
         diff.resolve(None, str(planted))
 
@@ -48,8 +49,7 @@ def test_no_snapshot_id_check_takes_a_trailing_newline(text: str) -> None:
     the configuration's snapshot ids and in a draft's parent."""
     from ebsfs.fs import catalog
     from ebsfs.options import settings
-    from ebsfs.write import drafts
     assert not catalog.is_snapshot_id(text)
-    assert not drafts._SNAP_RE.match(text)
+    assert not SNAPSHOT_ID_RE.match(text)
     with pytest.raises(ValueError):
         settings._snapshot_ids([text])

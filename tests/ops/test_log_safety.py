@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from ebsfs.daemon import logsetup
+from tests.mounting import wait_for
 from tests.ops.mounts import ebsfs, ebsfs_env, unmount
 from tests.serverproc import LocalServer, free_port
 
@@ -113,9 +114,7 @@ def test_server_never_logs_a_secret_from_its_environment(tmp_path: Path) -> None
         with conn:
             conn.sendall(f"GET /{SECRET}?t={TOKEN} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
             conn.recv(65536)
-        deadline = time.monotonic() + 30
-        while "GET" not in log_path.read_text() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for(lambda: "GET" in log_path.read_text())
     finally:
         server.terminate()
         server.wait(30)

@@ -41,8 +41,8 @@ def test_path_socket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         sock.bind(str(path))
         sock.settimeout(5)
         monkeypatch.setenv("NOTIFY_SOCKET", str(path))
-        assert notify.notify_status("two\nlines")
-        assert sock.recv(4096) == b"STATUS=two lines"
+        assert notify.notify_stopping("two\nlines")
+        assert sock.recv(4096) == b"STOPPING=1\nSTATUS=two lines"
 
 
 def test_no_socket_is_a_no_op(monkeypatch: pytest.MonkeyPatch) -> None:

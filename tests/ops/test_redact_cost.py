@@ -34,7 +34,7 @@ def test_redaction_of_hostile_text_is_not_quadratic(text: str) -> None:
     # In a process of its own: a regex holds the GIL, and a thread cannot be stopped.
     script = (
         "import sys\n"
-        "from ebsfs import logsetup\n"
+        "from ebsfs.daemon import logsetup\n"
         "text = sys.stdin.read()\n"
         "logsetup.redact(text)\n"
         "logsetup.redact_message(text)\n"

@@ -9,6 +9,7 @@ import os
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +19,7 @@ import botocore.exceptions
 import pytest
 from botocore.credentials import RefreshableCredentials
 
-from ebsfs.aws.api import Api, _convert, new_client_token
+from ebsfs.aws.api import Api, _convert
 from ebsfs.aws.blockcalls import BlockCalls, ClientBlockCalls
 from ebsfs.core import checksum, errors
 from ebsfs.core.blocks import BLOCK_SIZE
@@ -353,7 +354,7 @@ def test_without_http_session_the_clients_own_calls_are_used(
 
 def test_lean_round_trip_through_the_local_server(server: LocalServer, block_path: str) -> None:
     api = _api_on(server.endpoint_url, block_path)
-    info = api.start_snapshot(1, client_token=new_client_token())
+    info = api.start_snapshot(1, client_token=str(uuid.uuid4()))
     blocks = {0: _block(0), 5: _block(5), 2047: _block(7)}
     for index, data in blocks.items():
         view: bytes | memoryview = data
@@ -391,7 +392,7 @@ def test_lean_error_answers_map_to_the_same_errors(server: LocalServer, block_pa
         api.get_block("snap-00000000000000000", 0, tokens[0])
     with pytest.raises(errors.InvalidValueError):
         api.get_block(sid, -1, tokens[0])
-    pending = api.start_snapshot(1, client_token=new_client_token()).snapshot_id
+    pending = api.start_snapshot(1, client_token=str(uuid.uuid4())).snapshot_id
     data = _block(3)
     with pytest.raises(errors.ChecksumError, match="PutSnapshotBlock"):
         api.put_block(pending, 0, data, checksum.block_checksum(data[::-1]))
@@ -566,7 +567,7 @@ def test_lean_calls_under_the_servers_faults(server_factory: Callable[..., Local
     return the right bytes or a retryable error, never wrong bytes."""
     srv = server_factory("--throttle-rate", "0.05", "--error-rate", "0.2", "--drop-rate", "0.2")
     api = _lean_api(srv.endpoint_url, max_attempts=10)
-    info = api.start_snapshot(1, client_token=new_client_token())
+    info = api.start_snapshot(1, client_token=str(uuid.uuid4()))
     blocks = {i: _block(i) for i in range(8)}
     for index, data in blocks.items():
         api.put_block(info.snapshot_id, index, data, checksum.block_checksum(data))

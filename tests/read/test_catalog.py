@@ -26,9 +26,13 @@ def info(sid: str, name: str = "", state: str = "completed", start: float = 0.0)
 
 
 class FakeEc2:
+    """DescribeSnapshots over ``infos`` (each call's ids and owner recorded) and the one-page
+    ListSnapshotBlocks probe of fixed ids (counted)."""
+
     def __init__(self, infos: list[SnapshotInfo]) -> None:
         self.infos = infos
         self.describes: list[tuple[str, ...]] = []
+        self.owners: list[str] = []
         self.lists = 0
 
     def describe_snapshots(
@@ -39,6 +43,7 @@ class FakeEc2:
     ) -> list[SnapshotInfo]:
         ids = tuple(snapshot_ids)
         self.describes.append(ids)
+        self.owners.append(owner)
         return [i for i in self.infos if not ids or i.snapshot_id in ids]
 
     def list_blocks(
