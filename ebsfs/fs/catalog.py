@@ -258,7 +258,7 @@ class Catalog:
             pause = 1.0
             while self._listing_error is not None:  # sooner than a refresh: nothing is shown
                 await trio.sleep(pause)
-                pause = min(pause * 2, max(self.config.refresh, 1.0), 30.0)
+                pause = min(pause * 2, 30.0)
                 await self.refresh()
             log.info("listed %d snapshots in %.1f s", len(self.snapshots),
                      trio.current_time() - start)
