@@ -71,7 +71,7 @@ class _Flight:
         self.error: BaseException | None = None
 
 
-class CachedBlocks:
+class CachedBlocks(BlockReader):
     """``BlockReader`` that serves one snapshot's blocks from a shared ``BlockCache``."""
 
     def __init__(self, below: BlockReader, cache: BlockCache, key: Hashable) -> None:

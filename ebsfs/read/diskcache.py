@@ -389,26 +389,21 @@ def _create(path: Path) -> tuple[int, bool]:
     return direct_fd, True
 
 
-class DiskCachedBlocks:
+class DiskCachedBlocks(BlockReader):
     """``BlockReader`` that keeps one snapshot's fetched blocks in a shared ``DiskCache``."""
 
     def __init__(self, below: BlockReader, cache: DiskCache, key: Hashable) -> None:
         self.below = below
         self.cache = cache
         self.key = key
-        # Optional below: the block with the digest it was verified against.
-        self._read_verified = getattr(below, "read_verified", None)
 
     async def read_block(self, index: BlockIndex) -> bytes | None:
         key = (self.key, int(index))
         data = await self.cache.load(key)
         if data is not None:
             return data
-        digest: bytes | None = None
-        if self._read_verified is not None:
-            data, digest = await self._read_verified(index)
-        else:
-            data = await self.below.read_block(index)
+        # The digest the block was verified against below, if any: then it is not hashed again.
+        data, digest = await self.below.read_verified(index)
         if data is not None:  # a hole costs nothing below: neither a miss nor worth storing
             self.cache.counters["disk_cache_misses"] += 1
             self.cache.store_soon(key, data, digest)

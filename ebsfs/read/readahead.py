@@ -37,7 +37,7 @@ class _Stream:
     moves: int = 0  # forward steps so far: the window doubles with each, up to the maximum
 
 
-class ReadAhead:
+class ReadAhead(BlockReader):
     """``BlockReader`` that prefetches ``blocks`` blocks ahead of sequential readers."""
 
     def __init__(
@@ -59,9 +59,8 @@ class ReadAhead:
         return dict(self.counters)
 
     def cached(self, index: BlockIndex) -> bool:
-        """Whether the layer below holds ``index`` or is fetching it (False if it cannot tell)."""
-        below = getattr(self.below, "cached", None)
-        return below is not None and bool(below(index))
+        """Whether the layer below holds ``index`` or is fetching it."""
+        return self.below.cached(index)
 
     async def read_block(self, index: BlockIndex) -> bytes | None:
         if self.blocks > 0:

@@ -12,12 +12,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ebsfs.core.blocks import BLOCK_SIZE, BlockIndex
+from ebsfs.read.base import BlockReader
 from ebsfs.read.ranges import read_range
 
 BLOCKS = 6
 
 
-class _Reader:
+class _Reader(BlockReader):
     """Blocks from a dict (absent: a hole); ``cached`` says yes for the given indexes."""
 
     def __init__(self, blocks: dict[int, bytes], cached: set[int]) -> None:
