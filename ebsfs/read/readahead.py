@@ -23,7 +23,7 @@ from ebsfs.read.base import BlockReader
 log = logging.getLogger(__name__)
 
 _MAX_STREAMS = 4
-_NEAR = 2  # a read this many blocks after a stream's last one still continues it
+_NEAR = 2  # a read this many blocks past a stream's reach still continues it
 #: The window is latency x rate x this: both vary from one sample to the next, and a
 #: window short by one block makes the reader wait a whole latency.
 _HEADROOM = 2.0
@@ -85,6 +85,8 @@ class ReadAhead(BlockReader):
         """A read that goes below: its time is a sample of the latency."""
         start = trio.current_time()
         data = await self.below.read_block(index)
+        if data is None:
+            return None  # a hole costs no request: no sample of what a fetch takes
         sample = trio.current_time() - start
         old = self.latency
         self.latency = sample if old is None else old + _ALPHA * (sample - old)
@@ -119,7 +121,9 @@ class ReadAhead(BlockReader):
     def _stream_of(self, index: int, now: float) -> _Stream:
         """The stream ``index`` continues (a new one if none), now the most recently used."""
         for pos, s in enumerate(self._streams):
-            if s.last - _NEAR <= index <= s.last + _NEAR:
+            # Within what was fetched for it, or a window behind: the kernel's own read-ahead
+            # sends a reader's requests at once, and they arrive out of order.
+            if s.last - max(s.window, _NEAR) <= index <= max(s.last, s.ahead) + _NEAR:
                 del self._streams[pos]
                 break
         else:
