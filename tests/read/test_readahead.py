@@ -142,3 +142,23 @@ def test_read_ahead_off_fetches_only_what_is_read() -> None:
             n.cancel_scope.cancel()
 
     _run(main)
+
+
+def test_requests_out_of_order_within_the_window_continue_one_stream() -> None:
+    # The kernel's own read-ahead sends a reader's next requests at once; they arrive out of
+    # order, several blocks past the last one read. They are still the same reader.
+    async def main() -> None:
+        async with trio.open_nursery() as n:
+            ra, slow = _stack(n, 0.1, 16)
+            await _read(ra, 0, 16, 0.0)
+            for base in range(16, 400, 8):
+                for k in (6, 2, 7, 0, 4, 1, 5, 3):
+                    await ra.read_block(BlockIndex(base + k))
+            stats = ra.stats()
+            assert stats["readahead_streams"] <= 2, stats
+            assert stats["readahead_window"] == 16
+            assert stats.get("readahead_wasted", 0) == 0
+            assert max(slow.fetches.values()) == 1
+            n.cancel_scope.cancel()
+
+    _run(main)
