@@ -51,6 +51,7 @@ from ebsfs.core.errors import (
     InvalidTokenError,
     NotFoundError,
 )
+from ebsfs.read.base import BlockReader
 
 if TYPE_CHECKING:
     import outcome
@@ -490,7 +491,7 @@ def _retryable(exc: EbsfsError) -> bool:
     return exc.kind == RETRY and not isinstance(exc, InvalidTokenError)
 
 
-class RemoteBlocks:
+class RemoteBlocks(BlockReader):
     """``BlockReader`` over the EBS direct APIs for one completed snapshot."""
 
     def __init__(
