@@ -19,8 +19,9 @@ import botocore.exceptions
 import pytest
 from botocore.credentials import RefreshableCredentials
 
-from ebsfs.aws.api import Api, _convert
+from ebsfs.aws.api import Api
 from ebsfs.aws.blockcalls import BlockCalls, ClientBlockCalls
+from ebsfs.aws.convert import convert as _convert
 from ebsfs.core import checksum, errors
 from ebsfs.core.blocks import BLOCK_SIZE
 from ebsfs.options.config import DEV_ACCESS_KEY_ID, DEV_SECRET_ACCESS_KEY, AwsConfig
