@@ -45,6 +45,7 @@ from ebsfs.core.errors import (
     ApiError,
     ChecksumError,
     NotFoundError,
+    throttling,
 )
 from ebsfs.options.config import DEV_ACCESS_KEY_ID, DEV_SECRET_ACCESS_KEY, AwsConfig
 
@@ -103,6 +104,7 @@ class Api:
             #: time.monotonic() of the last HTTP answer any worker thread heard (see
             #: ``last_answer``); a float store, atomic under the GIL.
             self._last_answer = -math.inf
+            self._throttled = 0
             # First: botocore's retry handler answers the event and later handlers are skipped.
             self.ebs.meta.events.register_first("needs-retry.ebs", self._heard)
             self._probe_ebs: Any = None
@@ -136,17 +138,29 @@ class Api:
         still in botocore's retry loop under throttling does not make the endpoint look down."""
         return self._last_answer
 
-    def _heard_status(self, status: int, code: str) -> None:
+    def throttled_answers(self) -> int:
+        """How many throttled answers worker threads heard, botocore's retries included (the
+        runner's adaptive window: ``ebsfs.aws.concurrency``)."""
+        return self._throttled
+
+    def _heard_status(self, status: int, code: str, ebs: bool = True) -> None:
         if is_answer(status, code):
             self._last_answer = time.monotonic()
+        if ebs and throttling(code):
+            # EBS's block-call limits only (EC2 keeps its own). A lost increment between
+            # threads only blurs the count.
+            self._throttled += 1
 
-    def _heard(self, response: Any = None, **_: Any) -> None:
+    def _heard(self, response: Any = None, service: str = "", **_: Any) -> None:
         # botocore's needs-retry event, after every attempt; None: no answer (connection).
         if response is None:
             return
         http, parsed = response
         code = str(((parsed or {}).get("Error") or {}).get("Code") or "")
-        self._heard_status(int(getattr(http, "status_code", 0) or 0), code)
+        self._heard_status(int(getattr(http, "status_code", 0) or 0), code, service != "ec2")
+
+    def _heard_ec2(self, response: Any = None, **_: Any) -> None:
+        self._heard(response, "ec2")
 
     def probe(self, timeout: float) -> None:
         """One cheap request to the ebs endpoint (ListSnapshotBlocks of ``PROBE_SNAPSHOT``),
@@ -185,7 +199,7 @@ class Api:
             if self._ec2 is None:
                 with converted("AWS configuration"):
                     self._ec2 = self._session.client("ec2", **self._ec2_args)
-                self._ec2.meta.events.register_first("needs-retry.ec2", self._heard)
+                self._ec2.meta.events.register_first("needs-retry.ec2", self._heard_ec2)
             return self._ec2
 
     # ---- EC2 -------------------------------------------------------------------------------

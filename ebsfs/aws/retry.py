@@ -22,10 +22,12 @@ from ebsfs.core.errors import (
     GONE,
     RESEND,
     RETRY,
+    ApiError,
     ChecksumError,
     EbsfsError,
     EndpointDownError,
     InvalidTokenError,
+    throttling,
 )
 
 __all__ = ["CONTROL", "Again", "Attempts", "RetryPolicy", "retryable", "retrying"]
@@ -94,7 +96,8 @@ class Attempts:
         self.policy = policy
         self.health = health
         self.age = age
-        self.deadline = trio.current_time() + policy.patience
+        self.started = trio.current_time()
+        self.deadline = self.started + policy.patience
         self.failures = 0
         self.checksums = 0
         self.tokens = 0
@@ -124,19 +127,26 @@ class Attempts:
                 return None
         elif not retryable(exc):
             return None
-        self.failures += 1
-        if self.failures >= p.attempts:
-            return None
+        io_timeout = self.health.io_timeout if self.health is not None else None
+        deadline = self.deadline
+        if io_timeout is not None and isinstance(exc, ApiError) and throttling(exc.code):
+            # Throttling alone never fails a call: waited out (the runner's window shrinks
+            # meanwhile), bounded by time as a read is, not by a number of attempts.
+            deadline = min(deadline, self.started + 4 * io_timeout)
+        else:
+            self.failures += 1
+            if self.failures >= p.attempts:
+                return None
         pause = self._backoff()
         now = trio.current_time()
-        if self.health is not None and self.health.io_timeout is not None:
+        if self.health is not None and io_timeout is not None:
             # A busy endpoint is retried; a silent one is not: give up once nothing of the
             # mount was answered for io_timeout, or the endpoint is known down.
             left = self.health.deadline() - now
             if self.health.down or left <= 0:
                 return None
             pause = min(pause, left)
-        if now + pause >= self.deadline:
+        if now + pause >= deadline:
             return None
         return Again(pause)
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
 
+from ebsfs.aws.concurrency import EBS_THROTTLING, Concurrency
 from ebsfs.core.errors import (
     ApiError,
     BackendUnavailableError,
@@ -81,6 +82,8 @@ class Health:
         self.probe: Callable[[float], object] | None = None
         #: time.monotonic() of the last answer worker threads heard (``Api.last_answer``).
         self.heard: Callable[[], float] | None = None
+        #: How many throttled answers worker threads heard (``Api.throttled_answers``).
+        self.throttles: Callable[[], int] | None = None
         #: Cancel scopes of the calls waiting, with the deadline their caller gave.
         self._scopes: dict[trio.CancelScope, float] = {}
         self._bumped = -math.inf  # when answered() last moved their deadlines
@@ -100,6 +103,9 @@ class Health:
             if self.heard is None:
                 heard = getattr(source, "last_answer", None)
                 self.heard = heard if callable(heard) else None
+            if self.throttles is None:
+                throttles = getattr(source, "throttled_answers", None)
+                self.throttles = throttles if callable(throttles) else None
 
     @classmethod
     def of(cls, limiter: trio.CapacityLimiter) -> Health:
@@ -261,6 +267,8 @@ class Calls:
         self.health = Health.of(limiter)
         if io_timeout is not None:
             self.health.io_timeout = io_timeout
+        #: The adaptive window of the limiter (API calls only: those with an io_timeout).
+        self.window = Concurrency.of(limiter, self.health.counters)
 
     @property
     def last_ok(self) -> float:
@@ -285,6 +293,9 @@ class Calls:
             if ended is not None:
                 ended()
             raise
+        adapt = health.io_timeout is not None
+        if adapt:
+            self.window.started()
         with trio.move_on_at(min(deadline, health.deadline())) as scope:
             health._scopes[scope] = deadline
             try:
@@ -292,18 +303,37 @@ class Calls:
             except EbsfsError as exc:
                 if endpoint_answered(exc):
                     health.answered()
+                    if adapt:
+                        self._tell_window(exc)
                 else:
                     health.failed()
                 raise
             finally:
                 del health._scopes[scope]
             health.answered()
+            if adapt:
+                self._tell_window(None)
             return result
         health.failed()
         raise BackendUnavailableError(
             f"{getattr(fn, '__name__', 'call')}: no answer within the bound "
             f"(--io-timeout {health.io_timeout:g} s since the endpoint last answered)"
         )
+
+    def _tell_window(self, exc: EbsfsError | None) -> None:
+        """What the call heard, for the adaptive window: the throttled answers the Api's hook
+        counted since the last call ended (botocore's retries included), then its own."""
+        window, throttles = self.window, self.health.throttles
+        more = 0
+        if throttles is not None:
+            count = throttles()
+            more, window.heard = count - window.heard, count
+        for _ in range(max(0, more)):
+            window.ended(throttled=True)
+        # EBS's block-call throttling; EC2's RequestLimitExceeded is a limit of its own.
+        final = isinstance(exc, ApiError) and exc.code in EBS_THROTTLING
+        if not (final and more > 0):  # a final throttle the hook heard is counted already
+            window.ended(throttled=final)
 
     async def _run(
         self, fn: Callable[..., T], args: tuple[Any, ...], ended: Callable[[], None] | None
