@@ -95,13 +95,13 @@ class Concurrency:
             self._done += 1
         if now - self._start >= self.period:
             self._end_period(now)
-        self._publish()
 
     def _back_off(self, now: float) -> None:
         self.found = self.limit
         self._set(max(self.floor, int(self.limit * BACKOFF)))
         self._backed_off = now
         self.counters["concurrency_backoffs"] += 1
+        self._publish()
 
     def _end_period(self, now: float) -> None:
         rate = self._done / (now - self._start)
@@ -117,12 +117,14 @@ class Concurrency:
         self._start = now
         self._done = self._throttled = 0
         self._waited = False
+        self._publish()
 
     def _set(self, limit: int) -> None:
         # Tokens already borrowed stay borrowed; a lower total only stops new ones.
         self.limiter.total_tokens = max(self.floor, min(self.ceiling, limit))
 
     def _publish(self) -> None:
+        # At most once a period (and at each back-off): not a cost per call.
         c = self.counters
         c["concurrency_limit"] = self.limit
         c["concurrency_found"] = self.found
