@@ -24,9 +24,9 @@ from pathlib import Path
 import trio
 from cachetools import LRUCache
 
+from ebsfs.aws.runner import Calls
 from ebsfs.core.blocks import BLOCK_SIZE, BlockIndex
 from ebsfs.read.base import BlockReader
-from ebsfs.read.remote import Calls
 
 log = logging.getLogger(__name__)
 

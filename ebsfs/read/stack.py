@@ -13,13 +13,14 @@ from pathlib import Path
 
 import trio
 
+from ebsfs.aws.runner import Calls
 from ebsfs.core.blocks import BLOCK_SIZE, BLOCKS_PER_GIB
 from ebsfs.core.errors import MountError
 from ebsfs.read.base import BlockReader
 from ebsfs.read.cache import BlockCache, CachedBlocks
 from ebsfs.read.diskcache import DiskCache, DiskCachedBlocks
 from ebsfs.read.readahead import ReadAhead
-from ebsfs.read.remote import BlockApi, Calls, RemoteBlocks, RemoteTuning, TokenWindows
+from ebsfs.read.remote import BlockApi, RemoteBlocks, RemoteTuning, TokenWindows
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ import pytest
 import trio
 
 import ebsfs.read
+from ebsfs.aws.runner import Calls
 from ebsfs.core import errors
 from ebsfs.core.blocks import BLOCK_SIZE, BlockIndex
 from ebsfs.read.base import BlockReader
@@ -17,7 +18,7 @@ from ebsfs.read.cache import BlockCache, CachedBlocks
 from ebsfs.read.diskcache import DiskCache, DiskCachedBlocks
 from ebsfs.read.ranges import read_range
 from ebsfs.read.readahead import ReadAhead
-from ebsfs.read.remote import Calls, RemoteBlocks, RemoteTuning
+from ebsfs.read.remote import RemoteBlocks, RemoteTuning
 from tests.read.fakes import FakeBlockApi, block_of
 
 pytestmark = pytest.mark.timeout(60)

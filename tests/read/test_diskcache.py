@@ -16,11 +16,12 @@ from pathlib import Path
 import pytest
 import trio
 
+from ebsfs.aws.runner import Calls
 from ebsfs.core.blocks import BLOCK_SIZE, BlockIndex
 from ebsfs.read import diskcache
 from ebsfs.read.base import BlockReader
 from ebsfs.read.diskcache import DiskCache, DiskCachedBlocks, cache_file
-from ebsfs.read.remote import Calls, RemoteBlocks, RemoteTuning
+from ebsfs.read.remote import RemoteBlocks, RemoteTuning
 from tests.read.fakes import FakeBlockApi, block_of
 
 pytestmark = pytest.mark.timeout(60)
