@@ -52,14 +52,8 @@ from pathlib import Path
 from typing import Any
 
 from ebsfs.core.blocks import BLOCKS_PER_GIB
-from ebsfs.server.segments import (
-    SEGMENT_BLOCKS,
-    Record,
-    Segments,
-    encode_header,
-    fsync_path,
-    header_bytes,
-)
+from ebsfs.server.records import Record, encode_header, header_bytes
+from ebsfs.server.segments import SEGMENT_BLOCKS, Segments, fsync_path
 
 log = logging.getLogger(__name__)
 

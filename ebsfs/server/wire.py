@@ -12,6 +12,9 @@ from urllib.parse import unquote
 
 from ebsfs.server.errors import EbsError, Ec2Error
 
+#: The account the main key pair signs for (a second one: ``--second-account``).
+ACCOUNT_ID = "000000000000"
+
 
 @dataclass
 class Request:
@@ -31,7 +34,7 @@ class Request:
     #: header): only the body's hash is left to compare.
     signature_checked: bool = False
     #: The account whose key signed the request (set by the SigV4 check; app.py).
-    account: str = "000000000000"
+    account: str = ACCOUNT_ID
 
     @property
     def path(self) -> str:
