@@ -52,7 +52,7 @@ class Server(socketserver.ThreadingTCPServer):
 
     def server_bind(self) -> None:
         # Socket buffers that hold a whole block let a block arrive or leave with few
-        # wake-ups (measured: a third of the receive cost over loopback). Accepted sockets
+        # wake-ups (a large share of the receive cost over loopback). Accepted sockets
         # inherit them; the kernel caps them at net.core.rmem_max/wmem_max.
         for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
             self.socket.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
