@@ -80,6 +80,16 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _per_second(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of calls a second: {text!r}") from None
+    if not 0.0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number of at least 0: {text!r}")
+    return value
+
+
 def _fault(text: str) -> tuple[str, float]:
     from ebsfs.server.faults import parse_fault
 
@@ -142,6 +152,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "share of the requests that can get it; repeatable (docs/server.md)")
     faults.add_argument("--fault-seed", type=int, metavar="N",
                         help="seed for the fault choices (default: random)")
+    limits = p.add_argument_group("AWS's rate limits")
+    limits.add_argument("--rate-limit", type=_per_second, metavar="N",
+                        help="GetSnapshotBlock and PutSnapshotBlock calls a second, each, per "
+                        "snapshot; the excess is throttled (RESOURCE_LEVEL_THROTTLE) as AWS "
+                        "does (AWS: 1000; default: no limit)")
+    limits.add_argument("--account-rate-limit", type=_per_second, metavar="N",
+                        help="the same per account, over all its snapshots (ACCOUNT_THROTTLED; "
+                        "AWS: 1000; default: no limit)")
     p.add_argument("--encryption-by-default", action="store_const", const=True, default=None,
                    help="encrypt every new snapshot with a default KMS key ARN, as an account "
                    "with EBS encryption by default does (docs/server.md)")

@@ -12,7 +12,8 @@ exists (no file at all is fine). It has three tables, each key optional::
     [mount."/srv/snapshots"]   the same keys, for the mount at that path only
     [server]    data_dir, listen, access_key_id, secret_access_key, latency_ms, throttle_rate,
                 error_rate, drop_rate, corrupt_rate, token_ttl, complete_delay, log_level,
-                timeout_unit, fault_seed, encryption_by_default, read_lag
+                timeout_unit, fault_seed, encryption_by_default, read_lag, rate_limit,
+                account_rate_limit
 
 The environment layer is ``EBSFS_<KEY>`` for ``[aws]`` and ``[mount]`` keys (``EBSFS_REGION``,
 ``EBSFS_CACHE_SIZE``; lists comma-separated) and ``EBSFS_SERVER_<KEY>`` for ``[server]``; the
@@ -241,6 +242,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "fault_seed": Key(_seed, ("EBSFS_SERVER_FAULT_SEED",)),
         "encryption_by_default": Key(_bool, ("EBSFS_SERVER_ENCRYPTION_BY_DEFAULT",)),
         "read_lag": Key(_float, ("EBSFS_SERVER_READ_LAG",)),
+        "rate_limit": Key(_float, ("EBSFS_SERVER_RATE_LIMIT",)),
+        "account_rate_limit": Key(_float, ("EBSFS_SERVER_ACCOUNT_RATE_LIMIT",)),
     },
 }
 

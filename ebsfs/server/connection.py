@@ -367,6 +367,8 @@ class Handler(socketserver.BaseRequestHandler):
         else:
             req.body, req.body_complete = self._read_body(method, headers, length)
             resp = app.handle(req)
+            if resp.close:
+                self.close_connection = True
             sent = self._send(resp, head_only=method == "HEAD")
         if self._debug:
             log.debug(

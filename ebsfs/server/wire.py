@@ -35,6 +35,9 @@ class Request:
     signature_checked: bool = False
     #: The account whose key signed the request (set by the SigV4 check; app.py).
     account: str = ACCOUNT_ID
+    #: Set once the call was counted against the rate limits (by the fast path, so that
+    #: the general path taking it over does not count it twice).
+    rate_counted: bool = False
 
     @property
     def path(self) -> str:
@@ -74,6 +77,8 @@ class Response:
     file_length: int = 0
     #: Set by the drop fault: close the connection before the response is complete.
     drop: bool = False
+    #: Close the connection once the response is sent (AWS does after a throttling answer).
+    close: bool = False
 
     def file_bytes(self) -> bytes:
         """The part of ``file`` this response sends."""
