@@ -37,6 +37,7 @@ examples:
   ebsfs complete /mnt/ebs/new/backup          seal, wait, print the snapshot id
   chmod a-w /mnt/ebs/new/backup               the same, without waiting
   ebsfs complete --timeout 60 /mnt/ebs/new/x  give up waiting after a minute
+  ebsfs complete --json /mnt/ebs/new/x        progress as JSON events, one a line
 
 PATH is a file under MOUNTPOINT/new/. The command is the same as `chmod a-w PATH` followed by
 waiting: the daemon stores what is still dirty, calls CompleteSnapshot and polls AWS until the
@@ -44,9 +45,9 @@ snapshot is completed; the file then leaves new/ and shows as MOUNTPOINT/snap-ID
 id is printed on stdout. Progress goes to stderr: on a terminal a live bar (blocks stored of
 blocks to store, rate, time left, throttled share), else one line per state change; with
 --json, stdout has one JSON object a line instead (events state, progress, completed,
-error; docs/usage.md). Running it again on a file
-that is being sealed just waits. If AWS moves the snapshot to `error`, the data stays in the
-mount's spool and `ebsfs complete PATH` (or chmod a-w) again stores it into a new snapshot.
+error; docs/usage.md). Running it again on a file that is being sealed just waits. If
+AWS moves the snapshot to `error`, the data stays in the mount's spool and `ebsfs complete
+PATH` (or chmod a-w) again stores it into a new snapshot.
 A completed snapshot (MOUNTPOINT/snap-ID or by-name/NAME) is already done: its id is printed
 and the exit code is 0, so a script may run it again safely.
 Exit codes: 0 completed; 7 AWS failed the snapshot (its StateMessage is printed); 3 no such
