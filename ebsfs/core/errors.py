@@ -1,7 +1,7 @@
 """The exceptions of ebsfs, each with the errno the filesystem answers and the CLI exit code.
 
 Everything below the FUSE edge raises these; botocore's exceptions are converted to them in
-one place (``ebsfs.aws.api``), and the FUSE edge (``ebsfs.fs``) turns them into errno values.
+one place (``ebsfs.aws.convert``), and the FUSE edge (``ebsfs.fs``) turns them into errno values.
 The CLI prints ``ebsfs: <message>`` and exits with ``exit_code``: no traceback.
 
     EbsfsError                      EIO    exit 1
@@ -106,6 +106,15 @@ def classify(code: str, reason: str = "", status: int = 0, message: str = "") ->
     if code == "ValidationException" or code.startswith("Invalid") or code == "ConflictException":
         return INVALID
     return FINAL
+
+
+#: Throttling codes of the EBS direct APIs and EC2 (ebs-direct-api.md §8).
+_THROTTLING_CODES = frozenset({"SlowDown", "RequestLimitExceeded"})
+
+
+def throttling(code: str) -> bool:
+    """Whether an AWS error code says "slow down" (a busy endpoint, not a broken one)."""
+    return "Throttl" in code or code in _THROTTLING_CODES
 
 
 class EbsfsError(Exception):

@@ -23,6 +23,7 @@ import pyfuse3
 import trio
 
 from ebsfs.aws.api import Api
+from ebsfs.aws.runner import Calls
 from ebsfs.core.errors import EbsfsError, MountError, UsageError
 from ebsfs.core.exgroups import first_error
 from ebsfs.daemon import mounttable
@@ -35,7 +36,6 @@ from ebsfs.fs.partview import PartitionTables
 from ebsfs.fs.scratch import ScratchDirectory
 from ebsfs.options.config import MountConfig
 from ebsfs.read.diskcache import cache_file
-from ebsfs.read.remote import Calls
 from ebsfs.read.stack import ReadStacks, StackConfig
 from ebsfs.write.upload import PutProcess
 from ebsfs.write.wiring import (

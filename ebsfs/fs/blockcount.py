@@ -12,8 +12,9 @@ from collections.abc import Callable
 import trio
 from cachetools import LRUCache
 
+from ebsfs.aws.runner import Calls
 from ebsfs.core.errors import ApiError, EbsfsError
-from ebsfs.read.remote import BlockApi, Calls
+from ebsfs.read.remote import BlockApi
 
 log = logging.getLogger(__name__)
 

@@ -20,9 +20,10 @@ from typing import Protocol
 import trio
 
 from ebsfs.aws.api import BlockPage, SnapshotInfo
+from ebsfs.aws.runner import Calls
 from ebsfs.core.blocks import SNAPSHOT_ID_RE
 from ebsfs.core.errors import AccessDeniedError, EbsfsError, NotFoundError
-from ebsfs.read.remote import READ_LAG_GRACE, Calls, seen_completed, since_completion
+from ebsfs.read.remote import READ_LAG_GRACE, seen_completed, since_completion
 
 log = logging.getLogger(__name__)
 

@@ -110,3 +110,7 @@ class ServerConfig:
     #: Seconds after ``completed`` during which the direct APIs still answer 404
     #: SNAPSHOT_NOT_FOUND, as AWS does for up to about a minute (``--read-lag``).
     read_lag: float = 0.0
+    #: GetSnapshotBlock and PutSnapshotBlock calls a second (each) per snapshot and per
+    #: account, as AWS's quotas (``--rate-limit``, ``--account-rate-limit``); 0: no limit.
+    rate_limit: float = 0.0
+    account_rate_limit: float = 0.0

@@ -175,6 +175,16 @@ def seconds(value: str) -> float:
     return result
 
 
+def per_second(value: str) -> float:
+    try:
+        result = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of calls a second: {value!r}") from None
+    if not 0.0 <= result < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number of at least 0: {value!r}")
+    return result
+
+
 def account(value: str) -> tuple[str, str, str]:
     """``ACCESS_KEY_ID:SECRET:ACCOUNT_ID`` (the secret may hold colons)."""
     key_id, sep, rest = value.partition(":")

@@ -114,6 +114,7 @@ class Option:
 
 SHOW, READ, WRITE, DAEMON = "what to show", "reading", "writing", "daemon"
 SELECTION, FAULTS, TIMING = "AWS selection", "fault injection", "timing"
+LIMITS = "AWS's rate limits"
 
 CONFIG = Option(
     "config", None, metavar="PATH",
@@ -245,6 +246,15 @@ SERVER: tuple[Option, ...] = (
            "(docs/server.md)"),
     Option("fault_seed", "server", coerce=p.seed, metavar="N", group=FAULTS, argtype=int,
            help="seed for the fault choices (default: random)"),
+    Option("rate_limit", "server", coerce=p.number, metavar="N", group=LIMITS,
+           argtype=p.per_second,
+           help="GetSnapshotBlock and PutSnapshotBlock calls a second, each, per snapshot; the "
+           "excess is throttled (RESOURCE_LEVEL_THROTTLE) as AWS does (AWS: 1000; default: no "
+           "limit)"),
+    Option("account_rate_limit", "server", coerce=p.number, metavar="N", group=LIMITS,
+           argtype=p.per_second,
+           help="the same per account, over all its snapshots (ACCOUNT_THROTTLED; AWS: 1000; "
+           "default: no limit)"),
     Option("encryption_by_default", "server", coerce=p.boolean, kind="switch",
            help="encrypt every new snapshot with a default KMS key ARN, as an account with "
            "EBS encryption by default does (docs/server.md)"),

@@ -20,6 +20,7 @@ from ebsfs.fs.newdir import NewDirectory
 from ebsfs.fs.ops import EmptyNewDirectory
 from ebsfs.options import settings
 from ebsfs.options.config import MountConfig
+from ebsfs.read.base import BlockReader
 from ebsfs.read.stack import ReadStacks
 from ebsfs.write.drafts import Drafts
 from ebsfs.write.spool import Spool, SpoolLock
@@ -42,7 +43,7 @@ class MountContext:
     put_process: PutProcess | None = None
 
 
-class _ParentBlocks:
+class _ParentBlocks(BlockReader):
     """A parent's blocks through the mount's read stacks, looked up at each read (the stacks
     are an LRU: holding one stack object could outlive its eviction)."""
 

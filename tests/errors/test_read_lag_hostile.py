@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 import trio
 
+from ebsfs.aws.runner import Calls
 from ebsfs.core.blocks import BlockIndex
 from ebsfs.core.errors import EbsfsError, NotFoundError
 from ebsfs.read import remote as remote_module
-from ebsfs.read.remote import Calls, RemoteBlocks, RemoteTuning, seen_completed, since_completion
+from ebsfs.read.remote import RemoteBlocks, RemoteTuning, seen_completed, since_completion
 from tests.mounting import MountProc
 from tests.read.fakes import FakeBlockApi, block_of
 from tests.serverproc import LocalServer, upload_image

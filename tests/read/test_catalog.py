@@ -11,12 +11,12 @@ import pytest
 import trio
 
 from ebsfs.aws.api import BlockPage, SnapshotInfo
+from ebsfs.aws.runner import Calls
 from ebsfs.cli import build_parser
 from ebsfs.commands.mount import mount_config_from_args
 from ebsfs.core import errors
 from ebsfs.daemon.run import check_mountpoint
 from ebsfs.fs.catalog import Catalog, CatalogConfig, is_snapshot_id
-from ebsfs.read.remote import Calls
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -9,8 +9,8 @@ import pytest
 import trio
 
 from ebsfs.aws.api import SnapshotInfo
+from ebsfs.aws.runner import Calls
 from ebsfs.fs.catalog import Catalog, CatalogConfig
-from ebsfs.read.remote import Calls
 from tests.read.test_catalog import FakeEc2
 
 pytestmark = pytest.mark.timeout(30)

@@ -8,9 +8,9 @@ import threading
 import pytest
 import trio
 
+from ebsfs.aws.runner import Calls
 from ebsfs.core import errors
 from ebsfs.core.blocks import BLOCK_SIZE
-from ebsfs.read.remote import Calls
 from ebsfs.write.sink import PutTuning, RemoteWriter
 
 pytestmark = pytest.mark.timeout(60)
