@@ -63,7 +63,8 @@ from ebsfs.read.base import BlockReader
 from ebsfs.read.remote import Calls
 from ebsfs.write.seal import SealTuning, complete_and_wait
 from ebsfs.write.sink import PutTuning, RemoteWriter, retrying
-from ebsfs.write.spool import Spool, SpoolLock
+from ebsfs.write.spool import Spool
+from ebsfs.write.spoollock import SpoolLock
 from ebsfs.write.writeback import WriteBack, WriteTuning
 
 if TYPE_CHECKING:

@@ -22,7 +22,8 @@ from ebsfs.options import settings
 from ebsfs.options.config import MountConfig
 from ebsfs.read.stack import ReadStacks
 from ebsfs.write.drafts import Drafts
-from ebsfs.write.spool import Spool, SpoolLock
+from ebsfs.write.spool import Spool
+from ebsfs.write.spoollock import SpoolLock
 from ebsfs.write.upload import PutProcess
 from ebsfs.write.writeback import WriteTuning
 
