@@ -59,8 +59,8 @@ from ebsfs.core.errors import (
     ReadOnlyError,
     SnapshotFailedError,
 )
-from ebsfs.read.base import BlockReader
 from ebsfs.read.remote import Calls
+from ebsfs.write.parent import ParentReaderFactory
 from ebsfs.write.seal import SealTuning, complete_and_wait
 from ebsfs.write.sink import PutTuning, RemoteWriter, retrying
 from ebsfs.write.spool import Spool
@@ -115,9 +115,6 @@ class DraftApi(Protocol):
 
     def delete_snapshot(self, snapshot_id: str) -> None: ...
 
-
-#: Builds the read stack of a completed parent snapshot: ``(snapshot_id, volume_gib)``.
-ParentReaderFactory = Callable[[str, int], BlockReader]
 
 
 def _gib_ceil(size: int) -> int:

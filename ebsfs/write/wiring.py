@@ -15,13 +15,12 @@ from pathlib import Path
 import trio
 
 from ebsfs.aws.api import Api
-from ebsfs.core.blocks import BlockIndex
 from ebsfs.fs.newdir import NewDirectory
 from ebsfs.fs.ops import EmptyNewDirectory
 from ebsfs.options import settings
 from ebsfs.options.config import MountConfig
-from ebsfs.read.stack import ReadStacks
 from ebsfs.write.drafts import Drafts
+from ebsfs.write.parent import ParentStacks, parent_readers
 from ebsfs.write.spool import Spool
 from ebsfs.write.spoollock import SpoolLock
 from ebsfs.write.upload import PutProcess
@@ -38,25 +37,9 @@ class MountContext:
     api: Api
     nursery: trio.Nursery
     limiter: trio.CapacityLimiter  # the one limiter of every blocking API call
-    stacks: ReadStacks  # stacks.get(snapshot_id, volume_gib) reads a completed parent
+    stacks: ParentStacks  # the mount's read stacks: a draft's parent is read through them
     #: Where blocks are stored from (the upload process); None: the mount's own threads.
     put_process: PutProcess | None = None
-
-
-class _ParentBlocks:
-    """A parent's blocks through the mount's read stacks, looked up at each read (the stacks
-    are an LRU: holding one stack object could outlive its eviction)."""
-
-    def __init__(self, stacks: ReadStacks, snapshot_id: str, volume_gib: int) -> None:
-        self.stacks = stacks
-        self.snapshot_id = snapshot_id
-        self.volume_gib = volume_gib
-
-    async def read_block(self, index: BlockIndex) -> bytes | None:
-        return await self.stacks.get(self.snapshot_id, self.volume_gib).read_block(index)
-
-    def stats(self) -> dict[str, int]:
-        return {}
 
 
 def usable_cpus() -> int:
@@ -98,7 +81,7 @@ async def open_new_directory(ctx: MountContext) -> NewDirectory:
         spool_dir,
         ctx.nursery,
         ctx.limiter,
-        lambda snapshot_id, gib: _ParentBlocks(ctx.stacks, snapshot_id, gib),
+        parent_readers(ctx.stacks),
         tuning=WriteTuning(
             dirty_limit=config.dirty_limit,
             delay=config.writeback_delay,
