@@ -64,6 +64,7 @@ from ebsfs.write.parent import ParentReaderFactory
 from ebsfs.write.seal import SealTuning, complete_and_wait
 from ebsfs.write.sink import PutTuning, RemoteWriter, retrying
 from ebsfs.write.spool import Spool
+from ebsfs.write.spooled import ThreadPuts
 from ebsfs.write.spoollock import SpoolLock
 from ebsfs.write.writeback import WriteBack, WriteTuning
 
@@ -429,7 +430,7 @@ class SnapshotDraft:
         age = max(0.0, time.time() - float(self.m.get("started_at") or time.time()))
         self.wb.attach(
             RemoteWriter(
-                self.owner.put_api or self.owner.api,
+                self.owner.put_api or ThreadPuts(self.owner.api),
                 snapshot_id,
                 self.owner.limiter,
                 started_at=trio.current_time() - age,

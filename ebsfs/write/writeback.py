@@ -45,8 +45,9 @@ from ebsfs.core import checksum
 from ebsfs.core.blocks import BLOCK_SIZE, ZERO_BLOCK, BlockIndex
 from ebsfs.core.errors import EbsfsError, NotFoundError
 from ebsfs.read.base import BlockReader
-from ebsfs.write.sink import BlockLoader, BlockSink, SpooledBlock
+from ebsfs.write.sink import BlockSink
 from ebsfs.write.spool import FULL, Spool
+from ebsfs.write.spooled import BlockSource, SpooledBlock
 
 log = logging.getLogger(__name__)
 
@@ -355,8 +356,8 @@ class WriteBack:
             self._notify()
             self._poke()
 
-    def _loader(self, index: int, base: bytes | None) -> BlockLoader:
-        """What the worker thread of the put calls to get the block's bytes (None: skip it)."""
+    def _loader(self, index: int, base: bytes | None) -> BlockSource:
+        """What the worker thread of the put reads the block's bytes from (None: skip it)."""
         spool = self.spool
         cov = spool.coverage.get(index)
         slot = spool.slots.get(index)
@@ -376,8 +377,8 @@ class WriteBack:
 
         if cov is FULL and slot is not None and (base is None or not skippable):
             # Wholly in the spool (nothing of ``base`` shows through, and an all-zero block is
-            # the only one to skip): whoever stores it may read it from the file itself.
-            return SpooledBlock(str(spool.data_path), slot * BLOCK_SIZE, skippable, load)
+            # the only one to skip): whoever stores it reads it from the file itself.
+            return SpooledBlock(str(spool.data_path), slot * BLOCK_SIZE, skippable)
         return load
 
     def _done(self, index: int, version: int, digest: bytes | None) -> None:
