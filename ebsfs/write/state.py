@@ -23,18 +23,16 @@ class DraftState(enum.StrEnum):
     ERROR = "error"
 
 
-#: Every move a draft may make (``Manifest.move`` refuses any other)::
+#: Every move a draft may make (``Manifest.move`` logs any other as a bug)::
 #:
 #:   draft ──started──▶ pending ──seal──▶ sealing ──▶ completed (leaves new/)
-#:     └──────────seal (fixes the size)───────▲  │
-#:                                            │  ├──▶ error (AWS failed it; seal again)
-#:   a failure that leaves it pending ◀───────┼──┘
-#:   error ──seal again──▶ pending, or draft (a new snapshot is started)
+#:     └──seal (no snapshot started)────────▲   ├──▶ error (AWS failed it)
+#:                       pending ◀──────────────┘ (failed, the snapshot still pending)
+#:   error ──seal again──▶ pending, or draft (a new snapshot will be started)
 TRANSITIONS: dict[DraftState, frozenset[DraftState]] = {
     DraftState.DRAFT: frozenset({DraftState.PENDING, DraftState.SEALING}),
     DraftState.PENDING: frozenset({DraftState.SEALING}),
-    DraftState.SEALING: frozenset(
-        {DraftState.COMPLETED, DraftState.ERROR, DraftState.PENDING, DraftState.DRAFT}),
+    DraftState.SEALING: frozenset({DraftState.COMPLETED, DraftState.ERROR, DraftState.PENDING}),
     DraftState.ERROR: frozenset({DraftState.PENDING, DraftState.DRAFT}),
     DraftState.COMPLETED: frozenset(),
 }
