@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 
 class SnapshotDraft(DraftLifeCycle):
-    """One file in ``new/`` (implements ``ebsfs.fs.newdir.Draft``)."""
+    """One file in ``new/`` (implements ``ebsfs.write.newdir.Draft``)."""
 
     def size(self) -> int:
         return self.m.size if self.m.size is not None else self.spool.max_end

@@ -20,6 +20,7 @@ from ebsfs.read.remote import Calls
 from ebsfs.write.context import DraftApi, DraftContext
 from ebsfs.write.draft import SnapshotDraft
 from ebsfs.write.lifecycle import DraftLifeCycle
+from ebsfs.write.newdir import NewDirectory
 from ebsfs.write.parent import ParentReaderFactory
 from ebsfs.write.seal import SealTuning
 from ebsfs.write.sink import PutTuning
@@ -30,7 +31,6 @@ from ebsfs.write.state import DraftState, Manifest
 from ebsfs.write.writeback import WriteTuning
 
 if TYPE_CHECKING:
-    from ebsfs.fs.newdir import NewDirectory
     from ebsfs.write.upload import PutProcess
 
 __all__ = ["Drafts", "SnapshotDraft"]
@@ -40,8 +40,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-class Drafts:
-    """The drafts under ``new/`` (implements ``ebsfs.fs.newdir.NewDirectory``)."""
+class Drafts(NewDirectory):
+    """The drafts under ``new/``."""
 
     def __init__(
         self,
@@ -228,8 +228,3 @@ class Drafts:
             except Exception:  # a namespace bug must not lose the completion itself
                 log.exception("on_completed callback failed for %s", draft.name)
 
-
-if TYPE_CHECKING:
-
-    def _conforms(drafts: Drafts) -> NewDirectory:
-        return drafts

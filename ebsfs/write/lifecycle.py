@@ -334,7 +334,7 @@ class DraftLifeCycle:
             self._save()
         self._wb_scope.cancel()
         self.ctx.on_completed(self, snapshot_id)
-        # Deleting a GiB of spool takes most of a second (freeing its blocks and pages): in a
+        # Deleting a large spool takes a while (freeing its blocks and pages): in a
         # worker thread, so the mount answers meanwhile (``ebsfs complete`` sees the file
         # leave new/ at once). A crash before it ends is harmless: the manifest says
         # completed, and recovery deletes the rest.

@@ -15,11 +15,10 @@ from pathlib import Path
 import trio
 
 from ebsfs.aws.api import Api
-from ebsfs.fs.newdir import NewDirectory
-from ebsfs.fs.ops import EmptyNewDirectory
 from ebsfs.options import settings
 from ebsfs.options.config import MountConfig
 from ebsfs.write.drafts import Drafts
+from ebsfs.write.newdir import NewDirectory, NoDrafts
 from ebsfs.write.parent import ParentStacks, parent_readers
 from ebsfs.write.spool import Spool
 from ebsfs.write.spoollock import SpoolLock
@@ -57,8 +56,8 @@ def upload_process(config: MountConfig, api: Api) -> PutProcess | None:
         cpus = usable_cpus()
         wanted = cpus >= 2
         if not wanted:
-            # Measured (docs/benchmarks.md): on one CPU the child adds a fifth to the CPU of
-            # an upload and makes it slower on average.
+            # On one CPU the child costs more than it saves (docs/benchmarks.md, "The
+            # upload process").
             log.info("%d CPU usable: blocks are stored from the mount's own threads "
                      "(--upload-process to use a child process anyway)", cpus)
     if not wanted:
@@ -71,7 +70,7 @@ async def open_new_directory(ctx: MountContext) -> NewDirectory:
     """The ``new/`` directory of a mount: drafts spooled under ``--spool-dir``."""
     config = ctx.config
     if config.read_only:
-        return EmptyNewDirectory()
+        return NoDrafts()
     spool_dir = Path(config.spool_dir)
     # Held as long as this process lives (the directory keeps it): one mount per spool.
     lock = SpoolLock.acquire(spool_dir, config.mountpoint)
@@ -113,5 +112,4 @@ def _warn_of_a_shared_spool(mountpoint: str, spool_dir: Path) -> None:
 
 async def close_new_directory(newdir: NewDirectory) -> None:
     """Store what the write path holds dirty before the unmount (the spool keeps the rest)."""
-    if isinstance(newdir, Drafts):
-        await newdir.close()
+    await newdir.close()

@@ -253,7 +253,7 @@ class WriteBack:
 
     async def _sync_in_background(self) -> None:
         # Without this the page cache holds every byte written until the first fsync, which
-        # then writes them all to the disk at once (about 2 s per GiB here) while it waits.
+        # then writes them all to the disk at once while it waits.
         while True:
             await self._sync_wanted.wait()
             self._sync_wanted = trio.Event()
