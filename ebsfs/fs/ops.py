@@ -19,14 +19,13 @@ import pyfuse3
 import trio
 
 from ebsfs.core.blocks import BLOCK_SIZE
-from ebsfs.core.errors import NotFoundError, ReadOnlyError
 from ebsfs.fs.blockcount import BlockCounts
 from ebsfs.fs.catalog import Catalog
 from ebsfs.fs.edge import ERRNO_COUNTS, fail, fuse_errors
 from ebsfs.fs.entries import Entries, Namespace, OpsConfig
 from ebsfs.fs.files import Files, refuse_change
 from ebsfs.fs.inodes import BY_NAME, DIRECTORIES, NEW, ROOT, SCRATCH, InodeTable
-from ebsfs.fs.newdir import Draft, NewDirectory
+from ebsfs.fs.newdir import NewDirectory
 from ebsfs.fs.partsdir import Listing, PartsDirectory
 from ebsfs.fs.partview import DRAFT_PREFIX, PartitionTables
 from ebsfs.fs.scratch import ScratchDirectory
@@ -36,30 +35,7 @@ from ebsfs.read.stack import ReadStacks
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EbsfsOperations", "EmptyNewDirectory", "OpsConfig"]
-
-
-class EmptyNewDirectory:
-    """A ``new/`` with no drafts that refuses to make any (tests; mounts without a write path)."""
-
-    def names(self) -> list[str]:
-        return []
-
-    def get(self, name: str) -> Draft | None:
-        return None
-
-    async def create(self, name: str, *, kept_from: str = "") -> Draft:
-        raise ReadOnlyError("this mount has no write path")
-
-    async def remove(self, name: str) -> None:
-        raise NotFoundError(f"no draft {name!r}")
-
-    def on_completed(self, callback: Callable[[str, str], None]) -> None:
-        pass
-
-    def stats(self) -> dict[str, int]:
-        """No counters: ``ebsfs stats`` then shows no ``write`` section."""
-        return {}
+__all__ = ["EbsfsOperations", "OpsConfig"]
 
 
 class EbsfsOperations(pyfuse3.Operations):

@@ -22,7 +22,7 @@ import trio
 
 from ebsfs.aws.api import BlockPage
 from ebsfs.aws.retry import Attempts, RetryPolicy
-from ebsfs.aws.runner import Calls, Health
+from ebsfs.aws.runner import Calls
 from ebsfs.core.blocks import BlockIndex
 from ebsfs.core.errors import (
     ApiError,
@@ -384,8 +384,6 @@ class RemoteBlocks(BlockReader):
 __all__ = [
     "READ_LAG_GRACE",
     "BlockApi",
-    "Calls",
-    "Health",
     "RemoteBlocks",
     "RemoteTuning",
     "TokenWindows",

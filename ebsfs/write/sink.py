@@ -15,20 +15,18 @@ from typing import Protocol, TypeVar
 
 import trio
 
-from ebsfs.aws.retry import Attempts, RetryPolicy, retrying
+from ebsfs.aws.retry import Attempts, RetryPolicy
 from ebsfs.aws.runner import Calls
 from ebsfs.core import checksum
 from ebsfs.core.blocks import BLOCK_SIZE
 from ebsfs.core.errors import GONE, BackendUnavailableError, EbsfsError
+from ebsfs.write.spooled import BlockPuts, BlockSource, SpooledBlock
 
 __all__ = [
-    "BlockLoader",
     "BlockSink",
-    "PutApi",
     "PutTuning",
     "RemoteWriter",
     "SpooledBlock",
-    "retrying",  # re-exported for ebsfs.write.drafts (its home is ebsfs.aws.retry)
 ]
 
 log = logging.getLogger(__name__)
@@ -36,45 +34,15 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-class PutApi(Protocol):
-    """The part of ``ebsfs.aws.api.Api`` this layer uses (``ebsfs.write.upload.PutProcess``
-    offers it too, with the optional ``put_spooled_block`` that reads a ``SpooledBlock`` itself)."""
-
-    def put_block(
-        self, snapshot_id: str, index: int, data: bytes | memoryview, checksum_b64: str
-    ) -> None: ...
-
-
-#: Makes a block's bytes in the worker thread of its PutSnapshotBlock; None: nothing to store.
-BlockLoader = Callable[[], bytes | None]
-
-
-@dataclass(frozen=True)
-class SpooledBlock:
-    """A whole block written to a spool's data file at ``offset`` of ``path``.
-
-    Callable as a ``BlockLoader``; a put API with ``put_spooled_block`` (the upload process)
-    reads, checks and hashes it there itself, so its bytes never cross into the mount's
-    threads. ``skip_if_zero``: an all-zero block is not stored (it reads as zeros anyway)."""
-
-    path: str
-    offset: int
-    skip_if_zero: bool
-    load: BlockLoader
-
-    def __call__(self) -> bytes | None:
-        return self.load()
-
-
 class BlockSink(Protocol):
     """Where the write-back layer stores finished blocks."""
 
-    async def put(self, index: int, data: bytes | BlockLoader) -> bytes | None:
+    async def put(self, index: int, data: BlockSource) -> bytes | None:
         """Store one full block; returns its raw SHA256 digest once AWS acknowledged it.
 
         ``data`` may be a loader, called once in the worker thread of the request (reading a
-        block from the disk there costs the trio thread nothing); if it answers None nothing
-        is stored and None is returned."""
+        block from the disk there costs the trio thread nothing), or a ``SpooledBlock`` the
+        put API reads itself; if either answers None nothing is stored and None is returned."""
         ...
 
 
@@ -104,7 +72,7 @@ class RemoteWriter:
 
     def __init__(
         self,
-        api: PutApi,
+        api: BlockPuts,
         snapshot_id: str,
         limiter: trio.CapacityLimiter,
         *,
@@ -127,7 +95,7 @@ class RemoteWriter:
         #: Index -> set when the worker of its latest attempt is done (see ``_attempt``).
         self._running: dict[int, trio.Event] = {}
 
-    async def _attempt(self, index: int, data: bytes | BlockLoader, block: list[bytes]) -> bool:
+    async def _attempt(self, index: int, data: BlockSource, block: list[bytes]) -> bool:
         """One attempt in a worker thread, never two of one index at once: an attempt
         abandoned at the io bound may still be on the wire, and older bytes stored after
         newer ones would lose the newer (their digest already counted as stored)."""
@@ -150,15 +118,16 @@ class RemoteWriter:
 
         return await self._calls.run(self._put_sync, index, data, block, ended=ended)
 
-    def _put_sync(self, index: int, data: bytes | BlockLoader, block: list[bytes]) -> bool:
+    def _put_sync(self, index: int, data: BlockSource, block: list[bytes]) -> bool:
         # Loading and hashing in the same worker thread as the request: one thread hand-off
         # per block, and the trio thread (which answers every FUSE request) touches no bytes.
         # ``block`` keeps [bytes, digest] across attempts: a retry sends the same bytes.
-        spooled: Callable[..., bytes | None] | None = getattr(self.api, "put_spooled_block", None)
-        if spooled is not None and isinstance(data, SpooledBlock) and not block:
-            # Read, hashed and sent by the upload process; a retry reads the file again, and
-            # the digest is always that of the bytes this attempt stored.
-            digest = spooled(self.snapshot_id, index, data.path, data.offset, data.skip_if_zero)
+        if isinstance(data, SpooledBlock):
+            # Read, hashed and sent by the put API (in the upload process, or in this thread);
+            # a retry reads the file again, and the digest is that of the bytes it stored.
+            digest = self.api.put_spooled_block(
+                self.snapshot_id, index, data.path, data.offset, data.skip_if_zero
+            )
             if digest is None:
                 return False
             block += (b"", digest)
@@ -171,7 +140,7 @@ class RemoteWriter:
         self.api.put_block(self.snapshot_id, index, block[0], checksum.b64(block[1]))
         return True
 
-    async def put(self, index: int, data: bytes | BlockLoader) -> bytes | None:
+    async def put(self, index: int, data: BlockSource) -> bytes | None:
         tries = Attempts(
             self.tuning.policy(),
             health=self._calls.health,

@@ -15,7 +15,6 @@ from ebsfs.aws.runner import Health
 from ebsfs.core import errors
 from ebsfs.read.remote import RemoteTuning
 from ebsfs.write.sink import PutTuning
-from ebsfs.write.sink import retrying as sink_retrying
 
 THROTTLED = errors.ApiError("slow", "RequestThrottledException", "ACCOUNT_THROTTLED", 400)
 
@@ -57,8 +56,11 @@ def test_what_is_retried_is_the_kind_on_every_path(
     on_fake_clock(main)
 
 
-def test_the_write_path_reexports_the_one_retrying() -> None:
-    assert sink_retrying is retrying
+def test_the_write_path_has_no_retry_loop_of_its_own() -> None:
+    from ebsfs.write import seal, sink, snapcalls
+
+    assert seal.retrying is retrying and snapcalls.retrying is retrying
+    assert not hasattr(sink, "retrying") and not hasattr(sink, "transient")
 
 
 @pytest.mark.parametrize(("policy", "attempts"), [(PutTuning().policy(), 8), (CONTROL, 6)])
