@@ -9,8 +9,8 @@ import math
 from typing import Any
 
 from ebsfs.core.blocks import BLOCK_SIZE, SNAPSHOT_ID_RE
+from ebsfs.core.redact import LEVELS
 from ebsfs.core.sizes import parse_size
-from ebsfs.daemon.logsetup import LEVELS
 
 
 def text(value: Any) -> str:

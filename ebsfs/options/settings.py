@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ebsfs.core.errors import UsageError
-from ebsfs.daemon.logsetup import register_secret
+from ebsfs.core.redact import register_secret
 from ebsfs.options import parsers
 from ebsfs.options import table as option_table
 from ebsfs.options.config import CONFIG_ENV, DEFAULT_CONFIG_PATH, AwsConfig, MountConfig
