@@ -1,0 +1,116 @@
+"""The option layers against an unlucky operator and a hostile local user: values and files
+that must be refused in one line with exit 2 (never a traceback, a hang or a memory blow-up).
+"""
+
+import os
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ebsfs.cli import main
+from ebsfs.options import settings
+
+#: Hang guard of a subprocess (never a timing assertion).
+GUARD = 60
+
+
+def _one_line_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """Run ``ebsfs argv`` in-process; it must end with exit 2 and one line on stderr."""
+    rc = main(argv)
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ebsfs: "), err
+    return lines[0]
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+# ---- TOML that tomllib fails on with other errors than TOMLDecodeError ----
+
+
+def test_toml_integer_of_thousands_of_digits_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # tomllib's int() raises ValueError past 4300 digits, not TOMLDecodeError.
+    conf = _write(tmp_path / "c.toml", f"[mount]\ncache_size = {'9' * 5000}\n")
+    line = _one_line_exit_2(["ls", "--config", str(conf)], capsys)
+    assert "not valid TOML" in line
+
+
+@pytest.mark.parametrize("value", ["[" * 5000 + "]" * 5000, "{a=" * 3000 + "1" + "}" * 3000])
+def test_toml_nested_thousands_deep_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], value: str
+) -> None:
+    conf = _write(tmp_path / "c.toml", f"[mount]\nsnapshots = {value}\n")
+    line = _one_line_exit_2(["ls", "--config", str(conf)], capsys)
+    assert "not valid TOML" in line
+
+
+# ---- the configuration file itself ----
+
+
+def _run_ebsfs(argv: list[str], limit_memory: bool = False) -> subprocess.CompletedProcess[str]:
+    def limit() -> None:
+        # Reading /dev/zero whole would take every byte of the machine's memory.
+        resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+
+    return subprocess.run(
+        [sys.executable, "-m", "ebsfs", *argv],
+        capture_output=True, text=True, timeout=GUARD,
+        preexec_fn=limit if limit_memory else None,
+        env={k: v for k, v in os.environ.items() if not k.startswith(("EBSFS_", "AWS_"))},
+    )
+
+
+def test_config_fifo_is_refused_not_waited_on(tmp_path: Path) -> None:
+    fifo = tmp_path / "ebsfs.toml"
+    os.mkfifo(fifo)
+    done = _run_ebsfs(["ls", "--config", str(fifo)])
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip() == f"ebsfs: configuration file {fifo} is not a regular file"
+
+
+def test_config_device_is_refused_not_read_whole() -> None:
+    done = _run_ebsfs(["ls", "--config", "/dev/zero"], limit_memory=True)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip() == "ebsfs: configuration file /dev/zero is not a regular file"
+
+
+def test_config_directory_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    line = _one_line_exit_2(["ls", "--config", str(tmp_path)], capsys)
+    assert str(tmp_path) in line
+
+
+def test_config_larger_than_any_configuration_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    conf = tmp_path / "c.toml"
+    conf.write_text("#" * (2 << 20) + "\n[mount]\ncache_size = 'lots'\n")
+    line = _one_line_exit_2(["ls", "--config", str(conf)], capsys)
+    assert "larger than" in line
+
+
+def test_world_writable_config_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Any local user could point a root mount at their own endpoint or directories.
+    conf = _write(tmp_path / "c.toml", "[mount]\ncache_size = 'lots'\n")
+    conf.chmod(0o666)
+    line = _one_line_exit_2(["ls", "--config", str(conf)], capsys)
+    assert "writable by every user" in line
+    conf.chmod(0o644)
+    line = _one_line_exit_2(["ls", "--config", str(conf)], capsys)
+    assert "mount.cache_size" in line
+
+
+def test_config_dev_null_still_means_no_settings() -> None:
+    # The idiom of tests and scripts: EBSFS_CONFIG=/dev/null reads no file.
+    config = settings.load_config("/dev/null", environ={})
+    assert dict(config.sections) == {} and dict(config.mounts) == {}
