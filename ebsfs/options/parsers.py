@@ -50,9 +50,13 @@ def number(value: Any) -> float:
             raise ValueError(f"expected a number, not {value!r}") from None
     if not isinstance(value, int | float) or value < 0:
         raise ValueError(f"expected a number of at least 0, not {value!r}")
-    if not math.isfinite(value):  # NaN or infinity as a time: a wait without end
+    try:
+        result = float(value)
+    except OverflowError:  # a TOML integer of hundreds of digits
+        raise ValueError("expected a finite number, not one that large") from None
+    if not math.isfinite(result):  # NaN or infinity as a time: a wait without end
         raise ValueError(f"expected a finite number, not {value!r}")
-    return float(value)
+    return result
 
 
 def share(value: Any) -> float:
@@ -135,8 +139,13 @@ def level(value: Any) -> str:
 
 def listen(value: Any) -> str:
     result = text(value)
-    host, sep, port = result.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    # The rules of the --listen flag (which the server applies to this text too), but for a
+    # free port (0), which only the command line may ask for.
+    try:
+        _, port = listen_address(result)
+    except argparse.ArgumentTypeError:
+        raise ValueError(f"expected HOST:PORT, not {value!r}") from None
+    if port == 0:
         raise ValueError(f"expected HOST:PORT, not {value!r}")
     return result
 

@@ -32,7 +32,20 @@ def _write(path: Path, text: str) -> Path:
     return path
 
 
-# ---- TOML that tomllib fails on with other errors than TOMLDecodeError ----
+# ---- numbers too large for a float: a TOML integer has no bound ----
+
+
+@pytest.mark.parametrize(
+    ("section", "key"),
+    [("mount", "refresh"), ("mount", "io_timeout"), ("aws", "connect_timeout"),
+     ("server", "latency_ms"), ("server", "throttle_rate")],
+)
+def test_toml_integer_too_large_for_a_number_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], section: str, key: str
+) -> None:
+    conf = _write(tmp_path / "c.toml", f"[{section}]\n{key} = {'9' * 400}\n")
+    line = _one_line_exit_2(["ls", "--config", str(conf)], capsys)
+    assert f"{section}.{key}" in line
 
 
 def test_toml_integer_of_thousands_of_digits_is_refused(
@@ -51,6 +64,30 @@ def test_toml_nested_thousands_deep_is_refused(
     conf = _write(tmp_path / "c.toml", f"[mount]\nsnapshots = {value}\n")
     line = _one_line_exit_2(["ls", "--config", str(conf)], capsys)
     assert "not valid TOML" in line
+
+
+# ---- [server] listen: the file's rule and the flag's rule must agree ----
+
+
+@pytest.mark.parametrize("listen", ["127.0.0.1:009537", "127.0.0.1:\u0669\u0665\u0663\u0667",
+                                    "127.0.0.1:0", "127.0.0.1:65536", "127.0.0.1:+80"])
+def test_server_listen_from_file_is_refused_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], listen: str
+) -> None:
+    conf = _write(tmp_path / "c.toml", f'[server]\nlisten = "{listen}"\n')
+    argv = ["server", "--config", str(conf), "--data-dir", str(tmp_path / "d")]
+    line = _one_line_exit_2(argv, capsys)
+    assert "server.listen" in line
+
+
+def test_server_listen_from_environment_is_refused_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EBSFS_SERVER_LISTEN", "127.0.0.1:009537")
+    conf = _write(tmp_path / "c.toml", "")
+    argv = ["server", "--config", str(conf), "--data-dir", str(tmp_path / "d")]
+    line = _one_line_exit_2(argv, capsys)
+    assert "EBSFS_SERVER_LISTEN" in line
 
 
 # ---- the configuration file itself ----
