@@ -32,6 +32,19 @@ def whole(value: Any) -> int:
     return value
 
 
+#: Most API calls a mount may have in flight (``max_concurrency``, which also sizes the HTTP
+#: connection pool): urllib3 fills a pool with one slot per connection as it makes it, so a
+#: typo of a few more digits would hang the mount's first request and fill its memory.
+MAX_CONCURRENCY = 1024
+
+
+def concurrency(value: Any) -> int:
+    result = whole(value)
+    if result > MAX_CONCURRENCY:
+        raise ValueError(f"expected at most {MAX_CONCURRENCY}, not {result}")
+    return result
+
+
 def seed(value: Any) -> int:
     if isinstance(value, str) and value.strip() == "0":
         return 0

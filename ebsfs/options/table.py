@@ -161,9 +161,9 @@ MOUNT: tuple[Option, ...] = (
     Option("read_ahead", "mount", coerce=p.size, metavar="SIZE", group=READ,
            help="bytes fetched ahead of sequential readers (default: {default}; 0 turns it "
            "off)"),
-    Option("max_concurrency", "mount", coerce=p.whole, metavar="N", group=READ,
+    Option("max_concurrency", "mount", coerce=p.concurrency, metavar="N", group=READ,
            help="API calls in flight at once, and the HTTP connection pool (default: "
-           "{default})"),
+           f"{{default}}; at most {p.MAX_CONCURRENCY})"),
     Option("io_timeout", "mount", coerce=p.number, metavar="SECONDS", group=READ,
            help="a read fails with EIO once no request of the mount has succeeded for this "
            "long (a stopped endpoint); throttling alone is retried up to 4 times this "
@@ -273,7 +273,7 @@ SERVER: tuple[Option, ...] = (
 
 #: Settings of the file and the environment alone.
 FILE_ONLY: tuple[Option, ...] = (
-    Option("max_pool_connections", "aws", coerce=p.whole, kind="none"),
+    Option("max_pool_connections", "aws", coerce=p.concurrency, kind="none"),
 )
 
 #: Keys whose values must never be logged or echoed in an error message.

@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 
 from ebsfs.cli import main
+from ebsfs.core.errors import UsageError
 from ebsfs.options import settings
+from ebsfs.options.settings import EMPTY
 
 #: Hang guard of a subprocess (never a timing assertion).
 GUARD = 60
@@ -88,6 +90,23 @@ def test_server_listen_from_environment_is_refused_in_one_line(
     argv = ["server", "--config", str(conf), "--data-dir", str(tmp_path / "d")]
     line = _one_line_exit_2(argv, capsys)
     assert "EBSFS_SERVER_LISTEN" in line
+
+
+# ---- max_concurrency sizes urllib3's pool, which is filled slot by slot ----
+
+
+@pytest.mark.parametrize("value", ["100000000", "1025"])
+def test_max_concurrency_beyond_the_bound_is_refused(value: str) -> None:
+    with pytest.raises(UsageError, match="EBSFS_MAX_CONCURRENCY: expected at most 1024"):
+        settings.mount_config("/mnt/x", {}, config=EMPTY,
+                              environ={"EBSFS_MAX_CONCURRENCY": value})
+    with pytest.raises(UsageError, match="--max-concurrency: expected at most 1024"):
+        settings.mount_config("/mnt/x", {"max_concurrency": value}, config=EMPTY, environ={})
+    with pytest.raises(UsageError, match=r"aws\.max_pool_connections"):
+        settings.parse_config(f"[aws]\nmax_pool_connections = {value}\n", "c.toml")
+    assert settings.mount_config(
+        "/mnt/x", {"max_concurrency": "1024"}, config=EMPTY, environ={}
+    ).max_concurrency == 1024
 
 
 # ---- the configuration file itself ----
