@@ -384,6 +384,23 @@ def _group_filters(filters: Iterable[tuple[str, str]]) -> list[dict[str, Any]]:
     return [{"Name": n, "Values": v} for n, v in grouped.items()]
 
 
+def _new_client(
+    session: boto3.Session, service: str, args: dict[str, Any], endpoints: Endpoints
+) -> Any:
+    """``session.client(service, **args)``; an endpoint URL it cannot use (from any layer,
+    botocore's own AWS_ENDPOINT_URL* included) is a UsageError saying where it came from."""
+    try:
+        make: Any = session.client  # its stubs know each service by a literal name
+        return make(service, **args)
+    except botocore.exceptions.BotoCoreError:
+        raise
+    except ValueError as exc:  # botocore's "Invalid endpoint: x", urllib's IPv6 one
+        raise UsageError(
+            f"{service} endpoint URL not usable ({exc}); expected http(s)://HOST[:PORT] "
+            f"({endpoints.why})"
+        ) from None
+
+
 class Api:
     """boto3 ``ebs`` and ``ec2`` clients behind methods that raise only ``ebsfs.core.errors``."""
 
@@ -417,7 +434,7 @@ class Api:
                 "aws_access_key_id": key_id,
                 "aws_secret_access_key": secret,
             }
-            self.ebs: Any = session.client("ebs", **self._ebs_args)
+            self.ebs: Any = _new_client(session, "ebs", self._ebs_args, self.endpoints)
             #: time.monotonic() of the last HTTP answer any worker thread heard (see
             #: ``last_answer``); a float store, atomic under the GIL.
             self._last_answer = -math.inf
@@ -481,8 +498,9 @@ class Api:
                     )
                 )
                 with _converted("AWS configuration"):
-                    self._probe_ebs = self._session.client(
-                        "ebs", **{**self._ebs_args, "config": config}
+                    self._probe_ebs = _new_client(
+                        self._session, "ebs", {**self._ebs_args, "config": config},
+                        self.endpoints,
                     )
             client = self._probe_ebs
         try:
@@ -502,7 +520,9 @@ class Api:
         with self._ec2_lock:
             if self._ec2 is None:
                 with _converted("AWS configuration"):
-                    self._ec2 = self._session.client("ec2", **self._ec2_args)
+                    self._ec2 = _new_client(
+                        self._session, "ec2", self._ec2_args, self.endpoints
+                    )
                 self._ec2.meta.events.register_first("needs-retry.ec2", self._heard)
             return self._ec2
 

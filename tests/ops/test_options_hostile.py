@@ -170,3 +170,38 @@ def test_config_dev_null_still_means_no_settings() -> None:
     # The idiom of tests and scripts: EBSFS_CONFIG=/dev/null reads no file.
     config = settings.load_config("/dev/null", environ={})
     assert dict(config.sections) == {} and dict(config.mounts) == {}
+
+
+# ---- an endpoint URL botocore cannot use, from any layer ----
+
+
+@pytest.mark.parametrize("url", ["notaurl", "http://[::1", "127.0.0.1:9537"])
+def test_unusable_endpoint_url_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+    url: str,
+) -> None:
+    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_EBS", "AWS_ENDPOINT_URL_EC2",
+                 "EBSFS_ENDPOINT_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("EBSFS_CONFIG", "/dev/null")
+    line = _one_line_exit_2(["ls", "--endpoint-url", url], capsys)
+    assert "ebs endpoint URL not usable" in line and "--endpoint-url" in line
+    conf = _write(tmp_path / "c.toml", f'[aws]\nendpoint_url = "{url}"\n')
+    line = _one_line_exit_2(["ls", "--config", str(conf)], capsys)
+    assert f"{conf} [aws] endpoint_url" in line
+    monkeypatch.setenv("AWS_ENDPOINT_URL", url)
+    line = _one_line_exit_2(["ls"], capsys)
+    assert "AWS_ENDPOINT_URL" in line
+
+
+def test_unusable_ec2_endpoint_alone_is_one_line(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The ec2 client is made at its first use, after the ebs one was fine.
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    monkeypatch.delenv("EBSFS_ENDPOINT_URL", raising=False)
+    monkeypatch.setenv("EBSFS_CONFIG", "/dev/null")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_EBS", "http://127.0.0.1:1")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_EC2", "notaurl")
+    line = _one_line_exit_2(["ls"], capsys)
+    assert "ec2 endpoint URL not usable" in line
