@@ -72,6 +72,14 @@ def number(value: Any) -> float:
     return result
 
 
+def positive(value: Any) -> float:
+    """A number above 0: a timeout of 0 is no wait at all (urllib3 refuses it outright)."""
+    result = number(value)
+    if result <= 0:
+        raise ValueError(f"expected a number above 0, not {value!r}")
+    return result
+
+
 def share(value: Any) -> float:
     result = number(value)
     if result > 1:

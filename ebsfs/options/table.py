@@ -168,9 +168,9 @@ MOUNT: tuple[Option, ...] = (
            help="a read fails with EIO once no request of the mount has succeeded for this "
            "long (a stopped endpoint); throttling alone is retried up to 4 times this "
            "(default: {default})"),
-    Option("connect_timeout", "aws", coerce=p.number, metavar="SECONDS", group=READ,
+    Option("connect_timeout", "aws", coerce=p.positive, metavar="SECONDS", group=READ,
            help="HTTP connect timeout (default: {default})"),
-    Option("read_timeout", "aws", coerce=p.number, metavar="SECONDS", group=READ,
+    Option("read_timeout", "aws", coerce=p.positive, metavar="SECONDS", group=READ,
            help="HTTP read timeout (default: {default})"),
     Option("max_attempts", "aws", coerce=p.whole, metavar="N", group=READ,
            help="botocore attempts per request, retries included (default: {default})"),
@@ -257,7 +257,7 @@ SERVER: tuple[Option, ...] = (
            argtype=p.seconds,
            help="after completed, the direct APIs still answer 404 SNAPSHOT_NOT_FOUND this "
            "long, as AWS does (default: {default})"),
-    Option("timeout_unit", "server", coerce=p.number, metavar="SECONDS", group=TIMING,
+    Option("timeout_unit", "server", coerce=p.positive, metavar="SECONDS", group=TIMING,
            argtype=p.seconds,
            help="how long one minute of StartSnapshot's Timeout lasts (default: {default}; "
            "tests shorten it)"),

@@ -205,3 +205,32 @@ def test_unusable_ec2_endpoint_alone_is_one_line(
     monkeypatch.setenv("AWS_ENDPOINT_URL_EC2", "notaurl")
     line = _one_line_exit_2(["ls"], capsys)
     assert "ec2 endpoint URL not usable" in line
+
+
+# ---- a timeout of 0 is no wait at all: urllib3 refuses it (a traceback before) ----
+
+
+@pytest.mark.parametrize("key", ["connect_timeout", "read_timeout"])
+def test_zero_http_timeout_is_refused_where_it_was_given(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+    key: str,
+) -> None:
+    monkeypatch.setenv("EBSFS_CONFIG", "/dev/null")
+    flag = "--" + key.replace("_", "-")
+    with pytest.raises(UsageError, match=f"^{flag}: expected a number above 0"):
+        settings.mount_config("/mnt/x", {key: "0"}, config=EMPTY, environ={})
+    conf = _write(tmp_path / "c.toml", f"[aws]\n{key} = 0\n")
+    line = _one_line_exit_2(["ls", "--config", str(conf)], capsys)
+    assert f"aws.{key}: expected a number above 0" in line
+    monkeypatch.setenv("EBSFS_" + key.upper(), "0.0")
+    line = _one_line_exit_2(["ls", "--endpoint-url", "http://127.0.0.1:1"], capsys)
+    assert f"EBSFS_{key.upper()}: expected a number above 0" in line
+
+
+def test_zero_timeout_unit_names_the_file_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    conf = _write(tmp_path / "c.toml", "[server]\ntimeout_unit = 0\n")
+    argv = ["server", "--config", str(conf), "--data-dir", str(tmp_path / "d")]
+    line = _one_line_exit_2(argv, capsys)
+    assert "server.timeout_unit: expected a number above 0" in line

@@ -62,8 +62,9 @@ def _value(draw: st.DrawFn, option: table.Option) -> Given:
         want = n * UNITS[unit]
         toml = str(want) if draw(st.booleans()) else None
         return _plain(option, f"{n}{unit}", want, toml)
-    if coerce is parsers.number:
-        whole, tenths = draw(st.integers(0, 100_000)), draw(st.integers(0, 9))
+    if coerce in (parsers.number, parsers.positive):
+        low = 1 if coerce is parsers.positive else 0
+        whole, tenths = draw(st.integers(low, 100_000)), draw(st.integers(0, 9))
         spelled = f"{whole}.{tenths}" if tenths else str(whole)
         return _plain(option, spelled, float(spelled), spelled)
     if coerce in (parsers.whole, parsers.concurrency):
