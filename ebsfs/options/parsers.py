@@ -6,6 +6,7 @@ Which option uses which is in ebsfs/options/table.py; the rules are in docs/oper
 
 import argparse
 import math
+import re
 from typing import Any
 
 from ebsfs.core.blocks import BLOCK_SIZE, SNAPSHOT_ID_RE
@@ -17,6 +18,17 @@ def text(value: Any) -> str:
     if not isinstance(value, str) or not value:
         raise ValueError("expected a non-empty string")
     return value
+
+
+#: What botocore accepts as a region name (a host label, not all digits), ASCII only.
+_REGION_RE = re.compile(r"(?![0-9]+$)(?!-)[a-zA-Z0-9-]{1,63}(?<!-)", re.ASCII)
+
+
+def region(value: Any) -> str:
+    result = text(value)
+    if not _REGION_RE.fullmatch(result):
+        raise ValueError(f"expected a region name such as eu-west-1, not {value!r}")
+    return result
 
 
 def whole(value: Any) -> int:

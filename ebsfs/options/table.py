@@ -127,7 +127,7 @@ AWS_SELECTION: tuple[Option, ...] = (
            yields_to=("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_EBS", "AWS_ENDPOINT_URL_EC2"),
            help="endpoint for both the ebs and ec2 clients (default: AWS_ENDPOINT_URL_EBS/_EC2,"
            " else AWS when a region is configured, else the local server)"),
-    Option("region", "aws", coerce=p.text, group=SELECTION,
+    Option("region", "aws", coerce=p.region, group=SELECTION,
            env_extra=("AWS_REGION", "AWS_DEFAULT_REGION"),
            help="AWS region (default: from the environment or profile)"),
     Option("profile", "aws", coerce=p.text, group=SELECTION, env_extra=("AWS_PROFILE",),

@@ -234,3 +234,25 @@ def test_zero_timeout_unit_names_the_file_key(
     argv = ["server", "--config", str(conf), "--data-dir", str(tmp_path / "d")]
     line = _one_line_exit_2(argv, capsys)
     assert "server.timeout_unit: expected a number above 0" in line
+
+
+# ---- a region botocore refuses: exit 1 with no origin before ----
+
+
+@pytest.mark.parametrize("name", ["eu west", "a/b", "123", "-eu", "eu-\u0661"])
+def test_bad_region_is_refused_where_it_was_given(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+    name: str,
+) -> None:
+    for var in ("AWS_REGION", "AWS_DEFAULT_REGION", "EBSFS_REGION", "AWS_PROFILE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("EBSFS_CONFIG", "/dev/null")
+    url = ["--endpoint-url", "http://127.0.0.1:1"]
+    line = _one_line_exit_2(["ls", *url, f"--region={name}"], capsys)
+    assert line.startswith("ebsfs: --region: expected a region name")
+    conf = _write(tmp_path / "c.toml", f'[aws]\nregion = "{name}"\n')
+    line = _one_line_exit_2(["ls", *url, "--config", str(conf)], capsys)
+    assert "aws.region: expected a region name" in line
+    monkeypatch.setenv("AWS_REGION", name)
+    line = _one_line_exit_2(["ls", *url], capsys)
+    assert "AWS_REGION: expected a region name" in line

@@ -93,6 +93,9 @@ def _value(draw: st.DrawFn, option: table.Option) -> Given:
         return Given(tuple((f"tag:{k}", v) for k, v in pairs),
                      [a for i in items for a in ("--filter", i)], ",".join(items),
                      json.dumps(items), [f"filter={i}" for i in items])
+    if coerce is parsers.region:
+        name = draw(st.sampled_from(["us-east-1", "eu-west-1", "ap-southeast-2", "local"]))
+        return _plain(option, name, name)
     assert coerce is parsers.text, option.name
     if option.name == "owner":
         owners = draw(st.lists(st.sampled_from(["self", "shared", "123456789012"]),
