@@ -160,6 +160,8 @@ def load_config(path: str | None = None, environ: Mapping[str, str] | None = Non
     A path that was asked for explicitly must exist; the default may be absent.
     """
     environ = os.environ if environ is None else environ
+    if path == "":  # --config "$UNSET": not a reason to read the default file instead
+        raise UsageError("--config: expected a path, not an empty one")
     explicit = path or environ.get(CONFIG_ENV) or None
     chosen = explicit or DEFAULT_CONFIG_PATH
     try:

@@ -256,3 +256,13 @@ def test_bad_region_is_refused_where_it_was_given(
     monkeypatch.setenv("AWS_REGION", name)
     line = _one_line_exit_2(["ls", *url], capsys)
     assert "AWS_REGION: expected a region name" in line
+
+
+def test_empty_config_flag_is_refused_not_replaced_by_the_default(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # ``--config "$CFG"`` with CFG unset read $EBSFS_CONFIG (or /etc/ebsfs/ebsfs.toml).
+    other = _write(tmp_path / "other.toml", "[mount]\ncache_size = 'lots'\n")
+    monkeypatch.setenv("EBSFS_CONFIG", str(other))
+    line = _one_line_exit_2(["ls", "--config", ""], capsys)
+    assert line == "ebsfs: --config: expected a path, not an empty one"
