@@ -266,3 +266,16 @@ def test_empty_config_flag_is_refused_not_replaced_by_the_default(
     monkeypatch.setenv("EBSFS_CONFIG", str(other))
     line = _one_line_exit_2(["ls", "--config", ""], capsys)
     assert line == "ebsfs: --config: expected a path, not an empty one"
+
+
+# ---- fstab ----
+
+
+def test_fstab_user_mount_passes_user_equals_name() -> None:
+    # libmount's mnt_optstr_fix_user: a user mount of an fstab line with ``user`` runs the
+    # helper with ``user=<username>``; docs/operations.md lists ``user`` as accepted.
+    from ebsfs.options import fstab
+
+    assert fstab.translate(["ebsfs", "/mnt/s", "-o", "ro,user=alice,nodev,nosuid"]) == [
+        "mount", "/mnt/s", "--read-only"
+    ]
