@@ -124,8 +124,9 @@ MAX_CONFIG_BYTES = 1 << 20
 
 def _read_config(path: str) -> bytes:
     """The bytes of a configuration file: /dev/null (none), or a regular file (a FIFO would
-    block, /dev/zero would never end) of at most MAX_CONFIG_BYTES that not every user may
-    change (it chooses the endpoint, spool and cache directories of mounts run as root)."""
+    block, /dev/zero would never end) of at most MAX_CONFIG_BYTES, of root or the caller and
+    not writable by every user: it chooses the endpoint, spool and cache directories of
+    mounts run as root."""
     # O_NONBLOCK: opening a FIFO does not wait for a writer.
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     try:
@@ -137,6 +138,11 @@ def _read_config(path: str) -> bytes:
         if st.st_mode & stat.S_IWOTH:
             raise UsageError(
                 f"configuration file {path} is writable by every user (chmod o-w {path})"
+            )
+        if st.st_uid not in (0, os.geteuid()):
+            raise UsageError(
+                f"configuration file {path} belongs to another user (uid {st.st_uid}); "
+                "only root's or your own is read"
             )
         chunks: list[bytes] = []
         left = MAX_CONFIG_BYTES + 1

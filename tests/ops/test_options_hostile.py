@@ -279,3 +279,15 @@ def test_fstab_user_mount_passes_user_equals_name() -> None:
     assert fstab.translate(["ebsfs", "/mnt/s", "-o", "ro,user=alice,nodev,nosuid"]) == [
         "mount", "/mnt/s", "--read-only"
     ]
+
+
+def test_config_of_another_user_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # /tmp/ebsfs.toml made by someone else, read by root's `ebsfs mount --config ...`.
+    if os.geteuid() != 0:
+        pytest.fail("needs root to give the file to another user")
+    conf = _write(tmp_path / "c.toml", "[mount]\ncache_size = 'lots'\n")
+    os.chown(conf, 12345, 12345)
+    line = _one_line_exit_2(["ls", "--config", str(conf)], capsys)
+    assert "belongs to another user (uid 12345)" in line
