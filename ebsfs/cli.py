@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from ebsfs import __version__
+from ebsfs.core import redact
 from ebsfs.core.errors import EbsfsError
-from ebsfs.daemon import logsetup
 from ebsfs.options import fstab, table
 from ebsfs.options.flags import add_flags
 
@@ -98,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _main(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # Before anything can log or echo the command line.
-    logsetup.register_argv_secrets(argv)
+    redact.register_argv_secrets(argv)
     if fstab.is_helper_call(argv, COMMANDS):
         # mount.fuse3 (mount -t fuse.ebsfs, /etc/fstab) runs ``ebsfs SOURCE MOUNTPOINT -o ...``.
         try:
@@ -119,7 +119,7 @@ def _main(argv: Sequence[str] | None) -> int:
     try:
         return int(args.func(args))
     except EbsfsError as exc:
-        print(f"ebsfs: {logsetup.redact_message(str(exc))}", file=sys.stderr)
+        print(f"ebsfs: {redact.redact_message(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("ebsfs: interrupted", file=sys.stderr)

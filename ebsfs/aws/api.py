@@ -25,7 +25,7 @@ import botocore.parsers
 
 from ebsfs.aws.blockcalls import block_calls
 from ebsfs.aws.convert import converted, error_fields, is_answer, raise_converted
-from ebsfs.aws.endpoints import Endpoints, resolve_endpoints
+from ebsfs.aws.endpoints import Endpoints, new_client, resolve_endpoints
 from ebsfs.aws.records import (
     MAX_LIST_RESULTS,
     MIN_LIST_RESULTS,
@@ -101,7 +101,7 @@ class Api:
                 "aws_access_key_id": key_id,
                 "aws_secret_access_key": secret,
             }
-            self.ebs: Any = session.client("ebs", **self._ebs_args)
+            self.ebs: Any = new_client(session, "ebs", self._ebs_args, self.endpoints)
             #: time.monotonic() of the last HTTP answer any worker thread heard (see
             #: ``last_answer``); a float store, atomic under the GIL.
             self._last_answer = -math.inf
@@ -178,8 +178,9 @@ class Api:
                     )
                 )
                 with converted("AWS configuration"):
-                    self._probe_ebs = self._session.client(
-                        "ebs", **{**self._ebs_args, "config": config}
+                    self._probe_ebs = new_client(
+                        self._session, "ebs", {**self._ebs_args, "config": config},
+                        self.endpoints,
                     )
             client = self._probe_ebs
         try:
@@ -200,7 +201,7 @@ class Api:
         with self._ec2_lock:
             if self._ec2 is None:
                 with converted("AWS configuration"):
-                    self._ec2 = self._session.client("ec2", **self._ec2_args)
+                    self._ec2 = new_client(self._session, "ec2", self._ec2_args, self.endpoints)
                 self._ec2.meta.events.register_first("needs-retry.ec2", self._heard_ec2)
             return self._ec2
 

@@ -95,7 +95,12 @@ def convert(exc: Exception, what: str) -> EbsfsError:
         exc, botocore.exceptions.NoCredentialsError | botocore.exceptions.PartialCredentialsError
     ):
         return AccessDeniedError(f"{what}: no usable AWS credentials ({exc})")
-    if isinstance(exc, botocore.exceptions.ProfileNotFound | botocore.exceptions.NoRegionError):
+    if isinstance(
+        exc,
+        botocore.exceptions.ProfileNotFound
+        | botocore.exceptions.NoRegionError
+        | botocore.exceptions.InvalidRegionError,  # the profile's region (ebsfs checks its own)
+    ):
         return UsageError(str(exc))
     if isinstance(exc, botocore.exceptions.ParamValidationError):
         return InvalidValueError(f"{what}: {exc}")

@@ -18,11 +18,13 @@ import os
 import re
 import threading
 from dataclasses import dataclass
+from typing import Any
 
 import boto3
 import botocore.exceptions
 import botocore.utils
 
+from ebsfs.core.errors import UsageError
 from ebsfs.options.config import DEFAULT_LOCAL_ENDPOINT, DEFAULT_LOCAL_REGION, AwsConfig
 
 log = logging.getLogger(__name__)
@@ -132,3 +134,20 @@ def resolve_endpoints(aws: AwsConfig, session: boto3.Session) -> Endpoints:
         "the local server: no endpoint or region is configured and no EC2 instance metadata "
         "answered",
     )
+
+
+def new_client(
+    session: boto3.Session, service: str, args: dict[str, Any], endpoints: Endpoints
+) -> Any:
+    """``session.client(service, **args)``; an endpoint URL it cannot use (from any layer,
+    botocore's own AWS_ENDPOINT_URL* included) is a UsageError saying where it came from."""
+    try:
+        make: Any = session.client  # its stubs know each service by a literal name
+        return make(service, **args)
+    except botocore.exceptions.BotoCoreError:
+        raise
+    except ValueError as exc:  # botocore's "Invalid endpoint: x", urllib's IPv6 one
+        raise UsageError(
+            f"{service} endpoint URL not usable ({exc}); expected http(s)://HOST[:PORT] "
+            f"({endpoints.why})"
+        ) from None

@@ -15,7 +15,8 @@ import traceback
 from typing import Any, TextIO
 
 from ebsfs.core.errors import EbsfsError, UsageError
-from ebsfs.daemon.logsetup import register_secret, setup_logging
+from ebsfs.core.redact import register_secret
+from ebsfs.daemon.logsetup import setup_logging
 from ebsfs.options import settings, table
 from ebsfs.options.config import (
     DEFAULT_DATA_DIR,

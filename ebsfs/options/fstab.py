@@ -84,8 +84,9 @@ IGNORED_OPTIONS = frozenset(
     }
 )
 
-#: Prefixes of options meant for other tools (systemd's fstab generator, comments).
-IGNORED_PREFIXES = ("x-", "comment=", "fsname=", "subtype=")
+#: Prefixes of options meant for other tools (systemd's fstab generator, comments); mount(8)
+#: turns ``user`` into ``user=NAME`` (the user mounting) before it runs the helper.
+IGNORED_PREFIXES = ("x-", "comment=", "fsname=", "subtype=", "user=")
 
 
 def is_helper_call(argv: Sequence[str], commands: Iterable[str]) -> bool:

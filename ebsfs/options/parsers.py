@@ -6,17 +6,29 @@ Which option uses which is in ebsfs/options/table.py; the rules are in docs/oper
 
 import argparse
 import math
+import re
 from typing import Any
 
 from ebsfs.core.blocks import BLOCK_SIZE, SNAPSHOT_ID_RE
+from ebsfs.core.redact import LEVELS
 from ebsfs.core.sizes import parse_size
-from ebsfs.daemon.logsetup import LEVELS
 
 
 def text(value: Any) -> str:
     if not isinstance(value, str) or not value:
         raise ValueError("expected a non-empty string")
     return value
+
+
+#: What botocore accepts as a region name (a host label, not all digits), ASCII only.
+_REGION_RE = re.compile(r"(?![0-9]+$)(?!-)[a-zA-Z0-9-]{1,63}(?<!-)", re.ASCII)
+
+
+def region(value: Any) -> str:
+    result = text(value)
+    if not _REGION_RE.fullmatch(result):
+        raise ValueError(f"expected a region name such as eu-west-1, not {value!r}")
+    return result
 
 
 def whole(value: Any) -> int:
@@ -30,6 +42,19 @@ def whole(value: Any) -> int:
     if not isinstance(value, int) or value < 1:
         raise ValueError(f"expected a whole number of at least 1, not {value!r}")
     return value
+
+
+#: Most API calls a mount may have in flight (``max_concurrency``, which also sizes the HTTP
+#: connection pool): urllib3 fills a pool with one slot per connection as it makes it, so a
+#: typo of a few more digits would hang the mount's first request and fill its memory.
+MAX_CONCURRENCY = 1024
+
+
+def concurrency(value: Any) -> int:
+    result = whole(value)
+    if result > MAX_CONCURRENCY:
+        raise ValueError(f"expected at most {MAX_CONCURRENCY}, not {result}")
+    return result
 
 
 def seed(value: Any) -> int:
@@ -50,9 +75,21 @@ def number(value: Any) -> float:
             raise ValueError(f"expected a number, not {value!r}") from None
     if not isinstance(value, int | float) or value < 0:
         raise ValueError(f"expected a number of at least 0, not {value!r}")
-    if not math.isfinite(value):  # NaN or infinity as a time: a wait without end
+    try:
+        result = float(value)
+    except OverflowError:  # a TOML integer of hundreds of digits
+        raise ValueError("expected a finite number, not one that large") from None
+    if not math.isfinite(result):  # NaN or infinity as a time: a wait without end
         raise ValueError(f"expected a finite number, not {value!r}")
-    return float(value)
+    return result
+
+
+def positive(value: Any) -> float:
+    """A number above 0: a timeout of 0 is no wait at all (urllib3 refuses it outright)."""
+    result = number(value)
+    if result <= 0:
+        raise ValueError(f"expected a number above 0, not {value!r}")
+    return result
 
 
 def share(value: Any) -> float:
@@ -135,8 +172,13 @@ def level(value: Any) -> str:
 
 def listen(value: Any) -> str:
     result = text(value)
-    host, sep, port = result.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    # The rules of the --listen flag (which the server applies to this text too), but for a
+    # free port (0), which only the command line may ask for.
+    try:
+        _, port = listen_address(result)
+    except argparse.ArgumentTypeError:
+        raise ValueError(f"expected HOST:PORT, not {value!r}") from None
+    if port == 0:
         raise ValueError(f"expected HOST:PORT, not {value!r}")
     return result
 

@@ -10,13 +10,14 @@ import argparse
 import difflib
 import hashlib
 import os
+import stat
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from ebsfs.core.errors import UsageError
-from ebsfs.daemon.logsetup import register_secret
+from ebsfs.core.redact import register_secret
 from ebsfs.options import parsers
 from ebsfs.options import table as option_table
 from ebsfs.options.config import CONFIG_ENV, DEFAULT_CONFIG_PATH, AwsConfig, MountConfig
@@ -92,6 +93,10 @@ def parse_config(text: str, path: str) -> ConfigFile:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"{path}: not valid TOML: {exc}") from None
+    except ValueError:  # tomllib's int() of an integer of more than 4300 digits
+        raise UsageError(f"{path}: not valid TOML: an integer too long") from None
+    except RecursionError:  # arrays or inline tables nested thousands deep
+        raise UsageError(f"{path}: not valid TOML: nested too deep") from None
     sections: dict[str, dict[str, Any]] = {}
     mounts: dict[str, dict[str, Any]] = {}
     for name, table in data.items():
@@ -113,17 +118,60 @@ def parse_config(text: str, path: str) -> ConfigFile:
     return ConfigFile(path, sections, mounts)
 
 
+#: Larger than any configuration file: what is read beyond it is refused, not parsed.
+MAX_CONFIG_BYTES = 1 << 20
+
+
+def _read_config(path: str) -> bytes:
+    """The bytes of a configuration file: /dev/null (none), or a regular file (a FIFO would
+    block, /dev/zero would never end) of at most MAX_CONFIG_BYTES, of root or the caller and
+    not writable by every user: it chooses the endpoint, spool and cache directories of
+    mounts run as root."""
+    # O_NONBLOCK: opening a FIFO does not wait for a writer.
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISCHR(st.st_mode) and os.path.samestat(st, os.stat(os.devnull)):
+            return b""  # EBSFS_CONFIG=/dev/null: no settings from a file
+        if not stat.S_ISREG(st.st_mode):
+            raise UsageError(f"configuration file {path} is not a regular file")
+        if st.st_mode & stat.S_IWOTH:
+            raise UsageError(
+                f"configuration file {path} is writable by every user (chmod o-w {path})"
+            )
+        if st.st_uid not in (0, os.geteuid()):
+            raise UsageError(
+                f"configuration file {path} belongs to another user (uid {st.st_uid}); "
+                "only root's or your own is read"
+            )
+        chunks: list[bytes] = []
+        left = MAX_CONFIG_BYTES + 1
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 16))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+    finally:
+        os.close(fd)
+    raw = b"".join(chunks)
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise UsageError(f"configuration file {path} is larger than {MAX_CONFIG_BYTES} bytes")
+    return raw
+
+
 def load_config(path: str | None = None, environ: Mapping[str, str] | None = None) -> ConfigFile:
     """The configuration file chosen by ``path``, ``$EBSFS_CONFIG`` or the default location.
 
     A path that was asked for explicitly must exist; the default may be absent.
     """
     environ = os.environ if environ is None else environ
+    if path == "":  # --config "$UNSET": not a reason to read the default file instead
+        raise UsageError("--config: expected a path, not an empty one")
     explicit = path or environ.get(CONFIG_ENV) or None
     chosen = explicit or DEFAULT_CONFIG_PATH
     try:
-        with open(chosen, "rb") as fh:
-            raw = fh.read()
+        raw = _read_config(chosen)
     except FileNotFoundError:
         if explicit:
             raise UsageError(f"configuration file not found: {chosen}") from None

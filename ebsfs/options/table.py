@@ -128,7 +128,7 @@ AWS_SELECTION: tuple[Option, ...] = (
            yields_to=("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_EBS", "AWS_ENDPOINT_URL_EC2"),
            help="endpoint for both the ebs and ec2 clients (default: AWS_ENDPOINT_URL_EBS/_EC2,"
            " else AWS when a region is configured, else the local server)"),
-    Option("region", "aws", coerce=p.text, group=SELECTION,
+    Option("region", "aws", coerce=p.region, group=SELECTION,
            env_extra=("AWS_REGION", "AWS_DEFAULT_REGION"),
            help="AWS region (default: from the environment or profile)"),
     Option("profile", "aws", coerce=p.text, group=SELECTION, env_extra=("AWS_PROFILE",),
@@ -163,16 +163,16 @@ MOUNT: tuple[Option, ...] = (
     Option("read_ahead", "mount", coerce=p.size, metavar="SIZE", group=READ,
            help="bytes fetched ahead of sequential readers (default: {default}; 0 turns it "
            "off)"),
-    Option("max_concurrency", "mount", coerce=p.whole, metavar="N", group=READ,
+    Option("max_concurrency", "mount", coerce=p.concurrency, metavar="N", group=READ,
            help="API calls in flight at once, and the HTTP connection pool (default: "
-           "{default})"),
+           f"{{default}}; at most {p.MAX_CONCURRENCY})"),
     Option("io_timeout", "mount", coerce=p.number, metavar="SECONDS", group=READ,
            help="a read fails with EIO once no request of the mount has succeeded for this "
            "long (a stopped endpoint); throttling alone is retried up to 4 times this "
            "(default: {default})"),
-    Option("connect_timeout", "aws", coerce=p.number, metavar="SECONDS", group=READ,
+    Option("connect_timeout", "aws", coerce=p.positive, metavar="SECONDS", group=READ,
            help="HTTP connect timeout (default: {default})"),
-    Option("read_timeout", "aws", coerce=p.number, metavar="SECONDS", group=READ,
+    Option("read_timeout", "aws", coerce=p.positive, metavar="SECONDS", group=READ,
            help="HTTP read timeout (default: {default})"),
     Option("max_attempts", "aws", coerce=p.whole, metavar="N", group=READ,
            help="botocore attempts per request, retries included (default: {default})"),
@@ -268,7 +268,7 @@ SERVER: tuple[Option, ...] = (
            argtype=p.seconds,
            help="after completed, the direct APIs still answer 404 SNAPSHOT_NOT_FOUND this "
            "long, as AWS does (default: {default})"),
-    Option("timeout_unit", "server", coerce=p.number, metavar="SECONDS", group=TIMING,
+    Option("timeout_unit", "server", coerce=p.positive, metavar="SECONDS", group=TIMING,
            argtype=p.seconds,
            help="how long one minute of StartSnapshot's Timeout lasts (default: {default}; "
            "tests shorten it)"),
@@ -284,7 +284,7 @@ SERVER: tuple[Option, ...] = (
 
 #: Settings of the file and the environment alone.
 FILE_ONLY: tuple[Option, ...] = (
-    Option("max_pool_connections", "aws", coerce=p.whole, kind="none"),
+    Option("max_pool_connections", "aws", coerce=p.concurrency, kind="none"),
 )
 
 #: Keys whose values must never be logged or echoed in an error message.

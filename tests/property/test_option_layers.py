@@ -62,12 +62,14 @@ def _value(draw: st.DrawFn, option: table.Option) -> Given:
         want = n * UNITS[unit]
         toml = str(want) if draw(st.booleans()) else None
         return _plain(option, f"{n}{unit}", want, toml)
-    if coerce is parsers.number:
-        whole, tenths = draw(st.integers(0, 100_000)), draw(st.integers(0, 9))
+    if coerce in (parsers.number, parsers.positive):
+        low = 1 if coerce is parsers.positive else 0
+        whole, tenths = draw(st.integers(low, 100_000)), draw(st.integers(0, 9))
         spelled = f"{whole}.{tenths}" if tenths else str(whole)
         return _plain(option, spelled, float(spelled), spelled)
-    if coerce is parsers.whole:
-        n = draw(st.integers(1, 4096))
+    if coerce in (parsers.whole, parsers.concurrency):
+        top = parsers.MAX_CONCURRENCY if coerce is parsers.concurrency else 4096
+        n = draw(st.integers(1, top))
         return _plain(option, str(n), n, str(n))
     if coerce is parsers.level:
         level = draw(st.sampled_from(["debug", "info", "warning", "error"]))
@@ -91,6 +93,9 @@ def _value(draw: st.DrawFn, option: table.Option) -> Given:
         return Given(tuple((f"tag:{k}", v) for k, v in pairs),
                      [a for i in items for a in ("--filter", i)], ",".join(items),
                      json.dumps(items), [f"filter={i}" for i in items])
+    if coerce is parsers.region:
+        name = draw(st.sampled_from(["us-east-1", "eu-west-1", "ap-southeast-2", "local"]))
+        return _plain(option, name, name)
     assert coerce is parsers.text, option.name
     if option.name == "owner":
         owners = draw(st.lists(st.sampled_from(["self", "shared", "123456789012"]),
