@@ -24,7 +24,7 @@ import botocore.exceptions
 import botocore.parsers
 
 from ebsfs.aws.blockcalls import block_calls
-from ebsfs.aws.convert import converted, error_fields, is_answer, raise_converted
+from ebsfs.aws.convert import check_page_loop, converted, error_fields, is_answer, raise_converted
 from ebsfs.aws.endpoints import Endpoints, new_client, resolve_endpoints
 from ebsfs.aws.records import (
     MAX_LIST_RESULTS,
@@ -261,17 +261,7 @@ class Api:
         with converted("DescribeSnapshots"):
             for page in self.ec2.get_paginator("describe_snapshots").paginate(**kwargs):
                 out.extend(ec2_info(item) for item in page.get("Snapshots", ()))
-                # botocore stops only a token repeated at once; a loop of pages would be
-                # followed forever (and the listing grow without end).
-                token = page.get("NextToken")
-                if token in seen:
-                    raise ApiError(
-                        f"DescribeSnapshots: page token {str(token)[:40]!r} came back after "
-                        f"{len(seen)} pages (the listing loops); listing stopped",
-                        "PaginationLoop",
-                    )
-                if token:
-                    seen.add(token)
+                check_page_loop(page.get("NextToken"), seen)
         return out
 
     def describe_snapshot(self, snapshot_id: str) -> SnapshotInfo:

@@ -141,3 +141,16 @@ def converted(what: str) -> Iterator[None]:
 
 def raise_converted(exc: Exception, what: str) -> NoReturn:
     raise convert(exc, what) from exc
+
+
+def check_page_loop(token: str | None, seen: set[str]) -> None:
+    """Record a listing's page token; ApiError if it came back (A, B, A...): botocore stops
+    only a token repeated at once, and a loop of pages would be followed forever."""
+    if token in seen:
+        raise ApiError(
+            f"DescribeSnapshots: page token {str(token)[:40]!r} came back after {len(seen)} "
+            "pages (the listing loops); listing stopped",
+            "PaginationLoop",
+        )
+    if token:
+        seen.add(token)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import trio
 
 from ebsfs.aws.concurrency import EBS_THROTTLING, Concurrency
+from ebsfs.aws.pending import Pending
 from ebsfs.core.errors import (
     ApiError,
     BackendUnavailableError,
@@ -298,7 +299,7 @@ class Calls:
         adapt = health.io_timeout is not None
         if adapt:
             self.window.started()
-        call = _Pending()
+        call = Pending()
         bound = min(deadline, health.deadline())
         while True:
             with trio.move_on_at(bound) as scope:
@@ -356,55 +357,9 @@ class Calls:
         fn: Callable[..., T],
         args: tuple[Any, ...],
         ended: Callable[[], None] | None,
-        call: _Pending | None = None,
+        call: Pending | None = None,
     ) -> T:
         return await in_thread(fn, *args, limiter=self.limiter, ended=ended, call=call)
-
-
-class _Pending:
-    """The outcome of one call running in a worker thread, waited for by at most one task.
-
-    A wait cancelled (the bound, a cancelled caller) leaves the call running: its outcome is
-    kept for a later ``wait`` (a call still hearing answers), or dropped once ``abandon``ed;
-    the thread finishes on its own within botocore's timeouts either way."""
-
-    __slots__ = ("_result", "_task", "abandoned", "started")
-
-    def __init__(self) -> None:
-        self.started = False
-        self.abandoned = False
-        self._task: trio.lowlevel.Task | None = None
-        self._result: Any = None
-
-    @property
-    def done(self) -> bool:
-        return self._result is not None
-
-    def deliver(self, result: Any) -> None:
-        if self.abandoned:
-            return
-        if self._task is not None:
-            task, self._task = self._task, None
-            trio.lowlevel.reschedule(task, result)
-        else:
-            self._result = result
-
-    def abandon(self) -> None:
-        self.abandoned = True
-        self._result = None
-
-    async def wait(self) -> Any:
-        if self._result is not None:
-            await trio.lowlevel.checkpoint()
-            return self._result.unwrap()
-        self._task = trio.lowlevel.current_task()
-
-        def abort(_: Any) -> trio.lowlevel.Abort:
-            # A cancelled or timed-out wait must not wait for a stuck socket.
-            self._task = None
-            return trio.lowlevel.Abort.SUCCEEDED
-
-        return await trio.lowlevel.wait_task_rescheduled(abort)
 
 
 async def in_thread(
@@ -412,7 +367,7 @@ async def in_thread(
     *args: Any,
     limiter: trio.CapacityLimiter | None = None,
     ended: Callable[[], None] | None = None,
-    call: _Pending | None = None,
+    call: Pending | None = None,
 ) -> T:
     """``fn(*args)`` in a worker thread, holding a token of ``limiter`` (if any) until the
     worker is done; the only way ebsfs hands an AWS call to a thread.
@@ -424,7 +379,7 @@ async def in_thread(
     in the trio thread when the worker is done, or at once if it never started. ``call``:
     the outcome goes there, and a cancelled wait leaves it to be waited for again
     (``Calls.run``)."""
-    call = call if call is not None else _Pending()
+    call = call if call is not None else Pending()
     holder = _Holder()
     if limiter is not None:
         try:
