@@ -22,6 +22,7 @@ import botocore.config
 import botocore.credentials
 import botocore.exceptions
 
+from ebsfs.aws import throttles
 from ebsfs.aws.blockcalls import block_calls
 from ebsfs.aws.convert import converted, error_fields, is_answer, raise_converted
 from ebsfs.aws.endpoints import Endpoints, resolve_endpoints
@@ -143,21 +144,25 @@ class Api:
         runner's adaptive window: ``ebsfs.aws.concurrency``)."""
         return self._throttled
 
-    def _heard_status(self, status: int, code: str, ebs: bool = True) -> None:
+    def _heard_status(self, status: int, code: str, ebs: bool = True, reason: str = "") -> None:
         if is_answer(status, code):
             self._last_answer = time.monotonic()
         if ebs and throttling(code):
             # EBS's block-call limits only (EC2 keeps its own). A lost increment between
             # threads only blurs the count.
             self._throttled += 1
+            throttles.note(reason)  # the call of this thread, by Reason (the runner's windows)
 
     def _heard(self, response: Any = None, service: str = "", **_: Any) -> None:
         # botocore's needs-retry event, after every attempt; None: no answer (connection).
         if response is None:
             return
         http, parsed = response
-        code = str(((parsed or {}).get("Error") or {}).get("Code") or "")
-        self._heard_status(int(getattr(http, "status_code", 0) or 0), code, service != "ec2")
+        error = (parsed or {}).get("Error") or {}
+        code = str(error.get("Code") or "")
+        reason = str((parsed or {}).get("Reason") or error.get("Reason") or "")
+        status = int(getattr(http, "status_code", 0) or 0)
+        self._heard_status(status, code, service != "ec2", reason)
 
     def _heard_ec2(self, response: Any = None, **_: Any) -> None:
         self._heard(response, "ec2")

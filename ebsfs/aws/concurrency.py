@@ -1,9 +1,11 @@
 """How many AWS calls a mount keeps in flight: found, not fixed (docs/operations.md, tuning).
 
-The runner's limiter starts at ``--max-concurrency``, its ceiling. EBS throttling halves it
-(once per period: the calls in flight when AWS said "slow down" all hear it), never below a
-quarter of the ceiling; then it grows by one per period while nothing is throttled, calls wait
-for a token, and throughput does not fall.
+A window starts at its limiter's tokens (the mount's: ``--max-concurrency``; a snapshot's: less,
+``ebsfs.aws.windows``) and grows to its ceiling while calls wait for a token, nothing is
+throttled and throughput does not fall: by a quarter a period until AWS first throttles, then
+by an eighth up to three quarters of the limit found, then by one. EBS throttling halves it
+(once per period: the calls in flight when AWS said "slow down" all hear it), never below its
+floor (a quarter of the ceiling, or of the start).
 Throttling alone never fails a call: the retry policy waits it out (``ebsfs.aws.retry``).
 """
 
@@ -16,10 +18,7 @@ from collections.abc import Callable
 
 import trio
 
-__all__ = ["EBS_THROTTLING", "Concurrency"]
-
-#: The EBS direct APIs' "slow down" (Reason RESOURCE_LEVEL_THROTTLE or ACCOUNT_THROTTLED).
-EBS_THROTTLING = frozenset({"RequestThrottledException", "ThrottlingException"})
+__all__ = ["Concurrency"]
 
 #: What the window is multiplied by on throttling.
 BACKOFF = 0.5
@@ -36,12 +35,13 @@ class Concurrency:
         limiter: trio.CapacityLimiter,
         *,
         floor: int | None = None,
+        ceiling: int | None = None,
         period: float = PERIOD,
         clock: Callable[[], float] = trio.current_time,
         counters: Counter[str] | None = None,
     ) -> None:
         self.limiter = limiter
-        self.ceiling = max(1, int(limiter.total_tokens))
+        self.ceiling = max(1, int(limiter.total_tokens) if ceiling is None else ceiling)
         # Never below a quarter of the ceiling: throttling that does not follow the calls in
         # flight (another tool's load, a server's --throttle-rate) must not starve the mount.
         self.floor = max(1, min(self.ceiling // 4 if floor is None else floor, self.ceiling))
@@ -112,12 +112,21 @@ class Concurrency:
             and now - self._backed_off >= self.period
             and rate >= self._rate
         ):
-            self._set(self.limit + 1)
+            self._set(self.limit + self._step())
         self._rate = rate
         self._start = now
         self._done = self._throttled = 0
         self._waited = False
         self._publish()
+
+    def _step(self) -> int:
+        """How much the window grows: fast while no limit is known, or far below it."""
+        limit = self.limit
+        if self.found == 0:
+            return max(1, limit // 4)
+        if limit < self.found * 3 // 4:
+            return max(1, limit // 8)
+        return 1
 
     def _set(self, limit: int) -> None:
         # Tokens already borrowed stay borrowed; a lower total only stops new ones.

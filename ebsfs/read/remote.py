@@ -23,6 +23,7 @@ import trio
 from ebsfs.aws.api import BlockPage
 from ebsfs.aws.retry import Attempts, RetryPolicy
 from ebsfs.aws.runner import Calls
+from ebsfs.aws.windows import READ, Lane
 from ebsfs.core.blocks import BlockIndex
 from ebsfs.core.errors import (
     ApiError,
@@ -185,6 +186,7 @@ class RemoteBlocks(BlockReader):
         calls.health.configure(self.tuning.io_timeout, api)
         self._listing: dict[int, trio.Event] = {}
         self._created = trio.current_time()
+        self._lane = Lane(snapshot_id, READ)  # its window of AWS's limit per snapshot
 
     def stats(self) -> dict[str, int]:
         """Requests by API and outcome, bytes fetched, retries (shared between snapshots)."""
@@ -333,7 +335,7 @@ class RemoteBlocks(BlockReader):
         self, api_name: str, fn: Callable[..., T], *args: Any, deadline: float = math.inf
     ) -> T:
         try:
-            result = await self.calls.run(fn, *args, deadline=deadline)
+            result = await self.calls.run(fn, *args, deadline=deadline, lane=self._lane)
         except EbsfsError as exc:
             self.counters[f"{api_name}.{type(exc).__name__}"] += 1
             raise
