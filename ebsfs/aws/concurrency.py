@@ -74,9 +74,9 @@ class Concurrency:
     def limit(self) -> int:
         return int(self.limiter.total_tokens)
 
-    def started(self) -> None:
-        """A call asks for a token: was the window full?"""
-        if self.limiter.borrowed_tokens >= self.limiter.total_tokens:
+    def started(self, waiting: bool = False) -> None:
+        """A call asks for a token: was the window full (or the call ``waiting`` anyway)?"""
+        if waiting or self.limiter.borrowed_tokens >= self.limiter.total_tokens:
             self._waited = True
 
     def ended(self, throttled: bool = False) -> None:

@@ -86,8 +86,19 @@ class Windows:
 
     def started(self, lane: Lane | None) -> None:
         """A call asks for its slots (see ``Concurrency.started``)."""
-        self.account.started()
-        if lane is not None:
+        if lane is None:
+            self.account.started()
+            return
+        # A call held back by its direction's share waits for the mount's window too: it
+        # grows until a share of it covers what the account allows.
+        share = self._shares[lane.direction]
+        account = self.account.limiter
+        held_back = (
+            share.borrowed_tokens >= share.total_tokens
+            or account.borrowed_tokens >= account.total_tokens
+        )
+        self.account.started(held_back)
+        if not held_back:  # a lane grows only where it, not the account, holds calls back
             self.lane(lane).started()
 
     async def acquire(self, lane: Lane, holder: object) -> None:
