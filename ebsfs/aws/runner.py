@@ -308,7 +308,7 @@ class Calls:
             # the windows what the call heard.
             if slotted and windows is not None and lane is not None:
                 windows.release(lane, holder)
-            if windows is not None:
+            if windows is not None and heard.ran:
                 error = heard.error
                 answered = error is None or (
                     isinstance(error, EbsfsError) and endpoint_answered(error)

@@ -28,10 +28,11 @@ class Heard:
     """What one call heard: throttled answers by Reason ("" when AWS gave none), and how it
     ended (``error``; ``final_throttled``: its last answer was throttling)."""
 
-    __slots__ = ("error", "final_throttled", "reasons")
+    __slots__ = ("error", "final_throttled", "ran", "reasons")
 
     def __init__(self) -> None:
         self.reasons: dict[str, int] = {}
+        self.ran = False  # the call started (a call cancelled before has nothing to tell)
         self.error: BaseException | None = None
         self.final_throttled = False
 
@@ -44,6 +45,7 @@ class Heard:
 
     def run(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(*args)`` in this (worker) thread, noting what it hears here."""
+        self.ran = True
         outer = getattr(_local, "heard", None)
         _local.heard = self
         try:
