@@ -23,6 +23,7 @@ import botocore.credentials
 import botocore.exceptions
 import botocore.parsers
 
+from ebsfs.aws import throttles
 from ebsfs.aws.blockcalls import block_calls
 from ebsfs.aws.convert import check_page_loop, converted, error_fields, is_answer, raise_converted
 from ebsfs.aws.endpoints import Endpoints, new_client, resolve_endpoints
@@ -105,7 +106,6 @@ class Api:
             #: time.monotonic() of the last HTTP answer any worker thread heard (see
             #: ``last_answer``); a float store, atomic under the GIL.
             self._last_answer = -math.inf
-            self._throttled = 0
             # First: botocore's retry handler answers the event and later handlers are skipped.
             self.ebs.meta.events.register_first("needs-retry.ebs", self._heard)
             self._probe_ebs: Any = None
@@ -139,26 +139,23 @@ class Api:
         still in botocore's retry loop under throttling does not make the endpoint look down."""
         return self._last_answer
 
-    def throttled_answers(self) -> int:
-        """How many throttled answers worker threads heard, botocore's retries included (the
-        runner's adaptive window: ``ebsfs.aws.concurrency``)."""
-        return self._throttled
-
-    def _heard_status(self, status: int, code: str, ebs: bool = True) -> None:
+    def _heard_status(self, status: int, code: str, ebs: bool = True, reason: str = "") -> None:
         if is_answer(status, code):
             self._last_answer = time.monotonic()
         if ebs and throttling(code):
-            # EBS's block-call limits only (EC2 keeps its own). A lost increment between
-            # threads only blurs the count.
-            self._throttled += 1
+            # EBS's block-call limits only (EC2 keeps its own).
+            throttles.note(reason)  # the call of this thread, by Reason (the runner's windows)
 
     def _heard(self, response: Any = None, service: str = "", **_: Any) -> None:
         # botocore's needs-retry event, after every attempt; None: no answer (connection).
         if response is None:
             return
         http, parsed = response
-        code = str(((parsed or {}).get("Error") or {}).get("Code") or "")
-        self._heard_status(int(getattr(http, "status_code", 0) or 0), code, service != "ec2")
+        error = (parsed or {}).get("Error") or {}
+        code = str(error.get("Code") or "")
+        reason = str((parsed or {}).get("Reason") or error.get("Reason") or "")
+        status = int(getattr(http, "status_code", 0) or 0)
+        self._heard_status(status, code, service != "ec2", reason)
 
     def _heard_ec2(self, response: Any = None, **_: Any) -> None:
         self._heard(response, "ec2")

@@ -76,7 +76,8 @@ class BlockCalls:
         self._user_agent = f"{meta.config.user_agent} ebsfs"
         #: Told the status and error code of every answer, retried ones included (the
         #: mount's liveness clock: ``Api.last_answer``).
-        self.heard: Callable[[int, str], None] | None = None
+        #: Told (status, code, ebs, reason) of each answer (``Api._heard_status``).
+        self.heard: Callable[[int, str, bool, str], None] | None = None
         # The objects botocore's standard mode registers on the client, with its attempts.
         retries = meta.config.retries or {}
         attempts = retries.get("total_max_attempts", standard.DEFAULT_MAX_ATTEMPTS)
@@ -166,7 +167,7 @@ class BlockCalls:
                 response = self._http.send(request.prepare())
                 if response.status_code < 300:
                     if self.heard is not None:
-                        self.heard(response.status_code, "")
+                        self.heard(response.status_code, "", True, "")
                     if read_answer:
                         _read(response)
                     self._quota.release_retry_quota(context, response)
@@ -184,7 +185,9 @@ class BlockCalls:
                 if shape is not None:
                     parsed.update(self._parser.parse(answer, shape))
                 if self.heard is not None:
-                    self.heard(response.status_code, str(parsed.get("Error", {}).get("Code", "")))
+                    error = parsed.get("Error", {})
+                    reason = str(parsed.get("Reason") or error.get("Reason") or "")
+                    self.heard(response.status_code, str(error.get("Code", "")), True, reason)
             except (botocore.exceptions.ConnectionError, botocore.exceptions.HTTPClientError) as e:
                 caught = e
             delay = self._retry.needs_retry(

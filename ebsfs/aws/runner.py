@@ -19,8 +19,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
 
-from ebsfs.aws.concurrency import EBS_THROTTLING, Concurrency
+from ebsfs.aws.concurrency import Concurrency
 from ebsfs.aws.pending import Pending
+from ebsfs.aws.throttles import Heard
+from ebsfs.aws.windows import Lane, Windows
 from ebsfs.core.errors import (
     ApiError,
     BackendUnavailableError,
@@ -83,8 +85,6 @@ class Health:
         self.probe: Callable[[float], object] | None = None
         #: time.monotonic() of the last answer worker threads heard (``Api.last_answer``).
         self.heard: Callable[[], float] | None = None
-        #: How many throttled answers worker threads heard (``Api.throttled_answers``).
-        self.throttles: Callable[[], int] | None = None
         #: Cancel scopes of the calls waiting, with the deadline their caller gave.
         self._scopes: dict[trio.CancelScope, float] = {}
         self._bumped = -math.inf  # when answered() last moved their deadlines
@@ -104,9 +104,6 @@ class Health:
             if self.heard is None:
                 heard = getattr(source, "last_answer", None)
                 self.heard = heard if callable(heard) else None
-            if self.throttles is None:
-                throttles = getattr(source, "throttled_answers", None)
-                self.throttles = throttles if callable(throttles) else None
 
     @classmethod
     def of(cls, limiter: trio.CapacityLimiter) -> Health:
@@ -272,6 +269,8 @@ class Calls:
             self.health.io_timeout = io_timeout
         #: The adaptive window of the limiter (API calls only: those with an io_timeout).
         self.window = Concurrency.of(limiter, self.health.counters)
+        #: Its lanes per snapshot and direction, and the directions' shares.
+        self.windows = Windows.of(self.window)
 
     @property
     def last_ok(self) -> float:
@@ -284,11 +283,16 @@ class Calls:
         *args: Any,
         deadline: float = math.inf,
         ended: Callable[[], None] | None = None,
+        lane: Lane | None = None,
+        heard: Heard | None = None,
     ) -> T:
         """``fn(*args)`` in a worker thread; gives up at ``deadline`` or the health bound.
 
-        ``ended`` is called once in the trio thread when the worker is done with ``fn``, or
-        at once if it never started: later than the return when the call was abandoned."""
+        ``lane``: the snapshot and direction of a block call, which then also takes a slot of
+        that lane's window (``ebsfs.aws.windows``); ``heard`` gets the throttled answers the call
+        heard, complete when ``ended`` is called. ``ended`` is called once in the trio
+        thread when the worker is done with ``fn``, or at once if it never started: later
+        than the return when the call was abandoned."""
         health = self.health
         try:
             await health.admit()
@@ -297,8 +301,27 @@ class Calls:
                 ended()
             raise
         adapt = health.io_timeout is not None
-        if adapt:
-            self.window.started()
+        windows = self.windows if adapt else None
+        heard = heard or Heard()
+        holder = _Holder()
+        slotted = False
+
+        def done() -> None:
+            # Once the worker is done (abandoned calls too): free the lane's slot, and tell
+            # the windows what the call heard.
+            if slotted and windows is not None and lane is not None:
+                windows.release(lane, holder)
+            if windows is not None and heard.ran:
+                error = heard.error
+                answered = error is None or (
+                    isinstance(error, EbsfsError) and endpoint_answered(error)
+                )
+                windows.ended(lane, heard, answered)
+            if ended is not None:
+                ended()
+
+        if windows is not None:
+            windows.started(lane)
         call = Pending()
         bound = min(deadline, health.deadline())
         while True:
@@ -308,20 +331,24 @@ class Calls:
                     if call.started:
                         result = await call.wait()
                     else:
-                        result = await self._run(fn, args, ended, call)
+                        if windows is not None and lane is not None and not slotted:
+                            try:
+                                await windows.acquire(lane, holder)
+                            except BaseException:
+                                if ended is not None:
+                                    ended()
+                                raise
+                            slotted = True
+                        result = await self._run(heard.run, (fn, *args), done, call)
                 except EbsfsError as exc:
                     if endpoint_answered(exc):
                         health.answered()
-                        if adapt:
-                            self._tell_window(exc)
                     else:
                         health.failed()
                     raise
                 finally:
                     del health._scopes[scope]
                 health.answered()
-                if adapt:
-                    self._tell_window(None)
                 return result
             # The bound passed, but a call of many requests (DescribeSnapshots' pages) may
             # still be hearing answers (``Health.heard``): it is at work, wait on for it.
@@ -336,21 +363,6 @@ class Calls:
             f"{getattr(fn, '__name__', 'call')}: no answer within the bound "
             f"(--io-timeout {health.io_timeout:g} s since the endpoint last answered)"
         )
-
-    def _tell_window(self, exc: EbsfsError | None) -> None:
-        """What the call heard, for the adaptive window: the throttled answers the Api's hook
-        counted since the last call ended (botocore's retries included), then its own."""
-        window, throttles = self.window, self.health.throttles
-        more = 0
-        if throttles is not None:
-            count = throttles()
-            more, window.heard = count - window.heard, count
-        for _ in range(max(0, more)):
-            window.ended(throttled=True)
-        # EBS's block-call throttling; EC2's RequestLimitExceeded is a limit of its own.
-        final = isinstance(exc, ApiError) and exc.code in EBS_THROTTLING
-        if not (final and more > 0):  # a final throttle the hook heard is counted already
-            window.ended(throttled=final)
 
     async def _run(
         self,

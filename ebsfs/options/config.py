@@ -60,7 +60,7 @@ class MountConfig:
     disk_cache: int = 0
     cache_dir: str = "/var/cache/ebsfs"
     read_ahead: int = 8 << 20
-    max_concurrency: int = 32
+    max_concurrency: int = 128
     spool_dir: str = "/var/lib/ebsfs/spool"
     dirty_limit: int = 128 << 20
     #: Bytes of copied blocks all scratch overlays of the mount may keep in the spool.

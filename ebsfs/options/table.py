@@ -164,7 +164,8 @@ MOUNT: tuple[Option, ...] = (
            help="bytes fetched ahead of sequential readers (default: {default}; 0 turns it "
            "off)"),
     Option("max_concurrency", "mount", coerce=p.concurrency, metavar="N", group=READ,
-           help="API calls in flight at once, and the HTTP connection pool (default: "
+           help="the most API calls in flight at once (the ceiling of adaptive windows), "
+           "and the HTTP connection pool (default: "
            f"{{default}}; at most {p.MAX_CONCURRENCY})"),
     Option("io_timeout", "mount", coerce=p.number, metavar="SECONDS", group=READ,
            help="a read fails with EIO once no request of the mount has succeeded for this "

@@ -23,6 +23,7 @@ import trio
 from ebsfs.aws.api import BlockPage
 from ebsfs.aws.retry import Attempts, RetryPolicy
 from ebsfs.aws.runner import Calls
+from ebsfs.aws.windows import READ, Lane
 from ebsfs.core.blocks import BlockIndex
 from ebsfs.core.errors import (
     ApiError,
@@ -194,6 +195,7 @@ class RemoteBlocks(BlockReader):
         self._created = trio.current_time()
         self._exists_checked = -math.inf  # when EC2 was last asked, in the read lag
         self._gone: str | None = None  # why EC2 says the snapshot is not readable any more
+        self._lane = Lane(snapshot_id, READ)  # its window of AWS's limit per snapshot
 
     def stats(self) -> dict[str, int]:
         """Requests by API and outcome, bytes fetched, retries (shared between snapshots)."""
@@ -373,7 +375,7 @@ class RemoteBlocks(BlockReader):
         self, api_name: str, fn: Callable[..., T], *args: Any, deadline: float = math.inf
     ) -> T:
         try:
-            result = await self.calls.run(fn, *args, deadline=deadline)
+            result = await self.calls.run(fn, *args, deadline=deadline, lane=self._lane)
         except EbsfsError as exc:
             self.counters[f"{api_name}.{type(exc).__name__}"] += 1
             raise

@@ -17,6 +17,8 @@ import trio
 
 from ebsfs.aws.retry import Attempts, RetryPolicy
 from ebsfs.aws.runner import Calls
+from ebsfs.aws.throttles import Heard
+from ebsfs.aws.windows import WRITE, Lane
 from ebsfs.core import checksum
 from ebsfs.core.blocks import BLOCK_SIZE
 from ebsfs.core.errors import GONE, BackendUnavailableError, EbsfsError
@@ -88,6 +90,7 @@ class RemoteWriter:
         # endpoint by one clock, and a put fails with the reads once it is down.
         self._calls = Calls(limiter)
         self._calls.health.configure(api=api)
+        self._lane = Lane(snapshot_id, WRITE)
         self.clock = clock
         self.started_at = clock() if started_at is None else started_at
         self.counters: Counter[str] = counters if counters is not None else Counter()
@@ -110,13 +113,18 @@ class RemoteWriter:
                     "abandoned at the io bound, has not ended"
                 )
         done = self._running[index] = trio.Event()
+        heard = Heard()
 
         def ended() -> None:
+            # Throttled answers, botocore's retries and the upload process's included.
+            self.counters["puts_throttled"] += heard.throttled
             done.set()
             if self._running.get(index) is done:
                 del self._running[index]
 
-        return await self._calls.run(self._put_sync, index, data, block, ended=ended)
+        return await self._calls.run(
+            self._put_sync, index, data, block, ended=ended, lane=self._lane, heard=heard
+        )
 
     def _put_sync(self, index: int, data: BlockSource, block: list[bytes]) -> bool:
         # Loading and hashing in the same worker thread as the request: one thread hand-off

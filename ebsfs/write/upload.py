@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any, Protocol
 
+from ebsfs.aws import throttles
 from ebsfs.core.errors import BackendUnavailableError, EbsfsError
 from ebsfs.options.config import AwsConfig
 from ebsfs.write.spooled import BlockPuts, PutBlock, put_file_block
@@ -333,6 +334,8 @@ class _Link:
                 f"PutSnapshotBlock: the upload process exited ({exc or 'connection closed'})"
             ) from None
         self._idle.put(conn)
+        if isinstance(answer, dict):
+            throttles.note_all(answer.get("throttled"))  # the windows of the call's runner
         if isinstance(answer, dict) and isinstance(answer.get("error"), dict):
             raise WireError.from_json(answer["error"]).exception()
         if not isinstance(answer, dict):

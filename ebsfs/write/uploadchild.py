@@ -14,6 +14,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
+from ebsfs.aws.throttles import Heard
 from ebsfs.core.blocks import BLOCK_SIZE
 from ebsfs.core.errors import BackendUnavailableError, EbsfsError
 from ebsfs.options.config import AwsConfig
@@ -101,7 +102,10 @@ def _serve_connection(api: PutBlock, sock: socket.socket) -> None:
             # The mount closed its connections (unmount) or is gone: puts still under way on
             # other connections are abandoned; their blocks stay in the mount's spool.
             os._exit(0)
-        answer = _answer(api, request, data, block)
+        heard = Heard()
+        answer = heard.run(_answer, api, request, data, block)
+        if heard.reasons:  # throttled answers botocore retried here: the mount's windows hear
+            answer["throttled"] = heard.reasons
         body = json.dumps(answer).encode()
         try:
             send_parts(sock, [ANSWER.pack(len(body)), body])

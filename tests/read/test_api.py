@@ -629,8 +629,8 @@ def test_botocore_has_every_part_the_block_calls_use(
     credentials = botocore.credentials.Credentials(DEV_ACCESS_KEY_ID, DEV_SECRET_ACCESS_KEY)
     # Made directly, not through block_calls(): a missing part raises here, named.
     calls = BlockCalls(api.ebs, credentials)
-    heard: list[tuple[int, str]] = []
-    calls.heard = lambda status, code: heard.append((status, code))
+    heard: list[tuple[int, str, str]] = []
+    calls.heard = lambda status, code, _ebs, reason: heard.append((status, code, reason))
     body, headers = calls.get(SNAP, 1, AWS_LIKE_TOKEN)  # retried once by botocore's objects
     assert body.read() == data
     assert headers["x-amz-Checksum"] == checksum.block_checksum(data)
@@ -639,8 +639,8 @@ def test_botocore_has_every_part_the_block_calls_use(
     assert type(refused.value) is api.ebs.exceptions.ValidationException
     assert refused.value.response.get("Reason") == "INVALID_BLOCK_TOKEN"  # the second parse
     assert calls.put(SNAP, 2, data, checksum.block_checksum(data))["x-amz-Checksum"]
-    assert heard == [(503, "InternalServerException"), (200, ""), (400, "ValidationException"),
-                     (201, "")]
+    assert heard == [(503, "InternalServerException", ""), (200, "", ""),
+                     (400, "ValidationException", "INVALID_BLOCK_TOKEN"), (201, "", "")]
     for seen in srv.seen:
         _verify_signature(seen)
     with caplog.at_level(logging.INFO, logger="ebsfs.aws.blockcalls"):

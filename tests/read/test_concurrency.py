@@ -86,12 +86,39 @@ def test_the_window_grows_only_while_calls_wait_and_nothing_is_throttled() -> No
             await trio.sleep(0.01)
         assert window.limit == 8
         full = Full(limiter)
-        for _ in range(3000):  # calls waiting for tokens: one more per period, to the ceiling
+        owed = 0.0
+        for _ in range(3000):  # calls waiting for tokens, throughput following the window
             full.fill()
             window.started()
-            window.ended()
+            owed += window.limit / 0.1 * 0.01  # answers due at 100 ms a call
+            while owed >= 1:
+                owed -= 1
+                window.ended()
             await trio.sleep(0.01)
         assert window.limit == 16
+
+    on_fake_clock(main)
+
+
+def test_the_window_stops_growing_where_throughput_stops_following() -> None:
+    """A bottleneck other than AWS (the CPU, here 200 calls a second at 100 ms: 20 in
+    flight): the window starts at 8, grows past 20, and holds near there rather than
+    climbing to its ceiling, though calls wait and nothing is throttled."""
+
+    async def main() -> None:
+        limiter = trio.CapacityLimiter(8)
+        window = Concurrency(limiter, ceiling=128, floor=2)
+        full = Full(limiter)
+        owed = 0.0
+        for _ in range(6000):
+            full.fill()
+            window.started()
+            owed += min(window.limit / 0.1, 200.0) * 0.01
+            while owed >= 1:
+                owed -= 1
+                window.ended()
+            await trio.sleep(0.01)
+        assert 20 <= window.limit <= 40 and window.found == 0
 
     on_fake_clock(main)
 
