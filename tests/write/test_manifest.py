@@ -171,3 +171,33 @@ def test_a_manifest_no_version_wrote_is_left_alone_and_the_mount_goes_on(
     assert (bad.directory / "manifest.json").read_bytes() == text  # for a human to look at
     assert (bad.directory / "data").exists()
     assert not api.snaps  # nothing was started for it
+
+
+def test_a_mount_over_a_spool_with_a_manifest_no_version_wrote_mounts(tmp_path: Path) -> None:
+    # The real daemon: an OverflowError out of recovery ended the mount before it mounted.
+    from tests.mounting import MountProc
+    from tests.serverproc import LocalServer
+    from tests.write.helpers import sh
+
+    server = LocalServer(tmp_path / "data")
+    with server:
+        m = MountProc(server, tmp_path / "mnt").start()
+        try:
+            sh("truncate", "-s", "1G", m.path / "new" / "good")
+            sh("truncate", "-s", "1G", m.path / "new" / "bad")
+            (m.path / "new" / "good").write_bytes(b"g" * 100)
+        finally:
+            m.stop()
+        [bad] = [p for p in Spool.find(m.spool_dir)
+                 if json.loads((p / "manifest.json").read_text())["name"] == "bad"]
+        text = (bad / "manifest.json").read_text().replace(
+            '"mtime_ns"', '"started_at": 1' + "0" * 400 + ', "mtime_ns"')
+        (bad / "manifest.json").write_text(text)
+        m = MountProc(server, tmp_path / "mnt").start()
+        try:
+            assert sorted(os.listdir(m.path / "new")) == ["good"]
+            assert (m.path / "new" / "good").read_bytes()[:100] == b"g" * 100
+            assert f"spool {bad} cannot be read, left alone" in m.log_text()
+        finally:
+            m.stop()
+        assert (bad / "manifest.json").read_text() == text
