@@ -142,7 +142,10 @@ class Attempts:
         if self.health is not None and io_timeout is not None:
             # A busy endpoint is retried; a silent one is not: give up once nothing of the
             # mount was answered for io_timeout, or the endpoint is known down.
-            left = self.health.deadline() - now
+            # Asked, not started: the pause is no call waiting, and the retry has a whole
+            # bound after an answer (else it began at its deadline and marked the endpoint,
+            # answering every call, down).
+            left = self.health.deadline(start=False) - now
             if self.health.down or left <= 0:
                 return None
             pause = min(pause, left)

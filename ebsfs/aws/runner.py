@@ -125,13 +125,16 @@ class Health:
                 last = max(last, mono - time.monotonic() + trio.current_time())
         return last
 
-    def deadline(self) -> float:
-        """When a call waiting now gives up unless something answers first."""
+    def deadline(self, start: bool = True) -> float:
+        """When a call waiting now gives up unless something answers first. ``start``
+        False: only asked (a retry's pause), the clock does not start if no call waits."""
         if self.io_timeout is None:
             return math.inf
         now = trio.current_time()
         last = self._last_answer()
         if self._since is None or self._since < last:
+            if not start:
+                return max(last, now) + self.io_timeout
             self._since = now  # the first call since the last answer: the clock starts now
         return max(last, self._since) + self.io_timeout
 

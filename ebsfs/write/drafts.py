@@ -124,8 +124,9 @@ class Drafts(NewDirectory):
                     spool.close()
                     continue
                 draft = SnapshotDraft(self.ctx, spool, manifest)
-            except (OSError, ValueError, KeyError, TypeError) as exc:
-                # Never a reason not to mount: the directory stays for a human to look at.
+            except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
+                # Never a reason not to mount: the directory stays for a human to look at
+                # (RecursionError: JSON nested thousands deep).
                 log.error("spool %s cannot be read, left alone: %r", directory, exc)
                 if spool is not None:
                     spool.close()

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import enum
 import logging
+import math
 from dataclasses import dataclass, field, fields
 from typing import Any
+
+from ebsfs.core.blocks import MAX_VOLUME_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +117,7 @@ class Manifest:
         if not isinstance(raw, dict):
             raise TypeError("a manifest is a JSON object")
         known = {f.name: f for f in fields(cls) if f.name != "extra"}
-        m = cls(name=_typed(raw["name"], str, "name"))
+        m = cls(name=_name(raw["name"], "name"))
         for key, value in raw.items():
             if key not in known:
                 m.extra[key] = value
@@ -125,10 +128,45 @@ class Manifest:
 
 def _typed(value: Any, kind: type, key: str) -> Any:
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # an integer of hundreds of digits
+            raise ValueError(f"manifest: {key} is out of range") from None
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise TypeError(f"manifest: {key} is {value!r}")
     return value
+
+
+def _within(low: int, high: int, step: int = 1) -> Any:
+    """An integer in [low, high], a multiple of ``step``: a size or time the kernel and AWS
+    take (a negative or 30-digit one failed every stat of new/, or went to StartSnapshot)."""
+
+    def check(value: Any, key: str) -> int:
+        number: int = _typed(value, int, key)
+        if not low <= number <= high or number % step:
+            raise ValueError(f"manifest: {key} is {number!r}")
+        return number
+
+    return check
+
+
+def _finite(value: Any, key: str) -> float:
+    number: float = _typed(value, float, key)
+    if not math.isfinite(number):
+        raise ValueError(f"manifest: {key} is {number!r}")
+    return number
+
+
+def _name(value: Any, key: str) -> str:
+    """A name the new/ directory can list (as ``Drafts.create`` takes them)."""
+    name: str = _typed(value, str, key)
+    try:
+        encoded = name.encode()
+    except UnicodeEncodeError:
+        encoded = b""
+    if not encoded or len(encoded) > 255 or "/" in name or "\0" in name or name in (".", ".."):
+        raise ValueError(f"manifest: {key} is {name!r}, which cannot name a file of new/")
+    return name
 
 
 def _tags(value: Any, key: str) -> dict[str, str]:
@@ -141,21 +179,21 @@ def _tags(value: Any, key: str) -> dict[str, str]:
 
 _FIELD_TYPES: dict[str, Any] = {
     "state": lambda v, k: DraftState(v),
-    "size": lambda v, k: _typed(v, int, k),
-    "mtime_ns": lambda v, k: _typed(v, int, k),
+    "size": _within(0, MAX_VOLUME_BYTES, GIB),
+    "mtime_ns": _within(0, (1 << 63) - 1),
     "version": lambda v, k: _typed(v, int, k),
     "written": lambda v, k: bool(v),
     "kept_from": lambda v, k: _typed(v, str, k),
     "client_token": lambda v, k: _typed(v, str, k),
     "parent": lambda v, k: _typed(v, str, k),
-    "parent_gib": lambda v, k: _typed(v, int, k),
+    "parent_gib": _within(0, MAX_VOLUME_BYTES // GIB),
     "parent_encrypted": lambda v, k: bool(v),
     "description": lambda v, k: _typed(v, str, k),
     "tags": _tags,
     "encrypt": lambda v, k: bool(v),
     "kms_key_arn": lambda v, k: _typed(v, str, k),
     "snapshot_id": lambda v, k: _typed(v, str, k),
-    "started_at": lambda v, k: _typed(v, float, k),
+    "started_at": _finite,
     "encrypted": lambda v, k: bool(v),
     "state_message": lambda v, k: _typed(v, str, k),
     "aws_error": lambda v, k: bool(v),

@@ -96,7 +96,16 @@ class PutProcess(BlockPuts):
             return put_file_block(self.fallback, snapshot_id, index, path, offset, skip_if_zero)
         args = [snapshot_id, index, path, offset, skip_if_zero]
         answer = link.call({"op": "spooled", "args": args}, b"", self.answer_timeout)
-        return None if answer is None else base64.b64decode(answer)
+        if answer is None:
+            return None
+        try:
+            digest = base64.b64decode(answer, validate=True) if isinstance(answer, str) else b""
+        except ValueError:
+            digest = b""
+        if len(digest) != 32:  # never taken as the digest of what was stored
+            raise BackendUnavailableError("PutSnapshotBlock: a garbled digest from the upload "
+                                          f"process: {answer!r:.80}")
+        return digest
 
     def prefork(self) -> None:
         """Start the child now with ``fork()``: it shares the modules and the clients of
@@ -338,8 +347,9 @@ class _Link:
             throttles.note_all(answer.get("throttled"))  # the windows of the call's runner
         if isinstance(answer, dict) and isinstance(answer.get("error"), dict):
             raise WireError.from_json(answer["error"]).exception()
-        if not isinstance(answer, dict):
-            raise BackendUnavailableError("PutSnapshotBlock: a garbled answer")
+        if not isinstance(answer, dict) or "ok" not in answer:
+            # Never read as "ok": None (an all-zero block, not stored) when it says nothing.
+            raise BackendUnavailableError(f"PutSnapshotBlock: a garbled answer: {answer!r:.80}")
         return answer.get("ok")
 
     def close(self) -> None:

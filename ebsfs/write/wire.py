@@ -22,6 +22,9 @@ MAX_JSON = 1 << 20
 #: The largest block a request may carry (a block is 512 KiB).
 MAX_DATA = 1 << 20
 
+#: The longest error message taken from the socket (longer ones are cut).
+MAX_MESSAGE = 4096
+
 #: The errors that cross the socket, by class name; the fields each carries are WireError's.
 ERROR_TYPES: dict[str, type[EbsfsError]] = {
     cls.__name__: cls
@@ -88,7 +91,8 @@ class WireError:
         status = raw.get("status")
         return cls(
             text("type"),
-            text("message", "the upload process failed"),
+            # Bounded: it goes into every log line and EIO of the put's retries.
+            text("message", "the upload process failed")[:MAX_MESSAGE],
             text("kind", errors.FINAL),
             text("code"),
             text("reason"),
@@ -145,4 +149,7 @@ def recv_json(sock: socket.socket) -> Any:
         raise ValueError(f"a frame of {length} bytes")
     body = bytearray(length)
     recv_exact(sock, memoryview(body))
-    return json.loads(body)
+    try:
+        return json.loads(body)
+    except RecursionError:  # arrays nested thousands deep: as garbled as bad JSON
+        raise ValueError("a frame nested too deep") from None

@@ -128,6 +128,7 @@ def test_no_retry_once_the_endpoint_is_silent_for_io_timeout_or_known_down() -> 
         health = Health(io_timeout=2.0)
         tries = Attempts(PutTuning().policy(), health=health)
         health.answered()
+        health.deadline()  # a call starts (Calls.run): the clock runs from now
         assert tries.again(errors.BackendUnavailableError("refused")) is not None
         await trio.sleep(2.0)  # nothing answered since
         assert tries.again(errors.BackendUnavailableError("refused")) is None
@@ -184,3 +185,35 @@ def test_checksum_and_token_special_cases() -> None:
 def test_the_read_policy_is_the_tunings() -> None:
     p = RemoteTuning(io_timeout=2.0, backoff=1.0).policy()
     assert (p.backoff, p.max_backoff, p.patience, p.attempts) == (0.5, 0.5, 8.0, math.inf)
+
+
+@pytest.mark.parametrize("answer", [
+    THROTTLED, errors.ApiError("x", "ValidationException", "WRITE_REQUEST_TIMEOUT", 400)],
+    ids=["throttled", "write-request-timeout"])
+def test_a_retry_after_an_answer_has_a_whole_bound_and_the_endpoint_stays_up(
+    answer: errors.ApiError,
+) -> None:
+    # The pause before a retry was cut to what was left of the io clock, and asking for it
+    # started the clock with no call waiting: the retry began at its deadline, failed with "no
+    # answer within the bound", and the endpoint, answering every call, was marked down
+    # (every other read and put of the mount then failed at once with EIO).
+    from ebsfs.aws.runner import Calls
+
+    def refused() -> None:
+        raise answer
+
+    async def main() -> None:
+        calls = Calls(trio.CapacityLimiter(2), io_timeout=0.5)
+        tries = Attempts(PutTuning().policy(), health=calls.health)
+        while True:
+            with trio.fail_after(60):  # a hang guard only
+                try:
+                    await calls.run(refused)
+                except errors.ApiError as exc:
+                    again = tries.again(exc)
+            if again is None:
+                break
+            await trio.sleep(again.pause)
+        assert calls.health.counters["endpoint_down"] == 0 and not calls.health.down
+
+    trio.run(main)

@@ -110,3 +110,94 @@ def test_a_spool_of_an_earlier_version_is_brought_back_and_sealed(tmp_path: Path
             nursery.cancel_scope.cancel()
 
     trio.run(main)
+
+
+#: Manifests no version wrote (a hand edit, a bad disk): each is refused in one log line,
+#: the spool directory left alone, and the mount goes on.
+_BASE = b'{"version": 1, "state": "pending", "snapshot_id": "snap-1", "written": true, '
+BAD_MANIFESTS = {
+    # float(10**400) is an OverflowError, which recovery did not catch: the mount failed.
+    "started_at of 400 digits": _BASE + b'"name": "img", "size": 1073741824, "started_at": 1'
+    + b"0" * 400 + b"}",
+    # json nested thousands deep is a RecursionError: the mount failed.
+    "nested thousands deep": b'{"name": "img", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+    # Names new/ cannot list (readdir of "a/b" or "..").
+    "name with a slash": _BASE + b'"name": "a/b", "size": 1073741824}',
+    "name ..": _BASE + b'"name": "..", "size": 1073741824}',
+    "empty name": _BASE + b'"name": "", "size": 1073741824}',
+    # Sizes no version wrote (a whole number of GiB, at most 64 TiB), went to StartSnapshot.
+    "negative size": _BASE + b'"name": "img", "size": -1073741824}',
+    "size of 30 digits": _BASE + b'"name": "img", "size": 1' + b"0" * 30 + b"}",
+    "size not whole GiB": _BASE + b'"name": "img", "size": 12345}',
+    "mtime of 30 digits": _BASE + b'"name": "img", "size": 1073741824, "mtime_ns": 1'
+    + b"0" * 30 + b"}",
+    "started_at NaN": _BASE + b'"name": "img", "size": 1073741824, "started_at": NaN}',
+    "negative parent_gib": _BASE + b'"name": "img", "parent": "snap-0123456789abcdef0", '
+    b'"parent_gib": -1}',
+    "truncated": b'{"name": "img", "sta',
+    "not UTF-8": b'{"name": "\xff"}',
+}
+
+
+@pytest.mark.parametrize("text", list(BAD_MANIFESTS.values()), ids=list(BAD_MANIFESTS))
+def test_a_manifest_no_version_wrote_is_left_alone_and_the_mount_goes_on(
+    tmp_path: Path, text: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    api = FakeApi()
+    root = tmp_path / "spool"
+    good = Spool.create(root, {"version": 1, "name": "good", "state": "draft", "size": None,
+                               "mtime_ns": 1})
+    good.close()
+    bad = Spool.create(root, {"version": 1, "name": "bad", "state": "draft", "size": None,
+                              "mtime_ns": 1})
+    bad.write(0, b"kept")
+    bad.close()
+    (bad.directory / "manifest.json").write_bytes(text)
+
+    async def main() -> list[str]:
+        async with trio.open_nursery() as nursery:
+            drafts = await Drafts.open(
+                api, root, nursery, trio.CapacityLimiter(8),
+                lambda sid, gib: DictReader(api, sid),
+                tuning=WriteTuning(delay=0.01),
+            )
+            names = drafts.names()
+            nursery.cancel_scope.cancel()
+        return names
+
+    with caplog.at_level(logging.ERROR, logger="ebsfs.write.drafts"):
+        assert trio.run(main) == ["good"]
+    assert f"spool {bad.directory} cannot be read, left alone" in caplog.text
+    assert (bad.directory / "manifest.json").read_bytes() == text  # for a human to look at
+    assert (bad.directory / "data").exists()
+    assert not api.snaps  # nothing was started for it
+
+
+def test_a_mount_over_a_spool_with_a_manifest_no_version_wrote_mounts(tmp_path: Path) -> None:
+    # The real daemon: an OverflowError out of recovery ended the mount before it mounted.
+    from tests.mounting import MountProc
+    from tests.serverproc import LocalServer
+    from tests.write.helpers import sh
+
+    server = LocalServer(tmp_path / "data")
+    with server:
+        m = MountProc(server, tmp_path / "mnt").start()
+        try:
+            sh("truncate", "-s", "1G", m.path / "new" / "good")
+            sh("truncate", "-s", "1G", m.path / "new" / "bad")
+            (m.path / "new" / "good").write_bytes(b"g" * 100)
+        finally:
+            m.stop()
+        [bad] = [p for p in Spool.find(m.spool_dir)
+                 if json.loads((p / "manifest.json").read_text())["name"] == "bad"]
+        text = (bad / "manifest.json").read_text().replace(
+            '"mtime_ns"', '"started_at": 1' + "0" * 400 + ', "mtime_ns"')
+        (bad / "manifest.json").write_text(text)
+        m = MountProc(server, tmp_path / "mnt").start()
+        try:
+            assert sorted(os.listdir(m.path / "new")) == ["good"]
+            assert (m.path / "new" / "good").read_bytes()[:100] == b"g" * 100
+            assert f"spool {bad} cannot be read, left alone" in m.log_text()
+        finally:
+            m.stop()
+        assert (bad / "manifest.json").read_text() == text
