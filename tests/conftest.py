@@ -56,3 +56,28 @@ def server_factory(tmp_path: Path) -> Iterator[Callable[..., LocalServer]]:
     finally:
         for srv in started:
             srv.stop()
+
+
+
+#: Under xdist (`make test`) the longest tests must start first, or one of them runs on alone
+#: at the end while the other workers idle: modules that start mounts go first, then those
+#: that start servers or other processes, then the unit tests.
+_MOUNTS = {"MountProc", "mount_factory", "mounted"}
+_PROCESSES = {"LocalServer", "subprocess", "server", "server_factory", "shared"}
+
+
+def _weight(item: pytest.Item) -> int:
+    module = getattr(item, "module", None)
+    names = set(getattr(item, "fixturenames", ())) | set(vars(module) if module else ())
+    return 2 if names & _MOUNTS else 1 if names & _PROCESSES else 0
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Heavy modules first; each module's tests stay together and in order (module-scoped
+    fixtures are made once)."""
+    weights: dict[str, int] = {}
+    for item in items:
+        weights[item.nodeid.split("::")[0]] = max(
+            weights.get(item.nodeid.split("::")[0], 0), _weight(item))
+    order = {id(item): n for n, item in enumerate(items)}
+    items.sort(key=lambda item: (-weights[item.nodeid.split("::")[0]], order[id(item)]))
