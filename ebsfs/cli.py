@@ -16,9 +16,10 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from ebsfs import __version__
+from ebsfs.core import redact
 from ebsfs.core.errors import EbsfsError
-from ebsfs.daemon import logsetup
-from ebsfs.options import fstab
+from ebsfs.options import fstab, table
+from ebsfs.options.flags import add_flags
 
 log = logging.getLogger(__name__)
 
@@ -28,15 +29,7 @@ COMMANDS: tuple[str, ...] = ("mount", "umount", "ls", "stats", "diff", "complete
 
 def add_aws_options(parser: argparse.ArgumentParser) -> None:
     """The options every command that talks to AWS takes."""
-    group = parser.add_argument_group("AWS selection")
-    group.add_argument(
-        "--endpoint-url",
-        metavar="URL",
-        help="endpoint for both the ebs and ec2 clients (default: AWS_ENDPOINT_URL_EBS/_EC2, "
-        "else AWS when a region is configured, else the local server)",
-    )
-    group.add_argument("--region", help="AWS region (default: from the environment or profile)")
-    group.add_argument("--profile", help="AWS profile from ~/.aws/config")
+    add_flags(parser, table.AWS_SELECTION)
 
 
 def positive_seconds(text: str) -> float:
@@ -105,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _main(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # Before anything can log or echo the command line.
-    logsetup.register_argv_secrets(argv)
+    redact.register_argv_secrets(argv)
     if fstab.is_helper_call(argv, COMMANDS):
         # mount.fuse3 (mount -t fuse.ebsfs, /etc/fstab) runs ``ebsfs SOURCE MOUNTPOINT -o ...``.
         try:
@@ -126,7 +119,7 @@ def _main(argv: Sequence[str] | None) -> int:
     try:
         return int(args.func(args))
     except EbsfsError as exc:
-        print(f"ebsfs: {logsetup.redact_message(str(exc))}", file=sys.stderr)
+        print(f"ebsfs: {redact.redact_message(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("ebsfs: interrupted", file=sys.stderr)

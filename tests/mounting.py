@@ -40,10 +40,48 @@ def ebsfs(
         capture_output=True,
         text=True,
         timeout=timeout,
+        stdin=subprocess.DEVNULL,
     )
     if check and proc.returncode != 0:
         raise AssertionError(f"ebsfs {' '.join(args)} exited {proc.returncode}: {proc.stderr}")
     return proc
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 30.0, every: float = 0.05) -> bool:
+    """Poll ``condition`` until it is true; False once ``timeout`` seconds passed without.
+
+    A hang guard, not a timing check: give a generous bound and assert the result (or go
+    on regardless, when waiting is only a courtesy)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(every)
+    return True
+
+
+@contextlib.contextmanager
+def kernel_mounted(source: Path | str, target: Path, *options: str) -> Iterator[Path]:
+    """``mount -o OPTIONS SOURCE TARGET`` (an image with ``loop``, or a device); unmounted
+    afterwards."""
+    target.mkdir(parents=True, exist_ok=True)
+    opts = ["-o", ",".join(options)] if options else []
+    subprocess.run(["mount", *opts, str(source), str(target)], check=True, capture_output=True)
+    try:
+        yield target
+    finally:
+        subprocess.run(["umount", str(target)], capture_output=True, timeout=60)
+
+
+@contextlib.contextmanager
+def loop_device(path: Path, *flags: str) -> Iterator[str]:
+    """A read-only loop device over ``path`` (``losetup -r FLAGS``), detached afterwards."""
+    losetup = ["losetup", "-f", "--show", "-r", *flags, str(path)]
+    dev = subprocess.run(losetup, check=True, capture_output=True, text=True).stdout.strip()
+    try:
+        yield dev
+    finally:
+        subprocess.run(["losetup", "-d", dev], check=False)
 
 
 def drop_page_cache(path: Path) -> None:
@@ -116,15 +154,14 @@ class MountProc:
             return self
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(self.command(), env=self.env, stdout=log, stderr=log)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if os.path.ismount(self.path):
-                return self
-            if self.proc.poll() is not None:
-                raise AssertionError(
-                    f"ebsfs mount exited {self.proc.returncode} before mounting:\n{self.log_text()}"
-                )
-            time.sleep(0.05)
+        proc = self.proc
+        wait_for(lambda: os.path.ismount(self.path) or proc.poll() is not None, timeout)
+        if os.path.ismount(self.path):
+            return self
+        if proc.poll() is not None:
+            raise AssertionError(
+                f"ebsfs mount exited {proc.returncode} before mounting:\n{self.log_text()}"
+            )
         self.stop()
         raise AssertionError(f"ebsfs mount did not mount within {timeout}s:\n{self.log_text()}")
 

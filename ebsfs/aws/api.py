@@ -1,394 +1,77 @@
 """The EBS direct APIs and the EC2 snapshot calls, as plain synchronous methods.
 
-This is the only module that imports boto3 and botocore (with ``ebsfs.aws.blockcalls``, its helper
-for the two block calls). Every botocore exception is converted here to an ``ebsfs.core.errors``
-class (``raise ... from exc``), so the layers above never see botocore. Retries of throttling,
-5xx answers and dropped connections are botocore's own ("standard" mode, bounded by
-``AwsConfig.max_attempts``); every request has connect and read timeouts. Methods block: the
-mount runs them in worker threads under one trio CapacityLimiter.
-
-GetSnapshotBlock and PutSnapshotBlock, one call per 512 KiB block, skip the client's per-call
-machinery: ``ebsfs.aws.blockcalls`` builds them from the client's own botocore parts (signer,
-HTTP session, standard retry objects, error parser): about a third less CPU per call. Where
-the botocore installed lacks one of those parts, ``blockcalls.block_calls`` says so in one log
-line and the client's own calls are used (the same answers and exceptions).
-
-Endpoint resolution, in this order (documented in docs/usage.md):
-
-1. an explicit ``endpoint_url`` is used for both the ebs and the ec2 client;
-2. else botocore's own configuration (``AWS_ENDPOINT_URL_EBS``, ``AWS_ENDPOINT_URL_EC2``,
-   ``AWS_ENDPOINT_URL``, ``endpoint_url`` in the profile);
-3. else, when a region is configured (flag, ``AWS_REGION``/``AWS_DEFAULT_REGION``, profile), AWS;
-4. else, when the EC2 instance metadata names a region (botocore's fetcher: one short attempt,
-   ``AWS_EC2_METADATA_DISABLED`` and the metadata endpoint settings honoured), AWS there;
-5. else the local server at ``DEFAULT_LOCAL_ENDPOINT`` in ``us-east-1``.
-
-``Endpoints.why`` says which rule chose and where its setting came from; ``Api`` logs it once.
-
-When the endpoint is not AWS (cases 1, 2 and 5) and no credentials are found, the local
-server's development key pair is used.
+The only module that makes boto3 clients (``blockcalls`` builds the two block calls from the
+ebs client's parts, ``endpoints`` says where they go); every botocore exception is converted in
+``convert`` (``raise ... from exc``), so the layers above never see botocore. Retries inside a
+call are botocore's ("standard" mode, bounded by ``AwsConfig.max_attempts``); every request has
+connect and read timeouts. Methods block: ``ebsfs.aws.runner`` runs them in worker threads.
+docs/usage.md says how endpoints and credentials are found.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import os
-import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import boto3
 import botocore.config
 import botocore.credentials
 import botocore.exceptions
-import botocore.utils
 
 from ebsfs.aws.blockcalls import block_calls
+from ebsfs.aws.convert import converted, error_fields, is_answer, raise_converted
+from ebsfs.aws.endpoints import Endpoints, new_client, resolve_endpoints
+from ebsfs.aws.records import (
+    MAX_LIST_RESULTS,
+    MIN_LIST_RESULTS,
+    PARENT_TAG,
+    BlockPage,
+    ChangedPage,
+    SnapshotInfo,
+    ec2_info,
+    epoch,
+    group_filters,
+    parse_owner,
+    tags_of,
+)
 from ebsfs.core import checksum
 from ebsfs.core.blocks import BLOCK_SIZE
 from ebsfs.core.errors import (
-    DENIED,
-    DEPENDENCY,
-    GONE,
     AccessDeniedError,
     ApiError,
-    BackendUnavailableError,
     ChecksumError,
-    DependencyMissingError,
-    EbsfsError,
-    InvalidTokenError,
-    InvalidValueError,
     NotFoundError,
-    UsageError,
-    classify,
+    throttling,
 )
-from ebsfs.options.config import (
-    DEFAULT_LOCAL_ENDPOINT,
-    DEFAULT_LOCAL_REGION,
-    DEV_ACCESS_KEY_ID,
-    DEV_SECRET_ACCESS_KEY,
-    AwsConfig,
-)
+from ebsfs.options.config import DEV_ACCESS_KEY_ID, DEV_SECRET_ACCESS_KEY, AwsConfig
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Api", "BlockPage", "ChangedPage", "SnapshotInfo", "resolve_endpoints"]
+__all__ = [
+    "Api",
+    "ApiFactory",
+    "BlockPage",
+    "ChangedPage",
+    "Endpoints",
+    "SnapshotInfo",
+    "parse_owner",
+    "resolve_endpoints",
+]
 
-#: AWS bounds for ListSnapshotBlocks / ListChangedBlocks MaxResults.
-MIN_LIST_RESULTS = 100
-MAX_LIST_RESULTS = 10000
-
-#: The tag in which ebsfs records a snapshot's parent at StartSnapshot (DescribeSnapshots has
-#: no parent field; this is where AWS keeps it for us).
-PARENT_TAG = "ebsfs:parent"
-
-_TOKEN_REASONS = frozenset({"INVALID_BLOCK_TOKEN", "INVALID_PAGE_TOKEN"})
-_BAD_VALUE_CODES = frozenset({"InvalidParameterValue", "InvalidSnapshot.Malformed"})
 #: The snapshot ``Api.probe`` asks about: any answer for it (404, 400, 403) shows the endpoint
 #: at work.
 PROBE_SNAPSHOT = "snap-0000000000000000e"
-
-
-def _is_answer(status: int, code: str) -> bool:
-    """Whether an HTTP answer shows the endpoint at work: anything but a 5xx, and throttling
-    whatever its status (a busy endpoint, not a broken one)."""
-    return 0 < status < 500 or "Throttl" in code or "SlowDown" in code
-
-
-@dataclass(frozen=True)
-class SnapshotInfo:
-    """One snapshot as EC2 DescribeSnapshots (or StartSnapshot) describes it."""
-
-    snapshot_id: str
-    state: str  # pending | completed | error
-    volume_size: int  # GiB
-    start_time: float  # epoch seconds
-    description: str = ""
-    tags: dict[str, str] = field(default_factory=dict)
-    progress: str = ""
-    owner_id: str = ""
-    state_message: str = ""
-    encrypted: bool = False
-    parent: str = ""  # ParentSnapshotId when known (StartSnapshot answers carry it)
-    #: ``standard`` or ``archive``: the EBS direct APIs cannot read an archived snapshot.
-    storage_tier: str = "standard"
-    #: Set for an Outposts local snapshot, which the EBS direct APIs cannot read either.
-    outpost_arn: str = ""
-    #: Epoch seconds EC2 says it completed (0: not completed, or not said).
-    completion_time: float = 0.0
-
-    @property
-    def name(self) -> str:
-        """The Name tag, or ""."""
-        return self.tags.get("Name", "")
-
-
-@dataclass(frozen=True)
-class BlockPage:
-    """One page of ListSnapshotBlocks: ``(index, token)`` pairs in ascending index order."""
-
-    blocks: list[tuple[int, str]]
-    expiry: float  # epoch seconds; for an empty page AWS answers about "now"
-    next_token: str | None
-    volume_size: int  # GiB
-
-
-@dataclass(frozen=True)
-class ChangedPage:
-    """One page of ListChangedBlocks: ``(index, first_token, second_token)``; may be empty
-    while ``next_token`` is set."""
-
-    changed: list[tuple[int, str | None, str | None]]
-    expiry: float
-    next_token: str | None
-
-
-@dataclass(frozen=True)
-class Endpoints:
-    """Where the two clients go, as resolved by ``resolve_endpoints``."""
-
-    ebs: str | None  # None: botocore decides (its env/config, or AWS)
-    ec2: str | None
-    region: str
-    local: bool  # not AWS: the dev key pair may stand in for missing credentials
-    why: str = ""  # which rule chose them, and where its setting came from
-
-    def describe(self) -> str:
-        """One line for the log and ``ebsfs ls``: where requests go, and why."""
-        if self.ebs is None and self.local:
-            where = f"the endpoints botocore is configured with, region {self.region}"
-        elif self.ebs is None:
-            where = f"AWS in {self.region}"
-        else:
-            where = self.ebs if self.ebs == self.ec2 else f"{self.ebs} (ec2: {self.ec2})"
-        return f"{where} ({self.why})" if self.why else where
-
-
-def _botocore_endpoint_configured(session: boto3.Session) -> str | None:
-    """What configures botocore's own endpoints, or None."""
-    env = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_EBS", "AWS_ENDPOINT_URL_EC2")
-    named = [name for name in env if os.environ.get(name)]
-    if named:
-        return ", ".join(named)
-    try:
-        scoped = session._session.get_scoped_config()
-    except botocore.exceptions.ProfileNotFound:
-        return None
-    if scoped.get("endpoint_url") or scoped.get("services"):
-        return "endpoint_url in the AWS profile's configuration"
-    return None
-
-
-#: What a region name looks like (us-east-1, us-gov-west-1, eu-isoe-west-1): anything else
-#: from the instance metadata is not taken as one.
-_REGION_NAME = re.compile(r"[a-z]{2}(?:-[a-z0-9]+)+-[0-9]{1,3}")
-#: The longest the instance metadata may take to name a region, whatever it sends.
-IMDS_DEADLINE = 5.0
-
-
-def instance_region(session: boto3.Session) -> str | None:
-    """The region of the EC2 instance this runs on, from its metadata, or None.
-
-    botocore's own provider: its timeout and attempts (1 s, 1 by default), the metadata
-    endpoint settings and ``AWS_EC2_METADATA_DISABLED`` apply. Its timeout is per read, so
-    the whole lookup is bounded by :data:`IMDS_DEADLINE` too (an answer dripping a byte at a
-    time is given up, its thread left to end alone), and what it names must look like a
-    region name.
-    """
-    answer: list[str | None] = []
-
-    def provide() -> None:
-        try:
-            answer.append(botocore.utils.IMDSRegionProvider(session._session).provide())
-        except (botocore.exceptions.BotoCoreError, OSError, ValueError) as exc:
-            log.debug("instance metadata: no region (%s)", exc)
-            answer.append(None)
-
-    worker = threading.Thread(target=provide, name="ebsfs-imds", daemon=True)
-    worker.start()
-    worker.join(IMDS_DEADLINE)
-    if not answer:
-        log.warning("instance metadata: no region within %.0f s; not used", IMDS_DEADLINE)
-        return None
-    region = answer[0]
-    if region and not _REGION_NAME.fullmatch(region):
-        log.warning("instance metadata: %.80r is no region name; not used", region)
-        return None
-    return region or None
-
-
-def resolve_endpoints(aws: AwsConfig, session: boto3.Session) -> Endpoints:
-    """Apply the endpoint resolution order of the module docstring."""
-    region = aws.region or session.region_name
-    if aws.region:
-        region_from = f"region {aws.region} from {aws.origin('region') or 'the configuration'}"
-    else:
-        region_from = f"region {region} from the AWS profile's configuration"
-    if aws.endpoint_url:
-        why = f"endpoint from {aws.origin('endpoint_url') or 'the configuration'}"
-        return Endpoints(
-            aws.endpoint_url, aws.endpoint_url, region or DEFAULT_LOCAL_REGION, True, why
-        )
-    configured = _botocore_endpoint_configured(session)
-    if configured:
-        return Endpoints(None, None, region or DEFAULT_LOCAL_REGION, True, f"set by {configured}")
-    if region:
-        return Endpoints(None, None, region, False, region_from)
-    found = instance_region(session)
-    if found:
-        return Endpoints(None, None, found, False, f"region {found} from the EC2 instance metadata")
-    return Endpoints(
-        DEFAULT_LOCAL_ENDPOINT,
-        DEFAULT_LOCAL_ENDPOINT,
-        DEFAULT_LOCAL_REGION,
-        True,
-        "the local server: no endpoint or region is configured and no EC2 instance metadata "
-        "answered",
-    )
-
-
-def _error_fields(exc: botocore.exceptions.ClientError) -> tuple[str, str, str, int]:
-    response: Any = exc.response or {}
-    error = response.get("Error") or {}
-    code = str(error.get("Code") or "")
-    message = str(error.get("Message") or "")
-    reason = str(response.get("Reason") or error.get("Reason") or "")
-    status = int((response.get("ResponseMetadata") or {}).get("HTTPStatusCode") or 0)
-    return code, reason, message, status
-
-
-def _convert(exc: Exception, what: str) -> EbsfsError:
-    """The ``ebsfs.core.errors`` equivalent of a botocore/boto3 exception raised by ``what``."""
-    if isinstance(exc, botocore.exceptions.ClientError):
-        code, reason, message, status = _error_fields(exc)
-        text = f"{what}: {code}{' ' + reason if reason else ''}: {message or 'no message'}"
-        # The kind (ebsfs.core.errors.classify) decides; the class follows it, for the errno.
-        kind = classify(code, reason, status, message)
-        result: EbsfsError
-        if kind == DENIED:
-            if code == "InvalidSignatureException" and "checksum" in message.lower():
-                return ChecksumError(text)
-            result = AccessDeniedError(text)
-        elif kind == GONE:
-            result = NotFoundError(text)
-        elif kind == DEPENDENCY:
-            # Said plainly: the snapshot is there, a KMS key (or grant) it needs is not.
-            return DependencyMissingError(
-                f"{text} (a KMS key or grant the snapshot needs is missing; not retried)",
-                code, reason, status)
-        elif reason in _TOKEN_REASONS:
-            return InvalidTokenError(text, code, reason, status)
-        elif code in _BAD_VALUE_CODES:
-            result = InvalidValueError(text)
-        else:
-            return ApiError(text, code, reason, status)
-        result.kind = kind
-        return result
-    if isinstance(
-        exc, botocore.exceptions.NoCredentialsError | botocore.exceptions.PartialCredentialsError
-    ):
-        return AccessDeniedError(f"{what}: no usable AWS credentials ({exc})")
-    if isinstance(exc, botocore.exceptions.ProfileNotFound | botocore.exceptions.NoRegionError):
-        return UsageError(str(exc))
-    if isinstance(exc, botocore.exceptions.ParamValidationError):
-        return InvalidValueError(f"{what}: {exc}")
-    if isinstance(
-        exc,
-        botocore.exceptions.HTTPClientError
-        | botocore.exceptions.ConnectionError
-        | botocore.exceptions.IncompleteReadError
-        | botocore.exceptions.ResponseStreamingError,
-    ):
-        return BackendUnavailableError(f"{what}: {exc}")
-    if isinstance(exc, botocore.exceptions.BotoCoreError):
-        return ApiError(f"{what}: {exc}", type(exc).__name__)
-    if isinstance(exc, OSError):
-        return BackendUnavailableError(f"{what}: {exc}")
-    return ApiError(f"{what}: {type(exc).__name__}: {exc}", type(exc).__name__)
-
-
-@contextmanager
-def _converted(what: str) -> Iterator[None]:
-    try:
-        yield
-    except EbsfsError:
-        raise
-    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, OSError) as exc:
-        raise _convert(exc, what) from exc
-
-
-def _raise(exc: Exception, what: str) -> NoReturn:
-    raise _convert(exc, what) from exc
-
-
-def _epoch(value: Any) -> float:
-    if value is None:
-        return 0.0
-    if hasattr(value, "timestamp"):
-        return float(value.timestamp())
-    return float(value)
-
-
-def _tags(items: Iterable[dict[str, str]] | None) -> dict[str, str]:
-    return {t["Key"]: t.get("Value", "") for t in items or ()}
-
-
-def _ec2_info(item: dict[str, Any]) -> SnapshotInfo:
-    return SnapshotInfo(
-        snapshot_id=item["SnapshotId"],
-        state=str(item.get("State", "")),
-        volume_size=int(item.get("VolumeSize", 0)),
-        start_time=_epoch(item.get("StartTime")),
-        description=str(item.get("Description", "")),
-        tags=_tags(item.get("Tags")),
-        progress=str(item.get("Progress", "")),
-        owner_id=str(item.get("OwnerId", "")),
-        state_message=str(item.get("StateMessage", "")),
-        encrypted=bool(item.get("Encrypted", False)),
-        parent=_tags(item.get("Tags")).get(PARENT_TAG, ""),
-        storage_tier=str(item.get("StorageTier") or "standard"),
-        outpost_arn=str(item.get("OutpostArn") or ""),
-        completion_time=_epoch(item.get("CompletionTime")),
-    )
-
-
-def parse_owner(owner: str) -> tuple[list[str], bool]:
-    """``--owner``: comma-separated ``self``, 12-digit account ids and ``shared`` (what
-    others shared with this account) -> (OwnerIds, whether to list the shared ones).
-    Anything that would list public snapshots (``all``, ``amazon``) is refused."""
-    owners: list[str] = []
-    shared = False
-    for item in (part.strip() for part in (owner or "self").split(",")):
-        if item == "shared":
-            shared = True
-        elif item == "self" or (len(item) == 12 and item.isascii() and item.isdigit()):
-            if item not in owners:
-                owners.append(item)
-        else:
-            raise UsageError(
-                f"--owner: expected self, shared or a 12-digit account id "
-                f"(comma-separated), not {item!r}"
-            )
-    return owners, shared
-
-
-def _group_filters(filters: Iterable[tuple[str, str]]) -> list[dict[str, Any]]:
-    grouped: dict[str, list[str]] = {}
-    for name, value in filters:
-        grouped.setdefault(name, []).append(value)
-    return [{"Name": n, "Values": v} for n, v in grouped.items()]
 
 
 class Api:
     """boto3 ``ebs`` and ``ec2`` clients behind methods that raise only ``ebsfs.core.errors``."""
 
     def __init__(self, aws: AwsConfig) -> None:
-        with _converted("AWS configuration"):
+        with converted("AWS configuration"):
             session = boto3.Session(profile_name=aws.profile, region_name=aws.region)
             self.endpoints = resolve_endpoints(aws, session)
             log.info("endpoint: %s", self.endpoints.describe())
@@ -417,10 +100,11 @@ class Api:
                 "aws_access_key_id": key_id,
                 "aws_secret_access_key": secret,
             }
-            self.ebs: Any = session.client("ebs", **self._ebs_args)
+            self.ebs: Any = new_client(session, "ebs", self._ebs_args, self.endpoints)
             #: time.monotonic() of the last HTTP answer any worker thread heard (see
             #: ``last_answer``); a float store, atomic under the GIL.
             self._last_answer = -math.inf
+            self._throttled = 0
             # First: botocore's retry handler answers the event and later handlers are skipped.
             self.ebs.meta.events.register_first("needs-retry.ebs", self._heard)
             self._probe_ebs: Any = None
@@ -454,17 +138,29 @@ class Api:
         still in botocore's retry loop under throttling does not make the endpoint look down."""
         return self._last_answer
 
-    def _heard_status(self, status: int, code: str) -> None:
-        if _is_answer(status, code):
-            self._last_answer = time.monotonic()
+    def throttled_answers(self) -> int:
+        """How many throttled answers worker threads heard, botocore's retries included (the
+        runner's adaptive window: ``ebsfs.aws.concurrency``)."""
+        return self._throttled
 
-    def _heard(self, response: Any = None, **_: Any) -> None:
+    def _heard_status(self, status: int, code: str, ebs: bool = True) -> None:
+        if is_answer(status, code):
+            self._last_answer = time.monotonic()
+        if ebs and throttling(code):
+            # EBS's block-call limits only (EC2 keeps its own). A lost increment between
+            # threads only blurs the count.
+            self._throttled += 1
+
+    def _heard(self, response: Any = None, service: str = "", **_: Any) -> None:
         # botocore's needs-retry event, after every attempt; None: no answer (connection).
         if response is None:
             return
         http, parsed = response
         code = str(((parsed or {}).get("Error") or {}).get("Code") or "")
-        self._heard_status(int(getattr(http, "status_code", 0) or 0), code)
+        self._heard_status(int(getattr(http, "status_code", 0) or 0), code, service != "ec2")
+
+    def _heard_ec2(self, response: Any = None, **_: Any) -> None:
+        self._heard(response, "ec2")
 
     def probe(self, timeout: float) -> None:
         """One cheap request to the ebs endpoint (ListSnapshotBlocks of ``PROBE_SNAPSHOT``),
@@ -480,20 +176,21 @@ class Api:
                         read_timeout=min(aws_config.read_timeout, timeout),
                     )
                 )
-                with _converted("AWS configuration"):
-                    self._probe_ebs = self._session.client(
-                        "ebs", **{**self._ebs_args, "config": config}
+                with converted("AWS configuration"):
+                    self._probe_ebs = new_client(
+                        self._session, "ebs", {**self._ebs_args, "config": config},
+                        self.endpoints,
                     )
             client = self._probe_ebs
         try:
             client.list_snapshot_blocks(SnapshotId=PROBE_SNAPSHOT, MaxResults=MIN_LIST_RESULTS)
         except botocore.exceptions.ClientError as exc:
-            code, _, _, status = _error_fields(exc)
-            if _is_answer(status, code):
+            code, _, _, status = error_fields(exc)
+            if is_answer(status, code):
                 return
-            _raise(exc, "probe (ListSnapshotBlocks)")
+            raise_converted(exc, "probe (ListSnapshotBlocks)")
         except (botocore.exceptions.BotoCoreError, OSError) as exc:
-            _raise(exc, "probe (ListSnapshotBlocks)")
+            raise_converted(exc, "probe (ListSnapshotBlocks)")
 
     @property
     def ec2(self) -> Any:
@@ -501,9 +198,9 @@ class Api:
         thread-safe, hence the lock)."""
         with self._ec2_lock:
             if self._ec2 is None:
-                with _converted("AWS configuration"):
-                    self._ec2 = self._session.client("ec2", **self._ec2_args)
-                self._ec2.meta.events.register_first("needs-retry.ec2", self._heard)
+                with converted("AWS configuration"):
+                    self._ec2 = new_client(self._session, "ec2", self._ec2_args, self.endpoints)
+                self._ec2.meta.events.register_first("needs-retry.ec2", self._heard_ec2)
             return self._ec2
 
     # ---- EC2 -------------------------------------------------------------------------------
@@ -522,7 +219,7 @@ class Api:
         Public snapshots are never listed.
         """
         base: dict[str, Any] = {}
-        flt = _group_filters(filters)
+        flt = group_filters(filters)
         if flt:
             base["Filters"] = flt
         ids = list(snapshot_ids)
@@ -546,21 +243,21 @@ class Api:
         its errors (credentials, access, a bad filter, the endpoint) without its pages."""
         owners, shared = parse_owner(owner)
         kwargs: dict[str, Any] = {"MaxResults": 5}
-        flt = _group_filters(filters)
+        flt = group_filters(filters)
         if flt:
             kwargs["Filters"] = flt
         if owners:
             kwargs["OwnerIds"] = owners
         elif shared:
             kwargs["RestorableByUserIds"] = ["self"]
-        with _converted("DescribeSnapshots"):
+        with converted("DescribeSnapshots"):
             self.ec2.describe_snapshots(**kwargs)
 
     def _describe(self, kwargs: dict[str, Any]) -> list[SnapshotInfo]:
         out: list[SnapshotInfo] = []
-        with _converted("DescribeSnapshots"):
+        with converted("DescribeSnapshots"):
             for page in self.ec2.get_paginator("describe_snapshots").paginate(**kwargs):
-                out.extend(_ec2_info(item) for item in page.get("Snapshots", ()))
+                out.extend(ec2_info(item) for item in page.get("Snapshots", ()))
         return out
 
     def describe_snapshot(self, snapshot_id: str) -> SnapshotInfo:
@@ -572,13 +269,13 @@ class Api:
 
     def delete_snapshot(self, snapshot_id: str) -> None:
         """EC2 DeleteSnapshot."""
-        with _converted(f"DeleteSnapshot {snapshot_id}"):
+        with converted(f"DeleteSnapshot {snapshot_id}"):
             self.ec2.delete_snapshot(SnapshotId=snapshot_id)
 
-    def create_tags(self, snapshot_id: str, tags: dict[str, str]) -> None:
+    def createtags_of(self, snapshot_id: str, tags: dict[str, str]) -> None:
         """EC2 CreateTags (existing keys are overwritten)."""
-        with _converted(f"CreateTags {snapshot_id}"):
-            self.ec2.create_tags(
+        with converted(f"CreateTags {snapshot_id}"):
+            self.ec2.createtags_of(
                 Resources=[snapshot_id], Tags=[{"Key": k, "Value": v} for k, v in tags.items()]
             )
 
@@ -599,11 +296,11 @@ class Api:
         }
         if next_token:
             kwargs["NextToken"] = next_token
-        with _converted(f"ListSnapshotBlocks {snapshot_id}"):
+        with converted(f"ListSnapshotBlocks {snapshot_id}"):
             r = self.ebs.list_snapshot_blocks(**kwargs)
         return BlockPage(
             blocks=[(int(b["BlockIndex"]), str(b["BlockToken"])) for b in r.get("Blocks", ())],
-            expiry=_epoch(r.get("ExpiryTime")),
+            expiry=epoch(r.get("ExpiryTime")),
             next_token=r.get("NextToken") or None,
             volume_size=int(r.get("VolumeSize", 0)),
         )
@@ -616,7 +313,7 @@ class Api:
         """The block's bytes and their raw SHA256 digest, checked against the answer's
         checksum (a layer that keeps the block can reuse the digest instead of hashing)."""
         what = f"GetSnapshotBlock {snapshot_id} block {index}"
-        with _converted(what):
+        with converted(what):
             body, headers = self.blocks.get(snapshot_id, index, token)
         try:
             data = body.read()
@@ -654,14 +351,14 @@ class Api:
         }
         if next_token:
             kwargs["NextToken"] = next_token
-        with _converted(f"ListChangedBlocks {first_id} {second_id}"):
+        with converted(f"ListChangedBlocks {first_id} {second_id}"):
             r = self.ebs.list_changed_blocks(**kwargs)
         return ChangedPage(
             changed=[
                 (int(b["BlockIndex"]), b.get("FirstBlockToken"), b.get("SecondBlockToken"))
                 for b in r.get("ChangedBlocks", ())
             ],
-            expiry=_epoch(r.get("ExpiryTime")),
+            expiry=epoch(r.get("ExpiryTime")),
             next_token=r.get("NextToken") or None,
         )
 
@@ -698,15 +395,15 @@ class Api:
             kwargs["Encrypted"] = True
         if kms_key_arn:
             kwargs["KmsKeyArn"] = kms_key_arn
-        with _converted("StartSnapshot"):
+        with converted("StartSnapshot"):
             r = self.ebs.start_snapshot(**kwargs)
         return SnapshotInfo(
             snapshot_id=r["SnapshotId"],
             state=str(r.get("Status", "pending")),
             volume_size=int(r.get("VolumeSize", volume_size)),
-            start_time=_epoch(r.get("StartTime")),
+            start_time=epoch(r.get("StartTime")),
             description=str(r.get("Description") or ""),
-            tags=_tags(r.get("Tags")),
+            tags=tags_of(r.get("Tags")),
             owner_id=str(r.get("OwnerId", "")),
             # AWS answers null (botocore: absent) for both when the snapshot is not encrypted.
             encrypted=bool(r.get("KmsKeyArn"))
@@ -720,7 +417,7 @@ class Api:
         """PutSnapshotBlock of one full block (ChecksumError if AWS computed another SHA256).
 
         ``data`` may be any contiguous bytes-like object; it is sent as it is, not copied."""
-        with _converted(f"PutSnapshotBlock {snapshot_id} block {index}"):
+        with converted(f"PutSnapshotBlock {snapshot_id} block {index}"):
             self.blocks.put(snapshot_id, index, data, checksum_b64)
 
     def complete_snapshot(
@@ -737,7 +434,7 @@ class Api:
                 ChecksumAlgorithm="SHA256",
                 ChecksumAggregationMethod="LINEAR",
             )
-        with _converted(f"CompleteSnapshot {snapshot_id}"):
+        with converted(f"CompleteSnapshot {snapshot_id}"):
             r = self.ebs.complete_snapshot(**kwargs)
         return str(r.get("Status", "pending"))
 

@@ -1,31 +1,8 @@
-"""GetSnapshotBlock and PutSnapshotBlock made from botocore's own parts, without a client call.
-
-A boto3 client call runs its whole event machinery (parameter validation, serialisation,
-endpoint rules, handlers, retries, parsing) for every 512 KiB block: about 3 ms of CPU, as
-much as hashing and moving the block. These two calls are built here from the same pieces
-the client uses, once per call and nothing else:
-
-* the request, as the ebs service model lays it out (``/snapshots/{id}/blocks/{index}``, the
-  block token in the query, the ``x-amz-*`` headers), signed by botocore's ``SigV4Auth`` with
-  the client's region, signing name and credentials (frozen per call, so refreshable ones
-  keep working), the payload ``UNSIGNED-PAYLOAD`` for a put, as botocore sends it to AWS
-  over HTTPS (the model marks the body unsigned; over plain HTTP botocore would hash the
-  block a second time to sign it, which the local server does not ask for);
-* sent through the client's own ``URLLib3Session``: the same endpoint, connection pool,
-  connect/read timeouts, proxies and TLS settings;
-* retried by botocore's "standard" retry objects with the client's ``total_max_attempts``
-  (throttling, 5xx, connection errors and dropped connections; a retry quota; jittered
-  exponential back-off), a fresh signature on each attempt;
-* an error answer parsed by botocore's rest-json parser and raised as the same
-  ``ClientError`` subclass the client raises.
-
-Only botocore's exceptions leave this module: ``ebsfs.aws.api`` converts them.
-
-Some of those parts are botocore's internals (the client's ``_endpoint.http_session``, the
-standard retry classes). ``block_calls`` builds ``BlockCalls`` once, when the ``Api`` is made;
-if this botocore lacks or renamed a part it needs, it logs one line saying which and falls
-back to ``ClientBlockCalls``: the client's own ``get_snapshot_block``/``put_snapshot_block``,
-slower but with the same answers and the same botocore exceptions.
+"""GetSnapshotBlock and PutSnapshotBlock made from the ebs client's own botocore parts, without
+its per-call machinery (the CPU this saves: docs/benchmarks.md). Only botocore's exceptions
+leave this module (``ebsfs.aws.convert`` converts them). ``block_calls`` falls back to the
+client's own calls, in one log line, where the installed botocore lacks a part; the botocore
+range these are tested with is pinned in pyproject.toml (test: tests/read/test_api.py).
 """
 
 from __future__ import annotations
@@ -64,7 +41,16 @@ MAX_TOKEN = 256
 
 
 class BlockCalls:
-    """The two block calls of one boto3 ``ebs`` client, made without the client's machinery."""
+    """The two block calls of one boto3 ``ebs`` client, made without the client's machinery.
+
+    * the request as the ebs model lays it out, signed by botocore's ``SigV4Auth`` with the
+      client's region, signing name and credentials (frozen per attempt, so refreshable ones
+      keep working); a put's payload is ``UNSIGNED-PAYLOAD``, as botocore sends it;
+    * sent through the client's own ``URLLib3Session`` (pool, timeouts, proxies, TLS);
+    * retried by botocore's "standard" retry objects with the client's attempts;
+    * an error answer parsed by botocore's parser and raised as the client's own
+      ``ClientError`` subclass.
+    """
 
     def __init__(self, client: Any, credentials: Any) -> None:
         """Raises (ImportError, AttributeError...) when this botocore lacks a part it needs."""

@@ -1,10 +1,8 @@
 """``ebsfs complete PATH``: seal a snapshot written through a mount and wait for ``completed``.
 
-It talks only to the mount, through the filesystem: ``chmod a-w PATH`` asks the daemon to seal
-(flush, CompleteSnapshot), then the ``user.ebsfs.state``, ``user.ebsfs.progress`` and
-``user.ebsfs.state_message`` attributes of PATH are polled until the file leaves ``new/``
-(completed) or its state says it failed.
-"""
+It talks only to the mount: ``chmod a-w PATH`` asks the daemon to seal, then PATH's
+``user.ebsfs.*`` attributes are polled until the file leaves ``new/`` or its state says it
+failed; progress is shown as progress.py says (docs/usage.md, "Sealing")."""
 
 from __future__ import annotations
 
@@ -16,6 +14,8 @@ import sys
 import time
 
 from ebsfs.cli import positive_seconds
+from ebsfs.commands import progress
+from ebsfs.commands.stats import read_stats
 from ebsfs.core.blocks import XATTR_PREFIX
 from ebsfs.core.errors import (
     BackendUnavailableError,
@@ -29,19 +29,25 @@ from ebsfs.core.errors import (
 from ebsfs.daemon import mounttable
 
 POLL = 0.1
+#: Seconds between two reads of the mount's counters (for the throttled share).
+STATS_EVERY = 1.0
 
 EPILOG = """\
 examples:
   ebsfs complete /mnt/ebs/new/backup          seal, wait, print the snapshot id
   chmod a-w /mnt/ebs/new/backup               the same, without waiting
   ebsfs complete --timeout 60 /mnt/ebs/new/x  give up waiting after a minute
+  ebsfs complete --json /mnt/ebs/new/x        progress as JSON events, one a line
 
 PATH is a file under MOUNTPOINT/new/. The command is the same as `chmod a-w PATH` followed by
 waiting: the daemon stores what is still dirty, calls CompleteSnapshot and polls AWS until the
 snapshot is completed; the file then leaves new/ and shows as MOUNTPOINT/snap-ID. The snapshot
-id is printed on stdout; on a terminal, progress is shown on stderr. Running it again on a file
-that is being sealed just waits. If AWS moves the snapshot to `error`, the data stays in the
-mount's spool and `ebsfs complete PATH` (or chmod a-w) again stores it into a new snapshot.
+id is printed on stdout. Progress goes to stderr: on a terminal a live bar (blocks stored of
+blocks to store, rate, time left, throttled share), else one line per state change; with
+--json, stdout has one JSON object a line instead (events state, progress, completed,
+error; docs/usage.md). Running it again on a file that is being sealed just waits. If
+AWS moves the snapshot to `error`, the data stays in the mount's spool and `ebsfs complete
+PATH` (or chmod a-w) again stores it into a new snapshot.
 A completed snapshot (MOUNTPOINT/snap-ID or by-name/NAME) is already done: its id is printed
 and the exit code is 0, so a script may run it again safely.
 Exit codes: 0 completed; 7 AWS failed the snapshot (its StateMessage is printed); 3 no such
@@ -68,6 +74,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=3 * 3600.0,
         metavar="SECONDS",
         help="stop waiting after this long (default: 10800; sealing goes on in the mount)",
+    )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print progress as JSON events, one object a line, on stdout (for scripts)",
     )
     p.set_defaults(func=run)
 
@@ -111,6 +122,48 @@ def _seal(path: str) -> None:
         raise NotPermittedError(f"cannot seal {path}: {why}") from None
 
 
+def _int_attr(path: str, key: str) -> int:
+    text = _attr(path, key)
+    return int(text) if text.isdigit() else 0
+
+
+def _reporter(args: argparse.Namespace, path: str) -> progress.Reporter:
+    if getattr(args, "json", False):
+        return progress.JsonEvents(sys.stdout, path)
+    if sys.stderr.isatty():
+        return progress.Bar(sys.stderr)
+    return progress.Lines(sys.stderr)
+
+
+class _Watch:
+    """Samples of the file being sealed, with the mount's counters read now and then."""
+
+    def __init__(self, path: str, mountpoint: str) -> None:
+        self.path, self.mountpoint = path, mountpoint
+        self.tracker = progress.Tracker()
+        self._counts: tuple[int | None, int | None] = (None, None)
+        self._read_at = float("-inf")
+
+    def sample(self, state: str) -> progress.Sample:
+        now = time.monotonic()
+        if now - self._read_at >= STATS_EVERY:
+            self._read_at = now
+            try:
+                self._counts = progress.throttle_counts(read_stats(self.mountpoint))
+            except EbsfsError:
+                self._counts = (None, None)
+        found = progress.Sample(
+            state=state,
+            progress=_attr(self.path, "progress"),
+            dirty=_int_attr(self.path, "dirty_blocks"),
+            stored=_int_attr(self.path, "stored_blocks"),
+            throttled=self._counts[0],
+            answers=self._counts[1],
+        )
+        self.tracker.update(found)
+        return found
+
+
 def run(args: argparse.Namespace) -> int:
     path = os.path.abspath(args.path)
     under = os.path.basename(os.path.dirname(path))
@@ -123,7 +176,9 @@ def run(args: argparse.Namespace) -> int:
             mounttable.ebsfs_mount(mountpoint)
     except MountError:
         raise UsageError(f"{path} is not a file of an ebsfs mount") from None
-    tty = sys.stderr.isatty()
+    reporter = _reporter(args, path)
+    watch = _Watch(path, mountpoint)
+    name = os.path.basename(path)
     state = snapshot_id = ""
     deadline = time.monotonic() + args.timeout
     try:
@@ -133,22 +188,16 @@ def run(args: argparse.Namespace) -> int:
         if under != "new":
             if state == "completed":
                 # Nothing to do, which is what a script running it again wants to hear.
-                print(_attr(path, "snapshot_id"))
-                return 0
+                return _done(args, reporter, _attr(path, "snapshot_id"), watch.tracker)
             raise UsageError(f"{path} is not a snapshot being written (not under new/)")
         if state != "sealing":
             _seal(path)
         snapshot_id = _attr(path, "snapshot_id")
-        shown = ""
         while True:
             state = _attr(path, "state")
             snapshot_id = _attr(path, "snapshot_id") or snapshot_id
             if state == "sealing":
-                progress = _attr(path, "progress")
-                if tty and progress != shown:
-                    print(f"\r\033[K{os.path.basename(path)} {snapshot_id}: {progress}",
-                          end="", file=sys.stderr, flush=True)
-                    shown = progress
+                reporter.update(name, snapshot_id, watch.sample(state), watch.tracker)
                 if time.monotonic() > deadline:
                     raise BackendUnavailableError(
                         f"{path}: still sealing after {args.timeout:.0f} s (it goes on)"
@@ -166,21 +215,25 @@ def run(args: argparse.Namespace) -> int:
     except FileNotFoundError:
         # The file left new/: the snapshot completed (or was removed, which the check says).
         if not snapshot_id and state == "":
+            reporter.failed(f"{path} does not exist", "")
             raise NotFoundError(f"{path} does not exist") from None
-        if tty:
-            print("\r\033[K", end="", file=sys.stderr, flush=True)
         left = max(10.0, deadline - time.monotonic())  # a moment even at the timeout
         if not snapshot_id or not _shown(mountpoint, snapshot_id, left):
+            reporter.failed(f"{path} disappeared before it was completed", state)
             raise NotFoundError(f"{path} disappeared before it was completed") from None
-        print(snapshot_id)
-        return 0
-    except EbsfsError:
-        if tty:
-            print(file=sys.stderr)
+        return _done(args, reporter, snapshot_id, watch.tracker)
+    except EbsfsError as exc:
+        reporter.failed(str(exc), state)
         raise
     except OSError as exc:
+        reporter.failed(exc.strerror or str(exc), state)
         raise EbsfsError(f"{path}: {exc.strerror or exc}") from None
-    if tty:
-        print("\r\033[K", end="", file=sys.stderr, flush=True)
-    print(snapshot_id)
+    return _done(args, reporter, snapshot_id, watch.tracker)
+
+
+def _done(args: argparse.Namespace, reporter: progress.Reporter, snapshot_id: str,
+          tracker: progress.Tracker) -> int:
+    reporter.done(snapshot_id, tracker)
+    if not getattr(args, "json", False):
+        print(snapshot_id)
     return 0

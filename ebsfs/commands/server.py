@@ -15,9 +15,11 @@ import traceback
 from typing import Any, TextIO
 
 from ebsfs.core.errors import EbsfsError, UsageError
-from ebsfs.daemon.logsetup import register_secret, setup_logging
-from ebsfs.options import settings
+from ebsfs.core.redact import register_secret
+from ebsfs.daemon.logsetup import setup_logging
+from ebsfs.options import settings, table
 from ebsfs.options.config import (
+    DEFAULT_DATA_DIR,
     DEFAULT_SERVER_HOST,
     DEFAULT_SERVER_PORT,
     DEV_ACCESS_KEY_ID,
@@ -25,8 +27,8 @@ from ebsfs.options.config import (
     MIN_SERVER_SECRET_LENGTH,
     ServerConfig,
 )
-
-DEFAULT_DATA_DIR = "/var/lib/ebsfs/server"
+from ebsfs.options.flags import add_flags
+from ebsfs.options.parsers import listen_address
 
 EXAMPLES = f"""\
 examples:
@@ -50,36 +52,6 @@ directory.
 START_TIMEOUT = 60.0
 
 
-def _listen(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not host:
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, not {text!r}")
-    # ASCII digits only: int() would also take "+80", "8_0" or " 80".
-    if not (port.isascii() and port.isdigit() and len(port) <= 5) or int(port) > 65535:
-        raise argparse.ArgumentTypeError(f"not a port number: {port!r}")
-    return host.strip("[]"), int(port)
-
-
-def _rate(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1: {text!r}")
-    return value
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative: {text!r}")
-    return value
-
-
 def _fault(text: str) -> tuple[str, float]:
     from ebsfs.server.faults import parse_fault
 
@@ -87,16 +59,6 @@ def _fault(text: str) -> tuple[str, float]:
         return parse_fault(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _account(text: str) -> tuple[str, str, str]:
-    key_id, sep, rest = text.partition(":")
-    secret, sep2, account = rest.rpartition(":")
-    if not (sep and sep2 and key_id and secret):
-        raise argparse.ArgumentTypeError("expected ACCESS_KEY_ID:SECRET:ACCOUNT_ID")
-    if not (len(account) == 12 and account.isascii() and account.isdigit()):
-        raise argparse.ArgumentTypeError(f"not a 12-digit account id: {account!r}")
-    return key_id, secret, account
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -109,62 +71,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    # Defaults are None ("not given") so that the environment and the file can supply them;
-    # the real defaults are applied in run().
-    p.add_argument("--data-dir", metavar="DIR",
-                   help=f"where snapshots live (default: {DEFAULT_DATA_DIR})")
-    p.add_argument("--listen", metavar="HOST:PORT", type=_listen,
-                   help=f"address to listen on (default: {DEFAULT_SERVER_HOST}:"
-                   f"{DEFAULT_SERVER_PORT}; port 0 picks a free one)")
-    p.add_argument("--access-key-id", metavar="ID",
-                   help="the access key id whose SigV4 signatures are accepted "
-                   "(default: AWS_ACCESS_KEY_ID, else the development pair)")
-    p.add_argument("--secret-access-key", metavar="KEY",
-                   help="its secret (default: AWS_SECRET_ACCESS_KEY, else the development pair)")
-    p.add_argument("--second-account", type=_account, metavar="KEY_ID:SECRET:ACCOUNT_ID",
-                   help="a second key pair, signing for another 12-digit account id: its "
-                   "snapshots are that account's, shared or not (docs/server.md)")
-    faults = p.add_argument_group("fault injection")
-    faults.add_argument("--latency-ms", type=_seconds, metavar="MS",
-                        help="added to every request, with ±10%% jitter (default: 0)")
-    faults.add_argument("--throttle-rate", type=_rate, metavar="P",
-                        help="share of requests answered with RequestThrottledException")
-    faults.add_argument("--error-rate", type=_rate, metavar="P",
-                        help="share answered with 500 InternalServerException")
-    faults.add_argument("--drop-rate", type=_rate, metavar="P",
-                        help="share whose connection is closed before the response is complete")
-    faults.add_argument("--corrupt-rate", type=_rate, metavar="P",
-                        help="share of GetSnapshotBlock answers with altered bytes")
-    faults.add_argument("--fault", type=_fault, action="append", metavar="REASON:RATE",
-                        help="answer that AWS error (a Reason such as "
-                        "DEPENDENCY_SERVICE_QUOTA_EXCEEDED, WRITE_REQUEST_TIMEOUT, "
-                        "DEPENDENCY_RESOURCE_NOT_FOUND, or EC2's RequestLimitExceeded) to a "
-                        "share of the requests that can get it; repeatable (docs/server.md)")
-    faults.add_argument("--fault-seed", type=int, metavar="N",
-                        help="seed for the fault choices (default: random)")
-    p.add_argument("--encryption-by-default", action="store_const", const=True, default=None,
-                   help="encrypt every new snapshot with a default KMS key ARN, as an account "
-                   "with EBS encryption by default does (docs/server.md)")
-    timing = p.add_argument_group("timing")
-    timing.add_argument("--token-ttl", type=_seconds, metavar="SECONDS",
-                        help="block and page token lifetime (default: as AWS, 7 days and "
-                        "60 minutes)")
-    timing.add_argument("--complete-delay", type=_seconds, metavar="SECONDS",
-                        help="time from CompleteSnapshot to completed or error (default: 0)")
-    timing.add_argument("--read-lag", type=_seconds, metavar="SECONDS",
-                        help="after completed, the direct APIs still answer 404 "
-                        "SNAPSHOT_NOT_FOUND this long, as AWS does (default: 0)")
-    timing.add_argument("--timeout-unit", type=_seconds, metavar="SECONDS",
-                        help="how long one minute of StartSnapshot's Timeout lasts "
-                        "(default: 60; tests shorten it)")
-    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
-                   help="debug logs one line per request (default: info)")
-    p.add_argument("--log-file", metavar="FILE",
-                   help="append the log to FILE (mode 0600) instead of stderr")
-    p.add_argument("--background", action="store_true",
-                   help="run detached; return once the port accepts connections (the log goes "
-                   "to --log-file, else DATA_DIR.log; the pid to DATA_DIR.pid)")
-    settings.add_config_option(p)
+    # Every flag of a setting defaults to None ("not given"): the environment and the file
+    # may supply it, and build_config applies the real defaults.
+    add_flags(p, table.SERVER, types={"fault": _fault})
     p.set_defaults(func=run)
 
 
@@ -178,7 +87,7 @@ def build_config(args: argparse.Namespace | dict[str, Any]) -> ServerConfig:
     # are read by ebsfs.options.settings.
     values = settings.server_values({**given, "listen": None})
     if listen is None and "listen" in values:
-        listen = _listen(values["listen"])
+        listen = listen_address(values["listen"])
     values.pop("listen", None)
     host, port = listen or (DEFAULT_SERVER_HOST, DEFAULT_SERVER_PORT)
     if values.get("timeout_unit", 60.0) <= 0:

@@ -1,26 +1,10 @@
 """The exceptions of ebsfs, each with the errno the filesystem answers and the CLI exit code.
 
 Everything below the FUSE edge raises these; botocore's exceptions are converted to them in
-one place (``ebsfs.aws.api``), and the FUSE edge (``ebsfs.fs``) turns them into errno values.
+one place (``ebsfs.aws.convert``), and the FUSE edge (``ebsfs.fs``) turns them into errno values.
 The CLI prints ``ebsfs: <message>`` and exits with ``exit_code``: no traceback.
 
-    EbsfsError                      EIO    exit 1
-    ├── UsageError                  EINVAL exit 2   bad command line or configuration
-    ├── NotFoundError               ENOENT exit 3   no such snapshot, file or block
-    ├── AccessDeniedError           EACCES exit 4   AWS said no, or credentials are missing/wrong
-    ├── BackendUnavailableError     EIO    exit 5   endpoint unreachable or timing out
-    │   └── EndpointDownError       EIO    exit 5   known down (--io-timeout): failed at once
-    ├── MountError                  EIO    exit 6   FUSE unavailable, bad or busy mount point
-    ├── SnapshotFailedError         EIO    exit 7   AWS moved the snapshot to ``error``
-    ├── ApiError                    EIO    exit 1   any other AWS error (code, reason kept)
-    │   ├── InvalidTokenError       EIO             a block or page token AWS no longer accepts
-    │   └── DependencyMissingError  EIO    exit 1   a KMS key (or grant) AWS needs is missing
-    ├── ChecksumError               EIO             a block failed its SHA256 check
-    ├── ReadOnlyError               EROFS
-    ├── FileTooLargeError           EFBIG
-    ├── NotPermittedError           EPERM
-    ├── NoSpaceError                ENOSPC          the spool's disk is full
-    └── InvalidValueError           EINVAL
+The tree, each class's errno and exit code: docs/errors.md.
 
 Every error also has a ``kind`` (``classify``): what a caller may do about it. The kind of
 an AWS error comes from its (code, Reason, HTTP status), decided here and nowhere else.
@@ -104,6 +88,15 @@ def classify(code: str, reason: str = "", status: int = 0, message: str = "") ->
     if code == "ValidationException" or code.startswith("Invalid") or code == "ConflictException":
         return INVALID
     return FINAL
+
+
+#: Throttling codes of the EBS direct APIs and EC2 (ebs-direct-api.md §8).
+_THROTTLING_CODES = frozenset({"SlowDown", "RequestLimitExceeded"})
+
+
+def throttling(code: str) -> bool:
+    """Whether an AWS error code says "slow down" (a busy endpoint, not a broken one)."""
+    return "Throttl" in code or code in _THROTTLING_CODES
 
 
 class EbsfsError(Exception):

@@ -1,8 +1,7 @@
 """What the commands may trust about a mount: the mount table, its daemon, what holds it.
 
-Everything here reads /proc and /sys only, never the mounted filesystem itself, so a hung
-or dead daemon cannot block it; what must ask the mount (an extended attribute of its root)
-goes through :func:`bounded_getxattr`, which gives up after a bound.
+Read from /proc and /sys only, never through the mount (a hung daemon cannot block it),
+except :func:`bounded_getxattr`, which gives up after a bound. See docs/operations.md.
 """
 
 from __future__ import annotations

@@ -1,9 +1,6 @@
-"""systemd's readiness protocol (sd_notify): one datagram per state change to $NOTIFY_SOCKET.
-
-Without ``NOTIFY_SOCKET`` every function here does nothing, so the daemon calls them
-unconditionally. The socket may be a path or an abstract-namespace name written with a
-leading ``@``. A failure to send is logged once and never stops the daemon: systemd's
-readiness is a courtesy to the service manager, not part of the mount.
+"""systemd's readiness protocol (sd_notify): one datagram per state change to $NOTIFY_SOCKET;
+nothing without it, and a failure to send never stops the daemon.
+See docs/operations.md.
 """
 
 import logging

@@ -1,23 +1,13 @@
 """The mount daemon: checks, daemonising, the trio/pyfuse3 session, signals and teardown.
 
-``run_mount(config)`` is what ``ebsfs mount`` calls. Cheap checks (mount point, /dev/fuse)
-come first, in the calling process. Without ``--foreground`` the process then forks: the child
-starts a new session and does the real work, and the parent waits on a pipe until the child
-says the mount answers (the parent exits 0) or why it could not mount (the parent prints that
-one line and exits with its code). So a startup error (no credentials, unreachable endpoint, a
-``--snapshot`` that does not exist) is never a half-mounted directory.
-
-In the daemon, everything runs in one trio run: the listing is loaded, the read stacks and
-``new/`` are built, ``pyfuse3.init`` mounts, ``pyfuse3.main`` serves. SIGTERM, SIGINT and
-SIGHUP (and ``ebsfs umount``, which sends SIGTERM to the pid the root's ``user.ebsfs.pid``
-attribute names) end the session: ``notify_stopping``, ``new/`` flushed, then the unmount.
+``run_mount(config)`` is what ``ebsfs mount`` calls. Without ``--foreground`` the process
+forks, and the parent exits only once the child's mount answers or says why it could not
+(one line). See docs/architecture.md ("Daemon life cycle") and docs/operations.md.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import errno
 import gc
 import logging
@@ -33,18 +23,19 @@ import pyfuse3
 import trio
 
 from ebsfs.aws.api import Api
+from ebsfs.aws.runner import Calls
 from ebsfs.core.errors import EbsfsError, MountError, UsageError
 from ebsfs.core.exgroups import first_error
 from ebsfs.daemon import mounttable
 from ebsfs.daemon.logsetup import describe, setup_logging
 from ebsfs.daemon.notify import notify_ready, notify_stopping
+from ebsfs.daemon.tuning import TRIM_SLACK, set_kernel_read_ahead, tame_malloc, trim_memory
 from ebsfs.fs.catalog import Catalog, CatalogConfig
 from ebsfs.fs.ops import EbsfsOperations, OpsConfig
 from ebsfs.fs.partview import PartitionTables
 from ebsfs.fs.scratch import ScratchDirectory
 from ebsfs.options.config import MountConfig
 from ebsfs.read.diskcache import cache_file
-from ebsfs.read.remote import Calls
 from ebsfs.read.stack import ReadStacks, StackConfig
 from ebsfs.write.upload import PutProcess
 from ebsfs.write.wiring import (
@@ -186,7 +177,7 @@ async def _serve(
             nursery.start_soon(
                 _signals, config.mountpoint, stopping, own.mount_id if own else None
             )
-            nursery.start_soon(_trim_memory, config.cache_size + TRIM_SLACK)
+            nursery.start_soon(trim_memory, config.cache_size + TRIM_SLACK)
             nursery.start_soon(
                 _announce_when_answering, config.mountpoint, ready, config.read_ahead, stopping
             )
@@ -285,23 +276,6 @@ async def _announce_when_answering(
     notify_ready(f"serving {mountpoint}")
 
 
-def set_kernel_read_ahead(device: int, size: int) -> None:
-    """Set the kernel read-ahead window of the mount's FUSE connection (its bdi) to ``size``.
-
-    The kernel's default (128 KiB) makes every FUSE read 128 KiB and lets a sequential
-    reader meet each page the kernel dropped one synchronous round trip at a time; with a
-    window as large as ``--read-ahead`` the kernel asks for 1 MiB per request and refills the
-    missing pages of the next window concurrently. Needs root (sysfs); otherwise nothing
-    changes but speed.
-    """
-    path = f"/sys/class/bdi/{os.major(device)}:{os.minor(device)}/read_ahead_kb"
-    try:
-        with open(path, "w") as f:
-            f.write(str(max(size // 1024, 4)))
-    except OSError as exc:
-        log.info("kernel read-ahead left at its default (%s: %s)", path, exc.strerror)
-
-
 def _setup_logging(config: MountConfig, options: DaemonOptions, daemon: bool) -> str:
     """Install the daemon's log handler; returns where the log goes, in words."""
     if options.log_file:
@@ -324,63 +298,8 @@ def _setup_logging(config: MountConfig, options: DaemonOptions, daemon: bool) ->
     return describe(handler)
 
 
-#: Fixed mmap threshold above any buffer of the read path (512 KiB blocks, 1 MiB replies and
-#: writes): they come from the heap, and a freed one is reused by the next without page faults,
-#: zeroing or munmap (an mmapped 1 MiB buffer costs 256 page faults).
-MMAP_THRESHOLD = 4 << 20
-#: free() gives the top of the heap back only past this; ``_trim_memory`` bounds RSS instead.
-TRIM_THRESHOLD = 256 << 20
-#: How often RSS is checked against its budget.
-TRIM_INTERVAL = 0.5
-#: RSS budget of the daemon past --cache-size, before free memory is handed back to the kernel.
-TRIM_SLACK = 64 << 20
-
-
-def _libc() -> ctypes.CDLL | None:
-    with contextlib.suppress(OSError):
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    return None
-
-
-def _tame_malloc() -> None:
-    """Make block buffers cheap to allocate while RSS stays within --cache-size plus a constant.
-
-    glibc's dynamic mmap threshold rises after the first large free, and per-thread arenas
-    (one worker thread per concurrent request) then keep freed blocks' pages: RSS grew far
-    past the cache. One arena (buffers are allocated holding the GIL, so it is not contended)
-    and fixed thresholds let a freed block be reused by the next one wherever it is fetched;
-    ``_trim_memory`` returns free pages when RSS passes its budget.
-    """
-    libc = _libc()
-    with contextlib.suppress(AttributeError):
-        if libc is not None:
-            m_trim_threshold, m_mmap_threshold, m_arena_max = -1, -3, -8
-            libc.mallopt(m_mmap_threshold, MMAP_THRESHOLD)
-            libc.mallopt(m_trim_threshold, TRIM_THRESHOLD)
-            libc.mallopt(m_arena_max, 1)
-
-
-def _rss() -> int:
-    with open("/proc/self/statm", "rb") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-async def _trim_memory(budget: int) -> None:
-    # malloc_trim(0) gives every whole free page back to the kernel, but the next blocks then
-    # fault their pages in again: trim only when RSS is past its budget (--cache-size plus
-    # TRIM_SLACK), so between two checks at most half a second of growth adds to it.
-    libc = _libc()
-    trim = getattr(libc, "malloc_trim", None)
-    if trim is None:
-        return
-    while True:
-        await trio.sleep(TRIM_INTERVAL)
-        if _rss() > budget:
-            trim(0)
-
-
 def _run(config: MountConfig, options: DaemonOptions, ready: Callable[[], None]) -> None:
-    _tame_malloc()
+    tame_malloc()
     api = Api(config.aws)
     put_process = upload_process(config, api)
     if put_process is not None:

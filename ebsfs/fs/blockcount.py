@@ -1,10 +1,6 @@
 """How many blocks each completed snapshot holds, so that ``du`` (``st_blocks``) tells the
-truth about a sparse snapshot (docs/usage.md).
-
-Counting takes every page of ListSnapshotBlocks, so it is done in the background, one
-snapshot at a time, when a snapshot's attributes are first asked for; until it is known, the
-volume's full size is reported (an upper bound). A bounded queue and a pause after a failure
-keep a large listing (``ls -l`` of thousands of snapshots) from turning into a flood of calls.
+truth about a sparse snapshot: counted in the background, one snapshot at a time, the full
+size reported until then. See docs/architecture.md and docs/usage.md.
 """
 
 from __future__ import annotations
@@ -16,8 +12,9 @@ from collections.abc import Callable
 import trio
 from cachetools import LRUCache
 
+from ebsfs.aws.runner import Calls
 from ebsfs.core.errors import ApiError, EbsfsError
-from ebsfs.read.remote import BlockApi, Calls
+from ebsfs.read.remote import BlockApi
 
 log = logging.getLogger(__name__)
 

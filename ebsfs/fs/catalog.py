@@ -1,18 +1,9 @@
 """The completed snapshots a mount shows, and their Name tags for ``by-name/``.
 
-Two modes:
-
-* listed (the default): EC2 DescribeSnapshots with the mount's owner and ``--filter``s, all
-  pages, again every ``refresh`` seconds; a lookup of an unknown ``snap-`` name asks EC2 for
-  that one id (rate-limited), so a snapshot made elsewhere shows without waiting;
-* fixed (``--snapshot`` ids): no EC2 call at all. Each id is checked once with a one-page
-  ListSnapshotBlocks, which also gives its VolumeSize; its mtime is the mount time.
-
-Only ``completed`` snapshots in the standard tier are kept: the others (and archived ones,
-StorageTier ``archive``) cannot be read. Ids are looked up without the mount's owner, so a
-snapshot shared with the account opens by id. A snapshot sealed through
-this mount's ``new/`` is added with ``add_completed`` in either mode. A refresh that fails
-keeps the previous listing and logs one line; the mount serves on.
+Listed (DescribeSnapshots, refreshed; an unknown ``snap-`` id asked for once) or fixed
+(``--snapshot`` ids, each checked with one ListSnapshotBlocks page); only completed,
+standard-tier snapshots are kept, and a failed refresh keeps the last listing.
+See docs/architecture.md and docs/usage.md.
 """
 
 from __future__ import annotations
@@ -27,9 +18,10 @@ from typing import Protocol
 import trio
 
 from ebsfs.aws.api import BlockPage, SnapshotInfo
+from ebsfs.aws.runner import Calls
 from ebsfs.core.blocks import SNAPSHOT_ID_RE
 from ebsfs.core.errors import AccessDeniedError, EbsfsError, NotFoundError
-from ebsfs.read.remote import READ_LAG_GRACE, Calls, seen_completed, since_completion
+from ebsfs.read.remote import READ_LAG_GRACE, seen_completed, since_completion
 
 log = logging.getLogger(__name__)
 

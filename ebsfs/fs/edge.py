@@ -1,9 +1,7 @@
 """The errno edge: the one place where ebsfs errors become FUSE errno values.
 
-pyfuse3 ends its main loop on any exception other than ``FUSEError``, so every request
-handler is wrapped by :func:`fuse_errors`. ``EbsfsError`` subclasses carry their errno
-(``ebsfs.core.errors``); an exception group (from concurrent work) answers with its first ebsfs
-error; anything else is a bug, logged with its traceback and answered with EIO.
+Every request handler is wrapped by :func:`fuse_errors` (pyfuse3 ends its main loop on any
+other exception than ``FUSEError``). See docs/architecture.md and docs/errors.md.
 """
 
 from __future__ import annotations

@@ -1,8 +1,6 @@
-"""Stable inode numbers for the names a mount shows.
-
-The three directories have fixed numbers; every other entry (a snapshot, a ``by-name/`` link,
-a draft in ``new/``) gets a number the first time it is seen and keeps it for the life of the
-mount, so the kernel's caches and ``ls -i`` never see a number change meaning.
+"""Stable inode numbers for the names a mount shows: fixed for its directories, handed out
+at first sight for every other name and kept for the life of the mount.
+See docs/architecture.md.
 """
 
 from __future__ import annotations

@@ -1,9 +1,6 @@
-"""Partition tables (MBR with logical partitions, and GPT) read from the start of a disk image.
-
-The reader is any ``read(offset, length) -> bytes``: the same block stack (and cache) that
-serves the whole disk. Everything read is untrusted: counts and offsets are bounded and the
-GPT's CRCs are checked, so a hostile table costs at most a few small reads and yields no
-partition outside the disk. docs/usage.md ("Real root volumes") says how it is shown.
+"""Partition tables (MBR with logical partitions, and GPT) read from the start of a disk image
+through any ``read(offset, length)``; untrusted: counts and offsets bounded, GPT CRCs checked.
+See docs/architecture.md and docs/usage.md ("Real root volumes").
 """
 
 from __future__ import annotations

@@ -1,9 +1,6 @@
-"""The partitions of snapshots and drafts, for ``MOUNTPOINT/parts/`` (docs/usage.md).
-
-An owner is a completed snapshot's id, or ``new/NAME`` for a draft. Tables of completed
-snapshots never change and are kept (a bounded LRU); a draft's is read again each time its
-directory is looked up or listed, since writes may change it. Reads go to the owner's own
-read path (the snapshot's block stack and its cache, or the draft) at the partition's offset.
+"""The partitions of snapshots (tables kept) and drafts (read again at each lookup), read and
+written through the owner's own read path, for ``MOUNTPOINT/parts/``.
+See docs/architecture.md and docs/usage.md.
 """
 
 from __future__ import annotations

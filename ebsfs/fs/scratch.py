@@ -1,13 +1,6 @@
-"""Scratch overlays (``MOUNTPOINT/scratch/``): writable, local-only copy-on-write views of a
-completed snapshot or of one of its partitions (docs/usage.md, "Scratch overlays").
-
-An overlay starts no snapshot and sends nothing: a block is copied from its base into a
-sparse local file the first time it is written, and read from there after; every other read
-goes to the base (the snapshot's block stack, or its partition). The copies live in the
-spool's ``scratch/`` directory, count against one limit for the mount (ENOSPC past it), and
-are deleted on ``rm``, at unmount, and at the next mount after a crash. Setting
-``user.ebsfs.keep`` to NAME writes the copied blocks into ``new/NAME``, a child of the base
-snapshot (flow D), and leaves the overlay as it is.
+"""Scratch overlays (``MOUNTPOINT/scratch/``): local copy-on-write views of a completed
+snapshot or partition; nothing is sent until ``user.ebsfs.keep`` writes the copied blocks
+into a draft. See docs/usage.md ("Scratch overlays") and docs/architecture.md.
 """
 
 from __future__ import annotations

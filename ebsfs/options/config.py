@@ -1,5 +1,6 @@
 """Frozen configuration records, built once from the command line, environment and file.
 
+Their field defaults are the options' defaults (the table in table.py shows them in help).
 Sizes are parsed to bytes before they get here; nothing below the CLI parses text.
 """
 
@@ -10,6 +11,11 @@ from dataclasses import dataclass, field
 DEFAULT_SERVER_HOST = "127.0.0.1"
 DEFAULT_SERVER_PORT = 9537
 DEFAULT_LOCAL_ENDPOINT = f"http://{DEFAULT_SERVER_HOST}:{DEFAULT_SERVER_PORT}"
+#: The configuration file read when neither ``--config`` nor ``$EBSFS_CONFIG`` names one.
+DEFAULT_CONFIG_PATH = "/etc/ebsfs/ebsfs.toml"
+CONFIG_ENV = "EBSFS_CONFIG"
+#: Where ``ebsfs server`` keeps its snapshots when given no ``--data-dir``.
+DEFAULT_DATA_DIR = "/var/lib/ebsfs/server"
 #: The development key pair the local server accepts on loopback when given no other.
 DEV_ACCESS_KEY_ID = "AKIAEBSFSLOCALDEV000"
 DEV_SECRET_ACCESS_KEY = "ebsfs-local-development-secret-key"
@@ -104,3 +110,7 @@ class ServerConfig:
     #: Seconds after ``completed`` during which the direct APIs still answer 404
     #: SNAPSHOT_NOT_FOUND, as AWS does for up to about a minute (``--read-lag``).
     read_lag: float = 0.0
+    #: GetSnapshotBlock and PutSnapshotBlock calls a second (each) per snapshot and per
+    #: account, as AWS's quotas (``--rate-limit``, ``--account-rate-limit``); 0: no limit.
+    rate_limit: float = 0.0
+    account_rate_limit: float = 0.0

@@ -1,56 +1,50 @@
 """The ``mount -t fuse.ebsfs`` entry form: mount.fuse3's argv turned into ``ebsfs mount``.
 
 ``mount -t fuse.ebsfs ebsfs /mnt/snapshots -o ro,region=eu-west-1,_netdev`` (or the same
-line in /etc/fstab) makes mount.fuse3 run ``ebsfs ebsfs /mnt/snapshots -o ro,region=...``.
-:func:`translate` turns that into ``mount /mnt/snapshots --read-only --region eu-west-1``.
-
-The source field is a label (conventionally ``ebsfs``) and is otherwise ignored. Options
-that concern only mount(8) or that a FUSE mount of ebsfs always has (``_netdev``, ``nofail``,
-``rw``, ``nodev``, ``nosuid``...) are dropped; an unknown option is a UsageError naming it.
+line in /etc/fstab) makes mount.fuse3 run ``ebsfs ebsfs /mnt/snapshots -o ro,region=...``,
+which :func:`translate` turns into ``mount /mnt/snapshots --read-only --region eu-west-1``.
+The ``-o`` names come from the option table (table.py); docs/operations.md lists them.
 """
 
 from collections.abc import Iterable, Sequence
 
 from ebsfs.core.errors import UsageError
+from ebsfs.options.table import MOUNT, Colon
+
+
+def _value_options() -> dict[str, str]:
+    return {
+        name: option.flag
+        for option in MOUNT
+        if option.kind in ("value", "append") and option.flag is not None
+        for name in option.fstab
+    }
+
+
+def _flag_options() -> dict[str, str]:
+    out: dict[str, str] = {}
+    for option in MOUNT:
+        if option.kind not in ("switch", "flag", "tristate") or option.flag is None:
+            continue
+        for name in option.fstab:
+            out[name] = option.flag
+        if option.kind == "tristate":
+            out["no_" + option.name] = option.off_flag
+    return out
+
 
 #: ``name=value`` options and the ``ebsfs mount`` flag each becomes. Names may use ``-`` or
 #: ``_``; ``snapshot`` and ``filter`` may repeat, and ``snapshot`` also takes ``a:b:c``;
 #: ``owner=self:shared`` is ``--owner self,shared`` (a comma would end the option).
-VALUE_OPTIONS: dict[str, str] = {
-    "endpoint_url": "--endpoint-url",
-    "region": "--region",
-    "profile": "--profile",
-    "config": "--config",
-    "snapshot": "--snapshot",
-    "filter": "--filter",
-    "owner": "--owner",
-    "cache_size": "--cache-size",
-    "disk_cache": "--disk-cache",
-    "cache_dir": "--cache-dir",
-    "read_ahead": "--read-ahead",
-    "max_concurrency": "--max-concurrency",
-    "spool_dir": "--spool-dir",
-    "dirty_limit": "--dirty-limit",
-    "scratch_limit": "--scratch-limit",
-    "writeback_delay": "--writeback-delay",
-    "refresh": "--refresh",
-    "io_timeout": "--io-timeout",
-    "connect_timeout": "--connect-timeout",
-    "read_timeout": "--read-timeout",
-    "max_attempts": "--max-attempts",
-    "log_file": "--log-file",
-    "log_level": "--log-level",
-}
-
+VALUE_OPTIONS: dict[str, str] = _value_options()
 #: Bare options that become an ``ebsfs mount`` flag.
-FLAG_OPTIONS: dict[str, str] = {
-    "ro": "--read-only",
-    "read_only": "--read-only",
-    "allow_other": "--allow-other",
-    "allow_delete": "--allow-delete",
-    "nonempty": "--nonempty",
-    "upload_process": "--upload-process",
-    "no_upload_process": "--no-upload-process",
+FLAG_OPTIONS: dict[str, str] = _flag_options()
+#: What a ``:`` in the value means, by option name.
+_COLON: dict[str, Colon] = {
+    name: option.fstab_colon
+    for option in MOUNT
+    if option.fstab_colon
+    for name in option.fstab
 }
 
 #: Options for mount(8) or mount.fuse3 alone, or that every ebsfs mount has anyway: the
@@ -90,8 +84,9 @@ IGNORED_OPTIONS = frozenset(
     }
 )
 
-#: Prefixes of options meant for other tools (systemd's fstab generator, comments).
-IGNORED_PREFIXES = ("x-", "comment=", "fsname=", "subtype=")
+#: Prefixes of options meant for other tools (systemd's fstab generator, comments); mount(8)
+#: turns ``user`` into ``user=NAME`` (the user mounting) before it runs the helper.
+IGNORED_PREFIXES = ("x-", "comment=", "fsname=", "subtype=", "user=")
 
 
 def is_helper_call(argv: Sequence[str], commands: Iterable[str]) -> bool:
@@ -162,9 +157,10 @@ def translate_options(options: Iterable[str]) -> list[str]:
             raise UsageError(f"unknown mount option {name!r}")
         if not value:
             raise UsageError(f"mount option {name!r} needs a value ({name}=...)")
-        if key == "owner":
+        colon = _COLON.get(key)
+        if colon == "comma":
             value = value.replace(":", ",")
-        values = value.split(":") if key == "snapshot" else [value]
+        values = value.split(":") if colon == "repeat" else [value]
         for item in values:
             out.extend([VALUE_OPTIONS[key], item])
     return out

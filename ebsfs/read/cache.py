@@ -1,11 +1,8 @@
-"""The block cache layer: an LRU of verified blocks, bounded in bytes, with single-flight.
+"""The block cache layer: verified blocks in memory, an LRU bounded in bytes, single-flight.
 
-One ``BlockCache`` (a cachetools LRUCache whose sizes are byte counts) is shared by every
-snapshot of a mount, so memory stays within ``--cache-size`` whatever the number of snapshots.
-``CachedBlocks`` puts it in front of one snapshot's lower layer: a hit costs nothing, and
-concurrent misses of one block wait for a single fetch below (single-flight), so N readers of
-a block cost one GetSnapshotBlock. Holes (None) are not cached: the layer below answers them
-without a request. A failed fetch is not cached either; every waiter sees the error.
+One ``BlockCache`` serves every snapshot of a mount (``--cache-size``); ``CachedBlocks`` puts it
+in front of one snapshot's lower layer, so N readers of a missing block cost one fetch. Holes
+and failed fetches are not cached. docs/architecture.md, the read path.
 """
 
 from __future__ import annotations
@@ -71,7 +68,7 @@ class _Flight:
         self.error: BaseException | None = None
 
 
-class CachedBlocks:
+class CachedBlocks(BlockReader):
     """``BlockReader`` that serves one snapshot's blocks from a shared ``BlockCache``."""
 
     def __init__(self, below: BlockReader, cache: BlockCache, key: Hashable) -> None:

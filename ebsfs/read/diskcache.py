@@ -1,27 +1,10 @@
-"""The disk cache layer: fetched blocks kept in a local file, below the memory cache.
+"""The disk cache layer (``--disk-cache``, off by default): fetched blocks in one local file.
 
-Off by default (``--disk-cache 0``): it writes snapshot data unencrypted to the local disk and
-takes the disk space it is given. When on, one ``DiskCache`` is shared by every snapshot of a
-mount: one file of fixed ``BLOCK_SIZE`` slots, at most ``max_bytes`` of them, and an index in
-memory, ``(snapshot, index) -> (slot, SHA256 digest)``, least recently used dropped (its slot
-is reused). Completed snapshots never change, so nothing is ever invalidated. The file is
-created fresh when the mount starts (a file left by a crashed daemon is replaced) and removed
-when it stops: nothing survives a remount.
-
-``DiskCachedBlocks`` puts it in front of one snapshot's lower layer. A block found in the index
-is read back and checked against its digest, so nothing on disk is trusted: a mismatch or an
-I/O error drops the entry, logs one line, and the block is read from below instead. A fetched
-block (never a hole) is queued for storing and the reader goes on; when the writers fall
-behind, blocks are not stored rather than queued without bound. A full disk stops storing.
-The digest stored with a block is the one the layer below checked it against when that layer
-offers it (the optional ``read_verified(index) -> (block, digest)``: the remote layer verified
-the block against the checksum AWS sent), so a block fetched from the server is hashed once,
-not twice; only a block whose digest is not known is hashed when stored.
-
-Disk I/O runs in worker threads (its own ``Calls`` runner and limiter: the disk must neither
-take the network's threads nor count as a call that reached the backend), with ``O_DIRECT``
-from and into reused page-aligned buffers so the cache neither fills the page cache nor pays
-for fresh pages; where the file system refuses ``O_DIRECT`` (tmpfs) it is buffered I/O.
+``DiskCache`` is shared by the snapshots of a mount: fixed ``BLOCK_SIZE`` slots, an LRU index
+``(snapshot, index) -> (slot, SHA256)``, a file made fresh at mount and removed at unmount.
+Nothing on disk is trusted: a block read back is checked against its digest, and a bad one is
+dropped and fetched again. I/O runs in its own worker threads, ``O_DIRECT`` where the file
+system allows. docs/architecture.md (the read path) and docs/operations.md (the disk cache).
 """
 
 from __future__ import annotations
@@ -41,9 +24,9 @@ from pathlib import Path
 import trio
 from cachetools import LRUCache
 
+from ebsfs.aws.runner import Calls
 from ebsfs.core.blocks import BLOCK_SIZE, BlockIndex
 from ebsfs.read.base import BlockReader
-from ebsfs.read.remote import Calls
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +34,8 @@ log = logging.getLogger(__name__)
 #: past this, and each holds one reused block buffer.
 DISK_THREADS = 8
 #: Tasks storing queued blocks, each holding one of the DISK_THREADS while it writes.
-#: Several, because under a cold read the worker threads wait for the GIL (32 network threads
-#: want it), and that wait, not the disk, bounded how fast one writer stored.
+#: Several, because under a cold read the worker threads wait for the GIL (the network's
+#: threads want it too), and that wait, not the disk, bounded how fast one writer stored.
 WRITERS = 4
 #: Blocks one writer takes from the queue for one hand-off to its thread (fewer hand-offs
 #: and GIL round trips per block).
@@ -108,6 +91,8 @@ class DiskCache:
         self.path = path
         self.slots = max_bytes // BLOCK_SIZE
         self.counters: Counter[str] = Counter()
+        # Its own runner: disk I/O must neither take the network's threads nor count as an
+        # answer of the endpoint.
         self.calls = Calls(trio.CapacityLimiter(threads))
         self._index = _SlotIndex(max(self.slots, 1), self)
         self._free: list[int] = []
@@ -389,26 +374,21 @@ def _create(path: Path) -> tuple[int, bool]:
     return direct_fd, True
 
 
-class DiskCachedBlocks:
+class DiskCachedBlocks(BlockReader):
     """``BlockReader`` that keeps one snapshot's fetched blocks in a shared ``DiskCache``."""
 
     def __init__(self, below: BlockReader, cache: DiskCache, key: Hashable) -> None:
         self.below = below
         self.cache = cache
         self.key = key
-        # Optional below: the block with the digest it was verified against.
-        self._read_verified = getattr(below, "read_verified", None)
 
     async def read_block(self, index: BlockIndex) -> bytes | None:
         key = (self.key, int(index))
         data = await self.cache.load(key)
         if data is not None:
             return data
-        digest: bytes | None = None
-        if self._read_verified is not None:
-            data, digest = await self._read_verified(index)
-        else:
-            data = await self.below.read_block(index)
+        # The digest the block was verified against below, if any: then it is not hashed again.
+        data, digest = await self.below.read_verified(index)
         if data is not None:  # a hole costs nothing below: neither a miss nor worth storing
             self.cache.counters["disk_cache_misses"] += 1
             self.cache.store_soon(key, data, digest)

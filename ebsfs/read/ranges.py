@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import sys
 
-import trio
-
 from ebsfs.core.blocks import BLOCK_SIZE, ZERO_BLOCK, BlockIndex
-from ebsfs.core.exgroups import first_error
 from ebsfs.read.base import BlockReader
 
 #: Size of a pooled reply buffer: the kernel asks for at most 1 MiB per FUSE read, two blocks.
@@ -54,10 +51,21 @@ class ReplyBuffers:
 _REPLIES = ReplyBuffers()
 
 
-def _underway(reader: BlockReader, index: int) -> bool:
-    # A layer that can tell (the cache) says whether the block is cached or being fetched.
-    cached = getattr(reader, "cached", None)
-    return cached is not None and bool(cached(BlockIndex(index)))
+def block_spans(offset: int, length: int, size: int) -> list[tuple[int, int, int]]:
+    """The blocks bytes ``[offset, offset+length)`` of a file of ``size`` bytes touch, each as
+    ``(index, start, end)`` within the block, in order; none past the file's end."""
+    end = min(offset + length, size)
+    if offset >= end:
+        return []
+    first, last = offset // BLOCK_SIZE, (end - 1) // BLOCK_SIZE
+    return [
+        (
+            i,
+            offset - i * BLOCK_SIZE if i == first else 0,
+            end - i * BLOCK_SIZE if i == last else BLOCK_SIZE,
+        )
+        for i in range(first, last + 1)
+    ]
 
 
 async def read_range(
@@ -65,34 +73,18 @@ async def read_range(
 ) -> bytes | memoryview:
     """Bytes ``[offset, offset+length)`` of a file of ``size`` bytes (short at its end).
 
-    A range over several blocks reads them concurrently (one after the other when all but
-    the first are cached or already being fetched: no waiting is lost, and no tasks are
-    spawned); holes are zeros. A range within one block is a view of the cached block, not a
-    copy (pyfuse3 takes any buffer); a longer one is joined into a reused reply buffer.
+    The reader fetches the range's blocks (``read_blocks``: concurrently where that helps);
+    holes are zeros. A range within one block is a view of the cached block, not a copy
+    (pyfuse3 takes any buffer); a longer one is joined into a reused reply buffer.
     """
-    end = min(offset + length, size)
-    if offset >= end:
+    spans = block_spans(offset, length, size)
+    if not spans:
         return b""
-    first, last = offset // BLOCK_SIZE, (end - 1) // BLOCK_SIZE
-    blocks: dict[int, bytes | None] = {}
-    if first == last or all(_underway(reader, i) for i in range(first + 1, last + 1)):
-        for i in range(first, last + 1):
-            blocks[i] = await reader.read_block(BlockIndex(i))
-    else:
-
-        async def one(i: int) -> None:
-            blocks[i] = await reader.read_block(BlockIndex(i))
-
-        try:
-            async with trio.open_nursery() as nursery:
-                for i in range(first, last + 1):
-                    nursery.start_soon(one, i)
-        except BaseExceptionGroup as group:
-            raise first_error(group) from None
+    blocks = await reader.read_blocks(BlockIndex(spans[0][0]), len(spans))
     parts: list[bytes | memoryview] = []
-    for i in range(first, last + 1):
-        data = blocks[i] or ZERO_BLOCK
-        lo = offset - i * BLOCK_SIZE if i == first else 0
-        hi = end - i * BLOCK_SIZE if i == last else BLOCK_SIZE
-        parts.append(memoryview(data)[lo:hi] if (lo, hi) != (0, BLOCK_SIZE) else data)
-    return parts[0] if len(parts) == 1 else _REPLIES.join(parts, end - offset)
+    for (_, lo, hi), data in zip(spans, blocks, strict=True):
+        block = data or ZERO_BLOCK
+        parts.append(block if (lo, hi) == (0, BLOCK_SIZE) else memoryview(block)[lo:hi])
+    if len(parts) == 1:
+        return parts[0]
+    return _REPLIES.join(parts, min(offset + length, size) - offset)

@@ -1,48 +1,30 @@
 """The bottom read layer: a completed snapshot's blocks, fetched with GetSnapshotBlock.
 
 Block tokens come from ListSnapshotBlocks in *windows* of block indexes fetched lazily around
-what is read, so a 64 TiB volume needs no full listing before its first read. Windows are kept
-up to a total token count shared by the snapshots of a mount (``TokenWindows``, least recently
-used dropped), which bounds memory whatever the volume size. An index a window does not list
-is a hole: it reads as zeros with no request.
-
-A window whose tokens near their ExpiryTime is fetched again before use, and a token that AWS
-refuses (INVALID_BLOCK_TOKEN) drops its window and is retried once re-listed. A block failing
-its SHA256 check is fetched again, a bounded number of times, then the read fails with
-ChecksumError and one log line. ``read_verified`` also hands up the digest the block was
-checked against, for a layer above that keeps blocks and would otherwise hash them again. A
-snapshot that completed moments ago may answer 404 for up to a minute (ebs-direct-api.md
-§4.4): such answers are retried until ``not_found_grace`` (3 minutes) after its completion
-(``seen_completed``: DescribeSnapshots' CompletionTime, or the moment ebsfs saw it complete),
-or after this layer was created when that is unknown. Connection failures and 5xx answers
-were already retried by botocore (bounded); what it gives up on is retried here with
-back-off until the endpoint has not answered any call of the mount for ``io_timeout``
-seconds (``Health``, one clock per mount), or at most four times that (a backend that only
-throttles), then the read fails (EIO at the FUSE edge). Every call is bounded by that clock
-even when its thread hangs (``Calls``), calls fail at once while the endpoint is known down,
-and one probe task marks it up again: nothing hangs, reads resume without a remount, and
-throttling alone is never an error.
+what is read (``TokenWindows``: bounded memory whatever the volume size); an index a window
+does not list is a hole, read as zeros with no request. Calls go through the mount's runner
+(``ebsfs.aws.runner.Calls``) and are retried by the one policy (``ebsfs.aws.retry``): tokens
+renewed, checksum mismatches fetched again, AWS's read lag after completion waited out.
+docs/architecture.md and docs/errors.md say how reads fail and recover.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import time
-import weakref
 from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import trio
 
 from ebsfs.aws.api import BlockPage
+from ebsfs.aws.retry import Attempts, RetryPolicy
+from ebsfs.aws.runner import Calls
 from ebsfs.core.blocks import BlockIndex
 from ebsfs.core.errors import (
-    RETRY,
     ApiError,
     BackendUnavailableError,
     ChecksumError,
@@ -51,9 +33,7 @@ from ebsfs.core.errors import (
     InvalidTokenError,
     NotFoundError,
 )
-
-if TYPE_CHECKING:
-    import outcome
+from ebsfs.read.base import BlockReader
 
 log = logging.getLogger(__name__)
 
@@ -76,322 +56,6 @@ class BlockApi(Protocol):
     ) -> tuple[bytes, bytes]: ...
 
 
-class _Holder:
-    """Borrows one limiter token for one call (the limiter tells borrowers apart)."""
-
-    __slots__ = ()
-
-
-def endpoint_answered(exc: BaseException) -> bool:
-    """Whether a failed call still shows the endpoint at work: any answer but a 5xx (throttling
-    included, whatever its status), a body cut short, or no answer at all."""
-    if isinstance(exc, BackendUnavailableError):
-        return False
-    if isinstance(exc, ApiError) and not isinstance(exc, InvalidTokenError):
-        if "Throttl" in exc.code or exc.code in ("SlowDown", "RequestLimitExceeded"):
-            return True
-        return not (exc.code == "IncompleteBody" or exc.status >= 500)
-    return isinstance(exc, EbsfsError)
-
-
-class Health:
-    """Whether the endpoint answers, judged mount-wide from the last answer only.
-
-    ``io_timeout`` seconds after the last answer (or after the first call made since, when
-    the mount was idle) with calls waiting and none answered, the endpoint is *down*: every
-    call fails at once with ``BackendUnavailableError`` and one prober task (a cheap request,
-    with back-off) marks it up again at its first answer. Throttling and 4xx answers are
-    answers: they never count towards "down". One ``Health`` per limiter (``Health.of``), so
-    the read and write paths of a mount share it. ``io_timeout`` None: calls are unbounded
-    (a limiter of local disk work, not of API calls).
-    """
-
-
-    def __init__(self, io_timeout: float | None = None) -> None:
-        self.io_timeout = io_timeout
-        #: trio.current_time() of the last answer (a success, throttling, a 4xx...).
-        self.last_ok = -math.inf
-        #: Start of the first call made after ``last_ok`` (None: none since).
-        self._since: float | None = None
-        #: When the endpoint was found down (None: up).
-        self.down_since: float | None = None
-        #: A cheap blocking request that returns once the endpoint answered (``Api.probe``).
-        self.probe: Callable[[float], object] | None = None
-        #: time.monotonic() of the last answer worker threads heard (``Api.last_answer``).
-        self.heard: Callable[[], float] | None = None
-        #: Cancel scopes of the calls waiting, with the deadline their caller gave.
-        self._scopes: dict[trio.CancelScope, float] = {}
-        self._bumped = -math.inf  # when answered() last moved their deadlines
-        self._prober = False
-        self._wake = trio.Event()  # a call asks the prober for a probe now
-        self._up = trio.Event()  # set when the endpoint, found down, answers again
-        self.counters: Counter[str] = Counter()
-
-    def configure(self, io_timeout: float | None = None, api: object = None) -> None:
-        """Take the mount's ``io_timeout`` and, from ``api``, a probe and an answer clock
-        (``Api.probe``, ``Api.last_answer``; an upload process's ``fallback`` Api)."""
-        if io_timeout is not None:
-            self.io_timeout = io_timeout
-        for source in (api, getattr(api, "fallback", None)):
-            if self.probe is None:
-                self.probe = getattr(source, "probe", None)
-            if self.heard is None:
-                heard = getattr(source, "last_answer", None)
-                self.heard = heard if callable(heard) else None
-
-    @classmethod
-    def of(cls, limiter: trio.CapacityLimiter) -> Health:
-        """The ``Health`` shared by every ``Calls`` of ``limiter``."""
-        health = _HEALTH.get(limiter)
-        if health is None:
-            health = _HEALTH[limiter] = cls()
-        return health
-
-    @property
-    def down(self) -> bool:
-        return self.down_since is not None
-
-    def _last_answer(self) -> float:
-        last = self.last_ok
-        if self.heard is not None:
-            mono = self.heard()
-            if mono > -math.inf:
-                last = max(last, mono - time.monotonic() + trio.current_time())
-        return last
-
-    def deadline(self) -> float:
-        """When a call waiting now gives up unless something answers first."""
-        if self.io_timeout is None:
-            return math.inf
-        now = trio.current_time()
-        last = self._last_answer()
-        if self._since is None or self._since < last:
-            self._since = now  # the first call since the last answer: the clock starts now
-        return max(last, self._since) + self.io_timeout
-
-    async def admit(self) -> None:
-        """While the endpoint is known down: ask for a probe now, wait a moment for its
-        verdict (at most a second, or a quarter of io_timeout), and raise
-        EndpointDownError unless the endpoint answered; a call right after it came back
-        goes through, and none waits for the bound again."""
-        if self.down_since is None:
-            return
-        self._wake.set()
-        up = self._up
-        with trio.move_on_after(min(1.0, (self.io_timeout or 4.0) / 4)):
-            await up.wait()
-        if self.down_since is not None:
-            self.counters["calls_failed_fast"] += 1
-            raise EndpointDownError(
-                f"the endpoint has not answered for {self._silence():.0f} s "
-                f"(--io-timeout {self.io_timeout:g} s); failing at once until it answers again"
-            )
-
-    def _silence(self) -> float:
-        last = self._last_answer()
-        origin = last if last > -math.inf else (self._since or trio.current_time())
-        return trio.current_time() - origin
-
-    def answered(self) -> None:
-        """The endpoint answered: the clock restarts, calls waiting get a full bound again."""
-        now = trio.current_time()
-        self.last_ok = now
-        self._since = None
-        if self.down_since is not None:
-            log.warning(
-                "the endpoint answers again after %.0f s down: calls resume", now - self.down_since
-            )
-            self.down_since = None
-            self._up.set()
-        t = self.io_timeout
-        if self._scopes and t is not None and now - self._bumped >= t / 8:
-            # At most eight passes per io_timeout over the calls waiting (not one per call
-            # answered): each then waits until between T and 1.125 T after the last answer.
-            self._bumped = now
-            for scope, cap in self._scopes.items():
-                scope.deadline = min(cap, now + t * 1.125)
-
-    def failed(self) -> None:
-        """A call got no answer; past the bound, the endpoint is down."""
-        if self.io_timeout is None or self.down_since is not None:
-            return
-        if self._since is not None and trio.current_time() >= self.deadline():
-            self.mark_down()
-
-    def mark_down(self) -> None:
-        if self.down_since is not None or self.io_timeout is None:
-            return
-        self.down_since = trio.current_time()
-        self._up = trio.Event()
-        self.counters["endpoint_down"] += 1
-        log.error(
-            "the endpoint has not answered for %.0f s (--io-timeout %g s): calls fail at once "
-            "with EIO until it answers again (probing it in the background)",
-            self._silence(),
-            self.io_timeout,
-        )
-        if not self._prober:
-            self._prober = True
-            trio.lowlevel.spawn_system_task(self._probe_until_up)
-
-    async def _probe_until_up(self) -> None:
-        assert self.io_timeout is not None
-        pause = min(1.0, self.io_timeout / 4)
-        last = -math.inf
-        try:
-            while self.down_since is not None:
-                # Back-off, cut short when a call asks; at most two probes a second.
-                with trio.move_on_after(pause):
-                    await self._wake.wait()
-                if not self._wake.is_set():
-                    pause = min(pause * 2, max(self.io_timeout / 2, 1.0), 10.0)
-                self._wake = trio.Event()
-                await trio.sleep_until(last + 0.5)
-                if self.down_since is None:
-                    break
-                if self.probe is None:
-                    # Nothing to ask with: let calls try again, with a full bound.
-                    self._since = None
-                    self.down_since = None
-                    self._up.set()
-                    log.warning("the endpoint is tried again (no probe to ask it with)")
-                    break
-                last = trio.current_time()
-                self.counters["probes"] += 1
-                if await self._probe_once(self.probe, self.io_timeout):
-                    self.answered()
-        except Exception:  # a bug here must not end the mount
-            log.exception("probing the endpoint failed unexpectedly")
-            self.down_since = None
-            self._up.set()
-        finally:
-            self._prober = False
-
-    @staticmethod
-    async def _probe_once(probe: Callable[[float], object], timeout: float) -> bool:
-        # Not under the limiter: abandoned calls may hold all of its tokens while it is down.
-        with trio.move_on_after(timeout):
-            try:
-                await trio.to_thread.run_sync(probe, timeout, abandon_on_cancel=True)
-            except EbsfsError as exc:
-                log.debug("probe: %s", exc)
-                return endpoint_answered(exc)
-            return True
-        return False
-
-
-#: The ``Health`` of each limiter (a mount's API calls share one limiter).
-_HEALTH: weakref.WeakKeyDictionary[trio.CapacityLimiter, Health] = weakref.WeakKeyDictionary()
-
-
-class Calls:
-    """Runs blocking API calls in worker threads, at most ``limiter.total_tokens`` at once.
-
-    A call goes straight to trio's thread cache (``trio.lowlevel.start_thread_soon``) and its
-    outcome comes back with ``TrioToken.run_sync_soon``: about half the CPU of
-    ``trio.to_thread.run_sync`` per call (no context copy, thread naming or cancellation
-    machinery beyond what a call needs), which counts at one call per 512 KiB block.
-
-    Every call, its wait for a thread included, is bounded by the mount-wide clock of
-    ``health`` (``Health``): a call that outlives it fails with ``BackendUnavailableError``
-    and its thread is abandoned (it ends on its own within botocore's timeouts, still
-    holding its limiter token, and its answer is dropped); while the endpoint is down calls
-    fail at once (after asking for a probe and waiting for it a moment, ``Health.admit``).
-    """
-
-    def __init__(self, limiter: trio.CapacityLimiter, io_timeout: float | None = None) -> None:
-        self.limiter = limiter
-        self.health = Health.of(limiter)
-        if io_timeout is not None:
-            self.health.io_timeout = io_timeout
-
-    @property
-    def last_ok(self) -> float:
-        """trio.current_time() of the last answer of the endpoint."""
-        return self.health.last_ok
-
-    async def run(
-        self,
-        fn: Callable[..., T],
-        *args: Any,
-        deadline: float = math.inf,
-        ended: Callable[[], None] | None = None,
-    ) -> T:
-        """``fn(*args)`` in a worker thread; gives up at ``deadline`` or the health bound.
-
-        ``ended`` is called once in the trio thread when the worker is done with ``fn``, or
-        at once if it never started: later than the return when the call was abandoned."""
-        health = self.health
-        try:
-            await health.admit()
-        except BaseException:
-            if ended is not None:
-                ended()
-            raise
-        with trio.move_on_at(min(deadline, health.deadline())) as scope:
-            health._scopes[scope] = deadline
-            try:
-                result = await self._run(fn, args, ended)
-            except EbsfsError as exc:
-                if endpoint_answered(exc):
-                    health.answered()
-                else:
-                    health.failed()
-                raise
-            finally:
-                del health._scopes[scope]
-            health.answered()
-            return result
-        health.failed()
-        raise BackendUnavailableError(
-            f"{getattr(fn, '__name__', 'call')}: no answer within the bound "
-            f"(--io-timeout {health.io_timeout:g} s since the endpoint last answered)"
-        )
-
-    async def _run(
-        self, fn: Callable[..., T], args: tuple[Any, ...], ended: Callable[[], None] | None
-    ) -> T:
-        holder = _Holder()
-        try:
-            await self.limiter.acquire_on_behalf_of(holder)
-        except BaseException:
-            if ended is not None:
-                ended()
-            raise
-        task = trio.lowlevel.current_task()
-        token = trio.lowlevel.current_trio_token()
-        abandoned = False
-
-        def back(result: outcome.Outcome[T]) -> None:
-            # In the trio thread, once the worker is done: its token is free only now.
-            self.limiter.release_on_behalf_of(holder)
-            if ended is not None:
-                ended()
-            if not abandoned:
-                trio.lowlevel.reschedule(task, result)
-
-        def deliver(result: outcome.Outcome[T]) -> None:
-            with contextlib.suppress(trio.RunFinishedError):
-                token.run_sync_soon(back, result)
-
-        def abort(_: Any) -> trio.lowlevel.Abort:
-            # A cancelled or timed-out call must not wait for a stuck socket; the thread
-            # finishes on its own within botocore's timeouts and its answer is dropped.
-            nonlocal abandoned
-            abandoned = True
-            return trio.lowlevel.Abort.SUCCEEDED
-
-        try:
-            trio.lowlevel.start_thread_soon(partial(fn, *args), deliver)
-        except BaseException:
-            self.limiter.release_on_behalf_of(holder)
-            if ended is not None:
-                ended()
-            raise
-        result: T = await trio.lowlevel.wait_task_rescheduled(abort)
-        return result
-
-
 @dataclass(frozen=True)
 class RemoteTuning:
     """Knobs of the remote layer; the defaults suit AWS."""
@@ -407,6 +71,19 @@ class RemoteTuning:
     io_timeout: float = 30.0
     not_found_grace: float = 180.0  # READ_LAG_GRACE
     backoff: float = 0.2  # first pause between our own retries; doubles, capped at 5 s
+
+    def policy(self) -> RetryPolicy:
+        """The retry policy of a block read: bounded by time, not by a number of attempts."""
+        quarter = self.io_timeout / 4
+        return RetryPolicy(
+            attempts=math.inf,
+            backoff=min(self.backoff, quarter),
+            max_backoff=min(5.0, quarter),
+            patience=4 * self.io_timeout,
+            checksum_attempts=self.checksum_attempts,
+            token_attempts=self.token_attempts,
+            not_found_grace=self.not_found_grace,
+        )
 
 
 @dataclass
@@ -485,12 +162,7 @@ def since_completion(snapshot_id: str, since_first_sight: float) -> float:
     return since_first_sight if known is None else time.time() - known
 
 
-def _retryable(exc: EbsfsError) -> bool:
-    # One classification (ebsfs.core.errors.classify): throttling, quotas (402), 5xx, transient.
-    return exc.kind == RETRY and not isinstance(exc, InvalidTokenError)
-
-
-class RemoteBlocks:
+class RemoteBlocks(BlockReader):
     """``BlockReader`` over the EBS direct APIs for one completed snapshot."""
 
     def __init__(
@@ -602,12 +274,12 @@ class RemoteBlocks:
         the digest rather than hashing the block again."""
         if not 0 <= index < self.volume_blocks:
             return None, None
-        t = self.tuning
-        checksum_failures = token_failures = 0
-        started = trio.current_time()
-        hard_deadline = started + 4 * t.io_timeout
+        tries = Attempts(
+            self.tuning.policy(),
+            health=self.calls.health,
+            age=lambda: since_completion(self.snapshot_id, trio.current_time() - self._created),
+        )
         fresh = False
-        pause = min(t.backoff, t.io_timeout / 4)
         while True:
             try:
                 w = await self._window_for(index, fresh=fresh)
@@ -622,65 +294,40 @@ class RemoteBlocks:
                     self.snapshot_id,
                     index,
                     block_token,
-                    deadline=hard_deadline,
+                    deadline=tries.deadline,
                 )
                 self.counters["bytes_fetched"] += len(data)
                 return data, digest
-            except ChecksumError as exc:
-                checksum_failures += 1
-                if checksum_failures >= t.checksum_attempts:
-                    log.error(
-                        "snapshot %s block %d unreadable: checksum mismatch after %d attempts (%s)",
-                        self.snapshot_id,
-                        index,
-                        checksum_failures,
-                        exc,
-                    )
+            except EbsfsError as exc:
+                again = tries.again(exc)
+                if again is None:
+                    self._unreadable(index, exc, tries)
+                    if isinstance(exc, NotFoundError):
+                        gone = f"snapshot {self.snapshot_id} not readable: {exc}"
+                        raise EbsfsError(gone) from exc
                     raise
-            except InvalidTokenError as exc:
-                token_failures += 1
-                if token_failures >= t.token_attempts:
-                    log.error(
-                        "snapshot %s block %d unreadable: token refused after re-listing (%s)",
-                        self.snapshot_id,
-                        index,
-                        exc,
-                    )
-                    raise
-                fresh = True
-                continue
-            except NotFoundError as exc:
-                since = since_completion(self.snapshot_id, trio.current_time() - self._created)
-                if since >= t.not_found_grace:
-                    log.error("snapshot %s block %d unreadable: %s", self.snapshot_id, index, exc)
-                    raise EbsfsError(f"snapshot {self.snapshot_id} not readable: {exc}") from exc
-                fresh = True
-            except (BackendUnavailableError, ApiError) as exc:
-                # Throttling or a few failures while other calls succeed is a busy backend,
-                # not a broken one: give up only when the endpoint has not answered for
-                # io_timeout (the mount-wide clock of Health), or is known down.
-                health = self.calls.health
-                now = trio.current_time()
-                left = health.deadline() - now
-                if not _retryable(exc) or health.down or left <= 0 or now + pause >= hard_deadline:
-                    # While the endpoint is down one ERROR line said so (Health.mark_down):
-                    # the reads failed at once then are not each another.
-                    down = isinstance(exc, EndpointDownError)
-                    log.log(
-                        logging.INFO if down else logging.ERROR,
-                        "snapshot %s block %d unreadable: %s",
-                        self.snapshot_id,
-                        index,
-                        exc,
-                    )
-                    raise
+                if again.renew:
+                    fresh = True
+                    continue
+                if isinstance(exc, NotFoundError):
+                    fresh = True  # AWS's read lag: list the window again too
                 self.counters["retries"] += 1
-                await trio.sleep(min(pause, left))
-                pause = min(pause * 2, 5.0, t.io_timeout / 4)
-                continue
-            self.counters["retries"] += 1
-            await trio.sleep(pause)
-            pause = min(pause * 2, 5.0, t.io_timeout / 4)
+                await trio.sleep(again.pause)
+
+    def _unreadable(self, index: int, exc: EbsfsError, tries: Attempts) -> None:
+        """``exc`` is final for block ``index``: one log line says so."""
+        what = f"snapshot {self.snapshot_id} block {index} unreadable"
+        if isinstance(exc, ChecksumError):
+            log.error("%s: checksum mismatch after %d attempts (%s)", what, tries.checksums, exc)
+        elif isinstance(exc, InvalidTokenError):
+            log.error("%s: token refused after re-listing (%s)", what, exc)
+        elif isinstance(exc, NotFoundError):
+            log.error("%s: %s", what, exc)
+        elif isinstance(exc, BackendUnavailableError | ApiError):
+            # While the endpoint is down one ERROR line said so (Health.mark_down): the reads
+            # failed at once then are not each another.
+            down = isinstance(exc, EndpointDownError)
+            log.log(logging.INFO if down else logging.ERROR, "%s: %s", what, exc)
 
     async def _call(
         self, api_name: str, fn: Callable[..., T], *args: Any, deadline: float = math.inf
@@ -697,7 +344,6 @@ class RemoteBlocks:
 __all__ = [
     "READ_LAG_GRACE",
     "BlockApi",
-    "Calls",
     "RemoteBlocks",
     "RemoteTuning",
     "TokenWindows",

@@ -1,19 +1,8 @@
-"""Builds the read stack of each completed snapshot: read-ahead over cache over remote, with
-the disk cache between cache and remote when ``--disk-cache`` is on.
+"""The read stack of each completed snapshot: ReadAhead over CachedBlocks over RemoteBlocks,
+with DiskCachedBlocks between cache and remote under ``--disk-cache``.
 
-::
-
-    ReadAhead      (per snapshot)  sequential detection, parallel prefetch
-      CachedBlocks (per snapshot)  over the mount's one BlockCache; single-flight
-        DiskCachedBlocks (per snapshot; only with --disk-cache) over the mount's one DiskCache:
-                                   a local file of 512 KiB slots, SHA256-checked, own threads
-          RemoteBlocks (per snapshot) token windows (the mount's one TokenWindows), GetSnapshotBlock
-            Calls  (per mount)     worker threads under one CapacityLimiter(max_concurrency)
-              Api  (per mount)     boto3 clients, botocore retries and timeouts
-
-Stacks are made on first use and kept for the most recently used ``max_stacks`` snapshots; a
-dropped stack loses only its small per-snapshot state (the cache and windows are shared and
-bounded on their own), so memory is bounded whatever the number of snapshots.
+Stacks are made on first use and the most recently used ``max_stacks`` kept; the caches, token
+windows and limiter they share are the mount's and bounded on their own. docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -24,13 +13,14 @@ from pathlib import Path
 
 import trio
 
+from ebsfs.aws.runner import Calls
 from ebsfs.core.blocks import BLOCK_SIZE, BLOCKS_PER_GIB
 from ebsfs.core.errors import MountError
 from ebsfs.read.base import BlockReader
 from ebsfs.read.cache import BlockCache, CachedBlocks
 from ebsfs.read.diskcache import DiskCache, DiskCachedBlocks
 from ebsfs.read.readahead import ReadAhead
-from ebsfs.read.remote import BlockApi, Calls, RemoteBlocks, RemoteTuning, TokenWindows
+from ebsfs.read.remote import BlockApi, RemoteBlocks, RemoteTuning, TokenWindows
 
 
 @dataclass(frozen=True)

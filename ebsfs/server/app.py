@@ -9,6 +9,7 @@ from ebsfs.server import ebs as ebs_mod
 from ebsfs.server.ec2 import Ec2Service
 from ebsfs.server.errors import EbsError, Ec2Error, coral
 from ebsfs.server.faults import Faults
+from ebsfs.server.limits import RateLimits
 from ebsfs.server.sigv4 import AuthFailure, Verifier
 from ebsfs.server.storage import Store
 from ebsfs.server.wire import Request, Response, ebs_error_response, ec2_error_response
@@ -49,6 +50,7 @@ class App:
         faults: Faults,
         timing: ebs_mod.Timing,
         others: dict[str, tuple[Verifier, str]] | None = None,
+        limits: RateLimits | None = None,
     ) -> None:
         self.store = store
         self.verifier = verifier
@@ -56,6 +58,8 @@ class App:
         #: (``--second-account``); the main pair signs for ebs.ACCOUNT_ID.
         self.others = others or {}
         self.faults = faults
+        #: AWS's quotas on the block calls (``--rate-limit``, ``--account-rate-limit``).
+        self.limits = limits or RateLimits()
         self.ebs = ebs_mod.EbsService(store, timing)
         self.ec2 = Ec2Service(store, ebs_mod.ACCOUNT_ID, self.ebs.state, self.ebs.mint)
         # Faults act at several points of the general path; with none configured, block
@@ -179,10 +183,13 @@ class App:
             self._auth(req, "ebs")
         except AuthFailure:
             return None
+        req.operation = "PutSnapshotBlock" if req.method == "PUT" else "GetSnapshotBlock"
+        throttled = self.limits.check(req.operation, parts[2], req.account)
+        req.rate_counted = True
+        if throttled is not None:
+            return self._throttled(throttled, req)
         if req.method == "PUT":
-            req.operation = "PutSnapshotBlock"
             return self.ebs.put_fast(req, parts[2], parts[4])
-        req.operation = "GetSnapshotBlock"
         return self.ebs.get_fast(req, parts[2], parts[4])
 
     def _handle_ebs(self, req: Request) -> Response:
@@ -193,6 +200,10 @@ class App:
                 raise coral(403, _EBS_AUTH_CODES[exc.kind], exc.message) from None
             operation, params = ebs_mod.route(req)
             req.operation = operation
+            throttled = None if req.rate_counted else self.limits.check(
+                operation, params[0] if params else "", req.account)
+            if throttled is not None:
+                return self._throttled(throttled, req)
             self.faults.before_ebs(operation)
             resp = self.ebs.handle(req, operation, params)
         except EbsError as err:
@@ -217,6 +228,13 @@ class App:
         except Ec2Error as err:
             return ec2_error_response(err, req.request_id)
         return self._maybe_drop(resp)
+
+    @staticmethod
+    def _throttled(err: EbsError, req: Request) -> Response:
+        """A quota's throttling answer; AWS closes the connection after it."""
+        resp = ebs_error_response(err, req.request_id)
+        resp.close = True
+        return resp
 
     def _maybe_drop(self, resp: Response) -> Response:
         if self.faults.drop():

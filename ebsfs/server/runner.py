@@ -23,6 +23,7 @@ from ebsfs.server.ebs import (
 )
 from ebsfs.server.faults import Faults
 from ebsfs.server.httpd import Server
+from ebsfs.server.limits import RateLimits
 from ebsfs.server.sigv4 import Verifier
 from ebsfs.server.storage import ERROR, DataDirBusy, Snapshot, Store
 
@@ -99,7 +100,8 @@ def build(config: ServerConfig) -> tuple[Server, Store]:
                 f"{ACCOUNT_ID}"
             )
         others[other_id] = (Verifier(other_id, other_secret), account)
-    app = App(store, Verifier(key_id, secret), faults, timing, others)
+    limits = RateLimits(config.rate_limit, config.account_rate_limit)
+    app = App(store, Verifier(key_id, secret), faults, timing, others, limits)
     if config.encryption_by_default:
         app.ebs.default_key = DEFAULT_KMS_KEY_ARN
     try:
@@ -152,6 +154,10 @@ def run(config: ServerConfig) -> int:
     signal.signal(signal.SIGINT, on_signal)
     host, port = server.server_address[:2]
     log.info("ebsfs server listening on %s:%s, data in %s", host, port, config.data_dir)
+    if config.rate_limit or config.account_rate_limit:
+        log.info("rate limits: %s GetSnapshotBlock and %s PutSnapshotBlock calls a second per "
+                 "snapshot, %s of each per account", config.rate_limit or "any",
+                 config.rate_limit or "any", config.account_rate_limit or "any")
     if config.encryption_by_default:
         log.info("encryption by default: new snapshots are encrypted with %s",
                  DEFAULT_KMS_KEY_ARN)

@@ -1,103 +1,35 @@
-"""Block data in append-only pack files ("segments"): each put is one self-describing record.
-
-A record is a 4 KiB header page followed by the block's 512 KiB, written with one ``pwritev``
-at a record-aligned offset. The header names the put (snapshot id, block index, a sequence
-number that orders puts, the content's SHA256) and carries a CRC32 of itself, so a segment
-alone says which puts it holds: a record whose header is intact and whose data hashes to
-the header's digest was written whole; anything else is a torn or stray write.
-
-Writers append concurrently (an offset is reserved under a lock, the write itself is not);
-durability is the caller's choice: an append is written synchronously (``RWF_DSYNC``) when
-asked, or else ``sync`` makes a set of segments' writes durable with one ``fdatasync`` each,
-so a batch of puts shares it. The index of what lives where is kept by the caller (SQLite);
-this module only knows files, records, offsets and free space:
-
-- ``scan`` yields the records at offsets the index does not know (puts acknowledged but not
-  yet indexed when the server stopped), for the caller to check and index;
-- ``recover`` truncates each segment to the end of its last indexed block (a torn or
-  unindexed write at the tail disappears), punches holes where nothing indexed lives and
-  removes segments nothing lives in;
-- ``free`` punches a hole over one record, header included, so its space goes back to the
-  filesystem at once, and ``drop`` removes a whole unreferenced segment.
-
-Segments of an older layout (``N.seg``: bare 512 KiB blocks, no headers) are still read and
-freed; new records always go to ``N.rec`` files.
-"""
+"""Block data in append-only pack files ("segments") of records (records.py): concurrent
+appends, durable by ``RWF_DSYNC`` or a shared ``fdatasync``, recovery against the caller's
+index, space freed by punching holes. Segments of an older layout (``N.seg``, bare blocks)
+are still read and freed (docs/server.md, "Storage")."""
 
 import contextlib
-import ctypes
 import errno
 import fcntl
 import logging
 import mmap
 import os
-import struct
 import threading
-import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 from ebsfs.core.blocks import BLOCK_SIZE
 from ebsfs.core.durable import fsync_path, punch_hole
+from ebsfs.server.records import (
+    HEADER_SIZE,
+    RECORD_SIZE,
+    Record,
+    data_bytes,
+    decode_header,
+    page_aligned,
+)
 
 log = logging.getLogger(__name__)
 
 #: Blocks per segment before a new one is started (256 MiB of data).
 SEGMENT_BLOCKS = 512
-#: A record: one header page, then the block.
-HEADER_SIZE = 4096
-RECORD_SIZE = HEADER_SIZE + BLOCK_SIZE
 _SUFFIX = ".rec"
 _LEGACY_SUFFIX = ".seg"
-
-_MAGIC = b"EBSFSREC"
-_VERSION = 1
-# magic, version, sequence number, block index, SHA256, snapshot id (length, bytes).
-_HEADER = struct.Struct("<8sBQQ32sB64s")
-_CRC = struct.Struct("<I")
-
-
-@dataclass(frozen=True)
-class Record:
-    """What a record header says about the put that wrote it."""
-
-    snapshot_id: str
-    index: int
-    seq: int
-    digest: bytes
-
-
-def encode_header(record: Record) -> bytes:
-    """The header bytes of a record (the rest of its page is zeros)."""
-    return header_bytes(record.snapshot_id, record.index, record.seq, record.digest)
-
-
-def header_bytes(snapshot_id: str, index: int, seq: int, digest: bytes) -> bytes:
-    """``encode_header`` without building a Record (a put's path makes one per block)."""
-    sid = snapshot_id.encode("ascii")
-    if len(sid) > 64:
-        raise ValueError(f"snapshot id too long for a record header: {snapshot_id}")
-    fixed = _HEADER.pack(_MAGIC, _VERSION, seq, index, digest, len(sid), sid)
-    return fixed + _CRC.pack(zlib.crc32(fixed))
-
-
-def decode_header(page: bytes) -> Record | None:
-    """The record a header page describes; None if it is not an intact header."""
-    if len(page) < _HEADER.size + _CRC.size or page[:8] != _MAGIC:
-        return None
-    fixed = page[: _HEADER.size]
-    (crc,) = _CRC.unpack_from(page, _HEADER.size)
-    if zlib.crc32(fixed) != crc:
-        return None
-    _, version, seq, index, digest, length, sid = _HEADER.unpack(fixed)
-    if version != _VERSION or length > 64:
-        return None
-    try:
-        snapshot_id = sid[:length].decode("ascii")
-    except UnicodeDecodeError:
-        return None
-    return Record(snapshot_id, index, seq, digest)
 
 
 class Segments:
@@ -349,7 +281,7 @@ class Segments:
         # O_DIRECT skips the page cache (the fdatasync then has no dirty pages to write
         # back, which cuts a put's CPU) but needs aligned buffers. The HTTP layer receives
         # blocks into one; anything else is copied into this thread's.
-        if self._direct and not _page_aligned(view):
+        if self._direct and not page_aligned(view):
             buf = self._aligned("block", len(view))
             buf[: len(view)] = view
             view = memoryview(buf)[: len(view)]
@@ -441,29 +373,3 @@ class Segments:
                 # tree): this record's space comes back at the next start-up.
                 log.warning("punching a hole in %s at %d failed (%s); its space comes back "
                             "at the next start", self.dir, offset, os.strerror(err))
-
-
-def _page_aligned(view: memoryview) -> bool:
-    """Whether ``view`` is a writable buffer starting on a page boundary (O_DIRECT's rule)."""
-    if view.readonly or not view.c_contiguous or len(view) % mmap.PAGESIZE:
-        return False
-    if isinstance(view.obj, mmap.mmap) and view.nbytes == len(view.obj):
-        return True  # all of a mapping, so it starts where the mapping does: on a page
-    return ctypes.addressof(ctypes.c_char.from_buffer(view)) % mmap.PAGESIZE == 0
-
-
-def data_bytes(path: Path) -> int:
-    """Bytes of a file that are not holes (SEEK_DATA/SEEK_HOLE)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        total, pos, end = 0, 0, os.fstat(fd).st_size
-        while pos < end:
-            try:
-                start = os.lseek(fd, pos, os.SEEK_DATA)
-            except OSError:  # ENXIO: only a hole is left
-                break
-            pos = os.lseek(fd, start, os.SEEK_HOLE)
-            total += pos - start
-        return total
-    finally:
-        os.close(fd)

@@ -1,13 +1,6 @@
-"""AWS Signature Version 4 verification against the server's one key pair.
-
-Follows ebs-direct-api.md §9: the credential scope must name the expected service and carry
-the date of ``X-Amz-Date``; the canonical request is rebuilt from what the client sent (the
-``Host`` header with its port, the raw path, the re-encoded query); the payload hash is the
-``X-Amz-Content-SHA256`` header (``UNSIGNED-PAYLOAD`` for PutSnapshotBlock) or the body's
-SHA256. Signing keys are cached per (date, region, service) as ready HMAC objects, the
-parsed ``X-Amz-Date`` per second, and the checked ``Authorization`` header up to its
-signature: a request then costs one canonical string, one SHA256 and one HMAC.
-"""
+"""AWS Signature Version 4 verification (ebs-direct-api.md §9, docs/server.md "Credentials"),
+from the request head where the payload hash is a header; signing keys and parsed dates
+cached, so a request costs one canonical string, one SHA256 and one HMAC."""
 
 import calendar
 import hashlib

@@ -1,36 +1,7 @@
-"""The server's durable store: SQLite (WAL) for metadata, pack files ("segments") for blocks.
-
-Layout of the data directory (docs/server.md):
-
-    meta.sqlite3        snapshots, their own block maps, where each distinct block content
-                        lives, ClientTokens (WAL mode, synchronous=FULL)
-    token.key           the HMAC key of block and page tokens
-    segments/N.rec      append-only records: a header naming the put, then its 512 KiB
-                        (segments.py)
-    tmp/                files being written; emptied at start-up
-
-A put appends one record to a segment and is acknowledged once the record is on disk: a put
-with no other under way writes it synchronously (``RWF_DSYNC``), concurrent puts write
-plainly and share a group ``fdatasync`` of the segments written meanwhile. Indexing the put
-(its row in SQLite, whether its content was stored already) happens afterwards, off the
-put's path: a background indexer commits the acknowledged puts of the last ``index_delay``
-seconds in one transaction, and only then punches out copies of contents that were stored
-already. Until then a put's record is its only trace, so the segments are the source of
-truth for it: at start-up, records the index does not know are checked (intact header, data
-hashing to the header's digest) and indexed, the latest put of an index winning (records
-carry a sequence number, rows keep it); a torn write fails the check and is cut off.
-Everything that needs the index exact (sealing, dropping a snapshot's blocks, stats) indexes
-what is pending first, and reads only ever look at sealed snapshots.
-
-A child snapshot stores only its own writes; its view is the parent's view with its writes
-overlaid, so inherited blocks are never copied. Block contents are stored once (keyed by
-SHA256) and their space is given back (a hole punched, or the whole segment removed) when
-the last row referencing them goes.
-
-Snapshot metadata is small and kept in memory as well. A change is built on a copy, written
-and committed, and only then published in memory (``update``): what the server answers
-from memory is always what a restart would find, also when a commit fails (a full disk).
-"""
+"""The server's durable store: SQLite (WAL) for snapshots, block rows and where each content
+lives; segments (segments.py) for block records. A put is acknowledged once its record is on
+disk and indexed afterwards in batches; start-up replays what the index missed. Changes are
+committed before they are published in memory (docs/server.md, "Storage")."""
 
 import contextlib
 import dataclasses
@@ -52,14 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from ebsfs.core.blocks import BLOCKS_PER_GIB
-from ebsfs.server.segments import (
-    SEGMENT_BLOCKS,
-    Record,
-    Segments,
-    encode_header,
-    fsync_path,
-    header_bytes,
-)
+from ebsfs.server.records import Record, encode_header, header_bytes
+from ebsfs.server.segments import SEGMENT_BLOCKS, Segments, fsync_path
 
 log = logging.getLogger(__name__)
 

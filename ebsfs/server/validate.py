@@ -94,6 +94,15 @@ def parse_int(text: str) -> int | None:
     return value if INT_MIN <= value <= INT_MAX else None
 
 
+def plain_int(text: str | None) -> int | None:
+    """The value of a string of ASCII digits that fits an Integer; None for anything else
+    (left to the checks of the general path)."""
+    if text is None:
+        return None
+    value = parse_int(text)
+    return value if value is not None and value >= 0 and text[0] != "-" else None
+
+
 def to_int(text: str | None, wire: str) -> int | None:
     """An integer from a header, path segment or query value; text that is not an Integer
     cannot be deserialised (SerializationException, as for any other member type error)."""

@@ -12,6 +12,9 @@ from urllib.parse import unquote
 
 from ebsfs.server.errors import EbsError, Ec2Error
 
+#: The account the main key pair signs for (a second one: ``--second-account``).
+ACCOUNT_ID = "000000000000"
+
 
 @dataclass
 class Request:
@@ -31,7 +34,10 @@ class Request:
     #: header): only the body's hash is left to compare.
     signature_checked: bool = False
     #: The account whose key signed the request (set by the SigV4 check; app.py).
-    account: str = "000000000000"
+    account: str = ACCOUNT_ID
+    #: Set once the call was counted against the rate limits (by the fast path, so that
+    #: the general path taking it over does not count it twice).
+    rate_counted: bool = False
 
     @property
     def path(self) -> str:
@@ -71,6 +77,8 @@ class Response:
     file_length: int = 0
     #: Set by the drop fault: close the connection before the response is complete.
     drop: bool = False
+    #: Close the connection once the response is sent (AWS does after a throttling answer).
+    close: bool = False
 
     def file_bytes(self) -> bytes:
         """The part of ``file`` this response sends."""

@@ -4,6 +4,8 @@ CompleteSnapshot answers 202 ``pending`` before AWS has checked anything; a wron
 ChangedBlocksCount or aggregate checksum only shows minutes later as the ``error`` state with a
 StateMessage (ebs-direct-api.md §4.3, §5). So a 202 is not success: DescribeSnapshots is polled,
 with a pause growing from ``first_pause`` to ``max_pause``, until ``completed`` or ``error``.
+Each call goes through the runner (``call``) and is retried by the one policy
+(``ebsfs.aws.retry.CONTROL``).
 """
 
 from __future__ import annotations
@@ -15,13 +17,13 @@ from typing import Any, Protocol
 
 import trio
 
+from ebsfs.aws.retry import retrying
 from ebsfs.core.errors import (
     BackendUnavailableError,
     EbsfsError,
     NotFoundError,
     SnapshotFailedError,
 )
-from ebsfs.write.sink import retrying
 
 log = logging.getLogger(__name__)
 

@@ -1,86 +1,48 @@
-"""The bottom write layer: PutSnapshotBlock for one pending snapshot, with bounded retries.
-
-botocore already retries throttling, 5xx answers and dropped connections (standard mode,
-bounded); this layer adds its own bounded loop for what botocore leaves (ebs-direct-api.md §10):
-
-* 404 SNAPSHOT_NOT_FOUND during the first ``not_found_grace`` seconds after StartSnapshot, which
-  AWS can answer while a new snapshot is not yet writable (linear back-off, as coldsnap does);
-* "Failed to read block data" (a body cut short on the way), which AWS calls retryable;
-* throttling, 5xx and connection failures that outlived botocore's attempts or its retry quota;
-* a checksum AWS computed differently (bytes damaged on the way): the same bytes are sent again.
-
-Every call and every retry obeys the read path's bound (``remote.Health``, one per mount
-limiter): a put fails with BackendUnavailableError once the endpoint has not answered for
-``io_timeout`` seconds, and at once while it is known down; the block stays dirty in the
-spool and is stored once the endpoint answers again.
+"""The bottom write layer: PutSnapshotBlock for one pending snapshot, through the mount's
+runner (``ebsfs.aws.runner``) and retried by the one policy (``ebsfs.aws.retry``): the 404s of
+a snapshot just started, throttling, 5xx, a body cut short, a put AWS asks to send again and a
+checksum AWS computed differently (the same bytes sent again), all bounded by the mount's
+``--io-timeout`` clock. docs/errors.md says how a put fails and what stays in the spool.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
 import trio
 
+from ebsfs.aws.retry import Attempts, RetryPolicy
+from ebsfs.aws.runner import Calls
 from ebsfs.core import checksum
 from ebsfs.core.blocks import BLOCK_SIZE
-from ebsfs.core.errors import (
-    RESEND,
-    RETRY,
-    BackendUnavailableError,
-    EbsfsError,
-    EndpointDownError,
-    NotFoundError,
-)
-from ebsfs.read.remote import Calls
+from ebsfs.core.errors import GONE, BackendUnavailableError, EbsfsError
+from ebsfs.write.spooled import BlockPuts, BlockSource, SpooledBlock
+
+__all__ = [
+    "BlockSink",
+    "PutTuning",
+    "RemoteWriter",
+    "SpooledBlock",
+]
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 
-class PutApi(Protocol):
-    """The part of ``ebsfs.aws.api.Api`` this layer uses (``ebsfs.write.upload.PutProcess``
-    offers it too, with the optional ``put_spooled_block`` that reads a ``SpooledBlock`` itself)."""
-
-    def put_block(
-        self, snapshot_id: str, index: int, data: bytes | memoryview, checksum_b64: str
-    ) -> None: ...
-
-
-#: Makes a block's bytes in the worker thread of its PutSnapshotBlock; None: nothing to store.
-BlockLoader = Callable[[], bytes | None]
-
-
-@dataclass(frozen=True)
-class SpooledBlock:
-    """A whole block written to a spool's data file at ``offset`` of ``path``.
-
-    Callable as a ``BlockLoader``; a put API with ``put_spooled_block`` (the upload process)
-    reads, checks and hashes it there itself, so its bytes never cross into the mount's
-    threads. ``skip_if_zero``: an all-zero block is not stored (it reads as zeros anyway)."""
-
-    path: str
-    offset: int
-    skip_if_zero: bool
-    load: BlockLoader
-
-    def __call__(self) -> bytes | None:
-        return self.load()
-
-
 class BlockSink(Protocol):
     """Where the write-back layer stores finished blocks."""
 
-    async def put(self, index: int, data: bytes | BlockLoader) -> bytes | None:
+    async def put(self, index: int, data: BlockSource) -> bytes | None:
         """Store one full block; returns its raw SHA256 digest once AWS acknowledged it.
 
         ``data`` may be a loader, called once in the worker thread of the request (reading a
-        block from the disk there costs the trio thread nothing); if it answers None nothing
-        is stored and None is returned."""
+        block from the disk there costs the trio thread nothing), or a ``SpooledBlock`` the
+        put API reads itself; if either answers None nothing is stored and None is returned."""
         ...
 
 
@@ -94,31 +56,15 @@ class PutTuning:
     not_found_grace: float = 150.0  # coldsnap waits about this long for a new snapshot
     not_found_step: float = 2.0  # linear back-off step for those 404s
 
-
-def transient(exc: EbsfsError) -> bool:
-    """Whether another attempt of the same PutSnapshotBlock may succeed (not while the
-    endpoint is known down: the call would fail at once again)."""
-    if isinstance(exc, EndpointDownError):
-        return False
-    # One classification (ebsfs.core.errors.classify): throttling, quotas, 5xx, connection
-    # failures, "Failed to read block data", and the put sent again after AWS's
-    # WRITE_REQUEST_TIMEOUT or CONFLICTING_BLOCK_UPDATE.
-    return exc.kind in (RETRY, RESEND)
-
-
-async def retrying(
-    call: Callable[..., Awaitable[T]], fn: Callable[..., T], *args: Any, attempts: int = 6
-) -> T:
-    """``await call(fn, *args)``, again after transient failures (idempotent calls only)."""
-    for attempt in range(1, attempts + 1):
-        try:
-            return await call(fn, *args)
-        except EbsfsError as exc:
-            if not transient(exc) or attempt == attempts:
-                raise
-            log.info("%s: retrying after: %s", getattr(fn, "__name__", "call"), exc)
-            await trio.sleep(min(5.0, 0.2 * 2 ** (attempt - 1)))
-    raise AssertionError("unreachable")
+    def policy(self) -> RetryPolicy:
+        """The retry policy of a block put: a number of attempts, the 404 grace."""
+        return RetryPolicy(
+            attempts=self.transient_attempts,
+            backoff=self.backoff,
+            max_backoff=self.max_backoff,
+            not_found_grace=self.not_found_grace,
+            not_found_step=self.not_found_step,
+        )
 
 
 class RemoteWriter:
@@ -126,7 +72,7 @@ class RemoteWriter:
 
     def __init__(
         self,
-        api: PutApi,
+        api: BlockPuts,
         snapshot_id: str,
         limiter: trio.CapacityLimiter,
         *,
@@ -138,8 +84,6 @@ class RemoteWriter:
         self.api = api
         self.snapshot_id = snapshot_id
         self.limiter = limiter
-        # The read path's runner (trio's thread cache under the same limiter): about half
-        # the trio-side CPU of trio.to_thread.run_sync, which counts at one call per block.
         # Calls of one limiter share its Health: the mount's reads and writes judge the
         # endpoint by one clock, and a put fails with the reads once it is down.
         self._calls = Calls(limiter)
@@ -151,7 +95,7 @@ class RemoteWriter:
         #: Index -> set when the worker of its latest attempt is done (see ``_attempt``).
         self._running: dict[int, trio.Event] = {}
 
-    async def _attempt(self, index: int, data: bytes | BlockLoader, block: list[bytes]) -> bool:
+    async def _attempt(self, index: int, data: BlockSource, block: list[bytes]) -> bool:
         """One attempt in a worker thread, never two of one index at once: an attempt
         abandoned at the io bound may still be on the wire, and older bytes stored after
         newer ones would lose the newer (their digest already counted as stored)."""
@@ -174,15 +118,16 @@ class RemoteWriter:
 
         return await self._calls.run(self._put_sync, index, data, block, ended=ended)
 
-    def _put_sync(self, index: int, data: bytes | BlockLoader, block: list[bytes]) -> bool:
+    def _put_sync(self, index: int, data: BlockSource, block: list[bytes]) -> bool:
         # Loading and hashing in the same worker thread as the request: one thread hand-off
         # per block, and the trio thread (which answers every FUSE request) touches no bytes.
         # ``block`` keeps [bytes, digest] across attempts: a retry sends the same bytes.
-        spooled: Callable[..., bytes | None] | None = getattr(self.api, "put_spooled_block", None)
-        if spooled is not None and isinstance(data, SpooledBlock) and not block:
-            # Read, hashed and sent by the upload process; a retry reads the file again, and
-            # the digest is always that of the bytes this attempt stored.
-            digest = spooled(self.snapshot_id, index, data.path, data.offset, data.skip_if_zero)
+        if isinstance(data, SpooledBlock):
+            # Read, hashed and sent by the put API (in the upload process, or in this thread);
+            # a retry reads the file again, and the digest is that of the bytes it stored.
+            digest = self.api.put_spooled_block(
+                self.snapshot_id, index, data.path, data.offset, data.skip_if_zero
+            )
             if digest is None:
                 return False
             block += (b"", digest)
@@ -195,42 +140,32 @@ class RemoteWriter:
         self.api.put_block(self.snapshot_id, index, block[0], checksum.b64(block[1]))
         return True
 
-    async def put(self, index: int, data: bytes | BlockLoader) -> bytes | None:
-        t = self.tuning
-        failures = 0
-        not_found = 0
+    async def put(self, index: int, data: BlockSource) -> bytes | None:
+        tries = Attempts(
+            self.tuning.policy(),
+            health=self._calls.health,
+            age=lambda: self.clock() - self.started_at,
+        )
         block: list[bytes] = []
         while True:
             try:
                 stored = await self._attempt(index, data, block)
-            except NotFoundError as exc:
-                not_found += 1
-                if self.clock() - self.started_at > t.not_found_grace:
+            except EbsfsError as exc:
+                again = tries.again(exc)
+                gone = exc.kind == GONE
+                if again is None:
+                    if not gone:
+                        self.counters["put_failures"] += 1
                     raise
                 self.counters["put_retries"] += 1
                 log.info(
-                    "PutSnapshotBlock %s block %d: not found yet, retrying (%s)",
+                    "PutSnapshotBlock %s block %d: %s: %s",
                     self.snapshot_id,
                     index,
+                    "not found yet, retrying" if gone else "retrying after",
                     exc,
                 )
-                await trio.sleep(t.not_found_step * not_found)
-                continue
-            except EbsfsError as exc:
-                failures += 1
-                pause = min(t.max_backoff, t.backoff * 2 ** (failures - 1))
-                # The read path's bound: no retry once the endpoint has not answered for
-                # io_timeout (the mount-wide clock), nor while it is known down.
-                health = self._calls.health
-                stalled = health.down or trio.current_time() + pause >= health.deadline()
-                if not transient(exc) or failures >= t.transient_attempts or stalled:
-                    self.counters["put_failures"] += 1
-                    raise
-                self.counters["put_retries"] += 1
-                log.info(
-                    "PutSnapshotBlock %s block %d: retrying after: %s", self.snapshot_id, index, exc
-                )
-                await trio.sleep(pause)
+                await trio.sleep(again.pause)
                 continue
             if not stored:
                 return None

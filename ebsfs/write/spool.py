@@ -1,53 +1,19 @@
-"""The spool: every byte written to a new snapshot, kept on local disk until it is sealed.
+"""The spool: every byte written to a draft, kept on local disk until it is sealed.
 
-AWS cannot read a pending snapshot back, so the spool is the only copy of what was written
-until CompleteSnapshot succeeds; reads of a pending file are served from it, and a restarted
-daemon rebuilds its drafts from it. One directory per draft holds three files:
-
-``manifest.json``
-    The draft's settings and state (name, size, parent, tags, ClientToken, snapshot id...).
-    Replaced atomically (write, fsync, rename, fsync the directory) whenever it changes.
-``data``
-    512 KiB *slots*, one per block index touched, in the order they were first touched, so the
-    file stays dense whatever the volume size (a 64 TiB volume would not fit a sparse file on
-    ext4, whose files end at 16 TiB).
-``journal``
-    Fixed-size records appended with one ``write`` each: ``S`` (block -> slot), ``W`` (bytes
-    ``[start, end)`` of the volume were written), ``P`` (a block was stored with
-    PutSnapshotBlock, with its SHA256 digest, and whether it was still current) and ``R``
-    (the snapshot is started again: nothing is stored any more).
-
-``P`` records are appended together with the next write's records, a ``sync`` or every 64
-blocks, not one ``write`` each: a crash can lose only the latest few, which means only that
-those blocks are stored again after the restart.
-
-The journal grows with every write (a filesystem built over days writes millions of times),
-and a restart replays all of it. It is *compacted* when it passes ``COMPACT_MIN`` bytes and
-four times the size of the state it describes (also when a spool is loaded): the state is
-written as ``S``, ``W`` and ``P`` records to ``journal.tmp``, the data file and that file are
-flushed to disk, and it replaces the journal by ``rename`` (then the directory is flushed), so
-a crash at any moment leaves either the old journal or the compacted one, both whole. The new
-journal takes the old one's descriptor number (``dup2``), so a ``sync`` running in a worker
-thread meanwhile flushes one file or the other, never a closed descriptor.
-
-Crash guarantees: a write's bytes go to ``data`` and its ``W`` record to ``journal`` before
-``write()`` returns, both with plain ``pwrite``/``write`` calls, so they are in the kernel's page
-cache: a daemon that dies (even ``kill -9``) loses nothing that ``write()`` accepted. ``sync``
-(run on every ``fsync`` of the file) also flushes both files to the disk, so a machine that
-loses power keeps everything fsynced before. Replay stops at the first torn or corrupt record
-(each carries a CRC32), which can only be the tail that no ``write()`` was acknowledged for.
+One directory per draft: ``manifest.json`` (replaced atomically), ``data`` (512 KiB slots in the
+order blocks were first touched) and ``journal`` (CRC32-checked records, compacted when it
+outgrows the state it describes). The layout, the crash guarantees and compaction are in
+docs/architecture.md ("The spool and its crash guarantees").
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import json
 import logging
 import os
 import shutil
-import stat
 import struct
 import uuid
 import zlib
@@ -57,14 +23,10 @@ from typing import Any
 
 from ebsfs.core.blocks import BLOCK_SIZE, ZERO_BLOCK
 from ebsfs.core.durable import fsync_path, punch_hole
-from ebsfs.core.errors import MountError
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
-#: The lock file of a spool root: held (``flock``) by the one mount that uses the root, and
-#: naming it (pid and mount point) for a mount that is refused.
-LOCK = "lock"
 DATA = "data"
 JOURNAL = "journal"
 
@@ -101,107 +63,6 @@ def _add_interval(intervals: list[Interval], start: int, end: int) -> list[Inter
 FULL: list[Interval] = [(0, BLOCK_SIZE)]
 
 
-class SpoolLock:
-    """The exclusive lock of a spool root, held by one mount daemon for its whole life.
-
-    An ``flock`` on ``ROOT/lock``, whose text names the holder. The lock belongs to the open
-    file (not to a process, as ``lockf`` locks do): a child that inherited or closes the
-    descriptor neither takes nor drops it, so the upload process (forked before, and closing
-    every descriptor of the mount) cannot release it, and the daemon never loses it by
-    opening the file again. The descriptor is close-on-exec; when the daemon ends, even by
-    ``kill -9``, the kernel closes it and the lock is free.
-    """
-
-    def __init__(self, root: Path, fd: int) -> None:
-        self.root = root
-        self._fd = fd
-
-    @classmethod
-    def acquire(cls, root: Path, holder: str) -> SpoolLock:
-        """Lock ``root`` (created if need be) for the mount at ``holder``; MountError (exit 6)
-        naming the holder if another mount has it."""
-        try:
-            root.mkdir(mode=0o700, parents=True, exist_ok=True)
-            _check_owner(root)
-            flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
-            fd = os.open(root / LOCK, flags, 0o600)
-        except OSError as exc:
-            raise MountError(f"spool {root}: {exc.strerror or exc}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            try:
-                text = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
-            finally:
-                os.close(fd)
-            raise MountError(
-                f"spool {root} is in use by {_holder(text)}; give each mount its own "
-                "--spool-dir"
-            ) from None
-        except OSError as exc:
-            os.close(fd)
-            raise MountError(f"spool {root}: cannot lock {LOCK}: {exc.strerror}") from None
-        line = f"pid={os.getpid()} mountpoint={holder}\n".encode()
-        try:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, line, 0)
-        except OSError as exc:  # only the name of the holder is lost; the lock holds
-            log.warning("spool %s: cannot write %s: %s", root, LOCK, exc.strerror)
-        return cls(root, fd)
-
-    def release(self) -> None:
-        """Free the lock (the daemon's end does it too)."""
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-
-
-def _check_owner(root: Path) -> None:
-    """Refuse a spool another user could change: the daemon (often root) creates, truncates
-    and reads files there, and whoever may rename entries in it could swap in symlinks."""
-    link = os.lstat(root)
-    if stat.S_ISLNK(link.st_mode) and link.st_uid != os.geteuid():
-        # Whoever made it chose the directory the daemon works in (as fs.protected_symlinks).
-        raise MountError(
-            f"spool {root} is a symlink of uid {link.st_uid}, not of this mount's user "
-            f"(uid {os.geteuid()}); give the directory itself"
-        )
-    real = Path(os.path.realpath(root))
-    for above in real.parents:
-        up = os.stat(above)
-        if up.st_uid not in (0, os.geteuid()):
-            raise MountError(
-                f"spool {root}: {above} belongs to uid {up.st_uid}, who could move the spool "
-                "away and put their own in its place; use a directory under one of root's "
-                "or the mount user's"
-            )
-        if up.st_mode & 0o002 and not up.st_mode & stat.S_ISVTX:
-            raise MountError(
-                f"spool {root}: {above} is writable by everyone (and not sticky); use a "
-                "directory under one that is not"
-            )
-    st = os.stat(root)
-    if st.st_uid != os.geteuid():
-        raise MountError(
-            f"spool {root} belongs to uid {st.st_uid}, not to this mount's user "
-            f"(uid {os.geteuid()}); use a directory of its own"
-        )
-    if st.st_mode & 0o022:
-        raise MountError(
-            f"spool {root} is writable by others (mode {st.st_mode & 0o7777:o}); "
-            f"chmod go-w it, or use a directory of the mount's own"
-        )
-
-
-def _holder(text: str) -> str:
-    """``pid=1 mountpoint=/mnt/x`` as words: "the mount of /mnt/x (pid 1)"."""
-    fields = dict(part.partition("=")[::2] for part in text.split(" ", 1) if "=" in part)
-    mountpoint, pid = fields.get("mountpoint"), fields.get("pid")
-    if mountpoint and pid:
-        return f"the mount of {mountpoint} (pid {pid})"
-    return "another mount"
-
-
 class Spool:
     """One draft's spool directory. Not thread-safe: used from the mount's trio thread."""
 
@@ -224,7 +85,7 @@ class Spool:
         #: Size of the journal file (records are appended with O_APPEND; kept here so an
         #: append needs no lseek to know where a torn record would have to be cut off).
         self._journal_end = 0
-        #: ``P`` records not yet appended (see the module's docstring).
+        #: ``P`` records not yet appended (see docs/architecture.md, the journal).
         self._stored_records = bytearray()
         #: Journal size at which compaction is next considered.
         self._compact_at = COMPACT_MIN
@@ -352,7 +213,7 @@ class Spool:
         return bytes(out)
 
     def _maybe_compact(self) -> None:
-        """Compact the journal if it has grown past its thresholds (see the module's docs).
+        """Compact the journal if it has grown past its thresholds (docs/architecture.md).
         A failure (a full disk) leaves the journal as it was and is retried later."""
         if self._journal_end < COMPACT_MIN:
             self._compact_at = COMPACT_MIN

@@ -15,14 +15,13 @@ from pathlib import Path
 import trio
 
 from ebsfs.aws.api import Api
-from ebsfs.core.blocks import BlockIndex
-from ebsfs.fs.newdir import NewDirectory
-from ebsfs.fs.ops import EmptyNewDirectory
 from ebsfs.options import settings
 from ebsfs.options.config import MountConfig
-from ebsfs.read.stack import ReadStacks
 from ebsfs.write.drafts import Drafts
-from ebsfs.write.spool import Spool, SpoolLock
+from ebsfs.write.newdir import NewDirectory, NoDrafts
+from ebsfs.write.parent import ParentStacks, parent_readers
+from ebsfs.write.spool import Spool
+from ebsfs.write.spoollock import SpoolLock
 from ebsfs.write.upload import PutProcess
 from ebsfs.write.writeback import WriteTuning
 
@@ -37,25 +36,9 @@ class MountContext:
     api: Api
     nursery: trio.Nursery
     limiter: trio.CapacityLimiter  # the one limiter of every blocking API call
-    stacks: ReadStacks  # stacks.get(snapshot_id, volume_gib) reads a completed parent
+    stacks: ParentStacks  # the mount's read stacks: a draft's parent is read through them
     #: Where blocks are stored from (the upload process); None: the mount's own threads.
     put_process: PutProcess | None = None
-
-
-class _ParentBlocks:
-    """A parent's blocks through the mount's read stacks, looked up at each read (the stacks
-    are an LRU: holding one stack object could outlive its eviction)."""
-
-    def __init__(self, stacks: ReadStacks, snapshot_id: str, volume_gib: int) -> None:
-        self.stacks = stacks
-        self.snapshot_id = snapshot_id
-        self.volume_gib = volume_gib
-
-    async def read_block(self, index: BlockIndex) -> bytes | None:
-        return await self.stacks.get(self.snapshot_id, self.volume_gib).read_block(index)
-
-    def stats(self) -> dict[str, int]:
-        return {}
 
 
 def usable_cpus() -> int:
@@ -73,8 +56,8 @@ def upload_process(config: MountConfig, api: Api) -> PutProcess | None:
         cpus = usable_cpus()
         wanted = cpus >= 2
         if not wanted:
-            # Measured (docs/benchmarks.md): on one CPU the child adds a fifth to the CPU of
-            # an upload and makes it slower on average.
+            # On one CPU the child costs more than it saves (docs/benchmarks.md, "The
+            # upload process").
             log.info("%d CPU usable: blocks are stored from the mount's own threads "
                      "(--upload-process to use a child process anyway)", cpus)
     if not wanted:
@@ -87,7 +70,7 @@ async def open_new_directory(ctx: MountContext) -> NewDirectory:
     """The ``new/`` directory of a mount: drafts spooled under ``--spool-dir``."""
     config = ctx.config
     if config.read_only:
-        return EmptyNewDirectory()
+        return NoDrafts()
     spool_dir = Path(config.spool_dir)
     # Held as long as this process lives (the directory keeps it): one mount per spool.
     lock = SpoolLock.acquire(spool_dir, config.mountpoint)
@@ -97,7 +80,7 @@ async def open_new_directory(ctx: MountContext) -> NewDirectory:
         spool_dir,
         ctx.nursery,
         ctx.limiter,
-        lambda snapshot_id, gib: _ParentBlocks(ctx.stacks, snapshot_id, gib),
+        parent_readers(ctx.stacks),
         tuning=WriteTuning(
             dirty_limit=config.dirty_limit,
             delay=config.writeback_delay,
@@ -129,5 +112,4 @@ def _warn_of_a_shared_spool(mountpoint: str, spool_dir: Path) -> None:
 
 async def close_new_directory(newdir: NewDirectory) -> None:
     """Store what the write path holds dirty before the unmount (the spool keeps the rest)."""
-    if isinstance(newdir, Drafts):
-        await newdir.close()
+    await newdir.close()

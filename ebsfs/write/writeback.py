@@ -1,34 +1,8 @@
 """The write-back layer of a pending snapshot: spooled writes become stored 512 KiB blocks.
 
-Writes land in the spool (``ebsfs.write.spool``) at once, at any offset and length; this layer
-keeps, per block index, a version number bumped by every write and the version last stored, and
-an uploader task that sends dirty blocks to a ``BlockSink`` (PutSnapshotBlock):
-
-* a block every byte of which was written is stored once it has been left alone for the
-  write-back delay (four times longer for a block stored before, so the metadata a
-  loop-mounted filesystem rewrites again and again is not stored each time) — at once if a
-  sequential stream of writes (each starting where the one before ended) completed it and
-  moved on past it, as ``dd`` or ``cp`` of an image does;
-* other (partial) blocks wait for ``flush``, or for pressure: when more than ``dirty_limit``
-  bytes are dirty, everything dirty is stored, oldest first, and writers wait (back-pressure);
-* a partial block is completed from what was written, then the parent's block, then zeros;
-* a block is not stored when it would read the same without it — the parent's block with the
-  same bytes, or zeros where the parent (or a snapshot with no parent) has a hole, unless
-  the snapshot is encrypted (its holes do not read as zeros) — and nothing was stored at its
-  index before (AWS would otherwise keep the earlier data). So zeros *are* stored over a
-  parent's data, and a child stores only the blocks whose bytes changed;
-* at most ``max_uploads`` blocks are in flight, never two of one index (their order on the wire
-  would be a race); a block whose store failed is tried again after a pause.
-
-Dirty data lives in the spool (on disk, and in the page cache while it is recent). A block
-is read back from it in the worker thread of its PutSnapshotBlock, so the trio thread, which
-also answers every FUSE request, copies no block and holds none in memory: memory is the
-``max_uploads`` blocks in flight. The spool's data file is flushed to the disk in the
-background every ``sync_every`` bytes written, so that ``flush`` (an fsync) finds little
-left to write there; that flush then drops the page-cache pages of the blocks a sequential
-stream wrote and that were stored before it began (they are on the disk and in the
-snapshot), so the next writes reuse those pages instead of faulting in fresh memory, and
-a ``dd`` of a large image does not fill the page cache with a second copy of it.
+Per block a version bumped by every write and the version last stored; an uploader task stores
+dirty blocks through a ``BlockSink`` (when, in what order, which are skipped, back-pressure and
+the page cache: docs/architecture.md, the write path, "WriteBack").
 """
 
 from __future__ import annotations
@@ -45,8 +19,9 @@ from ebsfs.core import checksum
 from ebsfs.core.blocks import BLOCK_SIZE, ZERO_BLOCK, BlockIndex
 from ebsfs.core.errors import EbsfsError, NotFoundError
 from ebsfs.read.base import BlockReader
-from ebsfs.write.sink import BlockLoader, BlockSink, SpooledBlock
+from ebsfs.write.sink import BlockSink
 from ebsfs.write.spool import FULL, Spool
+from ebsfs.write.spooled import BlockSource, SpooledBlock
 
 log = logging.getLogger(__name__)
 
@@ -278,7 +253,7 @@ class WriteBack:
 
     async def _sync_in_background(self) -> None:
         # Without this the page cache holds every byte written until the first fsync, which
-        # then writes them all to the disk at once (about 2 s per GiB here) while it waits.
+        # then writes them all to the disk at once while it waits.
         while True:
             await self._sync_wanted.wait()
             self._sync_wanted = trio.Event()
@@ -355,8 +330,8 @@ class WriteBack:
             self._notify()
             self._poke()
 
-    def _loader(self, index: int, base: bytes | None) -> BlockLoader:
-        """What the worker thread of the put calls to get the block's bytes (None: skip it)."""
+    def _loader(self, index: int, base: bytes | None) -> BlockSource:
+        """What the worker thread of the put reads the block's bytes from (None: skip it)."""
         spool = self.spool
         cov = spool.coverage.get(index)
         slot = spool.slots.get(index)
@@ -376,8 +351,8 @@ class WriteBack:
 
         if cov is FULL and slot is not None and (base is None or not skippable):
             # Wholly in the spool (nothing of ``base`` shows through, and an all-zero block is
-            # the only one to skip): whoever stores it may read it from the file itself.
-            return SpooledBlock(str(spool.data_path), slot * BLOCK_SIZE, skippable, load)
+            # the only one to skip): whoever stores it reads it from the file itself.
+            return SpooledBlock(str(spool.data_path), slot * BLOCK_SIZE, skippable)
         return load
 
     def _done(self, index: int, version: int, digest: bytes | None) -> None:

@@ -1,12 +1,12 @@
 """The one classification of AWS errors (ebsfs.core.errors.classify) over every (code, Reason)
-pair the EBS model and the EC2 calls ebsfs makes can answer, and api._convert's use of it."""
+pair the EBS model and the EC2 calls ebsfs makes can answer, and aws/convert.py's use of it."""
 
 from __future__ import annotations
 
 import botocore.exceptions
 import pytest
 
-from ebsfs.aws.api import _convert
+from ebsfs.aws.convert import convert as _convert
 from ebsfs.core import errors
 from ebsfs.core.errors import (
     DENIED,

@@ -4,10 +4,11 @@ import contextlib
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from ebsfs.daemon import mounttable
+from tests import mounting
 from tests.serverproc import LocalServer
 
 BIN = Path(sys.executable).parent
@@ -29,24 +30,21 @@ def ebsfs_env(server: LocalServer, tmp_path: Path, **extra: str) -> dict[str, st
 def ebsfs(
     *argv: str, env: dict[str, str], timeout: float = 120, check: bool = True
 ) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(
-        [sys.executable, "-m", "ebsfs", *argv],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-        stdin=subprocess.DEVNULL,
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"ebsfs {' '.join(argv)} exited {proc.returncode}: {proc.stderr}")
-    return proc
+    """``python -m ebsfs ARGV``; AssertionError if it fails, unless ``check`` is False."""
+    return mounting.ebsfs(*argv, env=env, timeout=timeout, check=check)
 
 
 def in_mount_table(path: Path) -> bool:
     """True while ``path`` is mounted, even when its daemon died (os.path.ismount says False
-    then: its stat fails with ENOTCONN)."""
-    with open("/proc/self/mounts") as mounts:
-        return any(line.split()[1] == str(path) for line in mounts)
+    then: its stat fails with ENOTCONN); names with spaces or newlines included."""
+    return any(e.mountpoint == str(path) for e in mounttable.mount_table())
+
+
+def detach(mountpoint: Path, timeout: float = 10) -> None:
+    """A lazy fusermount if ``mountpoint`` is still mounted; waits (a while) until it is gone."""
+    if in_mount_table(mountpoint):
+        subprocess.run(["fusermount3", "-uz", str(mountpoint)], capture_output=True, timeout=30)
+    mounting.wait_for(lambda: not in_mount_table(mountpoint), timeout, every=0.1)
 
 
 def unmount(mountpoint: Path, env: dict[str, str]) -> None:
@@ -55,11 +53,7 @@ def unmount(mountpoint: Path, env: dict[str, str]) -> None:
         return
     if os.path.ismount(mountpoint):
         ebsfs("umount", str(mountpoint), env=env, check=False, timeout=120)
-    if in_mount_table(mountpoint):
-        subprocess.run(["fusermount3", "-uz", str(mountpoint)], capture_output=True, timeout=30)
-    deadline = time.monotonic() + 10
-    while in_mount_table(mountpoint) and time.monotonic() < deadline:
-        time.sleep(0.1)
+    detach(mountpoint)
 
 
 @contextlib.contextmanager

@@ -5,11 +5,11 @@ The codes are those of docs/errors.md (and ``ebsfs.core.errors``).
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.mounting import ebsfs
 from tests.serverproc import LocalServer, free_port
 
 SNAP_A = "snap-0123456789abcdef0"
@@ -19,16 +19,10 @@ SNAP_B = "snap-0123456789abcdef1"
 def run_ebsfs(
     *argv: str, env: dict[str, str] | None = None, timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:
+    """``python -m ebsfs ARGV`` with no machine configuration unless ``env`` names one."""
     base = dict(os.environ if env is None else env)
     base.setdefault("EBSFS_CONFIG", "/dev/null")
-    return subprocess.run(
-        [sys.executable, "-m", "ebsfs", *argv],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=base,
-        stdin=subprocess.DEVNULL,
-    )
+    return ebsfs(*argv, env=base, timeout=timeout)
 
 
 def assert_one_line_error(

@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from ebsfs.core import redact as redact_mod
 from ebsfs.daemon import logsetup
+from tests.mounting import wait_for
 from tests.ops.mounts import ebsfs, ebsfs_env, unmount
 from tests.serverproc import LocalServer, free_port
 
@@ -24,7 +26,7 @@ TOKEN = "IQoJb3JpZ2luX2VjEXAMPLETOKENvalue0123456789"
 
 @pytest.fixture(autouse=True)
 def _fresh_secrets(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setattr(logsetup, "_secrets", set())
+    monkeypatch.setattr(redact_mod, "_secrets", set())
     for name in ("INVOCATION_ID", "JOURNAL_STREAM", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
         monkeypatch.delenv(name, raising=False)
     yield
@@ -60,7 +62,7 @@ def emit(*lines: str) -> str:
 def test_secret_shapes_are_masked(line: str) -> None:
     text = emit(line)
     assert SECRET not in text
-    assert logsetup.MASK in text
+    assert redact_mod.MASK in text
 
 
 def test_harmless_neighbours_survive() -> None:
@@ -78,7 +80,7 @@ def test_environment_secrets_are_masked_wherever_they_appear(
 
 
 def test_secret_flags_given_on_the_command_line_are_masked() -> None:
-    logsetup.register_argv_secrets(["server", "--secret-access-key", SECRET, "--token=" + TOKEN])
+    redact_mod.register_argv_secrets(["server", "--secret-access-key", SECRET, "--token=" + TOKEN])
     text = emit(f"bare {SECRET} and {TOKEN}")
     assert SECRET not in text and TOKEN not in text
 
@@ -113,9 +115,7 @@ def test_server_never_logs_a_secret_from_its_environment(tmp_path: Path) -> None
         with conn:
             conn.sendall(f"GET /{SECRET}?t={TOKEN} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
             conn.recv(65536)
-        deadline = time.monotonic() + 30
-        while "GET" not in log_path.read_text() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for(lambda: "GET" in log_path.read_text())
     finally:
         server.terminate()
         server.wait(30)

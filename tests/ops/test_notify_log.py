@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from ebsfs.core import redact as redact_mod
 from ebsfs.daemon import logsetup, notify
 
 
@@ -135,13 +136,13 @@ def test_secrets_never_reach_the_log(monkeypatch: pytest.MonkeyPatch, line: str)
         "IQoJb3JpZ2luX2VjEXAMPLE",
     ):
         assert secret not in text
-    assert logsetup.MASK in text
+    assert redact_mod.MASK in text
 
 
 def test_registered_secret_is_masked_even_in_tracebacks(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    logsetup.register_secret("hunter2-very-secret")
+    redact_mod.register_secret("hunter2-very-secret")
     out = io.StringIO()
     monkeypatch.delenv("INVOCATION_ID", raising=False)
     monkeypatch.delenv("JOURNAL_STREAM", raising=False)
@@ -177,4 +178,4 @@ def test_syslog_lines_are_redacted_too(tmp_path: Path, monkeypatch: pytest.Monke
         line = sock.recv(4096).decode()
     assert line.startswith("<12>ebsfs[")  # facility user (1) * 8 + warning (4)
     assert "abcdEFGH1234" not in line
-    assert logsetup.MASK in line
+    assert redact_mod.MASK in line

@@ -162,7 +162,7 @@ def test_bad_environment_value_names_the_variable(config_file: Path) -> None:
 
 
 def test_secret_in_the_file_is_never_shown(config_file: Path) -> None:
-    from ebsfs.daemon.logsetup import redact
+    from ebsfs.core.redact import redact
 
     settings.load_config(str(config_file), {})
     assert "do-not-print-me" not in redact("key do-not-print-me leaked")

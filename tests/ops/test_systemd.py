@@ -117,8 +117,8 @@ def test_restart_clears_a_dead_mount_and_only_a_dead_one(
 ) -> None:
     import os
     import signal
-    import time
 
+    from tests.mounting import wait_for
     from tests.ops.mounts import ebsfs, ebsfs_env, in_mount_table, unmount
 
     env = ebsfs_env(server, tmp_path)
@@ -134,13 +134,7 @@ def test_restart_clears_a_dead_mount_and_only_a_dead_one(
         # A crashed daemon leaves "Transport endpoint is not connected": cleared.
         pid = int(os.getxattr(mountpoint, "user.ebsfs.pid"))
         os.kill(pid, signal.SIGKILL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                os.stat(mountpoint)
-            except OSError:
-                break
-            time.sleep(0.1)
+        wait_for(lambda: not os.path.exists(mountpoint), 10, every=0.1)
         # (os.path.ismount says False: its stat fails with ENOTCONN; the table still has it.)
         assert in_mount_table(mountpoint)
         assert subprocess.run(cleanup, timeout=30).returncode == 0

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from ebsfs.daemon import mounttable
-from tests.ops.mounts import ebsfs, ebsfs_env
+from tests.mounting import wait_for
+from tests.ops.mounts import detach, ebsfs, ebsfs_env, in_mount_table
 from tests.serverproc import LocalServer, upload_image
 
 # ctypes' mmap: Python's mmap module keeps a duplicate of the descriptor open.
@@ -31,18 +32,6 @@ MAP_AND_CLOSE = (
     "print('mapped', flush=True)\n"
     "time.sleep(300)\n"
 )
-
-
-def _mounted(path: Path) -> bool:
-    return any(e.mountpoint == str(path) for e in mounttable.mount_table())
-
-
-def _detach(path: Path) -> None:
-    if _mounted(path):
-        subprocess.run(["fusermount3", "-uz", str(path)], capture_output=True, timeout=30)
-    deadline = time.monotonic() + 10
-    while _mounted(path) and time.monotonic() < deadline:
-        time.sleep(0.1)
 
 
 @pytest.mark.parametrize("name", ["plain", "odd\nname\\with \ttabs"])
@@ -71,17 +60,17 @@ def test_a_mapping_holds_a_mount_point_whatever_its_name(
         done = ebsfs("umount", "--timeout", "20", str(mnt), env=env, check=False)
         assert done.returncode == 6, done.stderr
         assert "busy" in done.stderr and f"pid {holder.pid}: mapped file" in done.stderr
-        assert _mounted(mnt)
+        assert in_mount_table(mnt)
         holder.kill()
         holder.wait()
         holder = None
         ebsfs("umount", str(mnt), env=env)
-        assert not _mounted(mnt)
+        assert not in_mount_table(mnt)
     finally:
         if holder is not None:
             holder.kill()
             holder.wait()
-        _detach(mnt)
+        detach(mnt)
 
 
 def test_a_daemon_mounted_through_a_symlink_still_waits_for_its_holders(
@@ -99,15 +88,13 @@ def test_a_daemon_mounted_through_a_symlink_still_waits_for_its_holders(
     ebsfs("mount", str(link), "--log-file", str(log), env=env)
     holder = None
     try:
-        assert _mounted(real)
+        assert in_mount_table(real)
         pid = int(os.getxattr(real, "user.ebsfs.pid"))
         holder = subprocess.Popen(["sleep", "300"], cwd=real)
         os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 30
-        while "is busy" not in log.read_text() and _mounted(real):
-            assert time.monotonic() < deadline, log.read_text()  # hang guard
-            time.sleep(0.05)
-        assert _mounted(real), log.read_text()
+        busy = wait_for(lambda: "is busy" in log.read_text() or not in_mount_table(real))
+        assert busy, log.read_text()
+        assert in_mount_table(real), log.read_text()
         assert f"pid {holder.pid}" in log.read_text()
         assert "new" in os.listdir(real)  # still served
     finally:
@@ -115,7 +102,7 @@ def test_a_daemon_mounted_through_a_symlink_still_waits_for_its_holders(
             holder.kill()
             holder.wait()
         ebsfs("umount", str(real), env=env, check=False)
-        _detach(real)
+        detach(real)
 
 
 def test_a_daemon_whose_mount_is_covered_by_another_does_not_unmount_that_one(
@@ -137,10 +124,8 @@ def test_a_daemon_whose_mount_is_covered_by_another_does_not_unmount_that_one(
         covered = True
         (mnt / "tmpfs-file").write_text("on the tmpfs")
         os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 30
-        while "is busy" not in log.read_text() and "unmounting" not in log.read_text():
-            assert time.monotonic() < deadline, log.read_text()  # hang guard
-            time.sleep(0.05)
+        said = wait_for(lambda: "is busy" in log.read_text() or "unmounting" in log.read_text())
+        assert said, log.read_text()
         time.sleep(0.5)
         assert (mnt / "tmpfs-file").read_text() == "on the tmpfs", log.read_text()
         assert "is busy" in log.read_text() and f"a mount at {mnt}" in log.read_text()
@@ -150,7 +135,5 @@ def test_a_daemon_whose_mount_is_covered_by_another_does_not_unmount_that_one(
         if any(e.mountpoint == str(mnt) and e.fstype == "tmpfs"
                for e in mounttable.mount_table()):
             subprocess.run(["umount", "-l", str(mnt)], capture_output=True, timeout=30)
-        deadline = time.monotonic() + 30
-        while _mounted(mnt) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        _detach(mnt)
+        wait_for(lambda: not in_mount_table(mnt), every=0.1)
+        detach(mnt)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.mounting import drop_page_cache
+from tests.mounting import drop_page_cache, kernel_mounted, wait_for
 from tests.ops.mounts import ebsfs, ebsfs_env, in_mount_table, mounted, unmount
 from tests.serverproc import LocalServer, upload_image
 
@@ -24,11 +24,6 @@ def sh(*argv: str | Path) -> str:
     return subprocess.run(
         [str(a) for a in argv], check=True, capture_output=True, text=True, timeout=60
     ).stdout.strip()
-
-
-def in_mountinfo(path: Path) -> bool:
-    with open("/proc/self/mountinfo") as f:
-        return any(line.split(" ")[4] == str(path) for line in f)
 
 
 def running(pid: int) -> bool:
@@ -53,13 +48,8 @@ def ext4_image(path: Path, tmp_path: Path) -> Path:
 def ext4_mount(tmp_path: Path) -> Iterator[Path]:
     """A plain ext4 loop mount: what an attacker-controlled directory looks like."""
     image = ext4_image(tmp_path / "plain.img", tmp_path)
-    where = tmp_path / "plain"
-    where.mkdir()
-    sh("mount", "-o", "loop", image, where)
-    try:
+    with kernel_mounted(image, tmp_path / "plain", "loop") as where:
         yield where
-    finally:
-        subprocess.run(["umount", str(where)], capture_output=True, timeout=60)
 
 
 @pytest.fixture
@@ -88,7 +78,7 @@ def test_umount_never_signals_a_pid_from_another_filesystem(
     assert "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
     assert sleeper.poll() is None  # nothing was signalled
-    assert in_mountinfo(ext4_mount)
+    assert in_mount_table(ext4_mount)
 
 
 def test_umount_refuses_a_pid_that_is_not_an_ebsfs_daemon() -> None:
@@ -129,8 +119,7 @@ def test_umount_refuses_while_a_loop_device_holds_a_snapshot(
     with mounted(tmp_path / "mnt", env=env) as mnt:
         device = sh("losetup", "-r", "-f", "--show", mnt / snap)
         try:
-            sh("mount", "-o", "ro", device, loop_dir)
-            try:
+            with kernel_mounted(device, loop_dir, "ro"):
                 done = ebsfs("umount", str(mnt), env=env, check=False)
                 assert done.returncode == 6, done.stderr
                 assert device in done.stderr and "busy" in done.stderr
@@ -141,8 +130,6 @@ def test_umount_refuses_while_a_loop_device_holds_a_snapshot(
                 assert (loop_dir / "hello.txt").read_text() == "hello from a loop mount\n"
                 assert len((loop_dir / "big.bin").read_bytes()) == 3 << 20
                 assert in_mount_table(mnt)
-            finally:
-                subprocess.run(["umount", str(loop_dir)], capture_output=True, timeout=60)
             # Attached but not mounted still holds the file.
             done = ebsfs("umount", str(mnt), env=env, check=False)
             assert done.returncode == 6 and device in done.stderr, done.stderr
@@ -150,15 +137,13 @@ def test_umount_refuses_while_a_loop_device_holds_a_snapshot(
             subprocess.run(["losetup", "-d", device], capture_output=True, timeout=60)
         _wait_loop_detached(device)
         ebsfs("umount", str(mnt), env=env)
-        assert not in_mountinfo(mnt)
+        assert not in_mount_table(mnt)
 
 
 def _wait_loop_detached(device: str) -> None:
     # losetup -d is asynchronous when the device was busy a moment ago.
     backing = f"/sys/block/{os.path.basename(device)}/loop/backing_file"
-    deadline = time.monotonic() + 30
-    while os.path.exists(backing) and time.monotonic() < deadline:
-        time.sleep(0.1)
+    wait_for(lambda: not os.path.exists(backing), every=0.1)
 
 
 def test_umount_refuses_while_a_process_holds_it(server: LocalServer, tmp_path: Path) -> None:
@@ -175,13 +160,13 @@ def test_umount_refuses_while_a_process_holds_it(server: LocalServer, tmp_path: 
             assert done.returncode == 6, done.stderr
             assert f"pid {in_dir.pid}" in done.stderr and "cwd" in done.stderr
             assert f"pid {holder.pid}" in done.stderr
-            assert os.listdir(mnt) is not None and in_mountinfo(mnt)
+            assert os.listdir(mnt) is not None and in_mount_table(mnt)
         finally:
             for proc in (in_dir, holder):
                 proc.kill()
                 proc.wait()
         ebsfs("umount", str(mnt), env=env)
-        assert not in_mountinfo(mnt)
+        assert not in_mount_table(mnt)
 
 
 def test_umount_lazy_detaches_a_busy_mount(server: LocalServer, tmp_path: Path) -> None:
@@ -190,7 +175,7 @@ def test_umount_lazy_detaches_a_busy_mount(server: LocalServer, tmp_path: Path) 
         proc = subprocess.Popen(["sleep", "300"], cwd=mnt)
         try:
             ebsfs("umount", "--lazy", str(mnt), env=env)
-            assert not in_mountinfo(mnt)
+            assert not in_mount_table(mnt)
         finally:
             proc.kill()
             proc.wait()
@@ -207,7 +192,7 @@ def test_umount_returns_only_once_the_mount_and_daemon_are_gone(
         try:
             pid = int(os.getxattr(mnt, PID_XATTR))
             ebsfs("umount", str(mnt), env=env)
-            assert not in_mountinfo(mnt)
+            assert not in_mount_table(mnt)
             assert not running(pid)
         finally:
             unmount(mnt, env)
@@ -218,11 +203,9 @@ def test_umount_of_a_dead_mount(server: LocalServer, tmp_path: Path) -> None:
     with mounted(tmp_path / "mnt", env=env) as mnt:
         pid = int(os.getxattr(mnt, PID_XATTR))
         os.kill(pid, signal.SIGKILL)
-        deadline = time.monotonic() + 30
-        while running(pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for(lambda: not running(pid))
         ebsfs("umount", str(mnt), env=env)
-        assert not in_mountinfo(mnt)
+        assert not in_mount_table(mnt)
 
 
 def test_umount_waits_for_the_mount_to_leave_the_table(
@@ -244,16 +227,14 @@ def test_umount_waits_for_the_mount_to_leave_the_table(
             env=env, stderr=subprocess.PIPE, text=True,
         )
         try:
-            deadline = time.monotonic() + 60
-            while "SIGTERM" not in log.read_text() and time.monotonic() < deadline:
-                time.sleep(0.01)
+            wait_for(lambda: "SIGTERM" in log.read_text(), 60, every=0.01)
             os.kill(pid, signal.SIGKILL)
             _, err = umount.communicate(timeout=120)
         finally:
             if umount.poll() is None:
                 umount.kill()
         assert umount.returncode == 0, err
-        assert not in_mountinfo(mnt)
+        assert not in_mount_table(mnt)
 
 
 def test_daemon_told_to_stop_while_busy_waits_until_free(
@@ -268,19 +249,15 @@ def test_daemon_told_to_stop_while_busy_waits_until_free(
         holder = subprocess.Popen(["sleep", "300"], cwd=mnt)
         try:
             os.kill(pid, signal.SIGTERM)
-            deadline = time.monotonic() + 30
-            while "is busy" not in log.read_text() and time.monotonic() < deadline:
-                time.sleep(0.05)
+            wait_for(lambda: "is busy" in log.read_text())
             assert f"pid {holder.pid}" in log.read_text()
-            assert in_mountinfo(mnt) and running(pid)
+            assert in_mount_table(mnt) and running(pid)
             assert "new" in os.listdir(mnt)  # still served
         finally:
             holder.kill()
             holder.wait()
-        deadline = time.monotonic() + 60
-        while (in_mountinfo(mnt) or running(pid)) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not in_mountinfo(mnt) and not running(pid)
+        wait_for(lambda: not in_mount_table(mnt) and not running(pid), 60)
+        assert not in_mount_table(mnt) and not running(pid)
 
 
 def test_complete_does_not_act_on_attributes_of_another_filesystem(
@@ -317,7 +294,7 @@ def test_a_process_in_the_directory_under_the_mount_does_not_hold_it(
     try:
         with mounted(mnt, env=env):
             ebsfs("umount", str(mnt), env=env)
-            assert not in_mountinfo(mnt)
+            assert not in_mount_table(mnt)
     finally:
         below.kill()
         below.wait()

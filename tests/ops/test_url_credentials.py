@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ebsfs.daemon import logsetup
+from ebsfs.core import redact as redact_mod
 
 PASSWORD = "HUNTER2-url-password"
 
@@ -25,14 +25,14 @@ PASSWORD = "HUNTER2-url-password"
     ],
 )
 def test_a_url_password_is_masked_in_log_lines(text: str) -> None:
-    cleaned = logsetup.redact(text)
+    cleaned = redact_mod.redact(text)
     assert PASSWORD not in cleaned
     assert "127.0.0.1" in cleaned or "ebs.example" in cleaned or "@h/" in cleaned
 
 
 def test_a_url_without_a_password_is_unchanged() -> None:
     text = "http://127.0.0.1:9537/ and https://user@host/path and mailto:a@b"
-    assert logsetup.redact(text) == text
+    assert redact_mod.redact(text) == text
 
 
 def test_a_command_error_shows_no_url_password(tmp_path: Path) -> None:
@@ -61,5 +61,5 @@ def test_a_command_error_shows_no_url_password(tmp_path: Path) -> None:
 def test_a_url_password_is_masked_in_a_logged_record(caplog: pytest.LogCaptureFixture) -> None:
     record = logging.LogRecord("x", logging.INFO, __file__, 1, "endpoint %s", (
         f"http://u:{PASSWORD}@127.0.0.1/",), None)
-    logsetup.RedactSecrets().filter(record)
+    redact_mod.RedactSecrets().filter(record)
     assert PASSWORD not in record.getMessage()

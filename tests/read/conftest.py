@@ -53,3 +53,18 @@ def make_ext4(image: Path, tree: Path, size: int) -> None:
         check=True,
         capture_output=True,
     )
+
+
+def partitioned_disk(image: Path, size: int, script: str) -> Path:
+    """A sparse disk image of ``size`` bytes with the partition table an sfdisk ``script``
+    describes (written to the file only: the kernel is not told)."""
+    with open(image, "wb") as f:
+        f.truncate(size)
+    subprocess.run(
+        ["sfdisk", "-q", "--no-reread", "--no-tell-kernel", str(image)],
+        input=script,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return image

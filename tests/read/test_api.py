@@ -9,18 +9,23 @@ import os
 import socket
 import threading
 import time
+import tomllib
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import boto3.session
+import botocore
+import botocore.credentials
 import botocore.exceptions
 import pytest
 from botocore.credentials import RefreshableCredentials
 
-from ebsfs.aws.api import Api, _convert
-from ebsfs.aws.blockcalls import BlockCalls, ClientBlockCalls
+from ebsfs.aws import blockcalls
+from ebsfs.aws.api import Api
+from ebsfs.aws.blockcalls import BlockCalls, ClientBlockCalls, block_calls
+from ebsfs.aws.convert import convert as _convert
 from ebsfs.core import checksum, errors
 from ebsfs.core.blocks import BLOCK_SIZE
 from ebsfs.options.config import DEV_ACCESS_KEY_ID, DEV_SECRET_ACCESS_KEY, AwsConfig
@@ -590,3 +595,54 @@ def test_lean_calls_under_the_servers_faults(server_factory: Callable[..., Local
     with pytest.raises(errors.ApiError) as throttled:
         _lean_api(srv.endpoint_url, max_attempts=1).get_block(info.snapshot_id, 0, tokens[0])
     assert throttled.value.code == "RequestThrottledException"
+
+
+def _pinned(package: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The ``>=X.Y,<X.Z`` range pyproject.toml pins ``package`` to."""
+    root = os.path.join(os.path.dirname(__file__), "..", "..", "pyproject.toml")
+    with open(root, "rb") as f:
+        deps = tomllib.load(f)["project"]["dependencies"]
+    spec = next(d for d in deps if d.startswith(package + ">="))
+    low, high = spec[len(package) + 2 :].split(",<")
+    return tuple(map(int, low.split("."))), tuple(map(int, high.split(".")))
+
+
+def test_botocore_has_every_part_the_block_calls_use(
+    scripted: Callable[[Answer], ScriptedServer], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Fails loudly, naming the part, where the mount would fall back to the client's calls in
+    silence (one INFO line): a botocore outside the pin, or one that moved a part
+    ``blockcalls`` is made of (its imports, the client's http_session, error parser and model,
+    the standard retry objects, ``exceptions.from_code``). Run it before widening the pin."""
+    version = tuple(int(p) for p in botocore.__version__.split(".")[:2])
+    low, high = _pinned("botocore")
+    assert low <= version < high, f"botocore {botocore.__version__} is outside the pin"
+    assert blockcalls._MISSING is None, f"botocore lacks an import: {blockcalls._MISSING}"
+    data = _block(8)
+    script: Iterator[bytes] = iter([
+        _error_answer("503 Service Unavailable", "InternalServerException"),
+        _block_answer(data),
+        _error_answer("400 Bad Request", "ValidationException", "INVALID_BLOCK_TOKEN"),
+    ])
+    srv = scripted(lambda seen: next(script, b"") or _put_answer(seen))
+    api = _lean_api(srv.url, max_attempts=2)
+    credentials = botocore.credentials.Credentials(DEV_ACCESS_KEY_ID, DEV_SECRET_ACCESS_KEY)
+    # Made directly, not through block_calls(): a missing part raises here, named.
+    calls = BlockCalls(api.ebs, credentials)
+    heard: list[tuple[int, str]] = []
+    calls.heard = lambda status, code: heard.append((status, code))
+    body, headers = calls.get(SNAP, 1, AWS_LIKE_TOKEN)  # retried once by botocore's objects
+    assert body.read() == data
+    assert headers["x-amz-Checksum"] == checksum.block_checksum(data)
+    with pytest.raises(botocore.exceptions.ClientError) as refused:
+        calls.get(SNAP, 1, AWS_LIKE_TOKEN)
+    assert type(refused.value) is api.ebs.exceptions.ValidationException
+    assert refused.value.response.get("Reason") == "INVALID_BLOCK_TOKEN"  # the second parse
+    assert calls.put(SNAP, 2, data, checksum.block_checksum(data))["x-amz-Checksum"]
+    assert heard == [(503, "InternalServerException"), (200, ""), (400, "ValidationException"),
+                     (201, "")]
+    for seen in srv.seen:
+        _verify_signature(seen)
+    with caplog.at_level(logging.INFO, logger="ebsfs.aws.blockcalls"):
+        assert type(block_calls(api.ebs, credentials)) is BlockCalls
+    assert not caplog.records

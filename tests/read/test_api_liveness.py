@@ -78,3 +78,25 @@ def test_probe_of_a_silent_or_dead_endpoint_fails_within_its_timeout(scripted: M
     assert len(silent.seen) == 1  # one attempt, no retries
     with pytest.raises(errors.BackendUnavailableError):
         _api(f"http://127.0.0.1:{free_port()}").probe(1.0)
+
+
+def _ec2_error(status: str, code: str) -> bytes:
+    body = (
+        f"<Response><Errors><Error><Code>{code}</Code><Message>slow down</Message></Error>"
+        "</Errors><RequestID>r</RequestID></Response>"
+    ).encode()
+    head = f"HTTP/1.1 {status}\r\nContent-Type: text/xml\r\nContent-Length: {len(body)}\r\n\r\n"
+    return head.encode() + body
+
+
+def test_ec2_throttling_with_a_503_is_heard(scripted: Make) -> None:
+    """EC2 throttles with 503 RequestLimitExceeded: an answer (a busy endpoint), as the
+    runner's clock counts it; the liveness hook used to take it for a 5xx."""
+    srv = scripted(lambda seen: _ec2_error("503 Service Unavailable", "RequestLimitExceeded"))
+    api = _api(srv.url, max_attempts=1)
+    before = time.monotonic()
+    with pytest.raises(errors.ApiError) as throttled:
+        api.describe_snapshots([SNAP])
+    assert throttled.value.code == "RequestLimitExceeded"
+    assert throttled.value.kind == errors.RETRY
+    assert api.last_answer() >= before

@@ -8,8 +8,8 @@ from typing import Any
 import trio
 
 from ebsfs.aws.api import BlockPage
+from ebsfs.aws.runner import Calls
 from ebsfs.fs.blockcount import BlockCounts
-from ebsfs.read.remote import Calls
 
 SNAP = "snap-0123456789abcdef0"
 

@@ -11,12 +11,12 @@ import pytest
 import trio
 
 from ebsfs.aws.api import BlockPage, SnapshotInfo
+from ebsfs.aws.runner import Calls
 from ebsfs.cli import build_parser
 from ebsfs.commands.mount import mount_config_from_args
 from ebsfs.core import errors
 from ebsfs.daemon.run import check_mountpoint
 from ebsfs.fs.catalog import Catalog, CatalogConfig, is_snapshot_id
-from ebsfs.read.remote import Calls
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -26,9 +26,13 @@ def info(sid: str, name: str = "", state: str = "completed", start: float = 0.0)
 
 
 class FakeEc2:
+    """DescribeSnapshots over ``infos`` (each call's ids and owner recorded) and the one-page
+    ListSnapshotBlocks probe of fixed ids (counted)."""
+
     def __init__(self, infos: list[SnapshotInfo]) -> None:
         self.infos = infos
         self.describes: list[tuple[str, ...]] = []
+        self.owners: list[str] = []
         self.lists = 0
 
     def describe_snapshots(
@@ -39,6 +43,7 @@ class FakeEc2:
     ) -> list[SnapshotInfo]:
         ids = tuple(snapshot_ids)
         self.describes.append(ids)
+        self.owners.append(owner)
         return [i for i in self.infos if not ids or i.snapshot_id in ids]
 
     def list_blocks(

@@ -16,10 +16,12 @@ from pathlib import Path
 import pytest
 import trio
 
+from ebsfs.aws.runner import Calls
 from ebsfs.core.blocks import BLOCK_SIZE, BlockIndex
 from ebsfs.read import diskcache
+from ebsfs.read.base import BlockReader
 from ebsfs.read.diskcache import DiskCache, DiskCachedBlocks, cache_file
-from ebsfs.read.remote import Calls, RemoteBlocks, RemoteTuning
+from ebsfs.read.remote import RemoteBlocks, RemoteTuning
 from tests.read.fakes import FakeBlockApi, block_of
 
 pytestmark = pytest.mark.timeout(60)
@@ -347,8 +349,8 @@ class _CountingHashlib:
         return hashlib.sha256(data)
 
 
-class _PlainBelow:
-    """A lower layer with ``read_block`` only (no verified digest to offer)."""
+class _PlainBelow(BlockReader):
+    """A lower layer with ``read_block`` only: the default ``read_verified`` offers no digest."""
 
     def __init__(self) -> None:
         self.reads = 0

@@ -10,11 +10,12 @@ import pytest
 import trio
 
 from ebsfs.aws.api import SnapshotInfo
+from ebsfs.aws.runner import Calls
 from ebsfs.core import errors
 from ebsfs.core.blocks import BLOCK_SIZE, BlockIndex
 from ebsfs.fs.catalog import Catalog, CatalogConfig
 from ebsfs.read.cache import BlockCache, CachedBlocks
-from ebsfs.read.remote import Calls, RemoteBlocks, RemoteTuning
+from ebsfs.read.remote import RemoteBlocks, RemoteTuning
 from tests.read.fakes import FakeBlockApi, block_of
 
 pytestmark = pytest.mark.timeout(60)

@@ -11,12 +11,13 @@ from collections.abc import Awaitable, Callable
 import pytest
 import trio
 
+from ebsfs.aws.runner import Calls
 from ebsfs.core import errors
 from ebsfs.core.blocks import BLOCK_SIZE, BlockIndex
 from ebsfs.read.cache import BlockCache, CachedBlocks
 from ebsfs.read.ranges import ReplyBuffers, read_range
 from ebsfs.read.readahead import ReadAhead
-from ebsfs.read.remote import Calls, RemoteBlocks, RemoteTuning, TokenWindows
+from ebsfs.read.remote import RemoteBlocks, RemoteTuning, TokenWindows
 from ebsfs.read.stack import ReadStacks, StackConfig
 from tests.read.fakes import FakeBlockApi, block_of
 

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.read.conftest import build_tree, make_ext4, sha256_tree
+from tests.mounting import kernel_mounted, loop_device
+from tests.read.conftest import build_tree, make_ext4, partitioned_disk, sha256_tree
 from tests.serverproc import upload_image
 
 pytestmark = pytest.mark.timeout(240)
@@ -24,25 +25,6 @@ MIB = 1 << 20
 
 def run(*cmd: str) -> str:
     return subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-
-
-@contextlib.contextmanager
-def loop_device(path: Path, *flags: str) -> Iterator[str]:
-    dev = run("losetup", "-f", "--show", "-r", *flags, str(path)).strip()
-    try:
-        yield dev
-    finally:
-        subprocess.run(["losetup", "-d", dev], check=False)
-
-
-@contextlib.contextmanager
-def mounted_ro(dev: str, target: Path) -> Iterator[Path]:
-    target.mkdir(parents=True, exist_ok=True)
-    run("mount", "-o", "ro", dev, str(target))
-    try:
-        yield target
-    finally:
-        subprocess.run(["umount", str(target)], check=False)
 
 
 @contextlib.contextmanager
@@ -102,7 +84,7 @@ def test_ext4_image_reads_back_exactly(server, mount_factory, tmp_path: Path) ->
     fsck = subprocess.run(["e2fsck", "-fn", str(snap)], capture_output=True, text=True)
     assert fsck.returncode == 0, fsck.stdout + fsck.stderr
 
-    with loop_device(snap) as dev, mounted_ro(dev, tmp_path / "ro") as root:
+    with loop_device(snap) as dev, kernel_mounted(dev, tmp_path / "ro", "ro") as root:
         got = sha256_tree(root)
     got.pop("lost+found", None)
     assert got == hashes
@@ -123,13 +105,8 @@ def test_ext4_image_reads_back_exactly(server, mount_factory, tmp_path: Path) ->
 
 
 def test_gpt_image_with_two_partitions(server, mount_factory, tmp_path: Path) -> None:
-    image = tmp_path / "gpt.img"
-    with open(image, "wb") as f:
-        f.truncate(48 * MIB)
     script = "label: gpt\nsize=16MiB, name=one\nsize=16MiB, name=two\n"
-    subprocess.run(
-        ["sfdisk", "-q", str(image)], input=script, text=True, check=True, capture_output=True
-    )
+    image = partitioned_disk(tmp_path / "gpt.img", 48 * MIB, script)
     layout = json.loads(run("sfdisk", "--json", str(image)))["partitiontable"]
     parts = layout["partitions"]
     sector = layout.get("sectorsize", 512)
@@ -156,7 +133,7 @@ def test_gpt_image_with_two_partitions(server, mount_factory, tmp_path: Path) ->
         for n in range(2):
             with (
                 partition_node(dev, n + 1) as part_dev,
-                mounted_ro(part_dev, tmp_path / f"mnt-p{n}") as root,
+                kernel_mounted(part_dev, tmp_path / f"mnt-p{n}", "ro") as root,
             ):
                 got = sha256_tree(root)
             got.pop("lost+found", None)

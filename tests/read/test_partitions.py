@@ -18,8 +18,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ebsfs.fs.partitions import SECTOR, Partition, label_links, read_partitions
-from tests.mounting import ebsfs
-from tests.read.conftest import build_tree, sha256_tree
+from tests.mounting import ebsfs, kernel_mounted
+from tests.read.conftest import build_tree, partitioned_disk, sha256_tree
 from tests.serverproc import LocalServer
 
 pytestmark = pytest.mark.timeout(280)
@@ -32,16 +32,6 @@ def run(*cmd: str, **kw: str) -> str:
     return subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
 
 
-def sfdisk(image: Path, script: str) -> None:
-    subprocess.run(
-        ["sfdisk", "-q", "--no-reread", "--no-tell-kernel", str(image)],
-        input=script,
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-
-
 def partitions_of(image: Path) -> list[Partition]:
     data = image.read_bytes()
 
@@ -52,11 +42,9 @@ def partitions_of(image: Path) -> list[Partition]:
 
 
 def test_gpt_table_as_sfdisk_wrote_it(tmp_path: Path) -> None:
-    image = tmp_path / "gpt.img"
-    with open(image, "wb") as f:
-        f.truncate(64 * MIB)
-    sfdisk(
-        image,
+    image = partitioned_disk(
+        tmp_path / "gpt.img",
+        64 * MIB,
         "label: gpt\n"
         'start=2048, size=8192, type=U, name="EFI System"\n'
         'size=16384, type=L, name="root"\n'
@@ -72,11 +60,9 @@ def test_gpt_table_as_sfdisk_wrote_it(tmp_path: Path) -> None:
 
 
 def test_mbr_with_logical_partitions_numbered_as_linux_does(tmp_path: Path) -> None:
-    image = tmp_path / "mbr.img"
-    with open(image, "wb") as f:
-        f.truncate(64 * MIB)
-    sfdisk(
-        image,
+    image = partitioned_disk(
+        tmp_path / "mbr.img",
+        64 * MIB,
         "label: dos\n"
         "start=2048, size=8192, type=83\n"
         "start=10240, size=40960, type=5\n"
@@ -92,10 +78,8 @@ def test_mbr_with_logical_partitions_numbered_as_linux_does(tmp_path: Path) -> N
 
 
 def test_a_gpt_whose_crc_is_wrong_is_not_trusted(tmp_path: Path) -> None:
-    image = tmp_path / "gpt.img"
-    with open(image, "wb") as f:
-        f.truncate(16 * MIB)
-    sfdisk(image, "label: gpt\nstart=2048, size=4096, type=L\n")
+    script = "label: gpt\nstart=2048, size=4096, type=L\n"
+    image = partitioned_disk(tmp_path / "gpt.img", 16 * MIB, script)
     with open(image, "r+b") as f:
         f.seek(SECTOR + 80)  # the entry count, under the header's CRC
         f.write((100000).to_bytes(4, "little"))
@@ -141,16 +125,6 @@ def test_hostile_bytes_give_partitions_inside_the_disk_or_none(
 
 
 @contextlib.contextmanager
-def mounted(source: Path, target: Path, *opts: str) -> Iterator[Path]:
-    target.mkdir(parents=True, exist_ok=True)
-    run("mount", "-o", ",".join(("loop", *opts)), str(source), str(target))
-    try:
-        yield target
-    finally:
-        subprocess.run(["umount", str(target)], check=False)
-
-
-@contextlib.contextmanager
 def fat_mounted(image: Path, target: Path) -> Iterator[Path]:
     """A FAT image mounted read-only with fusefat (kernels built without vfat, as here, and
     containers, have only a FUSE driver); it shows 8.3 names in upper case."""
@@ -174,14 +148,12 @@ def _disk(tmp_path: Path) -> tuple[Path, dict[str, dict[str, str]]]:
     run("mcopy", "-s", "-i", str(fat), *(str(p) for p in trees["efi"].iterdir()), "::/")
     run("mkfs.ext4", "-q", "-F", "-L", "root", "-d", str(trees["root"]), str(ext))
     run("mkfs.xfs", "-q", "-f", "-L", "data", str(xfs))
-    with mounted(xfs, tmp_path / "xfs-rw") as target:
+    with kernel_mounted(xfs, tmp_path / "xfs-rw", "loop") as target:
         for item in trees["data"].iterdir():
             run("cp", "-a", str(item), str(target))
-    disk = tmp_path / "disk.img"
-    with open(disk, "wb") as f:
-        f.truncate(400 * MIB)
-    sfdisk(
-        disk,
+    disk = partitioned_disk(
+        tmp_path / "disk.img",
+        400 * MIB,
         "label: gpt\n"
         f'start=2048, size={32 * 2048}, type=U, name="EFI System"\n'
         f'size={64 * 2048}, type=L, name="root"\n'
@@ -243,7 +215,7 @@ def test_gpt_disk_written_through_new_each_partition_mounted_from_its_file(
         got = sha256_tree(efi)
         got.pop("EFI")  # fusefat shows the volume label as an empty file
         assert got == {k.upper(): v for k, v in want["efi"].items()}
-    with mounted(parts / "by-label" / "root", tmp_path / "root-ro", "ro") as root:
+    with kernel_mounted(parts / "by-label" / "root", tmp_path / "root-ro", "loop", "ro") as root:
         assert sha256_tree(root) == want["root"]
-    with mounted(parts / "3", tmp_path / "data-ro", "ro") as data:
+    with kernel_mounted(parts / "3", tmp_path / "data-ro", "loop", "ro") as data:
         assert sha256_tree(data) == want["data"]

@@ -14,7 +14,7 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from ebsfs.server.segments import data_bytes
+from ebsfs.server.records import data_bytes
 from ebsfs.server.storage import INDEX_DELAY
 from tests.serverproc import LocalServer
 

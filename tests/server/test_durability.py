@@ -10,7 +10,7 @@ from typing import Any
 
 from ebsfs.core import checksum
 from ebsfs.core.blocks import BLOCK_SIZE
-from ebsfs.server.segments import HEADER_SIZE, RECORD_SIZE, Record, encode_header
+from ebsfs.server.records import HEADER_SIZE, RECORD_SIZE, Record, encode_header
 from tests.server.raw import allocated, stored
 from tests.serverproc import (
     LocalServer,

@@ -8,7 +8,7 @@ from urllib.parse import urlencode
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ebsfs.server.ec2 import glob_match
+from ebsfs.server.ec2filters import glob_match
 from tests.server.conftest import Shared
 from tests.server.raw import Answer, signed
 from tests.serverproc import LocalServer

@@ -19,7 +19,8 @@ from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 
 from ebsfs.core.blocks import BLOCK_SIZE
-from ebsfs.server.httpd import HEAD_TIMEOUT, MAX_CONNECTIONS
+from ebsfs.server.connection import HEAD_TIMEOUT
+from ebsfs.server.httpd import MAX_CONNECTIONS
 from tests.server.conftest import Shared
 from tests.server.raw import send, sign, signed
 from tests.serverproc import LocalServer, free_port

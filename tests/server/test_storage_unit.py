@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from ebsfs.core.blocks import BLOCK_SIZE
-from ebsfs.server.segments import RECORD_SIZE
+from ebsfs.server.records import RECORD_SIZE
 from ebsfs.server.storage import COMPLETED, Refused, Snapshot, Store
 
 

@@ -9,7 +9,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from ebsfs.core.blocks import BLOCK_SIZE
-from ebsfs.server.segments import data_bytes
+from ebsfs.server.records import data_bytes
 from tests.serverproc import LocalServer, get_block, list_blocks, upload_image
 
 

@@ -55,6 +55,9 @@ class FakeApi:
         self.inflight: set[tuple[str, int]] = set()
         self.overlap = False  # two puts of one index were ever in flight at once
         self.put_delay = 0.0
+        #: "count" or "checksum": CompleteSnapshot is sent a wrong ChangedBlocksCount or
+        #: aggregate (as another writer of the snapshot would cause), so AWS fails it.
+        self.complete_fault = ""
         self._next = 0
 
     # -- helpers for tests --
@@ -137,6 +140,10 @@ class FakeApi:
 
     def complete_snapshot(self, snapshot_id, changed_blocks_count, aggregate_b64):
         self.calls["complete"] += 1
+        if self.complete_fault == "count":
+            changed_blocks_count += 1
+        elif self.complete_fault == "checksum":
+            aggregate_b64 = "A" * 43 + "="
         with self.lock:
             snap = self.snaps.get(snapshot_id)
             if snap is None:

@@ -31,6 +31,7 @@ Body = Callable[[Drafts, FakeApi], Awaitable[None]]
 
 def run(tmp_path: Path, body: Body, api: FakeApi | None = None, fault: str = "") -> FakeApi:
     api = api or FakeApi()
+    api.complete_fault = fault
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
@@ -40,7 +41,6 @@ def run(tmp_path: Path, body: Body, api: FakeApi | None = None, fault: str = "")
                 tuning=WriteTuning(delay=0.01),
                 put_tuning=PutTuning(backoff=0.001, not_found_grace=0.2),
                 seal_tuning=SealTuning(first_pause=0.01, max_pause=0.02),
-                seal_fault=fault,
             )
             await body(drafts, api)
             nursery.cancel_scope.cancel()
@@ -63,7 +63,7 @@ async def sealed(drafts: Drafts, draft: SnapshotDraft) -> str:
     with trio.fail_after(10):
         while draft.state == "sealing":
             await trio.sleep(0.01)
-    assert draft.state == "completed", draft.m.get("state_message")
+    assert draft.state == "completed", draft.m.state_message
     assert draft.name not in drafts.names()
     return done[-1]
 
@@ -243,7 +243,7 @@ def test_an_aws_error_keeps_the_spool_and_sealing_again_starts_afresh(
         assert await d.read(0, len(data)) == data  # nothing lost
         assert d.mode() == 0o400
         first.append(d.snapshot_id or "")
-        drafts.seal_fault = ""
+        api.complete_fault = ""
         sid = await sealed(drafts, d)
         assert sid != first[0] and api.image(sid, len(data)) == data
 

@@ -8,10 +8,11 @@ import threading
 import pytest
 import trio
 
+from ebsfs.aws.runner import Calls
 from ebsfs.core import errors
 from ebsfs.core.blocks import BLOCK_SIZE
-from ebsfs.read.remote import Calls
 from ebsfs.write.sink import PutTuning, RemoteWriter
+from ebsfs.write.spooled import ThreadPuts
 
 pytestmark = pytest.mark.timeout(60)
 SNAP = "snap-0123456789abcdef0"
@@ -40,7 +41,7 @@ def test_an_abandoned_put_never_lands_after_a_newer_one() -> None:
     async def main() -> None:
         limiter = trio.CapacityLimiter(4)
         calls = Calls(limiter, io_timeout=T)
-        w = RemoteWriter(api, SNAP, limiter, tuning=PutTuning(backoff=0.01))
+        w = RemoteWriter(ThreadPuts(api), SNAP, limiter, tuning=PutTuning(backoff=0.01))
         start = trio.current_time()
         with pytest.raises(errors.BackendUnavailableError):
             await w.put(0, old)

@@ -20,6 +20,7 @@ from ebsfs.core.errors import (
     NoSpaceError,
 )
 from ebsfs.write.drafts import Drafts
+from ebsfs.write.state import DraftState
 
 from .fakes import FakeApi
 from .test_drafts import BS, run, sealed
@@ -75,7 +76,7 @@ def test_a_restart_after_a_refused_complete_sends_it_again(tmp_path: Path) -> No
         await d.seal()
         await _settled(d)
         # As if the daemon had died right after the refused call, while still sealing.
-        d.m["state"] = "sealing"
+        d.m.state = DraftState.SEALING
         d._save()
 
     async def second(drafts: Drafts, api: FakeApi) -> None:
@@ -230,7 +231,7 @@ def test_sealing_again_after_aws_failed_the_snapshot_deletes_the_failed_one(
         await _settled(d)
         assert d.state == "error"
         failed = d.snapshot_id
-        drafts.seal_fault = ""
+        api.complete_fault = ""
         sid = await sealed(drafts, d)
         assert failed not in api.snaps  # one snapshot named x, not a useless second one
         assert [s.snapshot_id for s in api.snaps.values()] == [sid]
@@ -293,7 +294,7 @@ def test_a_draft_started_by_an_earlier_version_stores_the_zero_blocks_it_skipped
         await d.fsync()
         assert api.puts == [1]  # the zero block was skipped (not encrypted, as answered)
         # As an earlier version left it: no word on encryption.
-        del d.m["encrypted"]
+        d.m.encrypted = None
         d._save()
 
     async def second(drafts: Drafts, api: FakeApi) -> None:

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ebsfs.options.settings import default_spool_dir, escape_path
-from ebsfs.write.spool import LOCK
+from ebsfs.write.spoollock import LOCK
 from tests.mounting import MountProc, ebsfs
 from tests.serverproc import LocalServer
 

@@ -11,6 +11,7 @@ from ebsfs.core.blocks import BLOCK_SIZE
 from ebsfs.core.errors import ApiError, BackendUnavailableError, NotFoundError
 from ebsfs.write.sink import PutTuning, RemoteWriter
 from ebsfs.write.spool import Spool
+from ebsfs.write.spooled import ThreadPuts
 from ebsfs.write.writeback import WriteBack, WriteTuning
 
 from .fakes import DictReader, FakeApi
@@ -37,7 +38,7 @@ def run(
         wb = WriteBack(spool, reader,
                        tuning=tuning or WriteTuning(delay=0.05, max_uploads=4))
         limiter = trio.CapacityLimiter(4)
-        wb.attach(RemoteWriter(api, info.snapshot_id, limiter, tuning=FAST_PUT,
+        wb.attach(RemoteWriter(ThreadPuts(api), info.snapshot_id, limiter, tuning=FAST_PUT,
                                counters=wb.counters))
         async with trio.open_nursery() as nursery:
             nursery.start_soon(wb.run)
@@ -282,7 +283,9 @@ def test_a_retried_put_sends_the_bytes_read_for_its_first_attempt(tmp_path: Path
     api.fail_puts = [BackendUnavailableError("dropped")]
 
     async def body(wb: WriteBack, api: FakeApi, sid: str) -> None:
-        await wb.write(0, b"1" * BS)
+        # A partial block is composed in the mount (a whole one is read by whoever stores
+        # it: the upload process, or ThreadPuts, again at each attempt).
+        await wb.write(0, b"1" * (BS - 1))
         reads: list[int] = []
         real = wb.spool.compose
 
@@ -293,7 +296,7 @@ def test_a_retried_put_sends_the_bytes_read_for_its_first_attempt(tmp_path: Path
         wb.spool.compose = compose  # type: ignore[method-assign]
         await wb.flush()
         assert reads == [0]  # read once, in the put's worker thread, sent twice
-        assert api.snaps[sid].own[0] == b"1" * BS
+        assert api.snaps[sid].own[0] == b"1" * (BS - 1) + b"\0"
         assert api.calls["put"] == 2
 
     run(tmp_path, body, api=api)

@@ -1,0 +1,249 @@
+"""How ``ebsfs complete`` shows its progress (docs/usage.md, "Sealing"): a live bar on a
+terminal, one plain line per state change otherwise, JSON events (one object a line) with
+``--json``. What it shows comes from the draft's attributes and the mount's counters."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+from ebsfs.core.blocks import BLOCK_SIZE
+
+#: Seconds of history the rate is measured over.
+RATE_WINDOW = 5.0
+#: Least seconds between two redraws of the bar, or two JSON progress events.
+BAR_EVERY = 0.2
+JSON_EVERY = 1.0
+BAR_WIDTH = 24
+
+
+@dataclass(frozen=True)
+class Sample:
+    """What one poll of the file (and, now and then, of the mount's counters) saw."""
+
+    state: str
+    #: The daemon's progress text: "storing", "storing 40 blocks", "completing 45%", ...
+    progress: str
+    dirty: int
+    stored: int
+    #: PutSnapshotBlock answers that were throttling, and all of them, if the mount counts them.
+    throttled: int | None = None
+    answers: int | None = None
+
+    @property
+    def phase(self) -> str:
+        """``storing`` or ``completing`` while sealing, else the state itself."""
+        if self.state != "sealing":
+            return self.state
+        return "completing" if self.progress.startswith("completing") else "storing"
+
+    @property
+    def aws_progress(self) -> str:
+        """AWS's Progress ("45%") while completing, else ""."""
+        word = self.progress.rpartition(" ")[2]
+        return word if self.phase == "completing" and word.endswith("%") else ""
+
+
+def throttle_counts(stats: dict[str, Any] | None) -> tuple[int | None, int | None]:
+    """(throttled, answers) of PutSnapshotBlock from ``ebsfs stats`` counters: the mount's
+    ``write.puts_throttled`` over it plus ``write.puts``; (None, None) if it does not
+    count them."""
+    write = (stats or {}).get("write")
+    if not isinstance(write, dict):
+        return None, None
+    throttled, puts = write.get("puts_throttled"), write.get("puts")
+    if not isinstance(throttled, int) or not isinstance(puts, int):
+        return None, None
+    return throttled, throttled + puts
+
+
+class Tracker:
+    """Blocks to store and stored since sealing was first seen, rate, time left and the
+    throttled share, from successive samples."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.started = clock()
+        self.to_store: int | None = None
+        self.done = 0
+        self._history: deque[tuple[float, int]] = deque()
+        self._base: tuple[int, int] | None = None
+        self._throttled: tuple[int, int] | None = None
+
+    def update(self, sample: Sample) -> None:
+        now = self.clock()
+        if self.to_store is None:
+            self.to_store = sample.dirty
+        # Blocks only leave "dirty" while sealing; if more show up (a seal resumed after a
+        # restart), they are more to store.
+        self.done = max(self.done, self.to_store - sample.dirty)
+        self.to_store = max(self.to_store, self.done + sample.dirty)
+        self._history.append((now, self.done))
+        while len(self._history) > 2 and now - self._history[1][0] >= RATE_WINDOW:
+            self._history.popleft()
+        if sample.throttled is not None and sample.answers is not None:
+            if self._base is None:
+                self._base = (sample.throttled, sample.answers)
+            self._throttled = (sample.throttled - self._base[0], sample.answers - self._base[1])
+
+    def rate(self) -> float | None:
+        """Blocks stored a second over the last few seconds; None before it can be told."""
+        if len(self._history) < 2:
+            return None
+        (t0, d0), (t1, d1) = self._history[0], self._history[-1]
+        return (d1 - d0) / (t1 - t0) if t1 - t0 >= 0.5 else None
+
+    def left(self) -> float | None:
+        """Seconds until every block is stored at the current rate."""
+        rate = self.rate()
+        if self.to_store is None or not rate:
+            return None
+        return (self.to_store - self.done) / rate
+
+    def throttled_share(self) -> float | None:
+        """Share of this seal's PutSnapshotBlock answers that were throttling, if counted."""
+        if self._throttled is None:
+            return None
+        throttled, answers = self._throttled
+        return throttled / answers if answers > 0 else 0.0
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(seconds + 0.5)
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
+def bar_text(name: str, snapshot_id: str, sample: Sample, tracker: Tracker) -> str:
+    """The bar's one line (no terminal codes)."""
+    head = f"{name} {snapshot_id}".strip()
+    if sample.phase == "completing":
+        return f"{head}: completing {sample.aws_progress or ''}".rstrip()
+    total, done = tracker.to_store or 0, tracker.done
+    filled = BAR_WIDTH * done // total if total else BAR_WIDTH
+    parts = [f"{head}: storing [{'#' * filled}{'.' * (BAR_WIDTH - filled)}] "
+             f"{done}/{total} blocks"]
+    rate = tracker.rate()
+    if rate is not None:
+        parts.append(f"{rate:.1f} blocks/s ({rate * BLOCK_SIZE / (1 << 20):.1f} MiB/s)")
+    left = tracker.left()
+    if left is not None:
+        parts.append(f"{_clock(left)} left")
+    share = tracker.throttled_share()
+    if share is not None:
+        parts.append(f"throttled {share:.0%}")
+    return "  ".join(parts)
+
+
+class Reporter:
+    """Shows nothing (the base of the three ways below)."""
+
+    def update(self, name: str, snapshot_id: str, sample: Sample, tracker: Tracker) -> None:
+        return None
+
+    def done(self, snapshot_id: str, tracker: Tracker) -> None:
+        return None
+
+    def failed(self, message: str, state: str) -> None:
+        return None
+
+
+class Bar(Reporter):
+    """A line redrawn in place on a terminal (stderr)."""
+
+    def __init__(self, stream: TextIO, clock: Callable[[], float] = time.monotonic) -> None:
+        self.stream, self.clock = stream, clock
+        self._shown, self._at = "", float("-inf")
+
+    def update(self, name: str, snapshot_id: str, sample: Sample, tracker: Tracker) -> None:
+        text = bar_text(name, snapshot_id, sample, tracker)
+        now = self.clock()
+        if text != self._shown and (now - self._at >= BAR_EVERY or not self._shown):
+            print(f"\r\033[K{text}", end="", file=self.stream, flush=True)
+            self._shown, self._at = text, now
+
+    def done(self, snapshot_id: str, tracker: Tracker) -> None:
+        self._clear()
+
+    def failed(self, message: str, state: str) -> None:
+        self._clear()
+
+    def _clear(self) -> None:
+        if self._shown:
+            print("\r\033[K", end="", file=self.stream, flush=True)
+            self._shown = ""
+
+
+class Lines(Reporter):
+    """One plain line per state change (stderr that is not a terminal: a log)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self._phase = self._head = ""
+
+    def update(self, name: str, snapshot_id: str, sample: Sample, tracker: Tracker) -> None:
+        if sample.phase == self._phase:
+            return
+        self._phase, self._head = sample.phase, f"{name} {snapshot_id}".strip()
+        if sample.phase == "storing":
+            text = f"storing {tracker.to_store} blocks"
+        elif sample.phase == "completing":
+            text = f"stored {tracker.done} blocks; completing"
+        else:
+            text = sample.phase
+        print(f"{self._head}: {text}", file=self.stream, flush=True)
+
+    def done(self, snapshot_id: str, tracker: Tracker) -> None:
+        if self._phase:  # nothing to say when there was nothing to wait for
+            print(f"{self._head or snapshot_id}: completed", file=self.stream, flush=True)
+
+
+class JsonEvents(Reporter):
+    """One JSON object a line on stdout, for scripts: ``state`` at each state change,
+    ``progress`` at most once a second, then ``completed`` or ``error``."""
+
+    def __init__(self, stream: TextIO, path: str,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.stream, self.path, self.clock = stream, path, clock
+        self._phase, self._at = "", float("-inf")
+        self._last: tuple[int, str] | None = None
+
+    def _emit(self, event: str, **fields: Any) -> None:
+        doc = {"event": event, "path": self.path, "time": round(time.time(), 3), **fields}
+        print(json.dumps(doc, sort_keys=True), file=self.stream, flush=True)
+
+    @staticmethod
+    def _counts(tracker: Tracker) -> dict[str, Any]:
+        rate, left, share = tracker.rate(), tracker.left(), tracker.throttled_share()
+        return {
+            "stored": tracker.done,
+            "to_store": tracker.to_store,
+            "blocks_per_second": None if rate is None else round(rate, 2),
+            "seconds_left": None if left is None else round(left, 1),
+            "throttled_share": None if share is None else round(share, 4),
+        }
+
+    def update(self, name: str, snapshot_id: str, sample: Sample, tracker: Tracker) -> None:
+        now = self.clock()
+        if sample.phase != self._phase:
+            self._phase = sample.phase
+            self._emit("state", state=sample.phase, snapshot_id=snapshot_id or None,
+                       **self._counts(tracker))
+            self._at = now
+            return
+        mark = (tracker.done, sample.aws_progress)
+        if mark != self._last and now - self._at >= JSON_EVERY:
+            self._emit("progress", state=sample.phase, snapshot_id=snapshot_id or None,
+                       aws_progress=sample.aws_progress or None, **self._counts(tracker))
+            self._last, self._at = mark, now
+
+    def done(self, snapshot_id: str, tracker: Tracker) -> None:
+        self._emit("completed", snapshot_id=snapshot_id,
+                   seconds=round(tracker.clock() - tracker.started, 1), **self._counts(tracker))
+
+    def failed(self, message: str, state: str) -> None:
+        self._emit("error", state=state or None, message=message)
