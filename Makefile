@@ -28,8 +28,10 @@ lint: venv
 	$(VENV)/bin/ruff check ebsfs tests bench
 	$(VENV)/bin/mypy
 
+# The tests mostly wait on servers, mounts and subprocesses: more workers than CPUs pays.
+TEST_WORKERS ?= 6
 test: venv lint
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 demo: venv
 	scripts/demo.sh

@@ -37,6 +37,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+class PortTakenError(RuntimeError):
+    """The server could not listen on its port: another process holds it."""
+
+
 class LocalServer:
     """``ebsfs server`` in a subprocess, on a free loopback port, with the dev key pair."""
 
@@ -44,6 +48,7 @@ class LocalServer:
         self.data_dir = Path(data_dir)
         self.flags: tuple[str, ...] = tuple(flags)
         self.port = port or free_port()
+        self._may_move = port is None  # until it first listens: clients then know the port
         self.endpoint_url = f"http://127.0.0.1:{self.port}"
         self.access_key_id = DEV_ACCESS_KEY_ID
         self.secret_access_key = DEV_SECRET_ACCESS_KEY
@@ -62,11 +67,27 @@ class LocalServer:
         ]
 
     def start(self) -> None:
-        """Start the server and wait until its port accepts connections."""
+        """Start the server and wait until its port accepts connections. A port of our own
+        choosing that another process took meanwhile (parallel test workers) is chosen anew."""
+        for _attempt in range(3):
+            try:
+                self._start_once()
+                self._may_move = False
+                return
+            except PortTakenError:
+                if not self._may_move:
+                    raise
+                self.port = free_port()
+                self.endpoint_url = f"http://127.0.0.1:{self.port}"
+        self._start_once()
+        self._may_move = False
+
+    def _start_once(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             raise RuntimeError("server already running")
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
+        logged_before = log.tell()
         try:
             self.proc = subprocess.Popen(self.command(), stdout=log, stderr=log)
         finally:
@@ -74,9 +95,11 @@ class LocalServer:
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"ebsfs server exited with {self.proc.returncode}:\n{self.log_text()}"
-                )
+                code, text = self.proc.returncode, self.log_text()
+                self.proc = None
+                taken = "cannot listen on" in text[logged_before:]
+                raise (PortTakenError if taken else RuntimeError)(
+                    f"ebsfs server exited with {code}:\n{text}")
             with contextlib.suppress(OSError), socket.create_connection(
                 ("127.0.0.1", self.port), timeout=0.5
             ):

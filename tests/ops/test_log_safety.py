@@ -29,7 +29,10 @@ def _fresh_secrets(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setattr(redact_mod, "_secrets", set())
     for name in ("INVOCATION_ID", "JOURNAL_STREAM", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
         monkeypatch.delenv(name, raising=False)
+    root = logging.getLogger()
+    level = root.level
     yield
+    root.setLevel(level)  # setup_logging raised it: later tests in this worker expect the default
 
 
 def emit(*lines: str) -> str:

@@ -54,6 +54,7 @@ def ebsfs_on_system_path() -> Iterator[None]:
 
 
 @pytest.mark.usefixtures("ebsfs_on_system_path")
+@pytest.mark.xdist_group("usr-local-sbin")  # one link for the whole machine
 def test_mount_t_fuse_ebsfs_with_fstab_options(server: LocalServer, tmp_path: Path) -> None:
     data = _image(1)
     snap = upload_image(server.ebs(), server.ec2(), data, name="fstab-image")
@@ -104,6 +105,7 @@ def test_mount_t_fuse_ebsfs_with_fstab_options(server: LocalServer, tmp_path: Pa
 
 
 @pytest.mark.usefixtures("ebsfs_on_system_path")
+@pytest.mark.xdist_group("usr-local-sbin")  # one link for the whole machine
 def test_mount_helper_rejects_an_unknown_option(server: LocalServer, tmp_path: Path) -> None:
     mountpoint = tmp_path / "mnt"
     mountpoint.mkdir()
