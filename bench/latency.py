@@ -13,7 +13,10 @@ Every mount setting in SETTINGS is run (the defaults first). A round runs each c
 peers and settings one after the other (their order reversed every other round), so all see
 the same load; the tables are medians over the rounds, with the load average (1 min) seen.
 Environment: BENCH_LAT_MIB (512), BENCH_LAT_ROUNDS (3), BENCH_LAT_SETTINGS (``;``-separated
-flag lists; ``default`` is none), BENCH_LAT_RATE (300).
+flag lists; ``default`` is none), BENCH_LAT_RATES (``300``; a comma-separated list runs (c) at
+each), BENCH_LAT_PARTS (``a,b,c``). CPU seconds per GiB are the client's (the mount and its
+upload process, or the peer) and, apart, the server's over the same run: on a saturated
+machine the ratio of their sums bounds the ratio of throughputs.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.read import _dd, _upload, cold_read
+from bench.read import _cpu_of, _dd, _upload, cold_read
 from bench.write import _bare_upload, _flow_a
 from ebsfs.core.blocks import BLOCK_SIZE
 from tests.mounting import MountProc
@@ -41,7 +44,8 @@ from tests.serverproc import LocalServer
 MIB = 1 << 20
 SIZE_MIB = int(os.environ.get("BENCH_LAT_MIB", "512"))
 ROUNDS = int(os.environ.get("BENCH_LAT_ROUNDS", "3"))
-RATE = int(os.environ.get("BENCH_LAT_RATE", "300"))
+RATES = [int(r) for r in os.environ.get("BENCH_LAT_RATES", "300").split(",")]
+PARTS = set(os.environ.get("BENCH_LAT_PARTS", "a,b,c").split(","))
 SETTINGS = [
     () if s.strip() == "default" else tuple(s.split())
     for s in os.environ.get(
@@ -126,11 +130,17 @@ class Bench:
     def timed(self, case: str, label: str, run: Callable[[], tuple[float, float]]) -> None:
         """Run, note MiB/s and CPU seconds per GiB."""
         load = os.getloadavg()[0]
+        assert self.server.proc is not None
+        pid = self.server.proc.pid
+        server_cpu = _cpu_of(pid)
         seconds, cpu = run()
+        server_cpu = _cpu_of(pid) - server_cpu
+        gib = SIZE_MIB / 1024
         self.note(case, label, SIZE_MIB / seconds, load)
-        self.note(case + " cpu", label, cpu / (SIZE_MIB / 1024), load)
+        self.note(case + " cpu", label, cpu / gib, load)
+        self.note(case + " server cpu", label, server_cpu / gib, load)
         print(f"  {case:<12} {label:<45} {SIZE_MIB / seconds:7.1f} MiB/s  CPU {cpu:5.1f} s"
-              f"  load {load:.1f}", flush=True)
+              f"  server {server_cpu:5.1f} s  load {load:.1f}", flush=True)
 
     def where(self) -> Path:
         self.runs += 1
@@ -155,12 +165,12 @@ class Bench:
 
         self.timed(case, _label(flags), run)
 
-    def limited(self, flags: tuple[str, ...]) -> None:
+    def limited(self, flags: tuple[str, ...], rate: int) -> None:
         """Part (c) under --rate-limit: blocks a second and throttled share, from the log."""
         label = _label(flags)
         for case, operation, go in (
-            ("read 300/s", "GetSnapshotBlock", self.read),
-            ("flow A 300/s", "PutSnapshotBlock", self.write),
+            (f"read {rate}/s", "GetSnapshotBlock", self.read),
+            (f"flow A {rate}/s", "PutSnapshotBlock", self.write),
         ):
             mark = len(self.server.log_text())
             load = os.getloadavg()[0]
@@ -175,30 +185,37 @@ class Bench:
         settings = SETTINGS if number % 2 == 0 else SETTINGS[::-1]
         srv = self.server
         print(f"round {number + 1}", flush=True)
-        srv.restart("--latency-ms", "100")
-        self.timed("read 100ms", "dsnap (50 threads)",
-                   lambda: _dsnap(srv, self.sids[0], self.root / "dsnap"))
-        for flags in settings:
-            self.read("read 100ms", flags)
-        self.timed("flowA 100ms", f"boto3 uploader ({UPLOAD_THREADS} threads)",
-                   lambda: _bare_upload(srv, self.image, UPLOAD_THREADS))
-        for flags in settings:
-            self.write("flowA 100ms", flags)
-        srv.restart("--latency-ms", "10")
-        for flags in settings:
-            self.read("read 10ms", flags)
-            self.write("flowA 10ms", flags)
-        srv.restart("--rate-limit", str(RATE), "--latency-ms", "100", "--log-level", "debug")
-        for flags in settings:
-            self.limited(flags)
-        srv.restart("--account-rate-limit", str(RATE), "--latency-ms", "100")
-        for flags in settings:
-            load = os.getloadavg()[0]
-            rates = _pair(srv, self.sids, self.root / f"p{number}", flags)
-            self.note("pair share", _label(flags), min(rates) / max(rates), load)
-            self.note("pair total", _label(flags), sum(rates), load)
-            print(f"  pair         {_label(flags):<45} {rates[0]:.0f} + {rates[1]:.0f} blocks/s"
-                  f"  load {load:.1f}", flush=True)
+        if "a" in PARTS or "b" in PARTS:
+            srv.restart("--latency-ms", "100")
+        if "a" in PARTS:
+            self.timed("read 100ms", "dsnap (50 threads)",
+                       lambda: _dsnap(srv, self.sids[0], self.root / "dsnap"))
+        if "a" in PARTS or "b" in PARTS:
+            for flags in settings:
+                self.read("read 100ms", flags)
+        if "a" in PARTS:
+            self.timed("flowA 100ms", f"boto3 uploader ({UPLOAD_THREADS} threads)",
+                       lambda: _bare_upload(srv, self.image, UPLOAD_THREADS))
+        if "a" in PARTS or "b" in PARTS:
+            for flags in settings:
+                self.write("flowA 100ms", flags)
+        if "b" in PARTS:
+            srv.restart("--latency-ms", "10")
+            for flags in settings:
+                self.read("read 10ms", flags)
+                self.write("flowA 10ms", flags)
+        for rate in RATES if "c" in PARTS else []:
+            srv.restart("--rate-limit", str(rate), "--latency-ms", "100", "--log-level", "debug")
+            for flags in settings:
+                self.limited(flags, rate)
+            srv.restart("--account-rate-limit", str(rate), "--latency-ms", "100")
+            for flags in settings:
+                load = os.getloadavg()[0]
+                rates = _pair(srv, self.sids, self.root / f"p{number}", flags)
+                self.note(f"pair {rate}/s share", _label(flags), min(rates) / max(rates), load)
+                self.note(f"pair {rate}/s total", _label(flags), sum(rates), load)
+                print(f"  pair {rate}/s {_label(flags):<45} {rates[0]:.0f} + {rates[1]:.0f} "
+                      f"blocks/s  load {load:.1f}", flush=True)
 
     def setup(self) -> None:
         with open(self.image, "wb") as f:
@@ -218,46 +235,55 @@ def report(results: Results) -> None:
     def med(case: str, label: str) -> float:
         return _median(results[(case, label)])[0] if results.get((case, label)) else 0.0
 
+    def ratio(a: tuple[str, str], b: tuple[str, str]) -> float | None:
+        """med(a) / med(b), None unless both were measured."""
+        return med(*a) / med(*b) if results.get(a) and results.get(b) else None
+
     labels = [_label(flags) for flags in SETTINGS]
     print(f"\nmedians of {ROUNDS} rounds, {SIZE_MIB} MiB; load = 1-min load average seen")
-    print("| case | run | median | CPU s/GiB | load |")
-    print("| --- | --- | ---: | ---: | --- |")
+    print("| case | run | median | client CPU s/GiB | server CPU s/GiB | load |")
+    print("| --- | --- | ---: | ---: | ---: | --- |")
     for (case, label), values in results.items():
         if case.endswith(" cpu"):
             continue
         value, loads = _median(values)
-        cpu = med(case + " cpu", label)
-        unit = "MiB/s" if (case + " cpu", label) in results else ""
-        print(f"| {case} | {label} | {value:.2f} {unit} | {cpu:.2f} | {loads} |"
-              if unit else f"| {case} | {label} | {value:.2f} | | {loads} |")
+        if (case + " cpu", label) in results:
+            cpu, server = med(case + " cpu", label), med(case + " server cpu", label)
+            print(f"| {case} | {label} | {value:.1f} MiB/s | {cpu:.2f} | {server:.2f} | {loads} |")
+        else:
+            print(f"| {case} | {label} | {value:.2f} | | | {loads} |")
     print("\n| target | setting | ratio | target | met |")
     print("| --- | --- | ---: | ---: | --- |")
 
-    def row(what: str, label: str, ratio: float, target: float, above: bool = True) -> None:
+    def row(what: str, label: str, ratio: float | None, target: float, above: bool = True
+            ) -> None:
+        if ratio is None:
+            return
         met = ratio >= target if above else ratio <= target
         sign = ">=" if above else "<="
         print(f"| {what} | {label} | {ratio:.2f} | {sign} {target} | {'yes' if met else 'NO'} |")
 
-    dsnap = med("read 100ms", "dsnap (50 threads)")
-    boto = med("flowA 100ms", f"boto3 uploader ({UPLOAD_THREADS} threads)")
+    dsnap = ("read 100ms", "dsnap (50 threads)")
+    boto = ("flowA 100ms", f"boto3 uploader ({UPLOAD_THREADS} threads)")
     for label in labels:
-        row("(a) cold read / dsnap, 100 ms", label, med("read 100ms", label) / dsnap, 1.5)
+        row("(a) cold read / dsnap, 100 ms", label, ratio(("read 100ms", label), dsnap), 1.5)
         row("(a) flow A / boto3 64 threads, 100 ms", label,
-            med("flowA 100ms", label) / boto, 1.2)
+            ratio(("flowA 100ms", label), boto), 1.2)
         row("(b) read 100 ms / 10 ms", label,
-            med("read 100ms", label) / med("read 10ms", label), 0.85)
+            ratio(("read 100ms", label), ("read 10ms", label)), 0.85)
         row("(b) flow A 100 ms / 10 ms", label,
-            med("flowA 100ms", label) / med("flowA 10ms", label), 0.85)
-        for case in ("read 300/s", "flow A 300/s"):
-            blocks = med(case, label) * MIB / BLOCK_SIZE
-            row(f"(c) {case}: blocks/s / {RATE}", label, blocks / RATE, 0.9)
-            row(f"(c) {case}: % throttled", label, med(case + " throttled %", label), 5,
-                above=False)
-            row(f"(c) {case}: errors", label, med(case + " errors", label), 0, above=False)
-        row(f"(c) two mounts, --account-rate-limit {RATE}: slower / faster", label,
-            med("pair share", label), 0.8)
-        print(f"|   (two mounts together: {med('pair total', label):.0f} blocks/s) | "
-              f"{label} | | | |")
+            ratio(("flowA 100ms", label), ("flowA 10ms", label)), 0.85)
+        for rate in RATES if "c" in PARTS else []:
+            for case in (f"read {rate}/s", f"flow A {rate}/s"):
+                blocks = med(case, label) * MIB / BLOCK_SIZE
+                row(f"(c) {case}: blocks/s / {rate}", label, blocks / rate, 0.9)
+                row(f"(c) {case}: % throttled", label, med(case + " throttled %", label), 5,
+                    above=False)
+                row(f"(c) {case}: errors", label, med(case + " errors", label), 0, above=False)
+            row(f"(c) two mounts, --account-rate-limit {rate}: slower / faster", label,
+                med(f"pair {rate}/s share", label), 0.8)
+            print(f"|   (two mounts together: {med(f'pair {rate}/s total', label):.0f} blocks/s)"
+                  f" | {label} | | | |")
     print(f"load average now {os.getloadavg()[0]:.1f}", flush=True)
 
 
