@@ -38,7 +38,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ebsfs.core import checksum
-from ebsfs.core.blocks import BLOCK_SIZE, BLOCKS_PER_GIB
+from ebsfs.core.blocks import BLOCK_SIZE
 from ebsfs.core.sizes import format_size, parse_size
 from tests.mounting import MountProc, drop_page_cache
 from tests.serverproc import LocalServer, complete, put_block, wait_state
@@ -53,8 +53,9 @@ MIB = 1 << 20
 
 
 def _upload(server: LocalServer, image: Path) -> str:
+    size = image.stat().st_size
     ebs = server.ebs(max_attempts=5, max_pool_connections=16)
-    sid = str(ebs.start_snapshot(VolumeSize=GIB)["SnapshotId"])
+    sid = str(ebs.start_snapshot(VolumeSize=-(-size // (1 << 30)))["SnapshotId"])
     digests: dict[int, bytes] = {}
     lock = threading.Lock()
 
@@ -67,7 +68,7 @@ def _upload(server: LocalServer, image: Path) -> str:
             digests[index] = checksum.digest(data)
 
     with ThreadPoolExecutor(16) as pool:
-        list(pool.map(one, range(GIB * BLOCKS_PER_GIB)))
+        list(pool.map(one, range(-(-size // BLOCK_SIZE))))
     complete(ebs, sid, digests)
     wait_state(server.ec2(), sid)
     return sid
@@ -161,6 +162,20 @@ def _mount_read(
         counters = _counters(m.path)
     refetched = counters.get("GetSnapshotBlock.ok", 0) - fetched
     return cold, warm, rss, cpu, faults, counters, refetched
+
+
+def cold_read(
+    server: LocalServer, sid: str, where: Path, *flags: str
+) -> tuple[float, float, dict[str, int]]:
+    """(seconds, daemon CPU seconds, read counters) of one cold ``dd`` of ``sid`` through a
+    fresh mount with ``flags`` only (the mount's defaults otherwise)."""
+    with MountProc(server, where, "--log-level", "warning", *flags) as m:
+        assert m.proc is not None
+        cpu = _cpu_of(m.proc.pid)
+        seconds = _dd(m.path / sid)
+        cpu = _cpu_of(m.proc.pid) - cpu
+        counters = _counters(m.path)
+    return seconds, cpu, counters
 
 
 def _counters(mountpoint: Path) -> dict[str, int]:

@@ -53,10 +53,12 @@ def _cpu_of(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _bare_upload(server: LocalServer, image: Path) -> tuple[float, float]:
+def _bare_upload(
+    server: LocalServer, image: Path, threads: int = CONCURRENCY
+) -> tuple[float, float]:
     """Seconds and CPU seconds for a thread-pool boto3 upload of ``image``, until
     ``completed``."""
-    ebs = server.ebs(max_attempts=5, max_pool_connections=CONCURRENCY)
+    ebs = server.ebs(max_attempts=5, max_pool_connections=threads)
     size = image.stat().st_size
     gib = -(-size // (1 << 30))
     blocks = -(-size // BLOCK_SIZE)
@@ -74,7 +76,7 @@ def _bare_upload(server: LocalServer, image: Path) -> tuple[float, float]:
         with lock:
             digests[index] = checksum.digest(data)
 
-    with ThreadPoolExecutor(CONCURRENCY) as pool:
+    with ThreadPoolExecutor(threads) as pool:
         list(pool.map(one, range(blocks)))
     complete(ebs, sid, digests)
     wait_state(server.ec2(), sid, timeout=600)
@@ -88,7 +90,11 @@ def _peak_rss(pid: int) -> int:
     return 0
 
 
-def _mount(server: LocalServer, where: Path, *flags: str) -> MountProc:
+def _mount(server: LocalServer, where: Path, *flags: str, defaults: bool = False) -> MountProc:
+    """A started mount with ``flags``, on this bench's cache, dirty limit and concurrency
+    unless ``defaults`` (then the mount's own defaults, and ``flags`` only)."""
+    if defaults:
+        return MountProc(server, where, "--log-level", "warning", *flags).start()
     env = {**server.env(), "EBSFS_DIRTY_LIMIT": DIRTY}
     return MountProc(
         server, where,
@@ -117,9 +123,11 @@ def _write_stats(mountpoint: Path) -> dict[str, int]:
 
 
 def _flow_a(
-    server: LocalServer, image: Path, where: Path, *flags: str
+    server: LocalServer, image: Path, where: Path, *flags: str, defaults: bool = False
 ) -> tuple[float, float, int]:
-    m = _mount(server, where, *flags)
+    """(seconds, CPU seconds of the mount and its upload process, their peak RSS) of
+    truncate + dd + ``ebsfs complete`` of ``image`` (see ``_mount`` for ``defaults``)."""
+    m = _mount(server, where, *flags, defaults=defaults)
     try:
         assert m.proc is not None
         target = m.path / "new" / "bench-a"
