@@ -109,6 +109,27 @@ def _shown(mountpoint: str, snapshot_id: str, timeout: float) -> bool:
     return True
 
 
+#: How far AWS's clock may be behind this machine's (SigV4 refuses more than 5 minutes).
+CLOCK_SKEW = 300.0
+
+
+def _newest_by_name(mountpoint: str, name: str, since: float, timeout: float) -> str:
+    """The snapshot ``by-name/NAME`` points at, if it started after ``since`` (so it is the
+    one this command sealed, not an older one of the same name), waiting for it a while."""
+    link = os.path.join(mountpoint, "by-name", name)
+    deadline = time.monotonic() + min(timeout, SHOW_WAIT)
+    while True:
+        try:
+            target = os.path.basename(os.readlink(link))
+            if os.stat(os.path.join(mountpoint, target)).st_mtime >= since - CLOCK_SKEW:
+                return target
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            return ""
+        time.sleep(POLL)
+
+
 def _seal(path: str) -> None:
     mode = stat.S_IMODE(os.stat(path).st_mode)
     try:
@@ -180,6 +201,7 @@ def run(args: argparse.Namespace) -> int:
     watch = _Watch(path, mountpoint)
     name = os.path.basename(path)
     state = snapshot_id = ""
+    started = time.time()
     deadline = time.monotonic() + args.timeout
     try:
         state = _attr(path, "state")
@@ -218,6 +240,10 @@ def run(args: argparse.Namespace) -> int:
             reporter.failed(f"{path} does not exist", "")
             raise NotFoundError(f"{path} does not exist") from None
         left = max(10.0, deadline - time.monotonic())  # a moment even at the timeout
+        if not snapshot_id:
+            # It completed between two polls before its id was read (a small draft on a
+            # fast endpoint): it shows under by-name/ as the newest snapshot of its name.
+            snapshot_id = _newest_by_name(mountpoint, name, started, left)
         if not snapshot_id or not _shown(mountpoint, snapshot_id, left):
             reporter.failed(f"{path} disappeared before it was completed", state)
             raise NotFoundError(f"{path} disappeared before it was completed") from None
