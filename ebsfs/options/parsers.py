@@ -7,6 +7,7 @@ Which option uses which is in ebsfs/options/table.py; the rules are in docs/oper
 import argparse
 import math
 import re
+from collections.abc import Callable
 from typing import Any
 
 from ebsfs.core.blocks import BLOCK_SIZE, SNAPSHOT_ID_RE
@@ -197,34 +198,30 @@ def listen_address(value: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def rate(value: str) -> float:
+def _flag_number(value: str, what: str, ok: Callable[[float], bool], rule: str) -> float:
+    """A flag's number: ``what`` names it when it is not one, ``rule`` when ``ok`` refuses it."""
     try:
         result = float(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
-    if not 0.0 <= result <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1: {value!r}")
+        raise argparse.ArgumentTypeError(f"not {what}: {value!r}") from None
+    if not ok(result):
+        raise argparse.ArgumentTypeError(f"{rule}: {value!r}")
     return result
+
+
+def rate(value: str) -> float:
+    return _flag_number(value, "a number", lambda r: 0.0 <= r <= 1.0, "must be between 0 and 1")
 
 
 def seconds(value: str) -> float:
-    try:
-        result = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {value!r}") from None
-    if result < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative: {value!r}")
-    return result
+    return _flag_number(value, "a number of seconds", lambda r: not r < 0, "must not be negative")
 
 
 def per_second(value: str) -> float:
-    try:
-        result = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of calls a second: {value!r}") from None
-    if not 0.0 <= result < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number of at least 0: {value!r}")
-    return result
+    return _flag_number(
+        value, "a number of calls a second", lambda r: 0.0 <= r < math.inf,
+        "must be a finite number of at least 0",
+    )
 
 
 def account(value: str) -> tuple[str, str, str]:
