@@ -21,10 +21,10 @@ from ebsfs.fs.blockcount import BlockCounts
 from ebsfs.fs.catalog import Catalog
 from ebsfs.fs.edge import fail
 from ebsfs.fs.inodes import NEW, PARTS, SCRATCH, InodeTable
-from ebsfs.fs.newdir import Draft, NewDirectory
 from ebsfs.fs.partitions import Partition
 from ebsfs.fs.partview import DRAFT_PREFIX, PartitionTables
 from ebsfs.fs.scratch import Overlay, ScratchDirectory
+from ebsfs.write.newdir import Draft, NewDirectory
 
 #: Completed snapshots never change: their attributes may be cached long.
 SNAPSHOT_ATTR_TIMEOUT = 300.0

@@ -17,12 +17,12 @@ from ebsfs.aws.api import SnapshotInfo
 from ebsfs.fs.edge import fail
 from ebsfs.fs.entries import Entries, Namespace
 from ebsfs.fs.inodes import NEW, SCRATCH
-from ebsfs.fs.newdir import Draft
 from ebsfs.fs.partitions import Partition
 from ebsfs.fs.partview import DRAFT_PREFIX
 from ebsfs.fs.scratch import Overlay
 from ebsfs.read.ranges import read_range
 from ebsfs.read.stack import ReadStacks
+from ebsfs.write.newdir import Draft
 
 
 @dataclass

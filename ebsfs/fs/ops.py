@@ -25,13 +25,13 @@ from ebsfs.fs.edge import ERRNO_COUNTS, fail, fuse_errors
 from ebsfs.fs.entries import Entries, Namespace, OpsConfig
 from ebsfs.fs.files import Files, refuse_change
 from ebsfs.fs.inodes import BY_NAME, DIRECTORIES, NEW, ROOT, SCRATCH, InodeTable
-from ebsfs.fs.newdir import NewDirectory
 from ebsfs.fs.partsdir import Listing, PartsDirectory
 from ebsfs.fs.partview import DRAFT_PREFIX, PartitionTables
 from ebsfs.fs.scratch import ScratchDirectory
 from ebsfs.fs.tree import Tree
 from ebsfs.fs.xattrs import Xattrs
 from ebsfs.read.stack import ReadStacks
+from ebsfs.write.newdir import NewDirectory
 
 log = logging.getLogger(__name__)
 

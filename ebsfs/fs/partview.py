@@ -9,10 +9,10 @@ from cachetools import LRUCache
 
 from ebsfs.core.errors import FileTooLargeError, NotFoundError, ReadOnlyError
 from ebsfs.fs.catalog import Catalog
-from ebsfs.fs.newdir import NewDirectory
 from ebsfs.fs.partitions import Partition, label_links, read_partitions
 from ebsfs.read.ranges import read_range
 from ebsfs.read.stack import ReadStacks
+from ebsfs.write.newdir import NewDirectory
 
 DRAFT_PREFIX = "new/"
 

@@ -20,8 +20,8 @@ import trio
 
 from ebsfs.core.blocks import BLOCK_SIZE, XATTR_BASE, XATTR_KEEP, XATTR_USED
 from ebsfs.core.errors import EbsfsError, InvalidValueError, NoSpaceError, NotFoundError
-from ebsfs.fs.newdir import NewDirectory
 from ebsfs.fs.partitions import Partition
+from ebsfs.write.newdir import NewDirectory
 
 log = logging.getLogger(__name__)
 
