@@ -106,6 +106,11 @@ def _unmount_dead(mountpoint: str, entry: MountEntry, lazy: bool) -> None:
     )
     errors = []
     for cmd in commands:
+        # What matters is that the mount left the table, whoever took it out: the exited
+        # daemon's own fusermount3 may still be at work, and a second unmount then fails
+        # with EINVAL although everything went right.
+        if not _in_table(entry):
+            return
         try:
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
         except (OSError, subprocess.TimeoutExpired) as exc:
@@ -114,6 +119,8 @@ def _unmount_dead(mountpoint: str, entry: MountEntry, lazy: bool) -> None:
         if done.returncode == 0 and not _in_table(entry):
             return
         errors.append(done.stderr.strip() or f"{cmd[0]} exited {done.returncode}")
+    if not _in_table(entry):
+        return
     raise MountError(f"could not unmount {mountpoint}: {errors[-1].splitlines()[-1]}")
 
 

@@ -298,3 +298,31 @@ def test_a_process_in_the_directory_under_the_mount_does_not_hold_it(
     finally:
         below.kill()
         below.wait()
+
+
+def test_a_mount_that_left_the_table_meanwhile_is_unmounted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The exited daemon's own unmount can win the race against ours: our umount then fails
+    (EINVAL, nothing mounted there), and that is success, not "could not unmount"."""
+    from ebsfs.commands import umount as umount_cmd
+    from ebsfs.daemon import mounttable
+
+    entry = mounttable.MountEntry(7, 1, "0:99", "/m", "fuse.ebsfs", "ebsfs", "rw")
+    table = [entry]
+    ran: list[list[str]] = []
+
+    def fake_run(cmd: list[str], **_: object) -> subprocess.CompletedProcess[str]:
+        ran.append(cmd)
+        table.clear()  # someone else unmounted it while our command ran
+        return subprocess.CompletedProcess(cmd, 1, "", f"{cmd[0]}: /m: Invalid argument")
+
+    monkeypatch.setattr(mounttable, "mount_table", lambda: list(table))
+    monkeypatch.setattr(mounttable, "holders", lambda *a: [])
+    monkeypatch.setattr(umount_cmd.subprocess, "run", fake_run)
+    umount_cmd._unmount_dead("/m", entry, lazy=False)
+    assert len(ran) == 1  # and not a second command against a gone mount
+    table.append(entry)
+    ran.clear()
+    umount_cmd._unmount_dead("/m", entry, lazy=True)
+    assert len(ran) == 1

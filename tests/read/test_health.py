@@ -127,7 +127,16 @@ def test_throttling_never_marks_the_endpoint_down() -> None:
     api.throttled_until[1] = time.time() + 60
 
     async def main() -> None:
-        r = remote(api)
+        # A longer bound than the other tests: throttling is waited out for 4 bounds, and
+        # with many attempts one thread start on a loaded machine could take 0.5 s, which
+        # then (rightly) reads as a silent endpoint.
+        r = RemoteBlocks(
+            api,
+            Calls(trio.CapacityLimiter(8)),
+            SNAP,
+            api.volume_gib * 2048,
+            tuning=RemoteTuning(backoff=0.01, io_timeout=2.0),
+        )
         with pytest.raises(errors.ApiError, match="Rate exceeded"):
             await r.read_block(BlockIndex(1))
         assert not r.calls.health.down
