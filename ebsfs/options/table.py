@@ -175,7 +175,7 @@ MOUNT: tuple[Option, ...] = (
            help="HTTP connect timeout (default: {default})"),
     Option("read_timeout", "aws", coerce=p.positive, metavar="SECONDS", group=READ,
            help="HTTP read timeout (default: {default})"),
-    Option("max_attempts", "aws", coerce=p.whole, metavar="N", group=READ,
+    Option("max_attempts", "aws", coerce=p.attempts, metavar="N", group=READ,
            help="botocore attempts per request, retries included (default: {default})"),
     Option("spool_dir", "mount", coerce=p.text, metavar="DIR", group=WRITE,
            help="where data written to new/ waits until it is stored; one mount at a time "
