@@ -308,3 +308,11 @@ def test_config_of_another_user_is_refused(
     os.chown(conf, 12345, 12345)
     line = _one_line_exit_2(["ls", "--config", str(conf)], capsys)
     assert "belongs to another user (uid 12345)" in line
+
+
+def test_server_takes_every_log_level_the_mount_takes() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "ebsfs", "server", "--log-level", "critical", "--help"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
