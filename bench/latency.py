@@ -290,8 +290,8 @@ def report(results: Results) -> None:
 
 def main() -> None:
     if importlib.util.find_spec("dsnap") is None or importlib.util.find_spec("typer") is None:
-        print("bench.latency needs dsnap, the peer of the read: .venv/bin/pip install dsnap "
-              "typer", flush=True)
+        print("bench.latency needs dsnap, the peer of the read: .venv/bin/pip install -e "
+              "'.[bench]' (make bench does)", flush=True)
         return
     with tempfile.TemporaryDirectory(prefix="ebsfs-bench-latency-") as tmp:
         bench = Bench(Path(tmp))
