@@ -67,8 +67,9 @@ def _value(draw: st.DrawFn, option: table.Option) -> Given:
         whole, tenths = draw(st.integers(low, 100_000)), draw(st.integers(0, 9))
         spelled = f"{whole}.{tenths}" if tenths else str(whole)
         return _plain(option, spelled, float(spelled), spelled)
-    if coerce in (parsers.whole, parsers.concurrency):
-        top = parsers.MAX_CONCURRENCY if coerce is parsers.concurrency else 4096
+    if coerce in (parsers.whole, parsers.concurrency, parsers.attempts):
+        top = {parsers.concurrency: parsers.MAX_CONCURRENCY,
+               parsers.attempts: parsers.MAX_ATTEMPTS}.get(coerce, 4096)
         n = draw(st.integers(1, top))
         return _plain(option, str(n), n, str(n))
     if coerce is parsers.level:
