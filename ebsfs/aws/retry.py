@@ -131,8 +131,14 @@ class Attempts:
         deadline = self.deadline
         if io_timeout is not None and isinstance(exc, ApiError) and throttling(exc.code):
             # Throttling alone never fails a call: waited out (the runner's window shrinks
-            # meanwhile), bounded by time as a read is, not by a number of attempts.
-            deadline = min(deadline, self.started + 4 * io_timeout)
+            # meanwhile), bounded by time as a read is, not by a number of attempts: while
+            # the mount's calls go through (another's success), this one only waits its turn
+            # (queued behind the others of a low quota); throttling that lets nothing
+            # through for 4 x io_timeout fails it.
+            since = self.started
+            if self.health is not None:
+                since = max(since, self.health.last_done)
+            deadline = min(deadline, since + 4 * io_timeout)
         else:
             self.failures += 1
             if self.failures >= p.attempts:

@@ -77,6 +77,9 @@ class Health:
         self.io_timeout = io_timeout
         #: trio.current_time() of the last answer (a success, throttling, a 4xx...).
         self.last_ok = -math.inf
+        #: trio.current_time() of the last call that succeeded: the mount makes progress
+        #: (throttling that lets calls through only slows it down, ``ebsfs.aws.retry``).
+        self.last_done = -math.inf
         #: Start of the first call made after ``last_ok`` (None: none since).
         self._since: float | None = None
         #: When the endpoint was found down (None: up).
@@ -352,6 +355,7 @@ class Calls:
                 finally:
                     del health._scopes[scope]
                 health.answered()
+                health.last_done = trio.current_time()
                 return result
             # The bound passed, but a call of many requests (DescribeSnapshots' pages) may
             # still be hearing answers (``Health.heard``): it is at work, wait on for it.
