@@ -311,11 +311,22 @@ class Calls:
         heard = heard or Heard()
         holder = _Holder()
         slotted = False
+        finished = False
+
+        def finish() -> None:
+            # The caller's ``ended``, once: the worker is done, or the call never started.
+            nonlocal finished
+            if not finished:
+                finished = True
+                if ended is not None:
+                    ended()
 
         def done() -> None:
-            # Once the worker is done (abandoned calls too): free the lane's slot, and tell
-            # the windows what the call heard.
+            # The worker is done (abandoned calls too), or its wait for a thread was cut
+            # short (it may wait again): free the lane's slot, tell the windows what it heard.
+            nonlocal slotted
             if slotted and windows is not None and lane is not None:
+                slotted = False
                 windows.release(lane, holder)
             if windows is not None and heard.ran:
                 error = heard.error
@@ -323,53 +334,58 @@ class Calls:
                     isinstance(error, EbsfsError) and endpoint_answered(error)
                 )
                 windows.ended(lane, heard, answered)
-            if ended is not None:
-                ended()
+            if call.started:
+                finish()
 
         if windows is not None:
             windows.started(lane)
         call = Pending()
         bound = min(deadline, health.deadline())
-        while True:
-            with trio.move_on_at(bound) as scope:
-                health._scopes[scope] = deadline
-                try:
-                    if call.started:
-                        result = await call.wait()
-                    else:
-                        if windows is not None and lane is not None and not slotted:
-                            try:
+        try:
+            while True:
+                with trio.move_on_at(bound) as scope:
+                    health._scopes[scope] = deadline
+                    try:
+                        if call.started:
+                            result = await call.wait()
+                        else:
+                            if windows is not None and lane is not None and not slotted:
                                 await windows.acquire(lane, holder)
-                            except BaseException:
-                                if ended is not None:
-                                    ended()
-                                raise
-                            slotted = True
-                        result = await self._run(heard.run, (fn, *args), done, call)
-                except EbsfsError as exc:
-                    if endpoint_answered(exc):
-                        health.answered()
-                    else:
-                        health.failed()
-                    raise
-                finally:
-                    del health._scopes[scope]
-                health.answered()
-                health.last_done = trio.current_time()
-                return result
-            # The bound passed, but a call of many requests (DescribeSnapshots' pages) may
-            # still be hearing answers (``Health.heard``): it is at work, wait on for it.
-            if health.io_timeout is not None:
-                bound = min(deadline, health._last_answer() + health.io_timeout)
-            if call.done or (call.started and trio.current_time() < bound):
-                continue
-            call.abandon()
-            break
-        health.failed()
-        raise BackendUnavailableError(
-            f"{getattr(fn, '__name__', 'call')}: no answer within the bound "
-            f"(--io-timeout {health.io_timeout:g} s since the endpoint last answered)"
-        )
+                                slotted = True
+                            result = await self._run(heard.run, (fn, *args), done, call)
+                    except EbsfsError as exc:
+                        if endpoint_answered(exc):
+                            health.answered()
+                        else:
+                            health.failed()
+                        raise
+                    finally:
+                        del health._scopes[scope]
+                    health.answered()
+                    health.last_done = trio.current_time()
+                    return result
+                # The bound passed, but the endpoint may still be answering (``Health.heard``):
+                # a call of many requests (DescribeSnapshots' pages) or in botocore's retries
+                # is at work, and a call waiting for a slot behind such calls waits its turn.
+                if health.io_timeout is not None:
+                    bound = min(deadline, health._last_answer() + health.io_timeout)
+                if call.done or trio.current_time() < bound:
+                    continue
+                call.abandon()
+                break
+            health.failed()
+            raise BackendUnavailableError(
+                f"{getattr(fn, '__name__', 'call')}: no answer within the bound "
+                f"(--io-timeout {health.io_timeout:g} s since the endpoint last answered)"
+            )
+        except BaseException:
+            if not call.started:
+                # It never ran: nothing holds its slot but this task, and nothing ends it later.
+                if slotted and windows is not None and lane is not None:
+                    slotted = False
+                    windows.release(lane, holder)
+                finish()
+            raise
 
     async def _run(
         self,
