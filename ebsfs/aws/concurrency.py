@@ -55,6 +55,8 @@ class Concurrency:
         self.found = 0
         #: The Api's count of throttled answers already told (``Calls``).
         self.heard = 0
+        #: clock() of the last answer that was not throttling: calls go through.
+        self.last_done = -math.inf
         self._start = -math.inf
         self._done = 0  # calls answered this period
         self._throttled = 0  # throttled answers this period
@@ -98,6 +100,7 @@ class Concurrency:
                 self._back_off(now)
         else:
             self._done += 1
+            self.last_done = now
         if now - self._start >= self.period:
             self._end_period(now)
 

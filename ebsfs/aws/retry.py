@@ -83,7 +83,9 @@ class Attempts:
     """The retries of one call under ``policy``: ``again(exc)`` says whether and when.
 
     ``health`` (the runner's clock) stops retries once the endpoint has not answered for
-    ``io_timeout`` or is known down; ``age`` gives the snapshot's age for the 404 grace.
+    ``io_timeout`` or is known down; ``age`` gives the snapshot's age for the 404 grace;
+    ``progress`` when a call like this one last went through (its lane's, ``Concurrency``;
+    default: any call of the mount), which throttling is bounded from.
     """
 
     def __init__(
@@ -92,10 +94,12 @@ class Attempts:
         *,
         health: Health | None = None,
         age: Callable[[], float] | None = None,
+        progress: Callable[[], float] | None = None,
     ) -> None:
         self.policy = policy
         self.health = health
         self.age = age
+        self.progress = progress
         self.started = trio.current_time()
         self.deadline = self.started + policy.patience
         self.failures = 0
@@ -132,11 +136,13 @@ class Attempts:
         if io_timeout is not None and isinstance(exc, ApiError) and throttling(exc.code):
             # Throttling alone never fails a call: waited out (the runner's window shrinks
             # meanwhile), bounded by time as a read is, not by a number of attempts: while
-            # the mount's calls go through (another's success), this one only waits its turn
-            # (queued behind the others of a low quota); throttling that lets nothing
-            # through for 4 x io_timeout fails it.
+            # calls like it go through (its lane's), this one only waits its turn (queued
+            # behind the others of a low quota); throttling that lets none of them through
+            # for 4 x io_timeout fails it.
             since = self.started
-            if self.health is not None:
+            if self.progress is not None:
+                since = max(since, self.progress())
+            elif self.health is not None:
                 since = max(since, self.health.last_done)
             deadline = min(deadline, since + 4 * io_timeout)
         else:
