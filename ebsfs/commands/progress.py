@@ -149,18 +149,22 @@ def _clock(seconds: float) -> str:
     return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
 
 
-def bar_text(name: str, snapshot_id: str, sample: Sample, tracker: Tracker) -> str:
-    """The bar's one line (no terminal codes)."""
+def bar_text(
+    name: str, snapshot_id: str, sample: Sample, tracker: Tracker, width: int = BAR_WIDTH,
+    compact: bool = False,
+) -> str:
+    """The bar's one line (no terminal codes); ``compact``: the rate without MiB/s."""
     head = f"{name} {snapshot_id}".strip()
     if sample.phase == "completing":
         return f"{head}: completing {sample.aws_progress or ''}".rstrip()
     total, done = tracker.to_store or 0, tracker.done
-    filled = BAR_WIDTH * done // total if total else BAR_WIDTH
-    parts = [f"{head}: storing [{'#' * filled}{'.' * (BAR_WIDTH - filled)}] "
+    filled = width * done // total if total else width
+    parts = [f"{head}: storing [{'#' * filled}{'.' * (width - filled)}] "
              f"{done}/{total} blocks"]
     rate = tracker.rate()
     if rate is not None:
-        parts.append(f"{rate:.1f} blocks/s ({rate * BLOCK_SIZE / (1 << 20):.1f} MiB/s)")
+        mib = "" if compact else f" ({rate * BLOCK_SIZE / (1 << 20):.1f} MiB/s)"
+        parts.append(f"{rate:.1f} blocks/s{mib}")
     left = tracker.left()
     if left is not None:
         parts.append(f"{_clock(left)} left")
@@ -191,7 +195,18 @@ class Bar(Reporter):
         self._shown, self._at = "", float("-inf")
 
     def update(self, name: str, snapshot_id: str, sample: Sample, tracker: Tracker) -> None:
-        text = bar_text(name, snapshot_id, sample, tracker)
+        # One line less a column: a longer one wraps, and the next redraw (carriage return,
+        # clear the line) would leave the wrapped part behind. A shorter bar first, then
+        # the rate in MiB/s, then the name; what is still too long is cut.
+        room = self._columns() - 1
+        for text in (
+            bar_text(name, snapshot_id, sample, tracker),
+            bar_text(name, snapshot_id, sample, tracker, BAR_WIDTH // 2, compact=True),
+            bar_text("", snapshot_id, sample, tracker, BAR_WIDTH // 2, compact=True),
+        ):
+            if len(text) <= room:
+                break
+        text = text[:room]
         now = self.clock()
         if text != self._shown and (now - self._at >= BAR_EVERY or not self._shown):
             write(self.stream, f"\r\033[K{text}", end="")
@@ -202,6 +217,14 @@ class Bar(Reporter):
 
     def failed(self, message: str, state: str) -> None:
         self._clear()
+
+    def _columns(self) -> int:
+        """The terminal's width (80 when it says 0, or cannot say)."""
+        try:
+            columns = os.get_terminal_size(self.stream.fileno()).columns
+        except (OSError, ValueError, AttributeError):
+            columns = 0
+        return max(columns, 2) if columns > 0 else 80
 
     def _clear(self) -> None:
         if self._shown:
