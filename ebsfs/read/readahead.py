@@ -76,8 +76,8 @@ class ReadAhead(BlockReader):
         #: Forward steps a new stream makes before its first prefetch.
         self.confirm = 1
         self._streams: list[_Stream] = []
-        #: Streams dropped lately, with what dropping them did to ``confirm``.
-        self._dropped: deque[tuple[_Stream, int, int]] = deque(maxlen=_MAX_DROPPED)
+        #: Streams dropped lately: whether dropping one doubled ``confirm``, what it wasted.
+        self._dropped: deque[tuple[_Stream, bool, int]] = deque(maxlen=_MAX_DROPPED)
 
     def stats(self) -> dict[str, int]:
         return dict(self.counters)
@@ -147,10 +147,11 @@ class ReadAhead(BlockReader):
     def _taken_up(self, index: int) -> _Stream | None:
         """A stream dropped lately that ``index`` continues: its reader was sequential after
         all, so what dropping it said of random readers is taken back."""
-        for pos, (s, confirm_before, wasted) in enumerate(self._dropped):
+        for pos, (s, doubled, wasted) in enumerate(self._dropped):
             if _continues(s, index):
                 del self._dropped[pos]
-                self.confirm = min(self.confirm, max(confirm_before, 1))
+                if doubled:
+                    self.confirm = max(self.confirm // 2, 1)
                 self.counters["readahead_wasted"] -= wasted
                 self.counters["readahead_confirm"] = self.confirm
                 return s
@@ -158,15 +159,16 @@ class ReadAhead(BlockReader):
 
     def _retire(self, s: _Stream) -> None:
         """A stream is dropped: what it fetched and nobody read says how random readers are."""
-        confirm_before = self.confirm
         wasted = max(s.ahead - s.last, 0)
         self.counters["readahead_wasted"] += wasted
+        doubled = False
         if wasted > s.used:
+            doubled = self.confirm < _MAX_CONFIRM
             self.confirm = min(self.confirm * 2, _MAX_CONFIRM)
         elif s.used:
             self.confirm = max(self.confirm // 2, 1)
         self.counters["readahead_confirm"] = self.confirm
-        self._dropped.append((s, confirm_before, wasted))
+        self._dropped.append((s, doubled, wasted))
 
     def _measure_rate(self, s: _Stream, now: float) -> None:
         if s.last - s.mark < _RATE_SPAN:
