@@ -55,7 +55,7 @@ class Concurrency:
         self.found = 0
         #: The Api's count of throttled answers already told (``Calls``).
         self.heard = 0
-        #: clock() of the last answer that was not throttling: calls go through.
+        #: clock() of the last call that succeeded (``Windows.ended``): calls go through.
         self.last_done = -math.inf
         self._start = -math.inf
         self._done = 0  # calls answered this period
@@ -100,7 +100,6 @@ class Concurrency:
                 self._back_off(now)
         else:
             self._done += 1
-            self.last_done = now
         if now - self._start >= self.period:
             self._end_period(now)
 

@@ -108,6 +108,15 @@ class Attempts:
         self.not_found = 0
         self._pause = policy.backoff
 
+    def bound(self) -> float:
+        """When a call of these attempts, made or waiting for its turn now, gives up: the
+        patience, or later while calls like it go through (``progress``): under a quota it
+        only waits behind them."""
+        io_timeout = self.health.io_timeout if self.health is not None else None
+        if self.progress is None or io_timeout is None:
+            return self.deadline
+        return max(self.deadline, self.progress() + 4 * io_timeout)
+
     def _backoff(self) -> float:
         pause = self._pause
         self._pause = min(self._pause * 2, self.policy.max_backoff)
@@ -139,12 +148,15 @@ class Attempts:
             # calls like it go through (its lane's), this one only waits its turn (queued
             # behind the others of a low quota); throttling that lets none of them through
             # for 4 x io_timeout fails it.
-            since = self.started
             if self.progress is not None:
-                since = max(since, self.progress())
-            elif self.health is not None:
-                since = max(since, self.health.last_done)
-            deadline = min(deadline, since + 4 * io_timeout)
+                # Not bounded by the patience either: a read's is as long (4 x io_timeout)
+                # from its start, queueing included.
+                deadline = max(self.started, self.progress()) + 4 * io_timeout
+            else:
+                since = self.started
+                if self.health is not None:
+                    since = max(since, self.health.last_done)
+                deadline = min(deadline, since + 4 * io_timeout)
         else:
             self.failures += 1
             if self.failures >= p.attempts:

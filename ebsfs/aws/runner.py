@@ -287,12 +287,15 @@ class Calls:
         self,
         fn: Callable[..., T],
         *args: Any,
-        deadline: float = math.inf,
+        deadline: float | Callable[[], float] = math.inf,
         ended: Callable[[], None] | None = None,
         lane: Lane | None = None,
         heard: Heard | None = None,
     ) -> T:
         """``fn(*args)`` in a worker thread; gives up at ``deadline`` or the health bound.
+
+        ``deadline``: a time, or a function of now giving it (it may move on while the call
+        waits, ``Attempts.bound``).
 
         ``lane``: the snapshot and direction of a block call, which then also takes a slot of
         that lane's window (``ebsfs.aws.windows``); ``heard`` gets the throttled answers the call
@@ -340,11 +343,12 @@ class Calls:
         if windows is not None:
             windows.started(lane)
         call = Pending()
-        bound = min(deadline, health.deadline())
+        limit = deadline if callable(deadline) else (lambda: deadline)
+        bound = min(limit(), health.deadline())
         try:
             while True:
                 with trio.move_on_at(bound) as scope:
-                    health._scopes[scope] = deadline
+                    health._scopes[scope] = limit()
                     try:
                         if call.started:
                             result = await call.wait()
@@ -368,7 +372,7 @@ class Calls:
                 # a call of many requests (DescribeSnapshots' pages) or in botocore's retries
                 # is at work, and a call waiting for a slot behind such calls waits its turn.
                 if health.io_timeout is not None:
-                    bound = min(deadline, health._last_answer() + health.io_timeout)
+                    bound = min(limit(), health._last_answer() + health.io_timeout)
                 if call.done or trio.current_time() < bound:
                     continue
                 call.abandon()
