@@ -64,6 +64,7 @@ uninstall:
 	@echo "left in place: /etc/ebsfs/ebsfs.toml, spools under /var/lib/ebsfs, server data"
 
 bench: venv
+	$(PY) -m pip install -q -e '.[test,bench]'
 	$(PY) -m bench
 
 # Readers and dd writers through a mount while the server, the mount and the spool's disk

@@ -59,7 +59,7 @@ class MountConfig:
     #: Bytes of fetched blocks kept in a local file below the memory cache (0: none).
     disk_cache: int = 0
     cache_dir: str = "/var/cache/ebsfs"
-    read_ahead: int = 8 << 20
+    read_ahead: int = 64 << 20
     max_concurrency: int = 128
     spool_dir: str = "/var/lib/ebsfs/spool"
     dirty_limit: int = 128 << 20

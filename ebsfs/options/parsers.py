@@ -36,10 +36,11 @@ def whole(value: Any) -> int:
     if isinstance(value, bool):
         raise ValueError("expected a whole number")
     if isinstance(value, str):
-        try:
-            value = int(value.strip())
-        except ValueError:
-            raise ValueError(f"expected a whole number, not {value!r}") from None
+        digits = value.strip()
+        # ASCII digits only: int() would also take "+5", "5_0" or Unicode digits ("٥").
+        if not (digits.isascii() and digits.isdigit() and len(digits) <= 18):
+            raise ValueError(f"expected a whole number, not {value!r}")
+        value = int(digits)
     if not isinstance(value, int) or value < 1:
         raise ValueError(f"expected a whole number of at least 1, not {value!r}")
     return value
@@ -55,6 +56,18 @@ def concurrency(value: Any) -> int:
     result = whole(value)
     if result > MAX_CONCURRENCY:
         raise ValueError(f"expected at most {MAX_CONCURRENCY}, not {result}")
+    return result
+
+
+#: Most attempts of one call (``max_attempts``): botocore waits up to 20 s between two, so a
+#: larger number only hides a failing endpoint for hours.
+MAX_ATTEMPTS = 50
+
+
+def attempts(value: Any) -> int:
+    result = whole(value)
+    if result > MAX_ATTEMPTS:
+        raise ValueError(f"expected at most {MAX_ATTEMPTS}, not {result}")
     return result
 
 

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import MISSING, dataclass, fields
 from typing import Any, Literal
 
+from ebsfs.core.redact import LEVELS
 from ebsfs.core.sizes import format_size
 from ebsfs.options import parsers as p
 from ebsfs.options.config import (
@@ -175,7 +176,7 @@ MOUNT: tuple[Option, ...] = (
            help="HTTP connect timeout (default: {default})"),
     Option("read_timeout", "aws", coerce=p.positive, metavar="SECONDS", group=READ,
            help="HTTP read timeout (default: {default})"),
-    Option("max_attempts", "aws", coerce=p.whole, metavar="N", group=READ,
+    Option("max_attempts", "aws", coerce=p.attempts, metavar="N", group=READ,
            help="botocore attempts per request, retries included (default: {default})"),
     Option("spool_dir", "mount", coerce=p.text, metavar="DIR", group=WRITE,
            help="where data written to new/ waits until it is stored; one mount at a time "
@@ -205,7 +206,7 @@ MOUNT: tuple[Option, ...] = (
     Option("foreground", "mount", kind="flag", group=DAEMON, fstab_names=(),
            help="stay in the foreground, logging to stderr"),
     Option("log_level", "mount", coerce=p.level, group=DAEMON,
-           help="debug, info, warning or error (default: {default})"),
+           help="debug, info, warning, error or critical (default: {default})"),
     Option("log_file", None, metavar="PATH", group=DAEMON,
            help="append the log here (default: stderr in the foreground, else syslog)"),
     CONFIG,
@@ -273,7 +274,7 @@ SERVER: tuple[Option, ...] = (
            argtype=p.seconds,
            help="how long one minute of StartSnapshot's Timeout lasts (default: {default}; "
            "tests shorten it)"),
-    Option("log_level", "server", coerce=p.level, choices=("debug", "info", "warning", "error"),
+    Option("log_level", "server", coerce=p.level, choices=LEVELS,
            help="debug logs one line per request (default: {default})"),
     Option("log_file", None, metavar="FILE",
            help="append the log to FILE (mode 0600) instead of stderr"),

@@ -4,7 +4,9 @@ It follows a few *streams* (readers moving forward). A stream's window, the bloc
 fetched ahead of its reader, grows until it covers the fetch latency times the reader's rate
 (both measured here), up to ``blocks`` (``--read-ahead``), and shrinks when the reader slows.
 Streams dropped with prefetched blocks unread (random readers) make the next ones wait for
-more forward steps before their first prefetch. docs/architecture.md, docs/operations.md.
+more forward steps before their first prefetch, and a stream whose reader asks for few of the
+blocks it passes (the kernel serves the rest from its page cache: a second pass) stops
+prefetching. docs/architecture.md, docs/operations.md.
 """
 
 from __future__ import annotations
@@ -34,6 +36,9 @@ _HEADROOM = 2.0
 _RATE_SPAN = 4  # blocks a stream advances between two samples of its rate
 _ALPHA = 0.25  # weight of a new sample in the moving averages of latency and rate
 _MAX_CONFIRM = 8  # forward steps a stream may have to make before its first prefetch
+#: A stream prefetches while (a moving average of) at least this share of the blocks it
+#: passes reach this layer; below it, the kernel holds the others and prefetches are waste.
+_DENSE = 0.25
 
 
 def _continues(s: _Stream, index: int) -> bool:
@@ -53,6 +58,8 @@ class _Stream:
     used: int = 0  # prefetched blocks the reader went on to read
     mark: int = 0  # index where the current rate sample began (at ``at``)
     rate: float | None = None  # blocks per second, moving average
+    seen: int = 0  # reads of the stream since ``mark``, out-of-order ones included
+    density: float = 1.0  # share of the blocks passed that were read here, moving average
 
 
 class ReadAhead(BlockReader):
@@ -109,6 +116,7 @@ class ReadAhead(BlockReader):
     def _observe(self, index: int) -> None:
         now = trio.current_time()
         s = self._stream_of(index, now)
+        s.seen += 1
         if index <= s.last:
             return  # read again, or out of order: nothing new to fetch
         if s.ahead > s.last:
@@ -171,11 +179,16 @@ class ReadAhead(BlockReader):
         self._dropped.append((s, doubled, wasted))
 
     def _measure_rate(self, s: _Stream, now: float) -> None:
-        if s.last - s.mark < _RATE_SPAN:
+        span = s.last - s.mark
+        if span < _RATE_SPAN:
             return
         elapsed = now - s.at
         if elapsed <= 0:
             return  # blocks that came at once (a burst of fetches ending): the span goes on
+        # Averaged, not one sample: the kernel's requests arrive out of order, so a sample
+        # that ends on a jump forward sees few of the blocks it passed; they come next.
+        s.density += 0.5 * (min(s.seen / span, 1.0) - s.density)
+        s.seen = 0
         sample = (s.last - s.mark) / elapsed
         s.rate = sample if s.rate is None else s.rate + _ALPHA * (sample - s.rate)
         self.counters["readahead_rate"] = round(s.rate)
@@ -184,6 +197,11 @@ class ReadAhead(BlockReader):
     def _next_window(self, s: _Stream) -> int:
         """Twice the last window, or latency x rate once both are measured; within the cap."""
         least = min(2, self.blocks)
+        if s.density < _DENSE:
+            if s.window:
+                self.counters["readahead_sparse"] += 1
+            self.counters["readahead_window"] = 0
+            return 0
         if not s.window:
             return least
         if self.latency is None or s.rate is None:

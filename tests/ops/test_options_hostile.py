@@ -109,6 +109,23 @@ def test_max_concurrency_beyond_the_bound_is_refused(value: str) -> None:
     ).max_concurrency == 1024
 
 
+@pytest.mark.parametrize("value", ["\u0665", "+5", "5_0", "0x10", "1e3"])
+def test_counts_take_ascii_digits_only(value: str) -> None:
+    # int() takes all of these; a count in a unit file or the environment should not.
+    with pytest.raises(UsageError, match="EBSFS_MAX_CONCURRENCY: expected a whole number"):
+        settings.mount_config("/mnt/x", {}, config=EMPTY,
+                              environ={"EBSFS_MAX_CONCURRENCY": value})
+
+
+def test_max_attempts_is_bounded() -> None:
+    # botocore waits up to 20 s between attempts: a typo of a few digits hid a dead endpoint
+    # for days.
+    with pytest.raises(UsageError, match="--max-attempts: expected at most 50"):
+        settings.mount_config("/mnt/x", {"max_attempts": "5000"}, config=EMPTY, environ={})
+    with pytest.raises(UsageError, match=r"aws\.max_attempts"):
+        settings.parse_config("[aws]\nmax_attempts = 51\n", "c.toml")
+
+
 # ---- the configuration file itself ----
 
 
@@ -291,3 +308,11 @@ def test_config_of_another_user_is_refused(
     os.chown(conf, 12345, 12345)
     line = _one_line_exit_2(["ls", "--config", str(conf)], capsys)
     assert "belongs to another user (uid 12345)" in line
+
+
+def test_server_takes_every_log_level_the_mount_takes() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "ebsfs", "server", "--log-level", "critical", "--help"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 0, done.stderr

@@ -180,6 +180,31 @@ def test_many_sequential_readers_at_once_each_get_read_ahead(readers: int) -> No
             # Without read-ahead each block costs a reader a whole latency.
             assert stats["readahead_blocks"] >= readers * blocks // 2, stats
             assert max(slow.fetches.values()) == 1  # nothing fetched twice
+
+
+
+def test_a_reader_the_kernel_serves_from_its_cache_stops_the_prefetching() -> None:
+    # A second pass over a file the kernel's page cache mostly holds: only the few pages it
+    # dropped reach the daemon, far apart but each within the stream's reach. Prefetching
+    # a whole window after each of them fetched nearly the whole file again.
+    async def main() -> None:
+        async with trio.open_nursery() as n:
+            ra, slow = _stack(n, 0.1, 32)
+            await _read(ra, 0, 400, 0.0)
+            assert ra.stats()["readahead_window"] == 32
+            before = sum(slow.fetches.values())
+            for i in range(400, 1300, 10):
+                await ra.read_block(BlockIndex(i))
+                await trio.sleep(0.001)
+            await trio.sleep(1)
+            again = sum(slow.fetches.values()) - before
+            # 90 blocks read; a few windows' worth of prefetch before the stream is seen to
+            # skip, not the ~900 blocks it passes.
+            assert again <= 90 + 4 * 32, again
+            assert ra.stats()["readahead_sparse"] >= 1
+            # A dense reader afterwards gets its window back.
+            await _read(ra, 5000, 400, 0.0)
+            assert ra.stats()["readahead_window"] == 32
             n.cancel_scope.cancel()
 
     _run(main)
