@@ -11,9 +11,7 @@ docs/usage.md says how endpoints and credentials are found.
 from __future__ import annotations
 
 import logging
-import math
 import threading
-import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -104,8 +102,8 @@ class Api:
             }
             self.ebs: Any = new_client(session, "ebs", self._ebs_args, self.endpoints)
             #: time.monotonic() of the last HTTP answer any worker thread heard (see
-            #: ``last_answer``); a float store, atomic under the GIL.
-            self._last_answer = -math.inf
+            #: ``last_answer``), the forked upload process's included.
+            self._answers = throttles.AnswerClock()
             # First: botocore's retry handler answers the event and later handlers are skipped.
             self.ebs.meta.events.register_first("needs-retry.ebs", self._heard)
             self._probe_ebs: Any = None
@@ -137,11 +135,11 @@ class Api:
         """time.monotonic() of the last HTTP answer that shows the endpoint at work (a 2xx,
         a 4xx, throttling), heard at every attempt, botocore's own retries included: a call
         still in botocore's retry loop under throttling does not make the endpoint look down."""
-        return self._last_answer
+        return self._answers.last()
 
     def _heard_status(self, status: int, code: str, ebs: bool = True, reason: str = "") -> None:
         if is_answer(status, code):
-            self._last_answer = time.monotonic()
+            self._answers.heard()
         if ebs and throttling(code):
             # EBS's block-call limits only (EC2 keeps its own).
             throttles.note(reason)  # the call of this thread, by Reason (the runner's windows)

@@ -55,6 +55,8 @@ class Concurrency:
         self.found = 0
         #: The Api's count of throttled answers already told (``Calls``).
         self.heard = 0
+        #: clock() of the last call that succeeded (``Windows.ended``): calls go through.
+        self.last_done = -math.inf
         self._start = -math.inf
         self._done = 0  # calls answered this period
         self._throttled = 0  # throttled answers this period

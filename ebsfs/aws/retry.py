@@ -83,7 +83,9 @@ class Attempts:
     """The retries of one call under ``policy``: ``again(exc)`` says whether and when.
 
     ``health`` (the runner's clock) stops retries once the endpoint has not answered for
-    ``io_timeout`` or is known down; ``age`` gives the snapshot's age for the 404 grace.
+    ``io_timeout`` or is known down; ``age`` gives the snapshot's age for the 404 grace;
+    ``progress`` when a call like this one last went through (its lane's, ``Concurrency``;
+    default: any call of the mount), which throttling is bounded from.
     """
 
     def __init__(
@@ -92,10 +94,12 @@ class Attempts:
         *,
         health: Health | None = None,
         age: Callable[[], float] | None = None,
+        progress: Callable[[], float] | None = None,
     ) -> None:
         self.policy = policy
         self.health = health
         self.age = age
+        self.progress = progress
         self.started = trio.current_time()
         self.deadline = self.started + policy.patience
         self.failures = 0
@@ -103,6 +107,15 @@ class Attempts:
         self.tokens = 0
         self.not_found = 0
         self._pause = policy.backoff
+
+    def bound(self) -> float:
+        """When a call of these attempts, made or waiting for its turn now, gives up: the
+        patience, or later while calls like it go through (``progress``): under a quota it
+        only waits behind them."""
+        io_timeout = self.health.io_timeout if self.health is not None else None
+        if self.progress is None or io_timeout is None:
+            return self.deadline
+        return max(self.deadline, self.progress() + 4 * io_timeout)
 
     def _backoff(self) -> float:
         pause = self._pause
@@ -131,8 +144,19 @@ class Attempts:
         deadline = self.deadline
         if io_timeout is not None and isinstance(exc, ApiError) and throttling(exc.code):
             # Throttling alone never fails a call: waited out (the runner's window shrinks
-            # meanwhile), bounded by time as a read is, not by a number of attempts.
-            deadline = min(deadline, self.started + 4 * io_timeout)
+            # meanwhile), bounded by time as a read is, not by a number of attempts: while
+            # calls like it go through (its lane's), this one only waits its turn (queued
+            # behind the others of a low quota); throttling that lets none of them through
+            # for 4 x io_timeout fails it.
+            if self.progress is not None:
+                # Not bounded by the patience either: a read's is as long (4 x io_timeout)
+                # from its start, queueing included.
+                deadline = max(self.started, self.progress()) + 4 * io_timeout
+            else:
+                since = self.started
+                if self.health is not None:
+                    since = max(since, self.health.last_done)
+                deadline = min(deadline, since + 4 * io_timeout)
         else:
             self.failures += 1
             if self.failures >= p.attempts:

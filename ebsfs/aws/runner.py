@@ -77,6 +77,9 @@ class Health:
         self.io_timeout = io_timeout
         #: trio.current_time() of the last answer (a success, throttling, a 4xx...).
         self.last_ok = -math.inf
+        #: trio.current_time() of the last call that succeeded: the mount makes progress
+        #: (throttling that lets calls through only slows it down, ``ebsfs.aws.retry``).
+        self.last_done = -math.inf
         #: Start of the first call made after ``last_ok`` (None: none since).
         self._since: float | None = None
         #: When the endpoint was found down (None: up).
@@ -284,12 +287,15 @@ class Calls:
         self,
         fn: Callable[..., T],
         *args: Any,
-        deadline: float = math.inf,
+        deadline: float | Callable[[], float] = math.inf,
         ended: Callable[[], None] | None = None,
         lane: Lane | None = None,
         heard: Heard | None = None,
     ) -> T:
         """``fn(*args)`` in a worker thread; gives up at ``deadline`` or the health bound.
+
+        ``deadline``: a time, or a function of now giving it (it may move on while the call
+        waits, ``Attempts.bound``).
 
         ``lane``: the snapshot and direction of a block call, which then also takes a slot of
         that lane's window (``ebsfs.aws.windows``); ``heard`` gets the throttled answers the call
@@ -308,11 +314,22 @@ class Calls:
         heard = heard or Heard()
         holder = _Holder()
         slotted = False
+        finished = False
+
+        def finish() -> None:
+            # The caller's ``ended``, once: the worker is done, or the call never started.
+            nonlocal finished
+            if not finished:
+                finished = True
+                if ended is not None:
+                    ended()
 
         def done() -> None:
-            # Once the worker is done (abandoned calls too): free the lane's slot, and tell
-            # the windows what the call heard.
+            # The worker is done (abandoned calls too), or its wait for a thread was cut
+            # short (it may wait again): free the lane's slot, tell the windows what it heard.
+            nonlocal slotted
             if slotted and windows is not None and lane is not None:
+                slotted = False
                 windows.release(lane, holder)
             if windows is not None and heard.ran:
                 error = heard.error
@@ -320,52 +337,59 @@ class Calls:
                     isinstance(error, EbsfsError) and endpoint_answered(error)
                 )
                 windows.ended(lane, heard, answered)
-            if ended is not None:
-                ended()
+            if call.started:
+                finish()
 
         if windows is not None:
             windows.started(lane)
         call = Pending()
-        bound = min(deadline, health.deadline())
-        while True:
-            with trio.move_on_at(bound) as scope:
-                health._scopes[scope] = deadline
-                try:
-                    if call.started:
-                        result = await call.wait()
-                    else:
-                        if windows is not None and lane is not None and not slotted:
-                            try:
+        limit = deadline if callable(deadline) else (lambda: deadline)
+        bound = min(limit(), health.deadline())
+        try:
+            while True:
+                with trio.move_on_at(bound) as scope:
+                    health._scopes[scope] = limit()
+                    try:
+                        if call.started:
+                            result = await call.wait()
+                        else:
+                            if windows is not None and lane is not None and not slotted:
                                 await windows.acquire(lane, holder)
-                            except BaseException:
-                                if ended is not None:
-                                    ended()
-                                raise
-                            slotted = True
-                        result = await self._run(heard.run, (fn, *args), done, call)
-                except EbsfsError as exc:
-                    if endpoint_answered(exc):
-                        health.answered()
-                    else:
-                        health.failed()
-                    raise
-                finally:
-                    del health._scopes[scope]
-                health.answered()
-                return result
-            # The bound passed, but a call of many requests (DescribeSnapshots' pages) may
-            # still be hearing answers (``Health.heard``): it is at work, wait on for it.
-            if health.io_timeout is not None:
-                bound = min(deadline, health._last_answer() + health.io_timeout)
-            if call.done or (call.started and trio.current_time() < bound):
-                continue
-            call.abandon()
-            break
-        health.failed()
-        raise BackendUnavailableError(
-            f"{getattr(fn, '__name__', 'call')}: no answer within the bound "
-            f"(--io-timeout {health.io_timeout:g} s since the endpoint last answered)"
-        )
+                                slotted = True
+                            result = await self._run(heard.run, (fn, *args), done, call)
+                    except EbsfsError as exc:
+                        if endpoint_answered(exc):
+                            health.answered()
+                        else:
+                            health.failed()
+                        raise
+                    finally:
+                        del health._scopes[scope]
+                    health.answered()
+                    health.last_done = trio.current_time()
+                    return result
+                # The bound passed, but the endpoint may still be answering (``Health.heard``):
+                # a call of many requests (DescribeSnapshots' pages) or in botocore's retries
+                # is at work, and a call waiting for a slot behind such calls waits its turn.
+                if health.io_timeout is not None:
+                    bound = min(limit(), health._last_answer() + health.io_timeout)
+                if call.done or trio.current_time() < bound:
+                    continue
+                call.abandon()
+                break
+            health.failed()
+            raise BackendUnavailableError(
+                f"{getattr(fn, '__name__', 'call')}: no answer within the bound "
+                f"(--io-timeout {health.io_timeout:g} s since the endpoint last answered)"
+            )
+        except BaseException:
+            if not call.started:
+                # It never ran: nothing holds its slot but this task, and nothing ends it later.
+                if slotted and windows is not None and lane is not None:
+                    slotted = False
+                    windows.release(lane, holder)
+                finish()
+            raise
 
     async def _run(
         self,

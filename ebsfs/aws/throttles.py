@@ -8,13 +8,18 @@ windows (``ebsfs.aws.windows``) when the call ends.
 
 from __future__ import annotations
 
+import math
+import mmap
+import os
+import struct
 import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from ebsfs.core.errors import ApiError
 
-__all__ = ["EBS_THROTTLING", "Heard", "note", "note_all"]
+__all__ = ["EBS_THROTTLING", "AnswerClock", "Heard", "note", "note_all"]
 
 T = TypeVar("T")
 
@@ -74,3 +79,35 @@ def note_all(reasons: object) -> None:
         for reason, count in reasons.items():
             if isinstance(reason, str) and isinstance(count, int):
                 note(reason, count)
+
+
+_STAMP = struct.Struct("=d")
+
+
+class AnswerClock:
+    """time.monotonic() of the last answer heard, shared with the upload process the mount
+    forks (``ebsfs.write.upload``): botocore's retries of a throttled put happen there, and
+    the mount must hear them too, else a put throttled for longer than ``--io-timeout`` (the
+    whole call in botocore's back-off) makes the endpoint look down while it answers.
+
+    One 8-byte slot per process (the one that made it, and its forks), each written by its
+    own process only; ``last`` is the newest of them. CLOCK_MONOTONIC is the machine's."""
+
+    __slots__ = ("_map", "_pid")
+
+    def __init__(self) -> None:
+        self._pid = os.getpid()
+        self._map = mmap.mmap(-1, 2 * _STAMP.size)  # MAP_SHARED: forks see it
+        for slot in (0, 1):
+            _STAMP.pack_into(self._map, slot * _STAMP.size, -math.inf)
+
+    def heard(self) -> None:
+        slot = 0 if os.getpid() == self._pid else 1
+        _STAMP.pack_into(self._map, slot * _STAMP.size, time.monotonic())
+
+    def last(self) -> float:
+        ours, forked = _STAMP.unpack_from(self._map, 0)[0], _STAMP.unpack_from(self._map, 8)[0]
+        newest = max(ours, forked)
+        # A stamp from the future (a torn read, which aligned 8-byte stores do not give on
+        # the machines ebsfs runs on) is not taken for an answer.
+        return ours if newest > time.monotonic() + 1.0 else newest

@@ -136,6 +136,8 @@ class Windows:
             self.account.ended()
             if window is not None:
                 window.ended()
+                if heard.error is None:
+                    window.last_done = window.clock()
             self._answers += 1
         if window is not None and before != (window.limit, window.found):
             self._publish()

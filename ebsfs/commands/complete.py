@@ -261,5 +261,5 @@ def _done(args: argparse.Namespace, reporter: progress.Reporter, snapshot_id: st
           tracker: progress.Tracker) -> int:
     reporter.done(snapshot_id, tracker)
     if not getattr(args, "json", False):
-        print(snapshot_id)
+        progress.write(sys.stdout, snapshot_id)
     return 0

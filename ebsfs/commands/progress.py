@@ -4,7 +4,9 @@ terminal, one plain line per state change otherwise, JSON events (one object a l
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import time
 from collections import deque
 from collections.abc import Callable
@@ -12,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 from ebsfs.core.blocks import BLOCK_SIZE
+from ebsfs.core.errors import EbsfsError
 
 #: Seconds of history the rate is measured over.
 RATE_WINDOW = 5.0
@@ -19,6 +22,25 @@ RATE_WINDOW = 5.0
 BAR_EVERY = 0.2
 JSON_EVERY = 1.0
 BAR_WIDTH = 24
+
+
+def write(stream: TextIO, text: str, end: str = "\n") -> None:
+    """``text`` on ``stream``, flushed. A stream that cannot take it (a full disk, an I/O
+    error) is pointed at /dev/null, so that nothing later writes to it again (the
+    interpreter's last flush included), and the command fails with one line saying why;
+    a reader gone away (BrokenPipeError) is the command line's to handle."""
+    try:
+        print(text, end=end, file=stream, flush=True)
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, stream.fileno())
+            os.close(devnull)
+        name = getattr(stream, "name", "")
+        name = {"<stdout>": "standard output", "<stderr>": "standard error"}.get(name, name)
+        raise EbsfsError(f"cannot write to {name or 'the output'}: {exc.strerror or exc}") from None
 
 
 @dataclass(frozen=True)
@@ -73,6 +95,7 @@ class Tracker:
         self._history: deque[tuple[float, int]] = deque()
         self._base: tuple[int, int] | None = None
         self._throttled: tuple[int, int] | None = None
+        self._counts: tuple[int, int] | None = None  # the mount's, as last read
 
     def update(self, sample: Sample) -> None:
         now = self.clock()
@@ -86,9 +109,17 @@ class Tracker:
         while len(self._history) > 2 and now - self._history[1][0] >= RATE_WINDOW:
             self._history.popleft()
         if sample.throttled is not None and sample.answers is not None:
+            counts = (sample.throttled, sample.answers)
+            last = self._counts
             if self._base is None:
-                self._base = (sample.throttled, sample.answers)
-            self._throttled = (sample.throttled - self._base[0], sample.answers - self._base[1])
+                self._base = counts
+            elif last is not None and (counts[0] < last[0] or counts[1] < last[1]):
+                # The mount's counters started again from 0 (its daemon restarted mid-seal):
+                # what this seal counted stays, the new counters add to it.
+                seen = self._throttled or (0, 0)
+                self._base = (-seen[0], -seen[1])
+            self._counts = counts
+            self._throttled = (counts[0] - self._base[0], counts[1] - self._base[1])
 
     def rate(self) -> float | None:
         """Blocks stored a second over the last few seconds; None before it can be told."""
@@ -118,18 +149,22 @@ def _clock(seconds: float) -> str:
     return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
 
 
-def bar_text(name: str, snapshot_id: str, sample: Sample, tracker: Tracker) -> str:
-    """The bar's one line (no terminal codes)."""
+def bar_text(
+    name: str, snapshot_id: str, sample: Sample, tracker: Tracker, width: int = BAR_WIDTH,
+    compact: bool = False,
+) -> str:
+    """The bar's one line (no terminal codes); ``compact``: the rate without MiB/s."""
     head = f"{name} {snapshot_id}".strip()
     if sample.phase == "completing":
         return f"{head}: completing {sample.aws_progress or ''}".rstrip()
     total, done = tracker.to_store or 0, tracker.done
-    filled = BAR_WIDTH * done // total if total else BAR_WIDTH
-    parts = [f"{head}: storing [{'#' * filled}{'.' * (BAR_WIDTH - filled)}] "
+    filled = width * done // total if total else width
+    parts = [f"{head}: storing [{'#' * filled}{'.' * (width - filled)}] "
              f"{done}/{total} blocks"]
     rate = tracker.rate()
     if rate is not None:
-        parts.append(f"{rate:.1f} blocks/s ({rate * BLOCK_SIZE / (1 << 20):.1f} MiB/s)")
+        mib = "" if compact else f" ({rate * BLOCK_SIZE / (1 << 20):.1f} MiB/s)"
+        parts.append(f"{rate:.1f} blocks/s{mib}")
     left = tracker.left()
     if left is not None:
         parts.append(f"{_clock(left)} left")
@@ -160,10 +195,21 @@ class Bar(Reporter):
         self._shown, self._at = "", float("-inf")
 
     def update(self, name: str, snapshot_id: str, sample: Sample, tracker: Tracker) -> None:
-        text = bar_text(name, snapshot_id, sample, tracker)
+        # One line less a column: a longer one wraps, and the next redraw (carriage return,
+        # clear the line) would leave the wrapped part behind. A shorter bar first, then
+        # the rate in MiB/s, then the name; what is still too long is cut.
+        room = self._columns() - 1
+        for text in (
+            bar_text(name, snapshot_id, sample, tracker),
+            bar_text(name, snapshot_id, sample, tracker, BAR_WIDTH // 2, compact=True),
+            bar_text("", snapshot_id, sample, tracker, BAR_WIDTH // 2, compact=True),
+        ):
+            if len(text) <= room:
+                break
+        text = text[:room]
         now = self.clock()
         if text != self._shown and (now - self._at >= BAR_EVERY or not self._shown):
-            print(f"\r\033[K{text}", end="", file=self.stream, flush=True)
+            write(self.stream, f"\r\033[K{text}", end="")
             self._shown, self._at = text, now
 
     def done(self, snapshot_id: str, tracker: Tracker) -> None:
@@ -172,9 +218,17 @@ class Bar(Reporter):
     def failed(self, message: str, state: str) -> None:
         self._clear()
 
+    def _columns(self) -> int:
+        """The terminal's width (80 when it says 0, or cannot say)."""
+        try:
+            columns = os.get_terminal_size(self.stream.fileno()).columns
+        except (OSError, ValueError, AttributeError):
+            columns = 0
+        return max(columns, 2) if columns > 0 else 80
+
     def _clear(self) -> None:
         if self._shown:
-            print("\r\033[K", end="", file=self.stream, flush=True)
+            write(self.stream, "\r\033[K", end="")
             self._shown = ""
 
 
@@ -195,11 +249,11 @@ class Lines(Reporter):
             text = f"stored {tracker.done} blocks; completing"
         else:
             text = sample.phase
-        print(f"{self._head}: {text}", file=self.stream, flush=True)
+        write(self.stream, f"{self._head}: {text}")
 
     def done(self, snapshot_id: str, tracker: Tracker) -> None:
         if self._phase:  # nothing to say when there was nothing to wait for
-            print(f"{self._head or snapshot_id}: completed", file=self.stream, flush=True)
+            write(self.stream, f"{self._head or snapshot_id}: completed")
 
 
 class JsonEvents(Reporter):
@@ -214,7 +268,7 @@ class JsonEvents(Reporter):
 
     def _emit(self, event: str, **fields: Any) -> None:
         doc = {"event": event, "path": self.path, "time": round(time.time(), 3), **fields}
-        print(json.dumps(doc, sort_keys=True), file=self.stream, flush=True)
+        write(self.stream, json.dumps(doc, sort_keys=True))
 
     @staticmethod
     def _counts(tracker: Tracker) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass
 
 import trio
@@ -25,6 +25,10 @@ from ebsfs.read.base import BlockReader
 log = logging.getLogger(__name__)
 
 _MAX_STREAMS = 4
+#: Streams dropped lately, kept to be taken up again: more sequential readers than
+#: _MAX_STREAMS at once (files copied in parallel) push each other out, and a reader whose
+#: stream was dropped is still sequential when it reads on.
+_MAX_DROPPED = 16
 _NEAR = 2  # a read this many blocks past a stream's reach still continues it
 #: The window is latency x rate x this: both vary from one sample to the next, and a
 #: window short by one block makes the reader wait a whole latency.
@@ -35,6 +39,13 @@ _MAX_CONFIRM = 8  # forward steps a stream may have to make before its first pre
 #: A stream prefetches while (a moving average of) at least this share of the blocks it
 #: passes reach this layer; below it, the kernel holds the others and prefetches are waste.
 _DENSE = 0.25
+
+
+def _continues(s: _Stream, index: int) -> bool:
+    """Whether a read of ``index`` continues stream ``s``: within what was fetched for it, or
+    a window behind (the kernel's own read-ahead sends a reader's requests at once, and they
+    arrive out of order)."""
+    return s.last - max(s.window, _NEAR) <= index <= max(s.last, s.ahead) + _NEAR
 
 
 @dataclass
@@ -72,6 +83,8 @@ class ReadAhead(BlockReader):
         #: Forward steps a new stream makes before its first prefetch.
         self.confirm = 1
         self._streams: list[_Stream] = []
+        #: Streams dropped lately: whether dropping one doubled ``confirm``, what it wasted.
+        self._dropped: deque[tuple[_Stream, bool, int]] = deque(maxlen=_MAX_DROPPED)
 
     def stats(self) -> dict[str, int]:
         return dict(self.counters)
@@ -129,27 +142,41 @@ class ReadAhead(BlockReader):
     def _stream_of(self, index: int, now: float) -> _Stream:
         """The stream ``index`` continues (a new one if none), now the most recently used."""
         for pos, s in enumerate(self._streams):
-            # Within what was fetched for it, or a window behind: the kernel's own read-ahead
-            # sends a reader's requests at once, and they arrive out of order.
-            if s.last - max(s.window, _NEAR) <= index <= max(s.last, s.ahead) + _NEAR:
+            if _continues(s, index):
                 del self._streams[pos]
                 break
         else:
-            s = _Stream(last=index, ahead=index, at=now, mark=index)
+            s = self._taken_up(index) or _Stream(last=index, ahead=index, at=now, mark=index)
             if len(self._streams) >= _MAX_STREAMS:
                 self._retire(self._streams.pop(0))
         self._streams.append(s)
         return s
 
+    def _taken_up(self, index: int) -> _Stream | None:
+        """A stream dropped lately that ``index`` continues: its reader was sequential after
+        all, so what dropping it said of random readers is taken back."""
+        for pos, (s, doubled, wasted) in enumerate(self._dropped):
+            if _continues(s, index):
+                del self._dropped[pos]
+                if doubled:
+                    self.confirm = max(self.confirm // 2, 1)
+                self.counters["readahead_wasted"] -= wasted
+                self.counters["readahead_confirm"] = self.confirm
+                return s
+        return None
+
     def _retire(self, s: _Stream) -> None:
         """A stream is dropped: what it fetched and nobody read says how random readers are."""
         wasted = max(s.ahead - s.last, 0)
         self.counters["readahead_wasted"] += wasted
+        doubled = False
         if wasted > s.used:
+            doubled = self.confirm < _MAX_CONFIRM
             self.confirm = min(self.confirm * 2, _MAX_CONFIRM)
         elif s.used:
             self.confirm = max(self.confirm // 2, 1)
         self.counters["readahead_confirm"] = self.confirm
+        self._dropped.append((s, doubled, wasted))
 
     def _measure_rate(self, s: _Stream, now: float) -> None:
         span = s.last - s.mark

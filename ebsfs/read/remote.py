@@ -289,6 +289,7 @@ class RemoteBlocks(BlockReader):
             self.tuning.policy(),
             health=self.calls.health,
             age=lambda: since_completion(self.snapshot_id, trio.current_time() - self._created),
+            progress=lambda: self.calls.windows.lane(self._lane).last_done,
         )
         fresh = False
         while True:
@@ -305,7 +306,7 @@ class RemoteBlocks(BlockReader):
                     self.snapshot_id,
                     index,
                     block_token,
-                    deadline=tries.deadline,
+                    deadline=tries.bound,
                 )
                 self.counters["bytes_fetched"] += len(data)
                 return data, digest
@@ -372,7 +373,11 @@ class RemoteBlocks(BlockReader):
         ) from exc
 
     async def _call(
-        self, api_name: str, fn: Callable[..., T], *args: Any, deadline: float = math.inf
+        self,
+        api_name: str,
+        fn: Callable[..., T],
+        *args: Any,
+        deadline: float | Callable[[], float] = math.inf,
     ) -> T:
         try:
             result = await self.calls.run(fn, *args, deadline=deadline, lane=self._lane)

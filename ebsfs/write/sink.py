@@ -153,6 +153,7 @@ class RemoteWriter:
             self.tuning.policy(),
             health=self._calls.health,
             age=lambda: self.clock() - self.started_at,
+            progress=lambda: self._calls.windows.lane(self._lane).last_done,
         )
         block: list[bytes] = []
         while True:

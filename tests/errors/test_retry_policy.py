@@ -123,6 +123,31 @@ def test_throttling_alone_is_waited_out_for_four_io_timeouts_not_a_count(
     on_fake_clock(main)
 
 
+def test_throttling_is_bounded_from_the_last_call_of_its_kind_that_went_through() -> None:
+    # A put queued behind others under a low quota meets throttling long after it began:
+    # while puts of its lane go through it waits its turn (on main it failed 4 x io_timeout
+    # after it began, and the fsync with it); once none has for 4 x io_timeout, it fails,
+    # whatever other calls of the mount (reads) do meanwhile.
+    async def main() -> None:
+        health = Health(io_timeout=1.0)
+        lane_done = [trio.current_time()]
+        tries = Attempts(PutTuning().policy(), health=health, progress=lambda: lane_done[0])
+        for _ in range(30):  # 30 s of throttling, the lane's other puts going through
+            await trio.sleep(1.0)
+            lane_done[0] = trio.current_time()
+            health.answered()
+            health.last_done = trio.current_time()
+            assert tries.again(THROTTLED) is not None
+        start = trio.current_time()
+        while (again := tries.again(THROTTLED)) is not None:  # now none of them does
+            await trio.sleep(again.pause)
+            health.answered()
+            health.last_done = trio.current_time()  # reads of the mount still do
+        assert 4 * 1.0 - 1.0 <= trio.current_time() - start <= 4 * 1.0
+
+    on_fake_clock(main)
+
+
 def test_no_retry_once_the_endpoint_is_silent_for_io_timeout_or_known_down() -> None:
     async def main() -> None:
         health = Health(io_timeout=2.0)

@@ -163,6 +163,25 @@ def test_requests_out_of_order_within_the_window_continue_one_stream() -> None:
 
     _run(main)
 
+@pytest.mark.parametrize("readers", [6, 12])
+def test_many_sequential_readers_at_once_each_get_read_ahead(readers: int) -> None:
+    # Several files copied at once from one image (parallel cp, tar, rsync): each reader is
+    # sequential; the streams of one must not push out those of the others (on main, more
+    # readers than streams followed got no read-ahead at all: 9 blocks of 720 prefetched).
+    blocks = 120
+
+    async def main() -> None:
+        async with trio.open_nursery() as n:
+            ra, slow = _stack(n, 0.1, 16)
+            async with trio.open_nursery() as inner:
+                for r in range(readers):
+                    inner.start_soon(_read, ra, r * 10_000, blocks, 0.0)
+            stats = ra.stats()
+            # Without read-ahead each block costs a reader a whole latency.
+            assert stats["readahead_blocks"] >= readers * blocks // 2, stats
+            assert max(slow.fetches.values()) == 1  # nothing fetched twice
+
+
 
 def test_a_reader_the_kernel_serves_from_its_cache_stops_the_prefetching() -> None:
     # A second pass over a file the kernel's page cache mostly holds: only the few pages it
