@@ -292,16 +292,12 @@ class Calls:
         lane: Lane | None = None,
         heard: Heard | None = None,
     ) -> T:
-        """``fn(*args)`` in a worker thread; gives up at ``deadline`` or the health bound.
-
-        ``deadline``: a time, or a function of now giving it (it may move on while the call
-        waits, ``Attempts.bound``).
-
-        ``lane``: the snapshot and direction of a block call, which then also takes a slot of
-        that lane's window (``ebsfs.aws.windows``); ``heard`` gets the throttled answers the call
-        heard, complete when ``ended`` is called. ``ended`` is called once in the trio
-        thread when the worker is done with ``fn``, or at once if it never started: later
-        than the return when the call was abandoned."""
+        """``fn(*args)`` in a worker thread; gives up at ``deadline`` (a time, or a function
+        giving it: it may move on while the call waits, ``Attempts.bound``) or the health bound.
+        ``lane``: a block call's snapshot and direction, whose window it takes a slot of
+        (``ebsfs.aws.windows``); ``heard`` gets the throttled answers it heard, complete when
+        ``ended`` is called: once, in the trio thread, when the worker is done with ``fn`` or at
+        once if it never started (after the return when the call was abandoned)."""
         health = self.health
         try:
             await health.admit()
