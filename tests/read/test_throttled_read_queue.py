@@ -16,7 +16,7 @@ from tests.mounting import MountProc
 from tests.serverproc import LocalServer, upload_image
 
 BS = 512 * 1024
-RATE = 4
+RATE = 2  # 32 blocks take 16 s: well past 4 x --io-timeout for the last in the queue
 READERS = 8
 BLOCKS = 4  # per reader
 
@@ -31,7 +31,7 @@ def test_parallel_reads_under_a_low_quota_are_slow_not_failed(
     srv = server_factory()
     sid = upload_image(srv.ebs(), srv.ec2(), image)
     srv.restart("--rate-limit", str(RATE))
-    m = mount_factory(srv, "--io-timeout", "1", "--max-attempts", "1", "--read-ahead", "0")
+    m = mount_factory(srv, "--io-timeout", "2", "--max-attempts", "1", "--read-ahead", "0")
     failures: list[str] = []
 
     def reader(r: int) -> None:
