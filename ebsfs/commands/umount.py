@@ -36,6 +36,9 @@ GONE_GRACE = 5.0
 #: How long a busy mount may take to become free before the command refuses.
 BUSY_GRACE = 2.0
 POLL = 0.05
+#: Rounds of unmount commands for a mount whose daemon is gone, and the pause between.
+DEAD_ROUNDS = 3
+DEAD_PAUSE = 1.0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -102,26 +105,35 @@ def _unmount_dead(mountpoint: str, entry: MountEntry, lazy: bool) -> None:
     commands = (
         [["fusermount3", "-u", "-z", mountpoint], ["umount", "-l", mountpoint]]
         if lazy
-        else [["umount", mountpoint], ["fusermount3", "-u", mountpoint]]
+        # Last, a detach: nothing holds the mount (refused above otherwise) and no daemon
+        # serves it, so nothing can lose data by it.
+        else [
+            ["umount", mountpoint],
+            ["fusermount3", "-u", mountpoint],
+            ["umount", "-l", mountpoint],
+        ]
     )
-    errors = []
-    for cmd in commands:
-        # What matters is that the mount left the table, whoever took it out: the exited
-        # daemon's own fusermount3 may still be at work, and a second unmount then fails
-        # with EINVAL although everything went right.
-        if not _in_table(entry):
-            return
-        try:
-            done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            errors.append(f"{cmd[0]}: {exc}")
-            continue
-        if done.returncode == 0 and not _in_table(entry):
-            return
-        errors.append(done.stderr.strip() or f"{cmd[0]} exited {done.returncode}")
+    errors: list[str] = []
+    for attempt in range(DEAD_ROUNDS):
+        if attempt:
+            time.sleep(DEAD_PAUSE)  # a mount seen half torn down (EINVAL) may be gone soon
+        for cmd in commands:
+            # What matters is that the mount left the table, whoever took it out: the exited
+            # daemon's own unmount may still be at work, and a second one then fails.
+            if not _in_table(entry):
+                return
+            try:
+                done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                errors.append(f"{cmd[0]}: {exc}")
+                continue
+            if done.returncode == 0 and not _in_table(entry):
+                return
+            said = done.stderr.strip().splitlines()
+            errors.append(said[-1] if said else f"{cmd[0]} exited {done.returncode}")
     if not _in_table(entry):
         return
-    raise MountError(f"could not unmount {mountpoint}: {errors[-1].splitlines()[-1]}")
+    raise MountError(f"could not unmount {mountpoint}: {'; '.join(errors[-len(commands) :])}")
 
 
 def unmount(mountpoint: str, timeout: float = 600.0, lazy: bool = False) -> None:
@@ -166,9 +178,7 @@ def _timeout_error(mountpoint: str, entry: MountEntry, pid: int, timeout: float)
     return MountError(f"{mountpoint} {state} after {timeout:.0f}s (daemon pid {pid}); see its log")
 
 
-def _wait_gone(
-    mountpoint: str, entry: MountEntry, pid: int, deadline: float, lazy: bool
-) -> None:
+def _wait_gone(mountpoint: str, entry: MountEntry, pid: int, deadline: float, lazy: bool) -> None:
     # The daemon closes its FUSE connection before it unmounts: in between, a stat of the
     # mount point fails as if it were gone. Only the mount table (and the daemon's exit) say
     # that it is.

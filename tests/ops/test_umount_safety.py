@@ -326,3 +326,37 @@ def test_a_mount_that_left_the_table_meanwhile_is_unmounted(
     ran.clear()
     umount_cmd._unmount_dead("/m", entry, lazy=True)
     assert len(ran) == 1
+
+
+def test_a_dead_mount_that_refuses_a_plain_unmount_is_detached(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Seen in CI: a dead mount still in the table, umount and fusermount3 both EINVAL.
+    Nothing holds it (checked first) and no daemon serves it: a detach loses nothing."""
+    from ebsfs.commands import umount as umount_cmd
+    from ebsfs.daemon import mounttable
+
+    entry = mounttable.MountEntry(7, 1, "0:99", "/m", "fuse.ebsfs", "ebsfs", "rw")
+    table = [entry]
+    ran: list[list[str]] = []
+
+    def fake_run(cmd: list[str], **_: object) -> subprocess.CompletedProcess[str]:
+        ran.append(cmd)
+        if "-l" in cmd:
+            table.clear()
+            return subprocess.CompletedProcess(cmd, 0, "", "")
+        return subprocess.CompletedProcess(cmd, 1, "", f"{cmd[0]}: /m: Invalid argument")
+
+    monkeypatch.setattr(mounttable, "mount_table", lambda: list(table))
+    monkeypatch.setattr(mounttable, "holders", lambda *a: [])
+    monkeypatch.setattr(umount_cmd.subprocess, "run", fake_run)
+    umount_cmd._unmount_dead("/m", entry, lazy=False)
+    assert ran == [["umount", "/m"], ["fusermount3", "-u", "/m"], ["umount", "-l", "/m"]]
+    # Nothing works: every command's answer in the one-line error, after a few rounds.
+    table.append(entry)
+    ran.clear()
+    monkeypatch.setattr(umount_cmd, "DEAD_PAUSE", 0.0)
+    monkeypatch.setattr(umount_cmd.subprocess, "run", lambda cmd, **_: subprocess.CompletedProcess(
+        cmd, 1, "", f"{cmd[0]}: /m: Invalid argument"))
+    with pytest.raises(umount_cmd.MountError, match="umount: /m: Invalid argument; fusermount3"):
+        umount_cmd._unmount_dead("/m", entry, lazy=False)
