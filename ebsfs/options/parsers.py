@@ -46,29 +46,28 @@ def whole(value: Any) -> int:
     return value
 
 
+def _at_most(value: Any, top: int) -> int:
+    result = whole(value)
+    if result > top:
+        raise ValueError(f"expected at most {top}, not {result}")
+    return result
+
+
 #: Most API calls a mount may have in flight (``max_concurrency``, which also sizes the HTTP
 #: connection pool): urllib3 fills a pool with one slot per connection as it makes it, so a
 #: typo of a few more digits would hang the mount's first request and fill its memory.
 MAX_CONCURRENCY = 1024
-
-
-def concurrency(value: Any) -> int:
-    result = whole(value)
-    if result > MAX_CONCURRENCY:
-        raise ValueError(f"expected at most {MAX_CONCURRENCY}, not {result}")
-    return result
-
-
 #: Most attempts of one call (``max_attempts``): botocore waits up to 20 s between two, so a
 #: larger number only hides a failing endpoint for hours.
 MAX_ATTEMPTS = 50
 
 
+def concurrency(value: Any) -> int:
+    return _at_most(value, MAX_CONCURRENCY)
+
+
 def attempts(value: Any) -> int:
-    result = whole(value)
-    if result > MAX_ATTEMPTS:
-        raise ValueError(f"expected at most {MAX_ATTEMPTS}, not {result}")
-    return result
+    return _at_most(value, MAX_ATTEMPTS)
 
 
 def seed(value: Any) -> int:

@@ -4,8 +4,13 @@ kernel's loop driver, e2fsck)."""
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
+import pty
+import struct
 import subprocess
+import sys
+import termios
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -73,3 +78,32 @@ def check_filesystem(image: Path, tree: Path, where: Path) -> None:
     assert fsck.returncode == 0, fsck.stdout + fsck.stderr
     with loop_mounted(image, where) as mnt:
         sh("diff", "-r", "--exclude=lost+found", tree, mnt)
+
+
+def complete_on_a_terminal(
+    target: Path, env: dict[str, str], columns: int | None = None
+) -> tuple[subprocess.Popen[str], str, bytes]:
+    """``ebsfs complete TARGET`` with its stderr on a pseudo-terminal (``columns`` wide, if
+    given): the process, its stdout and everything the terminal was shown."""
+    master, slave = pty.openpty()
+    if columns is not None:
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ebsfs", "complete", str(target)], env=env,
+            stdout=subprocess.PIPE, stderr=slave, text=True,
+        )
+        os.close(slave)
+        out, _ = proc.communicate(timeout=240)
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the terminal's other side is closed
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        os.close(master)
+    return proc, out, shown

@@ -5,7 +5,6 @@ and whose server answers slowly enough that both phases are seen."""
 
 import json
 import os
-import pty
 import subprocess
 import sys
 from collections.abc import Callable
@@ -16,6 +15,7 @@ import pytest
 from ebsfs.commands.progress import Bar, JsonEvents, Lines, Sample, Tracker, bar_text
 from tests.mounting import MountProc
 from tests.serverproc import LocalServer
+from tests.write.helpers import complete_on_a_terminal
 
 BS = 512 * 1024
 BLOCKS = 12
@@ -93,25 +93,7 @@ def test_json_error_event_and_exit_code(mount: MountProc) -> None:
 
 def test_a_terminal_gets_a_live_bar(mount: MountProc) -> None:
     target = _write(mount, "interactive")
-    master, slave = pty.openpty()
-    try:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "ebsfs", "complete", str(target)], env=mount.env,
-            stdout=subprocess.PIPE, stderr=slave, text=True,
-        )
-        os.close(slave)
-        out, _ = proc.communicate(timeout=240)
-        shown = b""
-        while True:
-            try:
-                chunk = os.read(master, 65536)
-            except OSError:  # EIO: the terminal's other side is closed
-                break
-            if not chunk:
-                break
-            shown += chunk
-    finally:
-        os.close(master)
+    proc, out, shown = complete_on_a_terminal(target, mount.env)
     assert proc.returncode == 0, shown
     snapshot_id = out.strip()
     text = shown.decode()

@@ -13,6 +13,7 @@ import pytest
 from ebsfs.commands.progress import Sample, Tracker, bar_text
 from tests.mounting import MountProc
 from tests.serverproc import LocalServer
+from tests.write.helpers import complete_on_a_terminal
 
 BS = 512 * 1024
 MountFactory = Callable[..., MountProc]
@@ -89,34 +90,10 @@ def test_the_bar_fits_a_narrow_terminal(
     """A bar longer than the terminal is wide wraps, and each redraw (carriage return, clear
     the line) leaves the wrapped part behind: a screen of stale bars. Each frame fits one
     line less a column (a terminal of width 0, unknown, is taken as 80)."""
-    import fcntl
-    import pty
-    import struct
-    import termios
-
     srv = server_factory("--latency-ms", "100", "--complete-delay", "1.0")
     m = mount_factory(srv, "--writeback-delay", "600", "--max-concurrency", "2")
     target = _write(m, "a-draft-with-a-rather-long-name", blocks=8)
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
-    try:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "ebsfs", "complete", str(target)], env=m.env,
-            stdout=subprocess.PIPE, stderr=slave, text=True,
-        )
-        os.close(slave)
-        out, _ = proc.communicate(timeout=240)
-        shown = b""
-        while True:
-            try:
-                chunk = os.read(master, 65536)
-            except OSError:  # EIO: the terminal's other side is closed
-                break
-            if not chunk:
-                break
-            shown += chunk
-    finally:
-        os.close(master)
+    proc, out, shown = complete_on_a_terminal(target, m.env, columns)
     assert proc.returncode == 0, shown
     frames = [f for f in shown.decode().split("\r\x1b[K") if f]
     assert frames and any(": storing [" in f or ": storing" in f for f in frames), frames
