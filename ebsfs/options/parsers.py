@@ -38,8 +38,10 @@ def whole(value: Any) -> int:
     if isinstance(value, str):
         digits = value.strip()
         # ASCII digits only: int() would also take "+5", "5_0" or Unicode digits ("٥").
-        if not (digits.isascii() and digits.isdigit() and len(digits) <= 18):
-            raise ValueError(f"expected a whole number, not {value!r}")
+        if not (digits.isascii() and digits.isdigit()):
+            raise ValueError(f"expected a whole number, not {value[:40]!r}")
+        if len(digits) > 18:
+            raise ValueError(f"expected a whole number of at most 18 digits, not {value[:40]!r}")
         value = int(digits)
     if not isinstance(value, int) or value < 1:
         raise ValueError(f"expected a whole number of at least 1, not {value!r}")
