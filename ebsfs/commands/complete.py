@@ -109,6 +109,18 @@ def _shown(mountpoint: str, snapshot_id: str, timeout: float) -> bool:
     return True
 
 
+#: How long a completed snapshot's file may take to leave new/ (the mount drops the kernel's
+#: cached entry asynchronously): a script's next ``ls new/`` should not see it.
+LEAVE_WAIT = 10.0
+
+
+def _until_gone(path: str) -> None:
+    """Return once ``path`` has left new/, or after LEAVE_WAIT (it is completed either way)."""
+    deadline = time.monotonic() + LEAVE_WAIT
+    while os.path.lexists(path) and time.monotonic() < deadline:
+        time.sleep(POLL)
+
+
 #: How far AWS's clock may be behind this machine's (SigV4 refuses more than 5 minutes).
 CLOCK_SKEW = 300.0
 
@@ -227,6 +239,7 @@ def run(args: argparse.Namespace) -> int:
                 time.sleep(POLL)
                 continue
             if state == "completed":
+                _until_gone(path)
                 break
             message = _attr(path, "state_message") or f"the snapshot is {state}"
             if state == "error":
