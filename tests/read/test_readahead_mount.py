@@ -55,3 +55,25 @@ def test_a_small_cache_is_not_overrun_by_the_default_read_ahead(
     blocks = mib * MiB // (512 * 1024)
     assert first <= blocks + 4, first
     assert second <= blocks + 8, second
+
+
+def _kernel_read_ahead_kb(mnt: Path) -> int:
+    st = os.stat(mnt)
+    bdi = Path(f"/sys/class/bdi/{os.major(st.st_dev)}:{os.minor(st.st_dev)}/read_ahead_kb")
+    return int(bdi.read_text())
+
+
+def test_a_read_ahead_under_one_block_leaves_the_kernel_window_alone(tmp_path: Path) -> None:
+    # --read-ahead under a block turns the daemon's read-ahead off (whole blocks only), yet
+    # the kernel's window was set to it: 4 KiB for --read-ahead 1, far below its default.
+    # And --read-ahead 1GiB set the kernel's to 1 GiB ahead of a 256 MiB cache.
+    with LocalServer(tmp_path / "srv") as server:
+        kb = {}
+        for value in ("0", "1", "511KiB", "1GiB"):
+            # Daemonised: `ebsfs mount` returns once the mount is ready (its window set).
+            mount = MountProc(server, tmp_path / "mnt", "--read-ahead", value, foreground=False)
+            with mount as m:
+                kb[value] = _kernel_read_ahead_kb(m.path)
+    assert kb["1"] == kb["511KiB"] == kb["0"], kb
+    # 1 GiB is capped like the daemon's own window: half of what the default cache holds.
+    assert kb["0"] < kb["1GiB"] <= 128 * 1024, kb
