@@ -131,6 +131,11 @@ def _unmount_dead(mountpoint: str, entry: MountEntry, lazy: bool) -> None:
                 return
             said = done.stderr.strip().splitlines()
             errors.append(said[-1] if said else f"{cmd[0]} exited {done.returncode}")
+            if not lazy and "busy" in done.stderr:
+                # Held after all (by what the scan above cannot see: a process that came in
+                # since, or one out of this /proc's sight): refused, never detached.
+                raise MountError(f"{mountpoint} is busy ({errors[-1]}); stop what holds it, "
+                                 "or use --lazy")
     if not _in_table(entry):
         return
     raise MountError(f"could not unmount {mountpoint}: {'; '.join(errors[-len(commands) :])}")
@@ -153,6 +158,8 @@ def unmount(mountpoint: str, timeout: float = 600.0, lazy: bool = False) -> None
         if exc.errno in (errno.ENOTCONN, errno.ECONNABORTED, errno.ENODEV):
             _unmount_dead(mountpoint, entry, lazy)  # the daemon is gone: nothing to flush
             return
+        if not _in_table(entry):
+            return  # unmounted meanwhile (another ebsfs umount of it): what was asked holds
         raise MountError(
             f"{mountpoint} is not an ebsfs mount (no daemon pid: {exc.strerror})"
         ) from None
