@@ -76,8 +76,12 @@ def test_two_umounts_of_one_dead_mount_at_once(server: LocalServer, tmp_path: Pa
                  for _ in range(2)]
         results = [(p.wait(timeout=120), p.stderr.read() if p.stderr else "") for p in procs]
         assert not in_mount_table(mnt)
-        # Both asked for the mount to be gone, and it is.
-        assert [rc for rc, _ in results] == [0, 0], results
+        # Both asked for the mount to be gone, and it is: success, or (one that looked only
+        # once the other was done) "is not mounted", as umount(8) says; never busy or "not an
+        # ebsfs mount".
+        assert 0 in [rc for rc, _ in results], results
+        for rc, err in results:
+            assert rc == 0 or (rc == 6 and err.strip().endswith("is not mounted")), results
 
 
 def test_a_dead_mount_under_another_mount_is_left_to_its_owner(
