@@ -105,8 +105,8 @@ def _unmount_dead(mountpoint: str, entry: MountEntry, lazy: bool) -> None:
     commands = (
         [["fusermount3", "-u", "-z", mountpoint], ["umount", "-l", mountpoint]]
         if lazy
-        # Last, a detach: nothing holds the mount (refused above otherwise) and no daemon
-        # serves it, so nothing can lose data by it.
+        # Last, a detach: nothing holds the mount (refused above otherwise, and never after
+        # an unmount said busy) and no daemon serves it, so nothing can lose data by it.
         else [
             ["umount", mountpoint],
             ["fusermount3", "-u", mountpoint],
@@ -114,10 +114,13 @@ def _unmount_dead(mountpoint: str, entry: MountEntry, lazy: bool) -> None:
         ]
     )
     errors: list[str] = []
+    busy = False
     for attempt in range(DEAD_ROUNDS):
         if attempt:
             time.sleep(DEAD_PAUSE)  # a mount seen half torn down (EINVAL) may be gone soon
         for cmd in commands:
+            if busy and "-l" in cmd:
+                continue
             # What matters is that the mount left the table, whoever took it out: the exited
             # daemon's own unmount may still be at work, and a second one then fails.
             if not _in_table(entry):
@@ -131,8 +134,16 @@ def _unmount_dead(mountpoint: str, entry: MountEntry, lazy: bool) -> None:
                 return
             said = done.stderr.strip().splitlines()
             errors.append(said[-1] if said else f"{cmd[0]} exited {done.returncode}")
+            if not lazy and "busy" in done.stderr:
+                # Held after all (by what the scan above cannot see: a process that came in
+                # since, one out of this /proc's sight, or another unmount of it at work):
+                # never detached; the next rounds only try again without.
+                busy = True
+                break
     if not _in_table(entry):
         return
+    if busy:
+        raise MountError(f"{mountpoint} is busy ({errors[-1]}); stop what holds it, or use --lazy")
     raise MountError(f"could not unmount {mountpoint}: {'; '.join(errors[-len(commands) :])}")
 
 
@@ -153,6 +164,8 @@ def unmount(mountpoint: str, timeout: float = 600.0, lazy: bool = False) -> None
         if exc.errno in (errno.ENOTCONN, errno.ECONNABORTED, errno.ENODEV):
             _unmount_dead(mountpoint, entry, lazy)  # the daemon is gone: nothing to flush
             return
+        if not _in_table(entry):
+            return  # unmounted meanwhile (another ebsfs umount of it): what was asked holds
         raise MountError(
             f"{mountpoint} is not an ebsfs mount (no daemon pid: {exc.strerror})"
         ) from None

@@ -24,6 +24,7 @@ import trio
 
 from ebsfs.aws.api import Api
 from ebsfs.aws.runner import Calls
+from ebsfs.core.blocks import BLOCK_SIZE
 from ebsfs.core.errors import EbsfsError, MountError, UsageError
 from ebsfs.core.exgroups import first_error
 from ebsfs.daemon import mounttable
@@ -178,8 +179,11 @@ async def _serve(
                 _signals, config.mountpoint, stopping, own.mount_id if own else None
             )
             nursery.start_soon(trim_memory, config.cache_size + TRIM_SLACK)
+            # The kernel's window as the daemon's (the cache bounds both): a kernel asking
+            # 64 MiB ahead of a small cache evicted blocks fetched ahead before they were read.
+            kernel_ahead = stacks.read_ahead_blocks * BLOCK_SIZE
             nursery.start_soon(
-                _announce_when_answering, config.mountpoint, ready, config.read_ahead, stopping
+                _announce_when_answering, config.mountpoint, ready, kernel_ahead, stopping
             )
             # What start-up loaded (botocore's service models, the catalog) lives as long as
             # the mount: keep the cycle collector from walking it again and again.

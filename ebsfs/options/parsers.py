@@ -36,8 +36,9 @@ def whole(value: Any) -> int:
     if isinstance(value, bool):
         raise ValueError("expected a whole number")
     if isinstance(value, str):
-        digits = value.strip()
-        # ASCII digits only: int() would also take "+5", "5_0" or Unicode digits ("٥").
+        # ASCII digits and ASCII blanks only: int() would also take "+5", "5_0" or Unicode
+        # digits ("٥"), and str.strip() Unicode spaces (a no-break space pasted from a page).
+        digits = value.strip(" \t\n\r\f\v")
         if not (digits.isascii() and digits.isdigit()):
             raise ValueError(f"expected a whole number, not {value[:40]!r}")
         if len(digits) > 18:

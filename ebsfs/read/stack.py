@@ -63,8 +63,10 @@ class ReadStacks:
         self.tuning = RemoteTuning(
             io_timeout=config.io_timeout, not_found_grace=config.not_found_grace
         )
-        # Read-ahead past half the cache would evict what it fetched before it is read.
-        ahead = min(config.read_ahead, config.cache_size // 2) // BLOCK_SIZE
+        # Read-ahead past half the cache would evict what it fetched before it is read: half
+        # of what the cache holds, the fetches' share taken off (half of --cache-size was all
+        # of it below 2 x max_concurrency blocks: a 32 MiB cache refetched 2 blocks in 3).
+        ahead = min(config.read_ahead, self.cache.max_bytes // 2) // BLOCK_SIZE
         self.read_ahead_blocks = max(ahead, 0)
         self._stacks: OrderedDict[str, BlockReader] = OrderedDict()
         self.disk: DiskCache | None = None

@@ -109,7 +109,9 @@ def test_max_concurrency_beyond_the_bound_is_refused(value: str) -> None:
     ).max_concurrency == 1024
 
 
-@pytest.mark.parametrize("value", ["\u0665", "+5", "5_0", "0x10", "1e3"])
+@pytest.mark.parametrize(
+    "value", ["\u0665", "+5", "5_0", "0x10", "1e3", "\u00a05", "5\u2003", "\x1c5", "\u30005"]
+)
 def test_counts_take_ascii_digits_only(value: str) -> None:
     # int() takes all of these; a count in a unit file or the environment should not.
     with pytest.raises(UsageError, match="EBSFS_MAX_CONCURRENCY: expected a whole number"):
