@@ -147,3 +147,71 @@ def test_a_mount_another_umount_took_meanwhile_is_success(
     monkeypatch.setattr(mounttable, "ebsfs_mount", lambda path: (str(tmp_path), entry))
     monkeypatch.setattr(mounttable, "mount_table", lambda: [])
     umount_cmd.unmount(str(tmp_path))  # tmp_path has no user.ebsfs.pid: ENODATA
+
+
+class _FakeDead:
+    """A dead mount at /m in a fake mount table, nothing holding it, commands answered by
+    ``answer`` (cmd -> return code, stderr; it may empty ``table``)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        from ebsfs.commands import umount as umount_cmd
+        from ebsfs.daemon import mounttable
+
+        self.entry = mounttable.MountEntry(7, 1, "0:99", "/m", "fuse.ebsfs", "ebsfs", "rw")
+        self.table = [self.entry]
+        self.ran: list[list[str]] = []
+        self.answer = lambda cmd: (1, f"{cmd[0]}: /m: Invalid argument")
+        monkeypatch.setattr(mounttable, "mount_table", lambda: list(self.table))
+        monkeypatch.setattr(mounttable, "holders", lambda *a: [])
+        monkeypatch.setattr(umount_cmd, "DEAD_PAUSE", 0.0)
+        monkeypatch.setattr(umount_cmd.subprocess, "run", self._run)
+        self.unmount_dead = umount_cmd._unmount_dead
+        self.MountError = umount_cmd.MountError
+
+    def _run(self, cmd: list[str], **_: object) -> subprocess.CompletedProcess[str]:
+        self.ran.append(cmd)
+        code, err = self.answer(cmd)
+        return subprocess.CompletedProcess(cmd, code, "", err)
+
+
+def test_a_mount_that_left_the_table_meanwhile_is_unmounted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The exited daemon's own unmount can win the race against ours: our umount then fails
+    (EINVAL, nothing mounted there), and that is success, not "could not unmount"."""
+    fake = _FakeDead(monkeypatch)
+
+    def someone_else_unmounted(cmd: list[str]) -> tuple[int, str]:
+        fake.table.clear()
+        return 1, f"{cmd[0]}: /m: Invalid argument"
+
+    fake.answer = someone_else_unmounted
+    fake.unmount_dead("/m", fake.entry, lazy=False)
+    assert len(fake.ran) == 1  # and not a second command against a gone mount
+    fake.table.append(fake.entry)
+    fake.ran.clear()
+    fake.unmount_dead("/m", fake.entry, lazy=True)
+    assert len(fake.ran) == 1
+
+
+def test_a_dead_mount_that_refuses_a_plain_unmount_is_detached(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Seen in CI: a dead mount still in the table, umount and fusermount3 both EINVAL.
+    Nothing holds it (checked first) and no daemon serves it: a detach loses nothing."""
+    fake = _FakeDead(monkeypatch)
+
+    def only_a_detach_works(cmd: list[str]) -> tuple[int, str]:
+        if "-l" in cmd:
+            fake.table.clear()
+            return 0, ""
+        return 1, f"{cmd[0]}: /m: Invalid argument"
+
+    fake.answer = only_a_detach_works
+    fake.unmount_dead("/m", fake.entry, lazy=False)
+    assert fake.ran == [["umount", "/m"], ["fusermount3", "-u", "/m"], ["umount", "-l", "/m"]]
+    # Nothing works: every command's answer in the one-line error, after a few rounds.
+    fake.table.append(fake.entry)
+    fake.answer = lambda cmd: (1, f"{cmd[0]}: /m: Invalid argument")
+    with pytest.raises(fake.MountError, match="umount: /m: Invalid argument; fusermount3"):
+        fake.unmount_dead("/m", fake.entry, lazy=False)

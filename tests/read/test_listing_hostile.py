@@ -39,6 +39,17 @@ def _populate(server: LocalServer, count: int) -> set[str]:
         return set(pool.map(one, range(count)))
 
 
+def _populated(data: Path, count: int) -> tuple[set[str], int]:
+    """``count`` completed snapshots stored in ``data`` by a server stopped again: their ids
+    and its port (a slow server started on the same data answers the mount there)."""
+    quick = LocalServer(data)
+    quick.start()
+    try:
+        return _populate(quick, count), quick.port
+    finally:
+        quick.stop()
+
+
 def test_a_listing_longer_than_io_timeout_whose_pages_all_answer_is_not_given_up(
     tmp_path: Path,
 ) -> None:
@@ -46,12 +57,7 @@ def test_a_listing_longer_than_io_timeout_whose_pages_all_answer_is_not_given_up
     # is at work all along, so the listing must not be abandoned as "no answer" (it was:
     # the mount then showed no snapshot at all, and every refresh failed the same way).
     data = tmp_path / "data"
-    quick = LocalServer(data)
-    quick.start()
-    try:
-        made = _populate(quick, COUNT)
-    finally:
-        quick.stop()
+    made, _ = _populated(data, COUNT)
     # A page: 3 s of the 6 s bound (half of it left for a loaded machine); all three: 9 s.
     slow = LocalServer(data, "--latency-ms", "3000")
     slow.start()
@@ -106,13 +112,8 @@ def test_a_first_listing_cut_short_is_an_error_then_retried_not_an_empty_mount(
     tmp_path: Path,
 ) -> None:
     data = tmp_path / "data"
-    quick = LocalServer(data)
-    quick.start()
-    try:
-        made = _populate(quick, 1100)
-    finally:
-        quick.stop()
-    slow = LocalServer(data, "--latency-ms", "1500", port=quick.port)
+    made, port = _populated(data, 1100)
+    slow = LocalServer(data, "--latency-ms", "1500", port=port)
     slow.start()
     try:
         with MountProc(slow, tmp_path / "mnt", "--io-timeout", "3") as m:
@@ -123,7 +124,7 @@ def test_a_first_listing_cut_short_is_an_error_then_retried_not_an_empty_mount(
             assert "listing snapshots failed" in m.log_text()
             # The drafts do not depend on the listing.
             assert os.listdir(m.path / "new") == []
-            back = LocalServer(data, port=quick.port)
+            back = LocalServer(data, port=port)
             back.start()
             try:
                 deadline = time.monotonic() + 120  # a hang guard; retried within seconds

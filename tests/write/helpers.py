@@ -107,3 +107,13 @@ def complete_on_a_terminal(
     finally:
         os.close(master)
     return proc, out, shown
+
+
+class Clock:
+    """A clock the test sets (``now``) for the progress arithmetic."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now

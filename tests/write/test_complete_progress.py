@@ -15,7 +15,7 @@ import pytest
 from ebsfs.commands.progress import Bar, JsonEvents, Lines, Sample, Tracker, bar_text
 from tests.mounting import MountProc
 from tests.serverproc import LocalServer
-from tests.write.helpers import complete_on_a_terminal
+from tests.write.helpers import Clock, complete_on_a_terminal
 
 BS = 512 * 1024
 BLOCKS = 12
@@ -108,14 +108,6 @@ def test_a_terminal_gets_a_live_bar(mount: MountProc) -> None:
 
 
 # -- the pieces, with a fake clock -------------------------------------------------------------
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_rate_time_left_and_throttled_share() -> None:

@@ -13,7 +13,7 @@ import pytest
 from ebsfs.commands.progress import Sample, Tracker, bar_text
 from tests.mounting import MountProc
 from tests.serverproc import LocalServer
-from tests.write.helpers import complete_on_a_terminal
+from tests.write.helpers import Clock, complete_on_a_terminal
 
 BS = 512 * 1024
 MountFactory = Callable[..., MountProc]
@@ -51,14 +51,6 @@ def test_output_to_a_full_disk_is_a_one_line_error(mount: MountProc, args: list[
         "ebsfs: cannot write to standard output: No space left on device"
     ], done.stderr
     assert done.stderr.endswith(errors[0] + "\n")
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_throttled_share_after_the_mount_counters_start_again() -> None:
