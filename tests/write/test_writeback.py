@@ -1,5 +1,6 @@
 """The write-back layer against the fake API: what is stored, when, and how often."""
 
+import dataclasses
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -27,6 +28,7 @@ def run(
     parent: dict[int, bytes] | None = None,
     tuning: WriteTuning | None = None,
     api: FakeApi | None = None,
+    put_tuning: PutTuning = FAST_PUT,
 ) -> FakeApi:
     api = api or FakeApi()
 
@@ -38,7 +40,7 @@ def run(
         wb = WriteBack(spool, reader,
                        tuning=tuning or WriteTuning(delay=0.05, max_uploads=4))
         limiter = trio.CapacityLimiter(4)
-        wb.attach(RemoteWriter(ThreadPuts(api), info.snapshot_id, limiter, tuning=FAST_PUT,
+        wb.attach(RemoteWriter(ThreadPuts(api), info.snapshot_id, limiter, tuning=put_tuning,
                                counters=wb.counters))
         async with trio.open_nursery() as nursery:
             nursery.start_soon(wb.run)
@@ -209,7 +211,10 @@ def test_transient_failures_and_early_404s_are_retried(tmp_path: Path) -> None:
         assert api.snaps[sid].own[0] == b"x" * BS
         assert wb.stats()["put_retries"] == 7
 
-    run(tmp_path, body, api=api)
+    # A grace a loaded machine cannot outlive between the three 404s (0.5 s could): the
+    # 404s here are early ones, retried, not a snapshot gone.
+    run(tmp_path, body, api=api,
+        put_tuning=dataclasses.replace(FAST_PUT, not_found_grace=30.0))
     assert api.calls["put"] == 8
 
 
