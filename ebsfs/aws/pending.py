@@ -42,7 +42,10 @@ class Pending:
 
     async def wait(self) -> Any:
         if self._result is not None:
-            await trio.lowlevel.checkpoint()
+            # Shielded: the outcome is here, whatever the caller's deadline says. A checkpoint
+            # that could be cancelled handed the runner, whose bound had passed as the result
+            # came in, Cancelled again and again: a busy loop instead of the result.
+            await trio.lowlevel.cancel_shielded_checkpoint()
             return self._result.unwrap()
         self._task = trio.lowlevel.current_task()
 

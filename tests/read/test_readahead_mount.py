@@ -53,8 +53,11 @@ def test_a_small_cache_is_not_overrun_by_the_default_read_ahead(
             _dd(image, mib)
             second = _fetched(m.path) - first
     blocks = mib * MiB // (512 * 1024)
-    assert first <= blocks + 4, first
-    assert second <= blocks + 8, second
+    # A few refetches under load: with 16 MiB the daemon's window and the kernel's stack up
+    # to what the cache holds (16 blocks), so a slow reader loses one now and then (135 of
+    # 128 seen in CI). The overrun this guards against was ~200.
+    assert first <= blocks + 16, first
+    assert second <= blocks + 16, second
 
 
 def _kernel_read_ahead_kb(mnt: Path) -> int:
