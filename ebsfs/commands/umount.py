@@ -84,7 +84,7 @@ def _refuse_if_busy(mountpoint: str, entry: MountEntry, daemon: int | None) -> N
 
 
 def _in_table(entry: MountEntry) -> bool:
-    return any(e.mount_id == entry.mount_id for e in mounttable.mount_table())
+    return any(mounttable.same_mount(e, entry) for e in mounttable.mount_table())
 
 
 def _detach(mountpoint: str, entry: MountEntry) -> None:

@@ -190,6 +190,12 @@ def process_uid(pid: int) -> int | None:
     return None
 
 
+def same_mount(a: MountEntry, b: MountEntry) -> bool:
+    """Whether two lines of the mount table are one mount: its id alone is not enough, the
+    kernel gives a freed id to the next mount made anywhere."""
+    return a.mount_id == b.mount_id and a.device == b.device and a.mountpoint == b.mountpoint
+
+
 def alive(pid: int) -> bool:
     """Whether ``pid`` still runs (a zombie waiting for its parent does not)."""
     stat = _read(f"/proc/{pid}/stat")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -215,3 +216,16 @@ def test_a_dead_mount_that_refuses_a_plain_unmount_is_detached(
     fake.answer = lambda cmd: (1, f"{cmd[0]}: /m: Invalid argument")
     with pytest.raises(fake.MountError, match="umount: /m: Invalid argument; fusermount3"):
         fake.unmount_dead("/m", fake.entry, lazy=False)
+
+
+def test_a_freed_mount_id_given_to_another_mount_is_not_ours(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Seen in CI (six workers mounting at once): our mount gone, the kernel gave its id to a
+    mount elsewhere, and `ebsfs umount` took that one for ours still in the table: it waited,
+    then failed with "not mounted" from every command. The mount is gone: success."""
+    fake = _FakeDead(monkeypatch)
+    other = dataclasses.replace(fake.entry, device="0:123", mountpoint="/elsewhere")
+    fake.table[:] = [other]
+    fake.unmount_dead("/m", fake.entry, lazy=False)
+    assert fake.ran == []
